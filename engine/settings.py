@@ -1,0 +1,98 @@
+"""Settings, read from ``MATCHER_*`` environment variables (``__`` separates nested fields).
+
+Built only at the edges (the CLI, ``recommend()`` when called without ``settings=``) and passed down,
+so every part can be built in a test without environment variables::
+
+    MATCHER_QDRANT_URL=http://qdrant:6333 MATCHER_RECOMMEND__OVERSAMPLE=8 matcher recommend u42
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_GENDERS: tuple[str, ...] = ("female", "male", "nonbinary")
+GENDER_ALIASES: dict[str, str] = {"f": "female", "m": "male", "nb": "nonbinary", "non-binary": "nonbinary"}
+
+
+class ImageSettings(BaseModel):
+    """Limits applied when a photo is decoded (before the encoder sees it)."""
+
+    min_side: int = Field(64, ge=1, description="Smallest accepted width or height, in pixels.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width x height (decompression-bomb guard).")
+    max_file_bytes: int = Field(30_000_000, ge=1, description="Largest accepted file size.")
+
+
+class EncoderSettings(BaseModel):
+    """Which encoder embeds photos, and how."""
+
+    source: str = Field(
+        "Qwen/Qwen3-VL-2B-Instruct",
+        description="Hub id, a local full Qwen3-VL checkpoint, or a directory exported by `matcher train`.",
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    pixel_budget: int = Field(448 * 448, ge=32 * 32, description="Max pixels per image fed to the vision tower.")
+    dim: int = Field(512, ge=8, description="Output dimension of the projection head.")
+    batch_size: int = Field(8, ge=1)
+
+
+class IngestSettings(BaseModel):
+    write_batch_size: int = Field(256, ge=1, description="Points per upsert call.")
+    retry_attempts: int = Field(5, ge=1, description="Tries per store call before the run gives up.")
+    retry_max_wait_s: float = Field(8.0, gt=0, description="Cap of the exponential backoff between tries.")
+
+
+class RecommendSettings(BaseModel):
+    """Weights and sizes of the two-stage recommender; see engine/rerank.py for their meaning."""
+
+    oversample: int = Field(10, ge=1, description="Candidates fetched = oversample x k.")
+    reciprocity_k: int = Field(50, ge=1, description="k of the k-reciprocal check (each user's top-k compatible).")
+    aggregation: Literal["harmonic", "geometric", "min", "arithmetic"] = "harmonic"
+    taste_blend: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the liked-people mean in the taste vector.")
+    best_photo_weight: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the best photo vs the mean vector.")
+    reciprocity_weight: float = Field(0.3, ge=0.0, le=1.0, description="Weight of rank reciprocity in each direction.")
+    reciprocity_temperature: float = Field(0.05, gt=0.0)
+
+
+class Settings(BaseSettings):
+    """Everything that can be configured. Field ``x`` reads ``MATCHER_X``; ``a.b`` reads ``MATCHER_A__B``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATCHER_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    store_backend: Literal["auto", "edge", "local", "server"] = Field(
+        "auto", description="'auto': a Qdrant server when qdrant_url is set, else the embedded Edge engine."
+    )
+    store_path: Path = Field(Path(".matcher/qdrant"), description="Folder of the embedded store.")
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_timeout_s: float = Field(10.0, gt=0)
+    collection_prefix: str = Field("", description="Prepended to collection names (several products, one server).")
+
+    genders: tuple[str, ...] = DEFAULT_GENDERS
+    min_age: int = 18
+    max_age: int = 120
+
+    images: ImageSettings = ImageSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    ingest: IngestSettings = IngestSettings()
+    recommend: RecommendSettings = RecommendSettings()
+    progress: bool = Field(True, description="Show progress bars.")
+
+    @field_validator("genders", mode="before")
+    @classmethod
+    def _split_genders(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(g.strip().lower() for g in value.replace("|", ",").split(",") if g.strip())
+        return value
+
+    @property
+    def resolved_backend(self) -> Literal["edge", "local", "server"]:
+        if self.store_backend != "auto":
+            return self.store_backend
+        return "server" if self.qdrant_url else "edge"

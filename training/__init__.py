@@ -1,0 +1,1 @@
+"""The encoder (Qwen3-VL vision tower + projection head), its loading and export, and metric-learning training."""
