@@ -42,6 +42,7 @@ class Query:
     filter: Filter | None = None
     with_payload: bool | tuple[str, ...] = True
     with_vectors: bool = False
+    exact: bool = False  # brute force instead of the HNSW index (tests, recall checks)
 
 
 @dataclass(frozen=True)
