@@ -56,6 +56,7 @@ class RecommendSettings(BaseModel):
     best_photo_weight: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the best photo vs the mean vector.")
     reciprocity_weight: float = Field(0.3, ge=0.0, le=1.0, description="Weight of rank reciprocity in each direction.")
     reciprocity_temperature: float = Field(0.05, gt=0.0)
+    max_likes: int = Field(200, ge=0, description="Newest likes kept per user in the stored like history.")
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,152 @@
+"""The batch pass behind cheap rank reciprocity: each user's ``kth_sim``, stored in their payload.
+
+``kth_sim`` of user B is the cosine similarity between B's mean vector and B's K-th nearest *compatible*
+user (``K = recommend.reciprocity_k``; compatibility as in ``engine.compatibility``, which is symmetric).
+"Is A within B's top-K?" then becomes ``cos(v_A, v_B) >= kth_sim_B``: one comparison at query time instead
+of a reverse ANN query per candidate (the same idea as CSLS's per-point neighbourhood radius against hubness).
+A user with fewer than K compatible users gets ``kth_sim = -1`` (everyone compatible is in their top-K).
+
+``refresh`` also recomputes each user's ``taste`` (``engine.likes``) from their stored like history and the
+current vectors. The ingestion job calls it after each batch ingestion, before ``store.optimize()``.
+Cost: one filtered top-K query per user, sent through ``store.query_batch`` in chunks, then one rewrite of
+every users point (the store seam has no partial payload update).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.compatibility import Profile, compatible_filter
+from engine.errors import InvalidInput
+from engine.likes import LIKED_FIELD, TASTE_FIELD, taste_payload, usable_vector
+from engine.schema import USERS, user_point_id
+from engine.settings import Settings
+from engine.store.base import Point, Query, ScoredPoint, Store
+
+log = logging.getLogger(__name__)
+
+KTH_FIELD = "kth_sim"
+KTH_K_FIELD = "kth_k"  # the K the stored kth_sim was computed with (a changed setting makes it stale)
+NO_KTH = -1.0
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    users: int  # users points with a vector that got a kth_sim
+    skipped: int  # users points without a usable vector or profile
+    seconds: float
+
+
+def kth_from_results(results: Sequence[ScoredPoint], k: int) -> float:
+    """The K-th best score of one filtered top-K result list, or ``NO_KTH`` when it has fewer than K."""
+    return float(results[k - 1].score) if len(results) >= k else NO_KTH
+
+
+def refresh(store: Store, settings: Settings, *, chunk: int = 256) -> RefreshReport:
+    """Recompute ``kth_sim`` (and ``taste`` where there are likes) for every user, and write them back.
+
+    Raises ``StoreUnavailable`` from the store; users without a vector or a readable profile are skipped
+    (logged), not fatal, so one bad record cannot block the pass.
+    """
+    if chunk < 1:
+        raise InvalidInput(f"chunk: must be positive, got {chunk}")
+    t0 = time.perf_counter()
+    k = settings.recommend.reciprocity_k
+    points: list[Point] = []
+    vectors: list[np.ndarray] = []
+    profiles: list[Profile] = []
+    skipped = 0
+    for p in store.scroll(USERS, with_vectors=True):
+        v = usable_vector(p)
+        if v is None:
+            skipped += 1
+            continue
+        try:
+            prof = Profile.from_payload(p.payload, where=f"users point {p.id}")
+        except InvalidInput as exc:
+            log.warning("reciprocity refresh skips a user: %s", exc)
+            skipped += 1
+            continue
+        points.append(p)
+        vectors.append(v)
+        profiles.append(prof)
+
+    kth = np.full(len(points), NO_KTH, dtype=np.float64)
+    bar = tqdm(total=len(points), desc="reciprocity", unit="user", disable=not settings.progress)
+    for start in range(0, len(points), chunk):
+        stop = min(start + chunk, len(points))
+        queries = [
+            Query(vector=vectors[i], limit=k, filter=compatible_filter(profiles[i]), with_payload=False)
+            for i in range(start, stop)
+        ]
+        for i, res in zip(range(start, stop), store.query_batch(USERS, queries), strict=True):
+            kth[i] = kth_from_results(res, k)
+        bar.update(stop - start)
+    bar.close()
+
+    index = {user_point_id(prof.user_id): i for i, prof in enumerate(profiles)}
+    blend = settings.recommend.taste_blend
+    updated: list[Point] = []
+    for i, p in enumerate(points):
+        payload = dict(p.payload or {})
+        payload[KTH_FIELD] = float(kth[i])
+        payload[KTH_K_FIELD] = k
+        liked_pids = (user_point_id(str(u)) for u in payload.get(LIKED_FIELD) or [])
+        liked = [index[pid] for pid in liked_pids if pid in index]
+        taste = taste_payload(vectors[i], np.stack([vectors[j] for j in liked]) if liked else None, blend)
+        if taste is None:
+            payload.pop(TASTE_FIELD, None)
+        else:
+            payload[TASTE_FIELD] = taste
+        updated.append(Point(id=p.id, vector=vectors[i], payload=payload))
+    batch = settings.ingest.write_batch_size
+    for start in range(0, len(updated), batch):
+        store.upsert(USERS, updated[start : start + batch])
+    seconds = time.perf_counter() - t0
+    log.info("reciprocity refresh: %d users (K=%d) in %.1f s, %d skipped", len(points), k, seconds, skipped)
+    return RefreshReport(users=len(points), skipped=skipped, seconds=seconds)
+
+
+def exact_kth(vectors: np.ndarray, profiles: Sequence[Profile], k: int, *, block: int = 1024) -> np.ndarray:
+    """``kth_sim`` of every user by exact brute force in numpy (benchmarks and tests; same definition).
+
+    ``vectors`` (n, d) float32 unit rows, ``profiles`` aligned with them. Returns (n,) float64.
+    Memory: one (block, n) similarity block at a time.
+    """
+    n = len(profiles)
+    genders = sorted({p.gender for p in profiles} | {s for p in profiles for s in p.seeking})
+    gidx = {g: i for i, g in enumerate(genders)}
+    gender = np.array([gidx[p.gender] for p in profiles])
+    seeks = np.zeros((n, len(genders)), dtype=bool)
+    for i, p in enumerate(profiles):
+        seeks[i, [gidx[s] for s in p.seeking]] = True
+    age = np.array([p.age for p in profiles])
+    lo = np.array([p.age_min for p in profiles])
+    hi = np.array([p.age_max for p in profiles])
+    out = np.full(n, NO_KTH, dtype=np.float64)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = np.arange(start, stop)
+        sims = vectors[start:stop] @ vectors.T
+        ok = (
+            seeks[rows][:, gender]  # candidate's gender sought by the row user
+            & seeks[:, gender[rows]].T  # row user's gender sought by the candidate
+            & (age[None, :] >= lo[rows, None])
+            & (age[None, :] <= hi[rows, None])
+            & (age[rows, None] >= lo[None, :])
+            & (age[rows, None] <= hi[None, :])
+        )
+        ok[np.arange(stop - start), rows] = False
+        sims = np.where(ok, sims, -np.inf)
+        counts = ok.sum(axis=1)
+        has_k = counts >= k
+        if np.any(has_k):
+            part = -np.partition(-sims[has_k], k - 1, axis=1)[:, k - 1]
+            out[rows[has_k]] = part
+    return out

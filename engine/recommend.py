@@ -1,0 +1,346 @@
+"""``recommend(user_id)``: filtered ANN candidates from Qdrant, then reciprocal reranking.
+
+Stage 1 (candidates): one filtered query on ``users`` with the asker's taste vector (their own mean vector,
+blended with the people they liked when there is a like history), both sides' gender and age constraints,
+never the asker nor anyone in ``exclude``; ``recommend.oversample × k`` candidates, with only the payload
+keys the rerank needs and no vectors (moving vectors into Python costs more than the search).
+
+Stage 2 (rerank, ``engine.rerank``): the remaining lookups go to the store as one batch per collection,
+restricted to the candidates by id (exact scoring over a few hundred points):
+
+* ``photos``: the asker's taste against every candidate photo -> each candidate's best photo for the asker;
+* ``users``: the asker's photos (and own vector, when the taste differs from it) against the candidates'
+  mean vectors -> the reverse direction and the mutual similarity for the rank-reciprocity test.
+
+Candidates with a stored ``taste`` (a like history) are scored in the reverse direction with that taste in
+numpy. The final score is the formula documented in ``engine.rerank``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.compatibility import Profile, age_conditions, compatible_filter, gender_conditions
+from engine.errors import InvalidInput, NoUserVector, UserNotFound
+from engine.filters import Filter, HasId
+from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, usable_vector
+from engine.reciprocity import KTH_FIELD
+from engine.rerank import (
+    RerankInput,
+    RerankWeights,
+    best_photo_per_owner,
+    l2_normalize,
+    rerank,
+    taste_vector,
+)
+from engine.schema import PHOTOS, USERS, user_point_id
+from engine.settings import Settings
+from engine.store.base import Point, Query, ScoredPoint, Store
+
+log = logging.getLogger(__name__)
+
+# Payload keys stage 1 fetches per candidate: nothing else crosses into Python.
+CANDIDATE_FIELDS: tuple[str, ...] = ("user_id", "photo_ids", KTH_FIELD, TASTE_FIELD)
+_QUERY_CHUNK = 64  # stage-1 queries per store round trip in recommend_many
+
+
+@dataclass(frozen=True)
+class Match:
+    """One recommended user, with what explains it.
+
+    ``score``: the final reciprocal score in [0, 1]; ``score_a_to_b``: s(asker→candidate), how much the
+    asker is expected to like them; ``score_b_to_a``: s(candidate→asker); ``best_photo_id``: the candidate's
+    photo point id that best suits the asker's taste (None if none is stored); ``rank``: 1 = best.
+    """
+
+    user_id: str
+    score: float
+    score_a_to_b: float
+    score_b_to_a: float
+    best_photo_id: str | None
+    rank: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Asker:
+    point_id: str
+    profile: Profile
+    vector: np.ndarray  # (d,) own mean vector
+    taste: np.ndarray  # (d,) unit
+    photo_vectors: np.ndarray  # (P, d), P may be 0
+    kth_sim: float  # NaN when not computed yet
+
+    @property
+    def taste_is_own(self) -> bool:
+        return bool(np.allclose(self.taste, l2_normalize(self.vector), atol=1e-6))
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise InvalidInput(f"k: must be a positive integer, got {k!r}")
+
+
+def _kth(payload: dict[str, Any]) -> float:
+    value = payload.get(KTH_FIELD)
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _load_askers(
+    store: Store, user_ids: Sequence[str], settings: Settings, likes: Sequence[str] | None = None
+) -> list[_Asker]:
+    """The askers' points and photos in two ``retrieve`` calls (plus one for ``likes``, when given).
+
+    Raises ``UserNotFound`` (first unknown id) or ``NoUserVector``.
+    """
+    points = store.retrieve(USERS, [user_point_id(u) for u in user_ids], with_vectors=True)
+    by_id = {p.id: p for p in points}
+    photo_ids: list[str] = []
+    found: list[tuple[Point, np.ndarray]] = []
+    for u in user_ids:
+        p = by_id.get(user_point_id(u))
+        if p is None:
+            raise UserNotFound(u)
+        own = usable_vector(p)
+        if own is None:
+            raise NoUserVector(f"user {u!r} has no vector (no valid photo was stored); nothing to match on")
+        found.append((p, own))
+        photo_ids.extend(str(x) for x in (p.payload or {}).get("photo_ids") or [])
+    photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
+    blend = settings.recommend.taste_blend
+    explicit = liked_vectors(store, list(likes), strict=True) if likes else None
+    askers = []
+    for u, (p, own) in zip(user_ids, found, strict=True):
+        payload = p.payload or {}
+        if likes is not None:  # an explicit history overrides the stored one, even when empty
+            taste = taste_vector(own, explicit, blend)
+        elif payload.get(TASTE_FIELD):
+            taste = l2_normalize(np.asarray(payload[TASTE_FIELD], dtype=np.float32))
+        else:
+            taste = l2_normalize(own)
+        pv = [usable_vector(photos[i]) for i in payload.get("photo_ids") or [] if i in photos]
+        kept = [v for v in pv if v is not None]
+        askers.append(
+            _Asker(
+                point_id=p.id,
+                profile=Profile.from_payload(payload, where=f"user {u!r}"),
+                vector=own,
+                taste=taste,
+                photo_vectors=np.stack(kept) if kept else np.zeros((0, own.shape[0]), np.float32),
+                kth_sim=_kth(payload),
+            )
+        )
+    return askers
+
+
+def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Settings) -> Query:
+    return Query(
+        vector=asker.taste,
+        limit=k * settings.recommend.oversample,
+        filter=compatible_filter(asker.profile, exclude=exclude),
+        with_payload=CANDIDATE_FIELDS,
+    )
+
+
+def _rerank_candidates(
+    store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings
+) -> list[Match]:
+    """Stage 2 for one asker: two batched lookups, the numpy rerank, the top ``k`` as ``Match``es."""
+    n = len(cands)
+    if n == 0:
+        return []
+    rs = settings.recommend
+    cand_ids = [c.id for c in cands]
+    pos = {pid: i for i, pid in enumerate(cand_ids)}
+    payloads = [c.payload or {} for c in cands]
+    fwd_mean = np.array([c.score for c in cands], dtype=np.float64)
+
+    # Candidates' photos: one query on photos, restricted to their photo ids, scored against the taste.
+    photo_owner: dict[str, int] = {}
+    for i, pl in enumerate(payloads):
+        for ph in pl.get("photo_ids") or []:
+            photo_owner[str(ph)] = i
+    photo_ids_scored: list[str] = []
+    photo_scores = np.zeros(0)
+    if photo_owner:
+        res = store.query(
+            PHOTOS,
+            Query(
+                vector=asker.taste,
+                limit=len(photo_owner),
+                filter=Filter(must=(HasId.of(photo_owner),)),
+                with_payload=False,
+                exact=True,
+            ),
+        )
+        photo_ids_scored = [r.id for r in res]
+        photo_scores = np.array([r.score for r in res], dtype=np.float64)
+    owners = np.array([photo_owner[p] for p in photo_ids_scored], dtype=np.int64)
+    fwd_photo, best_idx = best_photo_per_owner(photo_scores, owners, n)
+
+    # Asker's own vector (if the taste differs) and photos against the candidates: one batch on users.
+    own_first = not asker.taste_is_own
+    vecs = ([asker.vector] if own_first else []) + list(asker.photo_vectors)
+    only_cands = Filter(must=(HasId.of(cand_ids),))
+    batch = (
+        store.query_batch(
+            USERS, [Query(vector=v, limit=n, filter=only_cands, with_payload=False, exact=True) for v in vecs]
+        )
+        if vecs
+        else []
+    )
+    if own_first:
+        mutual = np.full(n, np.nan)
+        for r in batch[0]:
+            mutual[pos[r.id]] = r.score
+        mutual = np.where(np.isnan(mutual), fwd_mean, mutual)  # cannot happen with exact search; be safe
+        photo_res = batch[1:]
+    else:
+        mutual = fwd_mean.copy()
+        photo_res = batch
+    rev_photo = np.full(n, -np.inf)
+    for res in photo_res:
+        for r in res:
+            i = pos[r.id]
+            rev_photo[i] = max(rev_photo[i], r.score)
+    rev_mean = mutual.copy()
+
+    # Candidates with a like history: their own taste, not their mean vector, judges the asker.
+    for i, pl in enumerate(payloads):
+        if pl.get(TASTE_FIELD):
+            t = l2_normalize(np.asarray(pl[TASTE_FIELD], dtype=np.float32))
+            if t.shape != asker.vector.shape:
+                continue
+            rev_mean[i] = float(t @ l2_normalize(asker.vector))
+            rev_photo[i] = float(np.max(asker.photo_vectors @ t)) if len(asker.photo_vectors) else -np.inf
+
+    kth_b = np.array([_kth(pl) for pl in payloads], dtype=np.float64)
+    out = rerank(
+        RerankInput(
+            fwd_mean=fwd_mean,
+            fwd_photo=fwd_photo,
+            rev_mean=rev_mean,
+            rev_photo=rev_photo,
+            mutual_sim=mutual,
+            kth_a=asker.kth_sim,
+            kth_b=kth_b,
+        ),
+        RerankWeights(
+            best_photo_weight=rs.best_photo_weight,
+            reciprocity_weight=rs.reciprocity_weight,
+            reciprocity_temperature=rs.reciprocity_temperature,
+            aggregation=rs.aggregation,
+        ),
+    )
+    matches = []
+    for rank, i in enumerate(out.order()[:k], start=1):
+        b = int(best_idx[i])
+        matches.append(
+            Match(
+                user_id=str(payloads[i].get("user_id")),
+                score=float(out.score[i]),
+                score_a_to_b=float(out.a_to_b[i]),
+                score_b_to_a=float(out.b_to_a[i]),
+                best_photo_id=photo_ids_scored[b] if b >= 0 else None,
+                rank=rank,
+            )
+        )
+    return matches
+
+
+def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, Settings, bool]:
+    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]  # env-filled
+    if store is not None:
+        return store, settings, False
+    from engine.store import open_store
+
+    return open_store(settings), settings, True
+
+
+def recommend(
+    user_id: str,
+    k: int = 20,
+    *,
+    exclude: Iterable[str] = (),
+    likes: Sequence[str] | None = None,
+    store: Store | None = None,
+    settings: Settings | None = None,
+) -> list[Match]:
+    """The ``k`` best reciprocal matches for ``user_id``, best first (fewer if fewer pass the filters).
+
+    ``exclude``: user ids never to return (already seen, blocked). ``likes``: user ids this user liked; they
+    override the stored like history (``engine.likes``). Without ``store`` the store named by ``settings``
+    (default: from the environment) is opened and closed again.
+    Raises ``UserNotFound`` (unknown ``user_id`` or liked id), ``NoUserVector`` (no valid photo),
+    ``InvalidInput`` (a ``ValueError``) for ``k <= 0``, ``StoreUnavailable``.
+    """
+    _check_k(k)
+    exclude = [str(u) for u in exclude]
+    st, settings, owned = _with_store(store, settings)
+    try:
+        asker = _load_askers(st, [user_id], settings, likes)[0]
+        cands = st.query(USERS, _stage1_query(asker, k, exclude, settings))
+        return _rerank_candidates(st, asker, cands, k, settings)
+    finally:
+        if owned:
+            st.close()
+
+
+def recommend_many(
+    user_ids: Sequence[str], k: int = 20, *, store: Store | None = None, settings: Settings | None = None
+) -> dict[str, list[Match]]:
+    """``recommend`` for many users (each with their stored likes): askers loaded and stage-1 queries sent
+    in batches. Raises like ``recommend`` on the first unknown user or user without a vector."""
+    _check_k(k)
+    st, settings, owned = _with_store(store, settings)
+    out: dict[str, list[Match]] = {}
+    try:
+        for start in range(0, len(user_ids), _QUERY_CHUNK):
+            chunk = list(user_ids[start : start + _QUERY_CHUNK])
+            askers = _load_askers(st, chunk, settings)
+            results = st.query_batch(USERS, [_stage1_query(a, k, (), settings) for a in askers])
+            for u, a, cands in zip(chunk, askers, results, strict=True):
+                out[u] = _rerank_candidates(st, a, cands, k, settings)
+        return out
+    finally:
+        if owned:
+            st.close()
+
+
+def explain_empty(user_id: str, *, exclude: Iterable[str] = (), store: Store) -> str:
+    """Why no one passes ``user_id``'s filters: counts after each constraint, in one sentence.
+
+    Raises ``UserNotFound`` for an unknown user.
+    """
+    pts = store.retrieve(USERS, [user_point_id(user_id)])
+    if not pts:
+        raise UserNotFound(user_id)
+    p = Profile.from_payload(pts[0].payload, where=f"user {user_id!r}")
+    me = HasId.of([user_point_id(user_id)])
+    others = store.count(USERS, Filter(must_not=(me,)))
+    by_gender = store.count(USERS, Filter(must=gender_conditions(p), must_not=(me,)))
+    by_age = store.count(USERS, Filter(must=(*gender_conditions(p), *age_conditions(p)), must_not=(me,)))
+    who = (
+        f"{user_id!r} ({p.gender}, {p.age}, seeking {'/'.join(p.seeking)} aged {p.age_min}-{p.age_max})"
+    )
+    if others == 0:
+        return f"no other user is stored besides {who}"
+    if by_gender == 0:
+        return f"none of the {others} other users is of a sought gender and seeks a {p.gender} user ({who})"
+    if by_age == 0:
+        return (
+            f"{by_gender} users match {who} by gender both ways, but none is aged {p.age_min}-{p.age_max} "
+            f"and accepts age {p.age}"
+        )
+    return f"all {by_age} users compatible with {who} are excluded (already seen or blocked)"
+
+
+__all__ = ["LIKED_FIELD", "Match", "explain_empty", "recommend", "recommend_many"]
