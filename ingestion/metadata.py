@@ -1,0 +1,354 @@
+"""Parse and validate the metadata CSV into user records and photo references, in either layout.
+
+Layouts:
+
+- ``per_photo`` (the product's): one row per photo, columns ``user_id, image_path, gender, age`` required,
+  ``seeking, age_min, age_max`` optional; ``image_path`` is relative to PHOTOS_DIR. The user fields repeat on
+  every row of a user and must agree.
+- ``per_user`` (the original data plan's): no ``image_path`` column, one row per user; the photos are the
+  files ``<user_id>_<n>.<ext>`` at the top level of PHOTOS_DIR.
+
+A bad row never stops the parse: it becomes a ``Rejection`` naming the file, the line and the field. Only a
+file that cannot be read as a whole (missing, no header, a required column missing) raises ``InvalidInput``.
+Nothing here opens a photo; paths are only checked for shape (absolute, ``..``), the reader does the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from engine.errors import InvalidInput
+from engine.schema import parse_gender, parse_seeking
+from engine.settings import Settings
+from ingestion.reader import check_relative
+from ingestion.report import Reason, Rejection, safe_text
+
+log = logging.getLogger(__name__)
+
+PER_PHOTO_REQUIRED = ("user_id", "image_path", "gender", "age")
+PER_USER_REQUIRED = ("user_id", "gender", "age")
+OPTIONAL = ("seeking", "age_min", "age_max")
+
+# Letters, digits and a few separators; starting with a letter or digit, so no id can be a formula.
+USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
+# <user_id>_<n>.<ext>; user ids may contain '_' themselves, so the last '_' splits.
+PER_USER_FILE_RE = re.compile(
+    r"^(?P<user>.+)_(?P<n>\d{1,6})\.(?P<ext>jpe?g|png|webp|gif|bmp|tiff?)$", re.IGNORECASE
+)
+# A spreadsheet runs a cell that starts with these; '-' is left to the field checks (age -5 is just bad).
+_FORMULA_START = ("=", "+", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user's validated metadata; the user point's payload is built from it."""
+
+    user_id: str
+    gender: str
+    age: int
+    seeking: tuple[str, ...]
+    age_min: int
+    age_max: int
+    row: int  # line of the (first) row that defined it
+
+    def fields(self) -> dict[str, object]:
+        """The user fields as stored in payloads (``seeking`` as a sorted list)."""
+        return {
+            "user_id": self.user_id,
+            "gender": self.gender,
+            "age": self.age,
+            "seeking": list(self.seeking),
+            "age_min": self.age_min,
+            "age_max": self.age_max,
+        }
+
+    def same_profile(self, other: UserRecord) -> bool:
+        return self.fields() == other.fields()
+
+
+@dataclass(frozen=True)
+class PhotoRef:
+    """One photo to read: ``rel_path`` is POSIX, relative to PHOTOS_DIR; ``row`` None in per_user layout."""
+
+    user_id: str
+    rel_path: str
+    row: int | None
+
+
+@dataclass
+class Metadata:
+    file: str
+    layout: Literal["per_photo", "per_user"]
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    photos: list[PhotoRef] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metadata:
+    """Read ``csv_path`` (UTF-8, BOM tolerated) and, for the per_user layout, list PHOTOS_DIR.
+
+    Raises ``InvalidInput`` naming the file if it is missing, empty, has no header or lacks a required
+    column; every other problem is a ``Rejection`` in the result.
+    """
+    csv_path = Path(csv_path)
+    name = str(csv_path)
+    if not csv_path.is_file():
+        raise InvalidInput(f"{name}: metadata file not found")
+    # surrogateescape: a row with non-UTF-8 bytes is rejected on its own instead of failing the whole file.
+    with open(csv_path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InvalidInput(f"{name}: empty file, expected a header row") from None
+        except csv.Error as exc:
+            raise InvalidInput(f"{name}, line 1: {exc}") from exc
+        columns = [h.strip().lower() for h in header]
+        dupes = sorted({c for c in columns if columns.count(c) > 1 and c})
+        if dupes:
+            raise InvalidInput(f"{name}: duplicated column(s): {', '.join(map(safe_text, dupes))}")
+        layout: Literal["per_photo", "per_user"] = "per_photo" if "image_path" in columns else "per_user"
+        required = PER_PHOTO_REQUIRED if layout == "per_photo" else PER_USER_REQUIRED
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise InvalidInput(
+                f"{name}: missing required column(s) {', '.join(missing)} "
+                f"(found: {', '.join(safe_text(c) for c in columns) or 'none'})"
+            )
+        meta = Metadata(file=name, layout=layout)
+        parser = _RowParser(meta, settings)
+        try:
+            for cells in reader:
+                line = reader.line_num
+                if not any(c.strip() for c in cells):
+                    continue
+                row = {col: (cells[i] if i < len(cells) else "") for i, col in enumerate(columns) if col}
+                parser.add(row, line, extra=len(cells) > len(columns))
+        except csv.Error as exc:
+            raise InvalidInput(f"{name}, line {reader.line_num}: {exc}") from exc
+    if layout == "per_user":
+        _scan_per_user(meta, Path(photos_dir), csv_path, parser.rejected_users)
+    log.info(
+        "metadata %s (%s layout): %d users, %d photos, %d rows rejected",
+        name, layout, len(meta.users), len(meta.photos), sum(r.kind == "row" for r in meta.rejected),
+    )  # fmt: skip
+    return meta
+
+
+class _RowParser:
+    """Validates rows one by one; keeps what it needs to spot duplicates and conflicts."""
+
+    def __init__(self, meta: Metadata, settings: Settings) -> None:
+        self.meta = meta
+        self.settings = settings
+        self.seen_paths: dict[str, tuple[str, int]] = {}  # rel_path -> (user_id, line)
+        self.rejected_users: dict[str, int] = {}  # user_id -> line of its rejected row (per_user layout)
+
+    def reject(self, line: int, reason: Reason, detail: str, fld: str | None, user_id: str | None) -> None:
+        self.meta.rejected.append(
+            Rejection(
+                kind="row",
+                reason=reason,
+                detail=detail,
+                file=self.meta.file,
+                row=line,
+                field=fld,
+                user_id=user_id,
+                path=None,
+            )
+        )
+
+    def add(self, row: dict[str, str], line: int, *, extra: bool) -> None:
+        uid_raw = row.get("user_id", "").strip()
+        uid = uid_raw if USER_ID_RE.match(uid_raw) else None
+        path_given = row.get("image_path")
+
+        def reject(reason: Reason, detail: str, fld: str | None) -> None:
+            self.reject(line, reason, detail, fld, uid_raw or None)
+            if self.meta.layout == "per_photo" and path_given is not None:
+                self.meta.rejected[-1].path = safe_text(path_given.strip())
+            if self.meta.layout == "per_user" and uid is not None and uid not in self.meta.users:
+                self.rejected_users.setdefault(uid, line)
+
+        for col, value in row.items():
+            if _has_surrogates(value):
+                reject(Reason.NOT_UTF8, f"{col}: not valid UTF-8", col)
+                return
+        for col, value in row.items():
+            if value.lstrip(" ").startswith(_FORMULA_START):
+                reject(Reason.FORMULA, f"{col}: starts like a spreadsheet formula; refused", col)
+                return
+        if extra:
+            reject(Reason.INVALID_FIELD, "more cells than header columns (an unquoted comma?)", None)
+            return
+        required = PER_PHOTO_REQUIRED if self.meta.layout == "per_photo" else PER_USER_REQUIRED
+        for col in required:
+            if not row.get(col, "").strip():
+                reject(Reason.MISSING_FIELD, f"{col}: empty", col)
+                return
+        if uid is None:
+            reject(
+                Reason.INVALID_FIELD,
+                f"user_id: {uid_raw!r} is not 1-128 letters, digits or _.@:- starting with a letter or digit",
+                "user_id",
+            )
+            return
+        try:
+            record = self._user(uid, row, line)
+        except _FieldError as exc:
+            reject(exc.reason, str(exc), exc.field)
+            return
+
+        if self.meta.layout == "per_user":
+            known = self.meta.users.get(uid)
+            if known is not None:
+                if known.same_profile(record):
+                    reject(Reason.DUPLICATE_ROW, f"user {uid} repeats line {known.row}", "user_id")
+                else:
+                    reject(
+                        Reason.CONFLICTING_ROW, f"user {uid} already defined at line {known.row}", "user_id"
+                    )
+                return
+            self.meta.users[uid] = record
+            return
+
+        rel = (path_given or "").strip()
+        refused = check_relative(rel)
+        if refused is not None:
+            reject(refused.reason, refused.detail, "image_path")
+            return
+        rel = PurePosixPath(rel.replace("\\", "/")).as_posix()
+        earlier = self.seen_paths.get(rel)
+        if earlier is not None:
+            owner, first_line = earlier
+            if owner == uid:
+                reject(
+                    Reason.DUPLICATE_ROW,
+                    f"image_path {rel!r} already listed at line {first_line}",
+                    "image_path",
+                )
+            else:
+                reject(
+                    Reason.DUPLICATE_ROW,
+                    f"image_path {rel!r} already listed for user {owner} at line {first_line}",
+                    "image_path",
+                )
+            return
+        known = self.meta.users.get(uid)
+        if known is not None and not known.same_profile(record):
+            diff = [k for k, v in record.fields().items() if known.fields()[k] != v]
+            reject(
+                Reason.CONFLICTING_ROW,
+                f"{', '.join(diff)} differ(s) from line {known.row} for user {uid}",
+                diff[0] if diff else None,
+            )
+            return
+        if known is None:
+            self.meta.users[uid] = record
+        self.seen_paths[rel] = (uid, line)
+        self.meta.photos.append(PhotoRef(user_id=uid, rel_path=rel, row=line))
+
+    def _user(self, uid: str, row: dict[str, str], line: int) -> UserRecord:
+        s = self.settings
+        try:
+            gender = parse_gender(row["gender"], s.genders)
+        except InvalidInput as exc:
+            raise _FieldError(Reason.INVALID_GENDER, "gender", str(exc)) from None
+        age = _age(row["age"], "age", s.min_age, s.max_age)
+        try:
+            seeking = parse_seeking(row.get("seeking"), gender, s.genders)
+        except InvalidInput as exc:
+            raise _FieldError(Reason.INVALID_GENDER, "seeking", str(exc)) from None
+        age_min = _age(row.get("age_min", ""), "age_min", s.min_age, s.max_age, default=s.min_age)
+        age_max = _age(row.get("age_max", ""), "age_max", s.min_age, s.max_age, default=s.max_age)
+        if age_min > age_max:
+            raise _FieldError(Reason.INVALID_AGE, "age_min", f"age_min {age_min} is over age_max {age_max}")
+        return UserRecord(uid, gender, age, tuple(seeking), age_min, age_max, line)
+
+
+class _FieldError(Exception):
+    def __init__(self, reason: Reason, field: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+def _age(value: str | None, fld: str, lo: int, hi: int, *, default: int | None = None) -> int:
+    text = (value or "").strip()
+    if not text and default is not None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,3}", text):
+        raise _FieldError(Reason.INVALID_AGE, fld, f"{fld}: {text!r} is not an integer in {lo}-{hi}")
+    age = int(text)
+    if not lo <= age <= hi:
+        raise _FieldError(Reason.INVALID_AGE, fld, f"{fld}: {age} is not in {lo}-{hi}")
+    return age
+
+
+def _has_surrogates(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _scan_per_user(meta: Metadata, photos_dir: Path, csv_path: Path, rejected_users: dict[str, int]) -> None:
+    """List ``<user_id>_<n>.<ext>`` at the top level of ``photos_dir``; every other entry is reported."""
+    if not photos_dir.is_dir():
+        raise InvalidInput(f"{photos_dir}: PHOTOS_DIR is not a folder")
+    csv_real = os.path.realpath(csv_path)
+    found: list[tuple[str, int, str]] = []
+    with os.scandir(photos_dir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        name = entry.name
+        if os.path.realpath(entry.path) == csv_real and not entry.is_symlink():
+            continue
+        if _has_surrogates(name):
+            meta.rejected.append(
+                Rejection(
+                    kind="photo",
+                    reason=Reason.BAD_FILE_NAME,
+                    detail="file name is not valid UTF-8",
+                    path=name,
+                )
+            )
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            meta.rejected.append(
+                Rejection(
+                    kind="photo",
+                    reason=Reason.NOT_A_FILE,
+                    detail=f"{name!r} is a folder; the per-user layout reads only PHOTOS_DIR's top level",
+                    path=name,
+                )
+            )
+            continue
+        m = PER_USER_FILE_RE.match(name)
+        if m is None or not USER_ID_RE.match(m["user"]):
+            meta.rejected.append(
+                Rejection(
+                    kind="photo",
+                    reason=Reason.BAD_FILE_NAME,
+                    detail=f"{name!r} is not named <user_id>_<n>.<jpg|png|webp|gif|bmp|tif>",
+                    path=name,
+                )
+            )
+            continue
+        found.append((m["user"], int(m["n"]), name))
+    for uid, _, name in sorted(found):
+        if uid not in meta.users:
+            line = rejected_users.get(uid)
+            detail = (
+                f"user {uid}'s metadata row (line {line}) was rejected"
+                if line is not None
+                else f"no metadata row for user {uid}"
+            )
+            meta.rejected.append(
+                Rejection(kind="photo", reason=Reason.NO_METADATA_ROW, detail=detail, path=name, user_id=uid)
+            )
+            continue
+        meta.photos.append(PhotoRef(user_id=uid, rel_path=name, row=None))
