@@ -1,7 +1,72 @@
+"""Ingestion commands: ``matcher ingest``. Heavy imports happen inside the handler."""
+
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from engine.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's commands to the ``matcher`` parser."""
+    p = sub.add_parser(
+        "ingest",
+        help="embed a folder of photos and store per-photo and per-user vectors",
+        description=(
+            "Read PHOTOS_DIR and its metadata CSV, embed every new photo, write photo and user vectors. "
+            "Incremental: photos already stored for the user with the same encoder are skipped. "
+            "Exit status: 0 all input taken, 1 some input rejected (listed in the report), 2 error."
+        ),
+    )
+    p.add_argument("photos_dir", type=Path, metavar="PHOTOS_DIR")
+    p.add_argument(
+        "--metadata",
+        type=Path,
+        required=True,
+        metavar="CSV",
+        help="user_id,image_path,gender,age[,seeking,age_min,age_max] (image_path relative to PHOTOS_DIR), "
+        "or one row per user with photos named <user_id>_<n>.jpg",
+    )
+    p.add_argument(
+        "--encoder", metavar="PATH_OR_ID", help="encoder to embed with (default: MATCHER_ENCODER__SOURCE)"
+    )
+    p.add_argument("--report", type=Path, metavar="JSON", help="write the run report here")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete stored photos of these users that this run did not accept",
+    )
+    p.add_argument(
+        "--rebuild", action="store_true", help="drop and recreate the collections (needed to change encoder)"
+    )
+    p.set_defaults(func=ingest_command)
+
+
+def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestion.job import run_ingest
+
+    if args.encoder:
+        settings = settings.model_copy(
+            update={"encoder": settings.encoder.model_copy(update={"source": args.encoder})}
+        )
+    report = run_ingest(
+        args.photos_dir,
+        args.metadata,
+        settings=settings,
+        prune=args.prune,
+        rebuild=args.rebuild,
+        report_path=args.report,
+    )
+    print(report.summary())
+    if report.any_rejected:
+        where = f"; see {args.report}" if args.report else "; pass --report FILE for the list"
+        print(f"matcher ingest: {len(report.rejected)} input(s) rejected{where}", file=sys.stderr)
+        for r in report.rejected[:10]:
+            loc = r.path or (f"{r.file}:{r.row}" if r.row is not None else r.file or "")
+            print(f"  {r.reason.value}: {loc}: {r.detail}", file=sys.stderr)
+        if len(report.rejected) > 10:
+            print(f"  ... and {len(report.rejected) - 10} more", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,505 @@
+"""The ingestion job: metadata → read → preprocess → encode → write photos → user mean vectors → refresh.
+
+Why the writes come in this order: photo points go first and user points are always recomputed from the
+photo vectors *in the store*, never from what this run happened to embed. The skip check uses the hashes in
+the store too. So a run killed (or a store lost) at any point leaves a state that the same command, run again,
+completes exactly: stored photos are skipped, missing ones embedded, and every user point whose photo set or
+profile does not match the store is rewritten. Point ids are uuid5 of (user, photo hash), so nothing can be
+written twice.
+
+Every store call goes through tenacity: a transient ``StoreUnavailable`` is retried with bounded exponential
+backoff; one that persists ends the run with a ``StoreUnavailable`` naming the step, after which everything
+acknowledged stays in the store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from PIL import Image
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tqdm import tqdm
+
+from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
+from engine.filters import Filter, MatchAny
+from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.settings import Settings
+from engine.store.base import Point, Store
+from ingestion.metadata import Metadata, PhotoRef, UserRecord, load_metadata
+from ingestion.reader import Refused, decode_photo, read_photo
+from ingestion.report import IngestReport, Notice, Reason, Rejection
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Payload keys the job owns on each collection; anything else (e.g. reciprocity's statistics) is left alone
+# when deciding whether a point is up to date.
+PHOTO_KEYS = ("user_id", "gender", "age", "photo_sha256", "source_path", "encoder_id")
+USER_KEYS = (
+    "user_id",
+    "gender",
+    "age",
+    "seeking",
+    "age_min",
+    "age_max",
+    "n_photos",
+    "photo_ids",
+    "encoder_id",
+)
+# User ids per MatchAny filter when listing stored photos (keeps each filter small).
+_USERS_PER_SCROLL = 256
+
+
+class Embedder(Protocol):
+    """What the job needs of ``training.encoder.Encoder``."""
+
+    encoder_id: str
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image], batch_size: int = 8) -> np.ndarray: ...
+
+
+def run_ingest(
+    photos_dir: Path,
+    metadata_csv: Path,
+    *,
+    settings: Settings,
+    encoder: Embedder | None = None,
+    store: Store | None = None,
+    prune: bool = False,
+    rebuild: bool = False,
+    report_path: Path | None = None,
+) -> IngestReport:
+    """Ingest the photos of ``metadata_csv`` (paths relative to ``photos_dir``) into the store.
+
+    ``encoder`` defaults to ``load_encoder(settings.encoder.source, ...)``; ``store`` to
+    ``open_store(settings)`` (opened and closed here). ``prune`` deletes stored photos of the metadata's
+    users that are not among the photos accepted in this run. ``rebuild`` drops both collections first
+    (another encoder's vectors).
+
+    Returns the report (also written to ``report_path``, even when the run fails part way). Bad input is
+    recorded in the report, never raised; raises ``InvalidInput`` (metadata unusable as a whole),
+    ``EncoderMismatch`` (the store holds another encoder's vectors), ``StoreUnavailable`` (store down after
+    retries), ``EncoderUnavailable``.
+    """
+    t_start = time.perf_counter()
+    report = IngestReport(
+        photos_dir=str(photos_dir), metadata=str(metadata_csv), prune=prune, rebuild=rebuild
+    )
+    own_store = store is None
+    try:
+        with _timed(report, "metadata"):
+            photos_dir = Path(photos_dir)
+            if not photos_dir.is_dir():
+                raise InvalidInput(f"{photos_dir}: PHOTOS_DIR is not a folder")
+            meta = load_metadata(Path(metadata_csv), photos_dir, settings)
+        report.layout = meta.layout
+        for r in meta.rejected:
+            report.reject(r)
+        if encoder is None:
+            encoder = _load_encoder(settings)
+        report.encoder_id, report.dim = encoder.encoder_id, int(encoder.dim)
+        if store is None:
+            from engine.store import open_store
+
+            store = open_store(settings)
+        report.store_backend = store.backend
+        job = _Job(photos_dir.resolve(strict=True), meta, settings, encoder, store, report, prune)
+        job.retry("setup", store.setup, encoder.encoder_id, int(encoder.dim), rebuild=rebuild)
+        job.run()
+        report.completed = True
+        return report
+    except BaseException as exc:
+        report.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        report.finished_at = datetime.now(UTC)
+        s = report.stage_seconds
+        s.total = time.perf_counter() - t_start
+        c = report.counts
+        report.photos_per_second = c.photos_seen / s.total if s.total > 0 else 0.0
+        report.write_photos_per_second = (
+            c.photos_stored / s.write if s.write > 0 and c.photos_stored else None
+        )
+        if report_path is not None:
+            report.write(Path(report_path))
+        if own_store and store is not None:
+            store.close()
+
+
+def _load_encoder(settings: Settings) -> Embedder:
+    from training.encoder import load_encoder_from_settings
+
+    encoder: Embedder = load_encoder_from_settings(settings.encoder)
+    return encoder
+
+
+def _scroll_all(store: Store, collection: str, flt: Filter) -> list[Point]:
+    # A list, not the iterator: a retry must start the scroll over, not resume a broken one.
+    return list(store.scroll(collection, flt))
+
+
+@contextmanager
+def _timed(report: IngestReport, stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        setattr(report.stage_seconds, stage, getattr(report.stage_seconds, stage) + time.perf_counter() - t0)
+
+
+def _retryable(exc: BaseException) -> bool:
+    # A held lock will not go away by waiting a few seconds; every other StoreUnavailable may.
+    return isinstance(exc, StoreUnavailable) and not isinstance(exc, StoreLocked)
+
+
+@dataclass
+class _Pending:
+    ref: PhotoRef
+    sha256: str
+    image: Image.Image
+
+
+@dataclass
+class _UserState:
+    """What the store holds for one user's photos: sha256 -> (point id, payload)."""
+
+    stored: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    kept: set[str] = field(default_factory=set)  # hashes accepted in this run (stored, skipped or updated)
+    first_path: dict[str, str] = field(default_factory=dict)  # sha256 -> first rel_path with it in this run
+    changed: bool = False
+
+
+class _Job:
+    def __init__(
+        self,
+        root: Path,
+        meta: Metadata,
+        settings: Settings,
+        encoder: Embedder,
+        store: Store,
+        report: IngestReport,
+        prune: bool,
+    ) -> None:
+        self.root = root
+        self.meta = meta
+        self.settings = settings
+        self.encoder = encoder
+        self.store = store
+        self.report = report
+        self.prune = prune
+        self.users: dict[str, _UserState] = {uid: _UserState() for uid in meta.users}
+        self.pending: list[_Pending] = []
+        self.to_write: list[Point] = []
+        self.to_update: list[tuple[str, dict[str, Any]]] = []  # (photo point id, new payload)
+        self.existing_users: dict[str, dict[str, Any]] = {}  # user point id -> stored payload
+
+    # -- store calls ---------------------------------------------------------------------------------------
+    def retry(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried with bounded backoff on a transient ``StoreUnavailable``."""
+        ing = self.settings.ingest
+
+        def warn(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "store %s failed (try %d of %d): %s", what, state.attempt_number, ing.retry_attempts, exc
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(ing.retry_attempts),
+            wait=wait_exponential(multiplier=0.25, max=ing.retry_max_wait_s),
+            before_sleep=warn,
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except StoreUnavailable as exc:
+            if isinstance(exc, StoreLocked):
+                raise
+            raise StoreUnavailable(
+                f"store still failing after {ing.retry_attempts} tries ({what}): {exc}. What was written "
+                "before is kept; run the same command again to finish"
+            ) from exc
+
+    # -- the run -------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        c = self.report.counts
+        c.users_seen = len(self.meta.users)
+        self._load_stored()
+        bar = tqdm(
+            total=len(self.meta.photos),
+            unit="photo",
+            desc="ingest",
+            disable=not self.settings.progress,
+            leave=False,
+        )
+        try:
+            for ref in self.meta.photos:
+                self._take(ref)
+                bar.update(1)
+            self._encode()
+            self._flush_writes(force=True)
+        finally:
+            bar.close()
+        self._apply_updates()
+        if self.prune:
+            self._prune()
+        with _timed(self.report, "users"):
+            self._write_users()
+        self._refresh()
+        with _timed(self.report, "optimize"):
+            self.retry("optimize", self.store.optimize)
+        self.report.optimized = True
+
+    def _load_stored(self) -> None:
+        """Hashes and payloads of the stored photos of every user in the metadata (no vectors)."""
+        uids = sorted(self.users)
+        with _timed(self.report, "read"):
+            for i in range(0, len(uids), _USERS_PER_SCROLL):
+                chunk = uids[i : i + _USERS_PER_SCROLL]
+                flt = Filter(must=(MatchAny.of("user_id", chunk),))
+                points = self.retry("scroll photos", _scroll_all, self.store, PHOTOS, flt)
+                for p in points:
+                    uid, sha = p.payload.get("user_id"), p.payload.get("photo_sha256")
+                    if isinstance(uid, str) and isinstance(sha, str) and uid in self.users:
+                        self.users[uid].stored[sha] = (p.id, dict(p.payload))
+
+    def _photo_payload(self, user: UserRecord, sha: str, rel: str) -> dict[str, Any]:
+        return {
+            "user_id": user.user_id,
+            "gender": user.gender,
+            "age": user.age,
+            "photo_sha256": sha,
+            "source_path": rel,  # relative to PHOTOS_DIR; never the bytes
+            "encoder_id": self.encoder.encoder_id,
+        }
+
+    def _reject_photo(self, ref: PhotoRef, refused: Refused) -> None:
+        self.report.reject(
+            Rejection(
+                kind="photo",
+                reason=refused.reason,
+                detail=refused.detail,
+                path=ref.rel_path,
+                file=self.meta.file if ref.row is not None else None,
+                row=ref.row,
+                user_id=ref.user_id,
+            )
+        )
+
+    def _take(self, ref: PhotoRef) -> None:
+        """Read one photo; skip it, queue a payload update, or decode it and queue it for the encoder."""
+        c = self.report.counts
+        c.photos_seen += 1
+        state = self.users[ref.user_id]
+        user = self.meta.users[ref.user_id]
+        with _timed(self.report, "read"):
+            raw = read_photo(self.root, ref.rel_path, self.settings.images)
+        if isinstance(raw, Refused):
+            self._reject_photo(ref, raw)
+            return
+        first = state.first_path.get(raw.sha256)
+        if first is not None:
+            self._reject_photo(ref, Refused(Reason.DUPLICATE_PHOTO, f"same content as {first!r} (same user)"))
+            return
+        state.first_path[raw.sha256] = ref.rel_path
+        want = self._photo_payload(user, raw.sha256, ref.rel_path)
+        stored = state.stored.get(raw.sha256)
+        if stored is not None and stored[1].get("encoder_id") == self.encoder.encoder_id:
+            state.kept.add(raw.sha256)
+            if {k: stored[1].get(k) for k in PHOTO_KEYS} != want:
+                self.to_update.append((stored[0], want))
+                c.photos_updated += 1
+                state.changed = True
+            else:
+                c.photos_skipped += 1
+            return
+        with _timed(self.report, "preprocess"):
+            decoded = decode_photo(raw, self.settings.images)
+        if isinstance(decoded, Refused):
+            state.first_path.pop(raw.sha256, None)
+            self._reject_photo(ref, decoded)
+            return
+        if decoded.note:
+            self.report.notices.append(Notice(path=ref.rel_path, detail=decoded.note))
+        self.pending.append(_Pending(ref, raw.sha256, decoded.image))
+        if len(self.pending) >= self.settings.encoder.batch_size:
+            self._encode()
+            self._flush_writes(force=False)
+
+    def _encode(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        with _timed(self.report, "encode"):
+            vectors = np.asarray(
+                self.encoder.embed([p.image for p in batch], batch_size=self.settings.encoder.batch_size),
+                dtype=np.float32,
+            )
+        if vectors.shape != (len(batch), self.encoder.dim):
+            raise RuntimeError(
+                f"encoder returned shape {vectors.shape}, expected ({len(batch)}, {self.encoder.dim})"
+            )
+        for p, v in zip(batch, vectors, strict=True):
+            user = self.meta.users[p.ref.user_id]
+            pid = photo_point_id(user.user_id, p.sha256)
+            self.to_write.append(
+                Point(id=pid, vector=v, payload=self._photo_payload(user, p.sha256, p.ref.rel_path))
+            )
+
+    def _flush_writes(self, *, force: bool) -> None:
+        size = self.settings.ingest.write_batch_size
+        while self.to_write and (force or len(self.to_write) >= size):
+            chunk, self.to_write = self.to_write[:size], self.to_write[size:]
+            with _timed(self.report, "write"):
+                self.retry("upsert photos", self.store.upsert, PHOTOS, chunk)
+            # Counted only once acknowledged: the report never claims a photo the store does not hold.
+            for p in chunk:
+                uid, sha = p.payload["user_id"], p.payload["photo_sha256"]
+                state = self.users[uid]
+                state.stored[sha] = (p.id, p.payload)
+                state.kept.add(sha)
+                state.changed = True
+            self.report.counts.photos_stored += len(chunk)
+            log.info("wrote %d photos (%d this run)", len(chunk), self.report.counts.photos_stored)
+
+    def _apply_updates(self) -> None:
+        """Rewrite the payload of stored photos whose user fields or path changed (vector kept as stored)."""
+        size = self.settings.ingest.write_batch_size
+        for i in range(0, len(self.to_update), size):
+            chunk = dict(self.to_update[i : i + size])
+            with _timed(self.report, "write"):
+                points = self.retry(
+                    "retrieve photos", self.store.retrieve, PHOTOS, list(chunk), with_vectors=True
+                )
+                fresh = [
+                    Point(id=p.id, vector=p.vector, payload=chunk[p.id])
+                    for p in points
+                    if p.vector is not None
+                ]
+                self.retry("upsert photos", self.store.upsert, PHOTOS, fresh)
+            for p in fresh:
+                self.users[p.payload["user_id"]].stored[p.payload["photo_sha256"]] = (p.id, p.payload)
+
+    def _prune(self) -> None:
+        """Delete stored photos of metadata users not accepted in this run (left the metadata, now bad)."""
+        ids: list[str] = []
+        for state in self.users.values():
+            for sha in sorted(set(state.stored) - state.kept):
+                ids.append(state.stored.pop(sha)[0])
+                state.changed = True
+        size = self.settings.ingest.write_batch_size
+        for i in range(0, len(ids), size):
+            chunk = ids[i : i + size]
+            with _timed(self.report, "write"):
+                self.retry("delete photos", self.store.delete, PHOTOS, chunk)
+            self.report.counts.photos_pruned += len(chunk)
+
+    def _write_users(self) -> None:
+        """Make each metadata user's point match the store: the normalised mean of *all* its stored
+        photo vectors, ``photo_ids`` naming them. Users already right are left alone (a re-run writes none).
+        """
+        c = self.report.counts
+        uids = sorted(self.users)
+        existing = self.existing_users
+        for i in range(0, len(uids), _USERS_PER_SCROLL):
+            ids = [user_point_id(u) for u in uids[i : i + _USERS_PER_SCROLL]]
+            for p in self.retry("retrieve users", self.store.retrieve, USERS, ids):
+                existing[p.id] = p.payload
+
+        stale: list[str] = []
+        to_delete: list[str] = []
+        for uid in uids:
+            state, record = self.users[uid], self.meta.users[uid]
+            photo_ids = sorted(pid for pid, _ in state.stored.values())
+            upid = user_point_id(uid)
+            if not photo_ids:
+                self.report.users_without_photos.append(uid)
+                if upid in existing:
+                    to_delete.append(upid)
+                continue
+            want = self._user_payload(record, photo_ids)
+            have = existing.get(upid)
+            if have is None or {k: have.get(k) for k in USER_KEYS} != want:
+                stale.append(uid)
+        c.users_without_photos = len(self.report.users_without_photos)
+
+        size = self.settings.ingest.write_batch_size
+        batch_uids: list[str] = []
+        batch_photos = 0
+        for uid in stale:
+            batch_uids.append(uid)
+            batch_photos += len(self.users[uid].stored)
+            if batch_photos >= size:
+                self._write_user_batch(batch_uids)
+                batch_uids, batch_photos = [], 0
+        self._write_user_batch(batch_uids)
+        for i in range(0, len(to_delete), size):
+            chunk = to_delete[i : i + size]
+            self.retry("delete users", self.store.delete, USERS, chunk)
+            c.users_deleted += len(chunk)
+
+    def _user_payload(self, record: UserRecord, photo_ids: list[str]) -> dict[str, Any]:
+        return {
+            **record.fields(),
+            "n_photos": len(photo_ids),
+            "photo_ids": photo_ids,
+            "encoder_id": self.encoder.encoder_id,
+        }
+
+    def _write_user_batch(self, uids: list[str]) -> None:
+        if not uids:
+            return
+        wanted = [pid for uid in uids for pid, _ in self.users[uid].stored.values()]
+        got = self.retry("retrieve photos", self.store.retrieve, PHOTOS, wanted, with_vectors=True)
+        by_user: dict[str, list[Point]] = {}
+        for p in got:
+            if p.vector is not None:
+                by_user.setdefault(str(p.payload.get("user_id")), []).append(p)
+        points: list[Point] = []
+        for uid in uids:
+            # Sorted by id: the float sum, hence the vector, is the same on every run.
+            photos = sorted(by_user.get(uid, []), key=lambda p: p.id)
+            if not photos:
+                continue
+            mean = np.mean(np.stack([np.asarray(p.vector, dtype=np.float32) for p in photos]), axis=0)
+            norm = float(np.linalg.norm(mean))
+            if norm == 0.0:
+                log.warning("user %s: photo vectors cancel out; no user vector written", uid)
+                continue
+            # Keep what other parts keep in the user's point (the like history); refresh() redoes kth_sim.
+            have = self.existing_users.get(user_point_id(uid), {})
+            kept = {k: v for k, v in have.items() if k not in USER_KEYS}
+            payload = {**kept, **self._user_payload(self.meta.users[uid], [p.id for p in photos])}
+            points.append(
+                Point(id=user_point_id(uid), vector=(mean / norm).astype(np.float32), payload=payload)
+            )
+        if points:
+            self.retry("upsert users", self.store.upsert, USERS, points)
+            self.report.counts.users_written += len(points)
+
+    def _refresh(self) -> None:
+        """Recompute the reciprocity statistics in users' payloads, when that module is installed."""
+        if importlib.util.find_spec("engine.reciprocity") is None:
+            log.info("engine.reciprocity not present; reciprocity statistics not refreshed")
+            return
+        module = importlib.import_module("engine.reciprocity")
+        refresh = getattr(module, "refresh", None)
+        if refresh is None:
+            log.info("engine.reciprocity has no refresh(); statistics not refreshed")
+            return
+        with _timed(self.report, "reciprocity"):
+            self.retry("refresh reciprocity", refresh, self.store, self.settings)
+        self.report.reciprocity_refreshed = True
