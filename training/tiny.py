@@ -1,0 +1,143 @@
+"""Tiny and real-size Qwen3-VL configurations with random weights: tests and benchmarks without a download.
+
+``build_tiny_checkpoint`` writes a complete (vision + text) ``Qwen3VLForConditionalGeneration`` in Hugging
+Face format, so the encoder is exercised through exactly the code path that reads the real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Qwen3-VL's own preprocessing (its hub preprocessor_config.json): patch 16, merge 2, mean = std = 0.5.
+# The Qwen2-VL class defaults differ (patch 14, CLIP mean/std), so these are always written out explicitly.
+QWEN3_VL_PATCH_SIZE = 16
+QWEN3_VL_MERGE_SIZE = 2
+QWEN3_VL_TEMPORAL_PATCH_SIZE = 2
+QWEN3_VL_IMAGE_MEAN = (0.5, 0.5, 0.5)
+QWEN3_VL_IMAGE_STD = (0.5, 0.5, 0.5)
+QWEN3_VL_MIN_PIXELS = 256 * 256
+QWEN3_VL_MAX_PIXELS = 4096 * 4096  # the processor's own default: far too many tokens for an encoder
+
+
+def qwen3_vl_image_processor_config(
+    min_pixels: int = QWEN3_VL_MIN_PIXELS, max_pixels: int = QWEN3_VL_MAX_PIXELS
+) -> dict[str, Any]:
+    """``preprocessor_config.json`` of a Qwen3-VL checkpoint (PIL backend: no torchvision needed)."""
+    return {
+        "image_processor_type": "Qwen2VLImageProcessorPil",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(QWEN3_VL_IMAGE_MEAN),
+        "image_std": list(QWEN3_VL_IMAGE_STD),
+        "resample": 3,  # bicubic
+        "patch_size": QWEN3_VL_PATCH_SIZE,
+        "temporal_patch_size": QWEN3_VL_TEMPORAL_PATCH_SIZE,
+        "merge_size": QWEN3_VL_MERGE_SIZE,
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+    }
+
+
+def tiny_vision_config_dict() -> dict[str, Any]:
+    """A 2-block, 64-wide vision tower with Qwen3-VL's patching (patch 16, merge 2, temporal 2)."""
+    return {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 4,
+        "out_hidden_size": 64,
+        "patch_size": QWEN3_VL_PATCH_SIZE,
+        "spatial_merge_size": QWEN3_VL_MERGE_SIZE,
+        "temporal_patch_size": QWEN3_VL_TEMPORAL_PATCH_SIZE,
+        "num_position_embeddings": 256,  # a 16 x 16 learned grid, resampled to each image's grid
+        # The default (8, 16, 24) indexes blocks a 2-block tower does not have.
+        "deepstack_visual_indexes": [],
+        "hidden_act": "gelu_pytorch_tanh",
+    }
+
+
+def real_vision_config_dict() -> dict[str, Any]:
+    """The vision tower of Qwen/Qwen3-VL-2B-Instruct (its config.json): 24 blocks, 1024 wide, 2048 out."""
+    return {
+        "depth": 24,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_heads": 16,
+        "out_hidden_size": 2048,
+        "patch_size": QWEN3_VL_PATCH_SIZE,
+        "spatial_merge_size": QWEN3_VL_MERGE_SIZE,
+        "temporal_patch_size": QWEN3_VL_TEMPORAL_PATCH_SIZE,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [5, 11, 17],
+        "hidden_act": "gelu_pytorch_tanh",
+        "in_channels": 3,
+        "initializer_range": 0.02,
+    }
+
+
+def real_vision_config():  # -> transformers.Qwen3VLVisionConfig
+    """``Qwen3VLVisionConfig`` of Qwen3-VL-2B's vision tower (~407 M parameters), for benchmarks."""
+    from transformers import Qwen3VLVisionConfig
+
+    return Qwen3VLVisionConfig(**real_vision_config_dict())
+
+
+def tiny_config():  # -> transformers.Qwen3VLConfig
+    """A full ``Qwen3VLConfig`` (vision + text) small enough to build and save in about a second."""
+    from transformers import Qwen3VLConfig
+
+    head_dim = 16
+    text = {
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": head_dim,
+        "max_position_embeddings": 1024,
+        # mrope sections split head_dim / 2 rotary frequencies over (t, h, w).
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        },
+    }
+    return Qwen3VLConfig(
+        vision_config=tiny_vision_config_dict(),
+        text_config=text,
+        # Special tokens inside the tiny vocabulary, so the saved model is usable end to end.
+        image_token_id=500,
+        video_token_id=501,
+        vision_start_token_id=502,
+        vision_end_token_id=503,
+    )
+
+
+def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a randomly-initialised tiny ``Qwen3VLForConditionalGeneration`` in Hugging Face format.
+
+    Writes ``config.json``, ``model.safetensors`` and a Qwen3-VL ``preprocessor_config.json`` into ``out_dir``
+    (created if missing). The same ``seed`` gives the same weights. Takes about a second on CPU.
+    Returns ``out_dir`` as a ``Path``.
+    """
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = tiny_config()
+    # fork_rng: a fixed seed here must not reset the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model: Any = Qwen3VLForConditionalGeneration(config)
+    model.float().save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(qwen3_vl_image_processor_config(), indent=2) + "\n", encoding="utf-8"
+    )
+    return out
