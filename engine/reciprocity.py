@@ -1,8 +1,9 @@
 """The batch pass behind cheap rank reciprocity: each user's ``kth_sim``, stored in their payload.
 
-``kth_sim`` of user B is the cosine similarity between B's mean vector and B's K-th nearest *compatible*
-user (``K = recommend.reciprocity_k``; compatibility as in ``engine.compatibility``, which is symmetric).
-"Is A within B's top-K?" then becomes ``cos(v_A, v_B) >= kth_sim_B``: one comparison at query time instead
+``kth_sim`` of user B is the cosine similarity between B's taste (B's mean vector, or the ``taste`` of
+``engine.likes`` when B has a like history: what B's own list is ranked by) and B's K-th nearest
+*compatible* user (``K = recommend.reciprocity_k``; compatibility as in ``engine.compatibility``).
+"Is A within B's top-K?" then becomes ``cos(t_B, v_A) >= kth_sim_B``: one comparison at query time instead
 of a reverse ANN query per candidate (the same idea as CSLS's per-point neighbourhood radius against hubness).
 A user with fewer than K compatible users gets ``kth_sim = -1`` (everyone compatible is in their top-K).
 
@@ -77,12 +78,25 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 256) -> RefreshRep
         vectors.append(v)
         profiles.append(prof)
 
+    # Tastes first: each user's list is ranked by their taste, so kth_sim is measured with it.
+    index = {user_point_id(prof.user_id): i for i, prof in enumerate(profiles)}
+    blend = settings.recommend.taste_blend
+    tastes: list[list[float] | None] = []
+    for i, p in enumerate(points):
+        liked_pids = (user_point_id(str(u)) for u in (p.payload or {}).get(LIKED_FIELD) or [])
+        liked = [index[pid] for pid in liked_pids if pid in index]
+        liked_vecs = np.stack([vectors[j] for j in liked]) if liked else None
+        tastes.append(taste_payload(vectors[i], liked_vecs, blend))
+    query_vectors = [
+        v if t is None else np.asarray(t, dtype=np.float32) for v, t in zip(vectors, tastes, strict=True)
+    ]
+
     kth = np.full(len(points), NO_KTH, dtype=np.float64)
     bar = tqdm(total=len(points), desc="reciprocity", unit="user", disable=not settings.progress)
     for start in range(0, len(points), chunk):
         stop = min(start + chunk, len(points))
         queries = [
-            Query(vector=vectors[i], limit=k, filter=compatible_filter(profiles[i]), with_payload=False)
+            Query(vector=query_vectors[i], limit=k, filter=compatible_filter(profiles[i]), with_payload=False)
             for i in range(start, stop)
         ]
         for i, res in zip(range(start, stop), store.query_batch(USERS, queries), strict=True):
@@ -90,16 +104,12 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 256) -> RefreshRep
         bar.update(stop - start)
     bar.close()
 
-    index = {user_point_id(prof.user_id): i for i, prof in enumerate(profiles)}
-    blend = settings.recommend.taste_blend
     updated: list[Point] = []
     for i, p in enumerate(points):
         payload = dict(p.payload or {})
         payload[KTH_FIELD] = float(kth[i])
         payload[KTH_K_FIELD] = k
-        liked_pids = (user_point_id(str(u)) for u in payload.get(LIKED_FIELD) or [])
-        liked = [index[pid] for pid in liked_pids if pid in index]
-        taste = taste_payload(vectors[i], np.stack([vectors[j] for j in liked]) if liked else None, blend)
+        taste = tastes[i]
         if taste is None:
             payload.pop(TASTE_FIELD, None)
         else:

@@ -22,15 +22,15 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from engine.compatibility import Profile, age_conditions, compatible_filter, gender_conditions
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
-from engine.filters import Filter, HasId
+from engine.filters import Filter, HasId, MatchAny
 from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, usable_vector
-from engine.reciprocity import KTH_FIELD
+from engine.reciprocity import KTH_FIELD, NO_KTH
 from engine.rerank import (
     RerankInput,
     RerankWeights,
@@ -94,6 +94,17 @@ def _kth(payload: dict[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
+def _raise_missing(store: Store, user_id: str) -> NoReturn:
+    """``NoUserVector`` if photos of ``user_id`` are stored but no user vector, else ``UserNotFound``.
+
+    (Ingestion writes no users point for a user without a valid photo; photos whose vectors cancel out are
+    the one way to have photos but no user vector.)
+    """
+    if store.count(PHOTOS, Filter(must=(MatchAny.of("user_id", [user_id]),))) > 0:
+        raise NoUserVector(f"user {user_id!r} has photos stored but no user vector; nothing to match on")
+    raise UserNotFound(user_id)
+
+
 def _load_askers(
     store: Store, user_ids: Sequence[str], settings: Settings, likes: Sequence[str] | None = None
 ) -> list[_Asker]:
@@ -108,7 +119,7 @@ def _load_askers(
     for u in user_ids:
         p = by_id.get(user_point_id(u))
         if p is None:
-            raise UserNotFound(u)
+            _raise_missing(store, u)
         own = usable_vector(p)
         if own is None:
             raise NoUserVector(f"user {u!r} has no vector (no valid photo was stored); nothing to match on")
@@ -150,8 +161,19 @@ def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Setti
     )
 
 
+def _asker_kth(asker: _Asker, stage1: np.ndarray, limit: int, reciprocity_k: int) -> float:
+    """A's kth_sim for this very query: stage 1 is A's compatible list ranked by A's taste (minus
+    ``exclude``), so its K-th score is exact when it is that long; shorter than asked means everyone
+    compatible is in it. Otherwise (K above the stage-1 limit) the stored statistic is used."""
+    if len(stage1) >= reciprocity_k:
+        return float(np.sort(stage1)[::-1][reciprocity_k - 1])
+    if len(stage1) < limit:
+        return NO_KTH
+    return asker.kth_sim
+
+
 def _rerank_candidates(
-    store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings
+    store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, limit: int, settings: Settings
 ) -> list[Match]:
     """Stage 2 for one asker: two batched lookups, the numpy rerank, the top ``k`` as ``Match``es."""
     n = len(cands)
@@ -229,8 +251,7 @@ def _rerank_candidates(
             fwd_photo=fwd_photo,
             rev_mean=rev_mean,
             rev_photo=rev_photo,
-            mutual_sim=mutual,
-            kth_a=asker.kth_sim,
+            kth_a=_asker_kth(asker, fwd_mean, limit, rs.reciprocity_k),
             kth_b=kth_b,
         ),
         RerankWeights(
@@ -287,8 +308,8 @@ def recommend(
     st, settings, owned = _with_store(store, settings)
     try:
         asker = _load_askers(st, [user_id], settings, likes)[0]
-        cands = st.query(USERS, _stage1_query(asker, k, exclude, settings))
-        return _rerank_candidates(st, asker, cands, k, settings)
+        q = _stage1_query(asker, k, exclude, settings)
+        return _rerank_candidates(st, asker, st.query(USERS, q), k, q.limit, settings)
     finally:
         if owned:
             st.close()
@@ -306,9 +327,10 @@ def recommend_many(
         for start in range(0, len(user_ids), _QUERY_CHUNK):
             chunk = list(user_ids[start : start + _QUERY_CHUNK])
             askers = _load_askers(st, chunk, settings)
-            results = st.query_batch(USERS, [_stage1_query(a, k, (), settings) for a in askers])
-            for u, a, cands in zip(chunk, askers, results, strict=True):
-                out[u] = _rerank_candidates(st, a, cands, k, settings)
+            queries = [_stage1_query(a, k, (), settings) for a in askers]
+            results = st.query_batch(USERS, queries)
+            for u, a, q, cands in zip(chunk, askers, queries, results, strict=True):
+                out[u] = _rerank_candidates(st, a, cands, k, q.limit, settings)
         return out
     finally:
         if owned:

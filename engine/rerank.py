@@ -10,11 +10,12 @@ alone would change nothing. Each direction here is scored from signals that diff
 
       a(A→B) = (1 - w_photo) · cos(t_A, v_B) + w_photo · max_j cos(t_A, p_Bj)
 
-* **rank reciprocity** ``r(A→B)``: is B inside A's own top-K compatible neighbours (the k-reciprocal test of
-  person re-identification re-ranking)? Each user stores ``kth_sim``, the similarity to their own K-th nearest
-  compatible user (``engine.reciprocity``), so the test is one comparison, softened by a logistic::
+* **rank reciprocity** ``r(A→B)``: is B inside A's own top-K compatible list (the k-reciprocal test of
+  person re-identification re-ranking)? A's list is ranked by A's taste, so each user stores ``kth_sim``,
+  the similarity between their taste and their own K-th nearest compatible user (``engine.reciprocity``),
+  and the test is one comparison, softened by a logistic::
 
-      r(A→B) = σ((cos(v_A, v_B) - kth_A) / T)
+      r(A→B) = σ((cos(t_A, v_B) - kth_A) / T)
 
   Near-neighbour relations are asymmetric in real data (hubs, dense regions): B can be A's nearest neighbour
   while A is far down B's list, because B has many closer neighbours (large ``kth_B``).
@@ -125,8 +126,8 @@ def appeal(mean_score: np.ndarray, best_photo_score: np.ndarray, best_photo_weig
 def reciprocity(sim: np.ndarray, kth_sim: np.ndarray | float, temperature: float) -> np.ndarray:
     """Soft "is the other inside my top-K": ``σ((sim - kth_sim) / T)`` in (0, 1), shape (n,).
 
-    ``sim`` is the mean-vector cosine between the two users; ``kth_sim`` the chooser's similarity to
-    their own K-th nearest compatible user (NaN where unknown: the result is 0.5, neutral).
+    ``sim`` is the cosine between the chooser's taste and the other's mean vector; ``kth_sim`` the same
+    for the chooser's own K-th nearest compatible user (NaN where unknown: the result is 0.5, neutral).
     """
     if temperature <= 0:
         raise InvalidInput(f"recommend.reciprocity_temperature: must be > 0, got {temperature}")
@@ -147,15 +148,13 @@ class RerankInput:
 
     fwd_mean: cos(t_A, v_B) (n,)       fwd_photo: max_j cos(t_A, p_Bj) (n,), -inf where B has no photo
     rev_mean: cos(t_B, v_A) (n,)       rev_photo: max_i cos(t_B, p_Ai) (n,), -inf where A has no photo
-    mutual_sim: cos(v_A, v_B) (n,)     kth_a: A's kth_sim (scalar, NaN unknown)
-    kth_b: each B's kth_sim (n,), NaN where unknown
+    kth_a: A's kth_sim (scalar, NaN unknown)      kth_b: each B's kth_sim (n,), NaN where unknown
     """
 
     fwd_mean: np.ndarray
     fwd_photo: np.ndarray
     rev_mean: np.ndarray
     rev_photo: np.ndarray
-    mutual_sim: np.ndarray
     kth_a: float
     kth_b: np.ndarray
 
@@ -187,12 +186,12 @@ def rerank(x: RerankInput, w: RerankWeights) -> RerankResult:
     """Score n candidates with the formula in this module's docstring."""
     a_to_b = directional(
         appeal(x.fwd_mean, x.fwd_photo, w.best_photo_weight),
-        reciprocity(x.mutual_sim, x.kth_a, w.reciprocity_temperature),
+        reciprocity(x.fwd_mean, x.kth_a, w.reciprocity_temperature),
         w.reciprocity_weight,
     )
     b_to_a = directional(
         appeal(x.rev_mean, x.rev_photo, w.best_photo_weight),
-        reciprocity(x.mutual_sim, x.kth_b, w.reciprocity_temperature),
+        reciprocity(x.rev_mean, x.kth_b, w.reciprocity_temperature),
         w.reciprocity_weight,
     )
     return RerankResult(score=aggregate(a_to_b, b_to_a, w.aggregation), a_to_b=a_to_b, b_to_a=b_to_a)

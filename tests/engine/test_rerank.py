@@ -100,7 +100,6 @@ def _input(n: int, *, kth_b: np.ndarray, mutual: np.ndarray) -> RerankInput:
         fwd_photo=np.full(n, -np.inf),
         rev_mean=mutual.copy(),
         rev_photo=np.full(n, -np.inf),
-        mutual_sim=mutual,
         kth_a=0.0,
         kth_b=kth_b,
     )
@@ -132,7 +131,6 @@ def test_harmonic_punishes_one_sided_more_than_arithmetic() -> None:
         fwd_photo=np.array([0.9, 0.35]),
         rev_mean=np.array([-0.2, 0.3]),
         rev_photo=np.array([-0.2, 0.3]),
-        mutual_sim=np.array([0.5, 0.5]),
         kth_a=0.5,
         kth_b=np.array([0.5, 0.5]),
     )
@@ -148,7 +146,6 @@ def test_best_photo_changes_forward_appeal() -> None:
         fwd_photo=np.array([0.9, 0.5]),
         rev_mean=np.array([0.5, 0.5]),
         rev_photo=np.array([0.5, 0.5]),
-        mutual_sim=np.array([0.5, 0.5]),
         kth_a=0.5,
         kth_b=np.array([0.5, 0.5]),
     )
