@@ -3,7 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from engine.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse has no public type for it
     """Add the engine's commands to the ``matcher`` parser."""
+    register_recommend(sub)
+
+
+# -- recommend ----------------------------------------------------------------------------------------------
+def register_recommend(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """``matcher recommend USER_ID [--k 20] [--exclude ID ...] [--json]``."""
+    p = sub.add_parser(
+        "recommend",
+        help="reciprocal matches for one user",
+        description="The best reciprocal matches for USER_ID: filtered ANN, then reciprocal reranking.",
+    )
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--k", type=int, default=20, help="how many matches (default 20)")
+    p.add_argument(
+        "--exclude", nargs="*", default=[], metavar="ID", help="user ids never to show (seen, blocked)"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list of matches (for scripts)")
+    p.set_defaults(func=_recommend_command)
+
+
+def _recommend_command(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from engine.recommend import explain_empty, recommend
+    from engine.store import open_store
+
+    with open_store(settings) as store:
+        matches = recommend(args.user_id, args.k, exclude=args.exclude, store=store, settings=settings)
+        reason = explain_empty(args.user_id, exclude=args.exclude, store=store) if not matches else ""
+    if args.json:
+        print(json.dumps([m.to_dict() for m in matches], indent=2))
+        if reason:
+            print(f"matcher recommend: no match: {reason}", file=sys.stderr)
+        return 0
+    if not matches:
+        print(f"no match for {args.user_id}: {reason}")
+        return 0
+    print(f"{'rank':>4}  {'user_id':<20} {'score':>6} {'a->b':>6} {'b->a':>6}  best_photo_id")
+    for m in matches:
+        print(
+            f"{m.rank:>4}  {m.user_id:<20} {m.score:6.3f} {m.score_a_to_b:6.3f} {m.score_b_to_a:6.3f}  "
+            f"{m.best_photo_id or '-'}"
+        )
+    return 0

@@ -312,11 +312,15 @@ def test_nobody_passes_the_filters_gives_empty_list_and_a_reason(db: tuple[Store
     assert "excluded" in explain_empty("lonely", exclude=["match"], store=store)
 
 
-def test_cli_recommend_json_and_empty_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_recommend_json_and_empty_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from engine.cli import main
 
     store_path = tmp_path / "cli-store"
+    monkeypatch.setenv("MATCHER_RECOMMEND__RECIPROCITY_K", "5")  # the CLI reads settings from the environment
     settings = Settings(store_path=store_path, store_backend="edge", progress=False)
+    assert settings.recommend.reciprocity_k == 5
     people, _ = reciprocity_case()
     people.append(user("hermit", "male", 90, np.eye(DIM)[5], window=(90, 99)))
     with open_store(settings) as store:
