@@ -118,7 +118,8 @@ class Encoder(nn.Module):
         dtype: torch.dtype,
     ) -> None:
         super().__init__()
-        self.tower = tower
+        # Any: a Qwen3VLVisionModel, or a peft model wrapping it while LoRA adapters are trained.
+        self.tower: Any = tower
         self.head = head
         self.processor = processor
         self.source = source
