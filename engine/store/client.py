@@ -383,7 +383,8 @@ class QdrantClientStore(Store):
             limit=q.limit,
             with_payload=_with_payload(q.with_payload),
             with_vector=q.with_vectors,
-            params=models.SearchParams(exact=True) if q.exact else None,
+            # Local mode is always exact (and warns on search params).
+            params=models.SearchParams(exact=True) if q.exact and self.backend != "local" else None,
         )
 
     @staticmethod

@@ -1,0 +1,422 @@
+"""The store on Qdrant Edge (``qdrant-edge-py``): Qdrant's engine in this process, no server.
+
+One ``EdgeShard`` per collection, each a folder under ``settings.store_path``::
+
+    <store_path>/.matcher.lock          held while a process has the store open (see engine/store/lock.py)
+    <store_path>/<prefix>photos/        EdgeShard (segments + WAL)
+    <store_path>/<prefix>users/
+    <store_path>/<prefix>matcher_meta/  one point: encoder id and dim
+
+Edge builds HNSW only in ``optimize()`` (and only for segments above its indexing threshold; below it,
+search is exact), so the ingestion calls ``optimize()`` after a bulk write. Upserts go through the shard's
+WAL, so an acknowledged upsert survives the process being killed. The API is young (pinned in pyproject);
+everything version-specific stays in this file.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
+from engine.filters import Filter, HasId, MatchAny, Range
+from engine.schema import META
+from engine.settings import Settings
+from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
+from engine.store.lock import FolderLock
+from engine.store.meta import (
+    COLLECTION_INDEXES,
+    META_DIM,
+    META_POINT_ID,
+    META_VECTOR,
+    check_encoder,
+    info_from_payload,
+    meta_payload,
+)
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_TYPES: dict[str, qe.PayloadSchemaType] = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+}
+_SCHEMA_NAMES: dict[Any, str] = {v: k for k, v in _SCHEMA_TYPES.items()}
+
+# Substrings of the engine's error messages that mean "the disk failed us", worth a retry or an operator.
+_IO_MARKERS = (
+    "os error",
+    "No space left",
+    "Input/output",
+    "I/O error",
+    "Too many open files",
+    "Permission denied",
+)
+
+
+def _uuid(point_id: str) -> uuid.UUID:
+    """Our ids are UUID strings; Edge stores them as UUIDs (so they read back the same on every backend)."""
+    try:
+        return uuid.UUID(str(point_id))
+    except ValueError:
+        raise InvalidInput(f"point id {point_id!r} is not a UUID (see engine.schema)") from None
+
+
+def _match_any(c: MatchAny) -> qe.MatchAny:
+    strings = [v for v in c.values if isinstance(v, str)]
+    if len(strings) == len(c.values):
+        return qe.MatchAny(strings)
+    ints = [v for v in c.values if isinstance(v, int) and not isinstance(v, bool)]
+    if len(ints) == len(c.values):
+        return qe.MatchAny(ints)
+    raise InvalidInput(f"filter on {c.key!r}: match values must be all strings or all integers: {c.values!r}")
+
+
+def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
+    """Translate ``engine.filters.Filter`` to ``qdrant_edge.Filter`` (None for no filter)."""
+    if flt is None or flt.is_empty():
+        return None
+
+    def cond(c: MatchAny | Range | HasId) -> Any:
+        if isinstance(c, MatchAny):
+            return qe.FieldCondition(c.key, match=_match_any(c))
+        if isinstance(c, Range):
+            # RangeFloat serves integer indexes too (Qdrant compares numerically).
+            return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte))
+        if isinstance(c, HasId):
+            return qe.HasIdCondition({_uuid(i) for i in c.ids})
+        raise TypeError(f"unknown filter condition {c!r}")
+
+    return qe.Filter(
+        must=[cond(c) for c in flt.must] or None,
+        must_not=[cond(c) for c in flt.must_not] or None,
+    )
+
+
+def _with_payload(value: bool | tuple[str, ...]) -> bool | list[str]:
+    return list(value) if isinstance(value, tuple) else bool(value)
+
+
+def _vector(v: Any) -> np.ndarray | None:
+    if v is None:
+        return None
+    if isinstance(v, dict):  # named vectors: we only use the default one
+        v = v.get("", next(iter(v.values()), None))
+        if v is None:
+            return None
+    return np.asarray(v, dtype=np.float32)
+
+
+class EdgeStore(Store):
+    """``Store`` on Qdrant Edge shards in one folder. Build it with ``EdgeStore.open(settings)``."""
+
+    backend = "edge"
+
+    def __init__(self, root: Path, lock: FolderLock, *, prefix: str = "") -> None:
+        self.root = Path(root)
+        self.prefix = prefix
+        self._lock = lock
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._closed = False
+
+    @classmethod
+    def open(cls, settings: Settings) -> EdgeStore:
+        """Open (or start) the Edge store in ``settings.store_path``, loading the collections already there.
+
+        Raises ``StoreLocked`` (naming the folder) if another process has it open.
+        """
+        lock = FolderLock.acquire(settings.store_path)
+        store = cls(settings.store_path, lock, prefix=settings.collection_prefix)
+        try:
+            for c in (*COLLECTION_INDEXES, META):
+                if store._path(c).is_dir():
+                    store._load(c)
+        except BaseException:
+            store.close()
+            raise
+        log.info("opened the Edge store %s (%s)", store.root, ", ".join(store._shards) or "empty")
+        return store
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return f"the Edge store {self.root}"
+
+    def name(self, collection: str) -> str:
+        return f"{self.prefix}{collection}"
+
+    def _path(self, collection: str) -> Path:
+        return self.root / self.name(collection)
+
+    @contextmanager
+    def _calling(self, what: str, collection: str | None = None) -> Iterator[None]:
+        """Map the engine's errors: a held WAL -> ``StoreLocked``, disk trouble -> ``StoreUnavailable``,
+        a wrong vector size -> ``InvalidInput``; anything else (our bugs) passes through unchanged."""
+        if self._closed:
+            raise StoreUnavailable(f"{self.where} is closed")
+        try:
+            yield
+        except (StoreUnavailable, InvalidInput):
+            raise
+        except OSError as exc:
+            raise StoreUnavailable(f"{what} failed on {self.where}: {exc}") from exc
+        except Exception as exc:
+            if type(exc) is not Exception:  # the bindings raise bare Exception; TypeError etc. are our bugs
+                raise
+            msg = str(exc)
+            folder = self._path(collection) if collection else self.root
+            if "WouldBlock" in msg:
+                raise StoreLocked(f"the store folder {folder} is in use by another process ({msg})") from exc
+            if "dimension error" in msg:
+                raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {msg}") from exc
+            if any(m in msg for m in _IO_MARKERS):
+                raise StoreUnavailable(f"{what} failed on {folder}: {msg}") from exc
+            raise
+
+    def _load(self, collection: str) -> qe.EdgeShard:
+        with self._calling("load", collection):
+            shard = qe.EdgeShard.load(str(self._path(collection)))
+        self._shards[collection] = shard
+        return shard
+
+    def _shard(self, collection: str) -> qe.EdgeShard:
+        if self._closed:
+            raise StoreUnavailable(f"{self.where} is closed")
+        shard = self._shards.get(collection)
+        if shard is None:
+            raise InvalidInput(
+                f"collection {self.name(collection)!r} does not exist in {self.where}; "
+                "run the ingestion first"
+            )
+        return shard
+
+    def _create(self, collection: str, dim: int, indexes: dict[str, str]) -> None:
+        path = self._path(collection)
+        if path.exists():  # a half-made folder (crash during create) holds no data worth keeping
+            shutil.rmtree(path)
+        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        with self._calling("create", collection):
+            shard = qe.EdgeShard.create(str(path), config)
+            for field, kind in indexes.items():
+                shard.update(qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind]))
+        self._shards[collection] = shard
+
+    def _drop(self, collection: str) -> None:
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            shard.close()
+        if self._path(collection).exists():
+            shutil.rmtree(self._path(collection))
+
+    def _vector_size(self, collection: str) -> int:
+        # Edge reports no vector config back, so read one stored vector (-1: the collection is empty).
+        for p in self.scroll(collection, with_vectors=True, batch_size=1):
+            return int(p.vector.shape[0]) if p.vector is not None else -1
+        return -1
+
+    # -- collections ---------------------------------------------------------------------------------------
+    def setup(self, encoder_id: str, dim: int, *, rebuild: bool = False) -> None:
+        if dim < 1:
+            raise InvalidInput(f"dim: must be positive, got {dim}")
+        if self._closed:
+            raise StoreUnavailable(f"{self.where} is closed")
+        if rebuild:
+            for c in (*COLLECTION_INDEXES, META):
+                self._drop(c)
+        else:
+            check_encoder(self.info(), encoder_id, dim, self.where)
+            # A store without META (META lost) must still not mix dimensions.
+            for c in COLLECTION_INDEXES:
+                if c in self._shards:
+                    size = self._vector_size(c)
+                    if size not in (-1, dim):
+                        check_encoder(
+                            StoreInfo(encoder_id="<unrecorded>", dim=size), encoder_id, dim, self.where
+                        )
+        for c, indexes in COLLECTION_INDEXES.items():
+            if c not in self._shards:
+                self._create(c, dim, indexes)
+            else:
+                have = self.payload_indexes(c)
+                with self._calling("create_field_index", c):
+                    for field, kind in indexes.items():
+                        if have.get(field) != kind:
+                            self._shards[c].update(
+                                qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind])
+                            )
+        if META not in self._shards:
+            self._create(META, META_DIM, {})
+        with self._calling("upsert", META):
+            meta = self._shards[META]
+            meta.update(
+                qe.UpdateOperation.upsert_points(
+                    [qe.Point(_uuid(META_POINT_ID), META_VECTOR.tolist(), meta_payload(encoder_id, dim))]
+                )
+            )
+        log.info("store ready in %s: encoder %s, dim %d", self.where, encoder_id, dim)
+
+    def payload_indexes(self, collection: str) -> dict[str, str]:
+        """Indexed payload fields of ``collection`` -> ``"keyword"`` / ``"integer"`` (others: Qdrant's)."""
+        shard = self._shard(collection)
+        with self._calling("info", collection):
+            schema = shard.info().payload_schema
+        return {k: _SCHEMA_NAMES.get(v.data_type, str(v.data_type)) for k, v in schema.items()}
+
+    def info(self) -> StoreInfo | None:
+        if META not in self._shards:
+            return None
+        with self._calling("retrieve", META):
+            recs = self._shards[META].retrieve([_uuid(META_POINT_ID)], True, False)
+        return info_from_payload(recs[0].payload) if recs else None
+
+    # -- points --------------------------------------------------------------------------------------------
+    def upsert(self, collection: str, points: Sequence[Point]) -> None:
+        if not points:
+            return
+        shard = self._shard(collection)
+        edge_points = []
+        for p in points:
+            if p.vector is None:
+                raise InvalidInput(f"point {p.id}: no vector to upsert")
+            edge_points.append(
+                qe.Point(_uuid(p.id), np.asarray(p.vector, dtype=np.float32).tolist(), p.payload)
+            )
+        with self._calling("upsert", collection):
+            # Returns once the WAL has it: acknowledged points survive a kill (flushed on close/optimize).
+            shard.update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
+        if not ids:
+            return []
+        shard = self._shard(collection)
+        uuids: list[Any] = [_uuid(i) for i in ids]
+        with self._calling("retrieve", collection):
+            recs = shard.retrieve(uuids, True, with_vectors)
+        return [Point(id=str(r.id), vector=_vector(r.vector), payload=dict(r.payload or {})) for r in recs]
+
+    def scroll(
+        self,
+        collection: str,
+        flt: Filter | None = None,
+        *,
+        with_vectors: bool = False,
+        batch_size: int = 1000,
+    ) -> Iterator[Point]:
+        shard = self._shard(collection)
+        ef = to_edge_filter(flt)
+        offset: Any = None
+        while True:
+            with self._calling("scroll", collection):
+                recs, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=batch_size,
+                        filter=ef,
+                        with_payload=True,
+                        with_vector=with_vectors,
+                    )
+                )
+            for r in recs:
+                yield Point(id=str(r.id), vector=_vector(r.vector), payload=dict(r.payload or {}))
+            if offset is None:
+                return
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        shard = self._shard(collection)
+        uuids: list[Any] = [_uuid(i) for i in ids]
+        with self._calling("delete", collection):
+            shard.update(qe.UpdateOperation.delete_points(uuids))
+
+    def delete_by_filter(self, collection: str, flt: Filter) -> None:
+        """Delete the points matching ``flt``; an empty filter is refused (``InvalidInput``), never "all"."""
+        ef = to_edge_filter(flt)
+        if ef is None:
+            raise InvalidInput("delete_by_filter: the filter is empty (refusing to delete every point)")
+        shard = self._shard(collection)
+        with self._calling("delete", collection):
+            shard.update(qe.UpdateOperation.delete_points_by_filter(ef))
+
+    def count(self, collection: str, flt: Filter | None = None) -> int:
+        shard = self._shard(collection)
+        ef = to_edge_filter(flt)
+        with self._calling("count", collection):
+            return int(shard.count(qe.CountRequest(exact=True, filter=ef)))
+
+    @staticmethod
+    def _request(q: Query) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=q.limit,
+            query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
+            filter=to_edge_filter(q.filter),
+            with_payload=_with_payload(q.with_payload),
+            with_vector=q.with_vectors,
+            params=qe.SearchParams(exact=True) if q.exact else None,
+        )
+
+    @staticmethod
+    def _scored(points: Sequence[Any], q: Query) -> list[ScoredPoint]:
+        return [
+            ScoredPoint(
+                id=str(p.id),
+                score=float(p.score),
+                payload=dict(p.payload or {}) if q.with_payload else None,
+                vector=_vector(p.vector) if q.with_vectors else None,
+            )
+            for p in points
+        ]
+
+    def query(self, collection: str, query: Query) -> list[ScoredPoint]:
+        shard = self._shard(collection)
+        with self._calling("query", collection):
+            points = shard.query(self._request(query))
+        return self._scored(points, query)
+
+    def query_batch(self, collection: str, queries: Sequence[Query]) -> list[list[ScoredPoint]]:
+        """All ``queries`` as one ``QueryBatchRequest`` (planned together: one pass over the segments)."""
+        if not queries:
+            return []
+        shard = self._shard(collection)
+        with self._calling("query", collection):
+            results = shard.query_batch(qe.QueryBatchRequest([self._request(q) for q in queries]))
+        return [self._scored(r, q) for r, q in zip(results, queries, strict=True)]
+
+    def optimize(self) -> None:
+        """Merge segments and build HNSW (for segments over Edge's indexing threshold), then flush."""
+        for c, shard in list(self._shards.items()):
+            t0 = time.perf_counter()
+            with self._calling("optimize", c):
+                changed = shard.optimize()
+                shard.flush()
+            log.info("optimized %s in %.2f s (changed: %s)", self.name(c), time.perf_counter() - t0, changed)
+
+    def flush(self) -> None:
+        """Write every shard's pending changes into its segments (the WAL already makes them durable)."""
+        for c, shard in self._shards.items():
+            with self._calling("flush", c):
+                shard.flush()
+
+    def close(self) -> None:
+        """Flush and close every shard, then release the folder (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for c, shard in self._shards.items():
+                try:
+                    shard.flush()
+                except Exception:  # keep closing the others; the WAL still holds what was acknowledged
+                    log.exception("flushing %s on close failed", self.name(c))
+                shard.close()
+            self._shards.clear()
+        finally:
+            self._lock.release()
