@@ -11,6 +11,8 @@ from engine.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse has no public type for it
     """Add the engine's commands to the ``matcher`` parser."""
     register_recommend(sub)
+    register_stats(sub)
+    register_delete_user(sub)
 
 
 # -- recommend ----------------------------------------------------------------------------------------------
@@ -53,4 +55,63 @@ def _recommend_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{m.rank:>4}  {m.user_id:<20} {m.score:6.3f} {m.score_a_to_b:6.3f} {m.score_b_to_a:6.3f}  "
             f"{m.best_photo_id or '-'}"
         )
+    return 0
+
+
+# -- stats, delete-user -------------------------------------------------------------------------------------
+def register_stats(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """``matcher stats [--json]``."""
+    p = sub.add_parser(
+        "stats",
+        help="what the store holds",
+        description="Points per collection and the encoder that made them.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object (for scripts)")
+    p.set_defaults(func=_stats_command)
+
+
+def _stats_command(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from engine.store import open_store
+    from engine.users import store_stats
+
+    with open_store(settings) as store:
+        stats = store_stats(store)
+        where = getattr(store, "where", store.backend)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    if stats["encoder_id"] is None:
+        print(f"{where}: empty (nothing ingested yet)")
+        return 0
+    print(f"store:    {where}")
+    print(f"encoder:  {stats['encoder_id']} (dim {stats['dim']})")
+    print(f"users:    {stats['users']}")
+    print(f"photos:   {stats['photos']}")
+    return 0
+
+
+def register_delete_user(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """``matcher delete-user USER_ID``."""
+    p = sub.add_parser(
+        "delete-user",
+        help="remove every stored point of one user",
+        description="Remove USER_ID's photos and user vector from every collection (erasure request). "
+        "Exit status 1 if the user was not stored.",
+    )
+    p.add_argument("user_id", metavar="USER_ID")
+    p.set_defaults(func=_delete_user_command)
+
+
+def _delete_user_command(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.store import open_store
+    from engine.users import delete_user
+
+    with open_store(settings) as store:
+        removed = delete_user(store, args.user_id)
+    if removed == 0:
+        print(f"{args.user_id}: not in the store (nothing removed)")
+        return 1
+    print(f"{args.user_id}: removed {removed} points")
     return 0
