@@ -491,13 +491,34 @@ def load_encoder_from_settings(settings: EncoderSettings, source: str | Path | N
     )
 
 
+def build_encoder(
+    tower: Qwen3VLVisionModel,
+    *,
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+    dim: int = DEFAULT_DIM,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    source: str = "in-memory",
+) -> Encoder:
+    """An ``Encoder`` around a tower built in memory (benchmarks, training a tower from scratch).
+
+    The image processor gets Qwen3-VL's values for the tower's patching; the head comes from the fixed seed.
+    """
+    if pixel_budget < 32 * 32:
+        raise InvalidInput(f"pixel_budget must be >= {32 * 32} (one merged token), got {pixel_budget}")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    processor, min_pixels = _load_processor(None, tower, pixel_budget)
+    head = ProjectionHead.seeded(int(tower.config.out_hidden_size), dim)
+    return _assemble(tower, head, processor, source=source, base_model=source, pixel_budget=pixel_budget,
+                     min_pixels=min_pixels, dev=dev, dtype=torch_dtype)
+
+
 def _load_base(
     source: str, dev: torch.device, dtype: torch.dtype, pixel_budget: int | None, dim: int | None
 ) -> Encoder:
-    if source.rstrip("/").lower().endswith("-fp8"):
-        _check_fp8(source, None, dev)  # before any network or disk access
-    path, config, is_local = _tower_path_and_config(source)
-    _check_fp8(source, config, dev)
+    path, config, is_local = _tower_path_and_config(source)  # reads nothing from the network
+    _check_fp8(source, config, dev)  # before transformers fails deep inside
     tower = _load_tower(path, dtype, dev)
     budget = pixel_budget or DEFAULT_PIXEL_BUDGET
     processor, min_pixels = _load_processor(path, tower, budget)
