@@ -1,0 +1,109 @@
+"""Calibration on the packaged speed-dating data, and the worlds it calibrates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import InvalidInput
+from engine.settings import Settings
+from evaluation.calibration import fit_calibration, fit_logistic, load_speed_dating, sigmoid
+from evaluation.simulate import WORLDS, Population, build_world
+
+
+@pytest.fixture(scope="module")
+def calib():  # -> CalibrationData
+    return fit_calibration()
+
+
+def test_data_is_the_columbia_experiment() -> None:
+    d = load_speed_dating()
+    assert d.dec.size == 8378
+    assert d.dec[d.gender == 0].mean() == pytest.approx(0.365, abs=0.001)
+    assert d.dec[d.gender == 1].mean() == pytest.approx(0.474, abs=0.001)
+    assert d.match.mean() == pytest.approx(0.165, abs=0.001)
+
+
+def test_fit_logistic_recovers_parameters() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 10, 20_000)
+    y = rng.random(x.size) < sigmoid(-3.0 + 0.6 * x)
+    a, b = fit_logistic(x, y)
+    assert a == pytest.approx(-3.0, abs=0.15)
+    assert b == pytest.approx(0.6, abs=0.03)
+    with pytest.raises(InvalidInput, match="both outcomes"):
+        fit_logistic(x, np.zeros_like(x))
+
+
+def test_curve_reproduces_the_data_rates(calib) -> None:
+    cal = calib.calibration
+    for g, rate in (("female", 0.365), ("male", 0.474)):
+        fit = cal.fits[g]
+        assert fit.like_rate == pytest.approx(rate, abs=0.001)
+        # Averaged over the data's rating distribution the curve gives the observed rate.
+        assert float(fit.prob(fit.ratings).mean()) == pytest.approx(fit.like_rate, abs=0.002)
+        assert fit.slope > 0.4  # attractiveness drives yes: the data's strongest effect
+        # And it follows the binned data: within 0.1 at every rating with 100+ dates.
+        xs, rates, counts = calib.binned(g)
+        big = counts >= 100
+        assert np.max(np.abs(fit.prob(xs[big]) - rates[big])) < 0.1
+    # Nonbinary raters (absent from the data) get the pooled fit.
+    assert cal.for_gender("nonbinary") is cal.pooled
+
+
+def test_rating_quantiles(calib) -> None:
+    fit = calib.calibration.fits["male"]
+    assert float(fit.rating_at(0.5)) == pytest.approx(float(np.median(fit.ratings)))
+    assert float(fit.rating_at(0.0)) == fit.ratings.min()
+    assert float(fit.rating_at(1.0)) == fit.ratings.max()
+
+
+def _population(n: int, seed: int) -> Population:
+    from evaluation.demo_data import make_user
+
+    us = [make_user(seed, i) for i in range(1, n + 1)]
+    s = Settings(progress=False)  # type: ignore[call-arg]  # pydantic-settings fills the rest
+    return Population(
+        user_ids=[u.user_id for u in us],
+        gender=np.array([u.gender for u in us], dtype=object),
+        age=np.array([u.age for u in us]),
+        seeking=[u.seeking for u in us],
+        age_min=np.array([s.min_age if u.age_min is None else u.age_min for u in us]),
+        age_max=np.array([s.max_age if u.age_max is None else u.age_max for u in us]),
+        attractiveness=np.array([u.attractiveness for u in us]),
+        looks=np.vstack([u.looks for u in us]),
+    )
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_random_pairs_like_at_the_data_rates(calib, world: str) -> None:
+    """Random compatible pairs in each world like each other at the data's rates (within 0.02)."""
+    pop = _population(300, seed=5)
+    compat = pop.compatible()
+    w = build_world(world, pop, compat, calib.calibration)
+    for g, rate in (("female", 0.365), ("male", 0.474)):
+        rows = pop.gender == g
+        assert float(w.p[rows][compat[rows]].mean()) == pytest.approx(rate, abs=0.02)
+        # And the realised decisions, sampled over all compatible pairs, too.
+        from evaluation.simulate import pair_uniform
+
+        i, j = np.nonzero(compat & rows[:, None])
+        liked = pair_uniform(11, i, j) < w.p[i, j]
+        assert float(liked.mean()) == pytest.approx(rate, abs=0.02)
+    assert np.all((w.p >= 0) & (w.p <= 1))
+    assert np.all(np.diag(w.p) == 0)
+
+
+def test_worlds_differ_as_designed(calib) -> None:
+    pop = _population(300, seed=5)
+    compat = pop.compatible()
+    q = pop.percentile()
+    asp = build_world("aspiration", pop, compat, calib.calibration)
+    sim = build_world("similarity", pop, compat, calib.calibration)
+    i, j = np.nonzero(compat)
+    # Aspiration: everyone likes the more attractive more. Similarity: the close in attractiveness.
+    assert np.corrcoef(q[j], asp.p[i, j])[0, 1] > 0.5
+    assert abs(np.corrcoef(q[j], sim.p[i, j])[0, 1]) < 0.2
+    assert np.corrcoef(-np.abs(q[i] - q[j]), sim.p[i, j])[0, 1] > 0.3
+    # Similarity is symmetric in its traits, so likes are correlated across the pair: more mutual matches.
+    assert sim.random_pair_mutual > asp.random_pair_mutual
