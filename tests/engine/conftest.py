@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from engine.settings import Settings
 from engine.store import Store, open_store
@@ -71,7 +72,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         settings = Settings(
             store_backend="server",
             qdrant_url=server.url,
-            qdrant_api_key=server.api_key,
+            qdrant_api_key=SecretStr(server.api_key),
             collection_prefix=f"t{uuid.uuid4().hex[:10]}_",
             progress=False,
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from engine.errors import EncoderMismatch, InvalidInput, StoreUnavailable
 from engine.filters import Filter, HasId, MatchAny, Range
@@ -426,7 +427,9 @@ def test_refused_server_connection_names_the_url_not_the_key() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     secret = "sk-" + uuid.uuid4().hex
-    settings = Settings(qdrant_url=f"http://127.0.0.1:{port}", qdrant_api_key=secret, qdrant_timeout_s=2)
+    settings = Settings(
+        qdrant_url=f"http://127.0.0.1:{port}", qdrant_api_key=SecretStr(secret), qdrant_timeout_s=2
+    )
     with pytest.raises(StoreUnavailable) as err:
         QdrantClientStore.connect(settings)
     message = str(err.value)

@@ -1,4 +1,4 @@
-"""delete_user / store_stats on every backend, and the ``matcher stats`` / ``matcher delete-user`` commands."""
+"""delete_user / store_stats on every backend; the ``matcher stats`` and ``matcher delete-user`` commands."""
 
 from __future__ import annotations
 
@@ -33,9 +33,8 @@ def fill(store: Store, users: dict[str, int], seed: int = 0) -> None:
         ids = [photo_point_id(uid, f"{uid}-{k}") for k in range(n)]
         photos += [Point(pid, v[k], {"user_id": uid, "age": 30}) for k, pid in enumerate(ids)]
         mean = v.mean(axis=0)
-        people.append(
-            Point(user_point_id(uid), mean / np.linalg.norm(mean), {"user_id": uid, "photo_ids": ids, "age": 30})
-        )
+        payload = {"user_id": uid, "photo_ids": ids, "age": 30}
+        people.append(Point(user_point_id(uid), mean / np.linalg.norm(mean), payload))
     store.upsert(PHOTOS, photos)
     store.upsert(USERS, people)
 
@@ -85,7 +84,8 @@ def test_stats_and_delete_user_commands(
     flags = ["--store", str(path), "--backend", backend]
 
     assert main([*flags, "stats", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"photos": 3, "users": 2, "encoder_id": "enc-cli", "dim": DIM}
+    stats = json.loads(capsys.readouterr().out)
+    assert stats == {"photos": 3, "users": 2, "encoder_id": "enc-cli", "dim": DIM}
 
     assert main([*flags, "delete-user", "user_001"]) == 0
     assert "removed 3 points" in capsys.readouterr().out
