@@ -15,7 +15,6 @@ from engine.settings import Settings
 from engine.store import Store, open_store
 from evaluation.replay import read_like_log, replay
 
-
 HEADER = ("viewer_id", "viewed_id", "liked")
 
 
