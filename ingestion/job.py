@@ -344,20 +344,39 @@ class _Job:
             return
         batch, self.pending = self.pending, []
         with _timed(self.report, "encode"):
-            vectors = np.asarray(
-                self.encoder.embed([p.image for p in batch], batch_size=self.settings.encoder.batch_size),
-                dtype=np.float32,
-            )
-        if vectors.shape != (len(batch), self.encoder.dim):
-            raise RuntimeError(
-                f"encoder returned shape {vectors.shape}, expected ({len(batch)}, {self.encoder.dim})"
-            )
+            try:
+                vectors = self._embed(batch)
+            except InvalidInput:
+                # One image the encoder cannot take must not sink its batch: redo them one by one.
+                kept: list[_Pending] = []
+                rows: list[np.ndarray] = []
+                for p in batch:
+                    try:
+                        rows.append(self._embed([p]))
+                        kept.append(p)
+                    except InvalidInput as exc:
+                        self.users[p.ref.user_id].first_path.pop(p.sha256, None)
+                        refused = Refused(Reason.ENCODER_REFUSED, f"{p.ref.rel_path!r}: {exc}")
+                        self._reject_photo(p.ref, refused)
+                batch = kept
+                vectors = np.concatenate(rows) if rows else np.zeros((0, self.encoder.dim), np.float32)
         for p, v in zip(batch, vectors, strict=True):
             user = self.meta.users[p.ref.user_id]
             pid = photo_point_id(user.user_id, p.sha256)
             self.to_write.append(
                 Point(id=pid, vector=v, payload=self._photo_payload(user, p.sha256, p.ref.rel_path))
             )
+
+    def _embed(self, batch: list[_Pending]) -> np.ndarray:
+        vectors = np.asarray(
+            self.encoder.embed([p.image for p in batch], batch_size=self.settings.encoder.batch_size),
+            dtype=np.float32,
+        )
+        if vectors.shape != (len(batch), self.encoder.dim):
+            raise RuntimeError(
+                f"encoder returned shape {vectors.shape}, expected ({len(batch)}, {self.encoder.dim})"
+            )
+        return vectors
 
     def _flush_writes(self, *, force: bool) -> None:
         size = self.settings.ingest.write_batch_size

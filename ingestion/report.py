@@ -53,6 +53,7 @@ class Reason(StrEnum):
     BAD_FILE_NAME = "bad_file_name"  # not <user_id>_<n>.<ext> (per-user layout) or not UTF-8
     DUPLICATE_PHOTO = "duplicate_photo"  # same bytes as another photo of the same user
     NO_METADATA_ROW = "no_metadata_row"
+    ENCODER_REFUSED = "encoder_refused"  # decoded, but the encoder's preprocessing cannot take it
     # metadata rows
     INVALID_AGE = "invalid_age"
     INVALID_GENDER = "invalid_gender"
