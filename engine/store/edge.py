@@ -120,21 +120,31 @@ class EdgeStore(Store):
 
     backend = "edge"
 
-    def __init__(self, root: Path, lock: FolderLock, *, prefix: str = "") -> None:
+    def __init__(
+        self, root: Path, lock: FolderLock, *, prefix: str = "", indexing_threshold_kb: int | None = None
+    ) -> None:
         self.root = Path(root)
         self.prefix = prefix
+        self.indexing_threshold_kb = indexing_threshold_kb
         self._lock = lock
         self._shards: dict[str, qe.EdgeShard] = {}
         self._closed = False
 
     @classmethod
-    def open(cls, settings: Settings) -> EdgeStore:
+    def open(cls, settings: Settings, *, indexing_threshold_kb: int | None = None) -> EdgeStore:
         """Open (or start) the Edge store in ``settings.store_path``, loading the collections already there.
 
+        ``indexing_threshold_kb``: segments larger than this get HNSW in ``optimize()``; applies to
+        collections created by this store's ``setup`` (None: Edge's default, about 10 MB of vectors).
         Raises ``StoreLocked`` (naming the folder) if another process has it open.
         """
         lock = FolderLock.acquire(settings.store_path)
-        store = cls(settings.store_path, lock, prefix=settings.collection_prefix)
+        store = cls(
+            settings.store_path,
+            lock,
+            prefix=settings.collection_prefix,
+            indexing_threshold_kb=indexing_threshold_kb,
+        )
         try:
             for c in (*COLLECTION_INDEXES, META):
                 if store._path(c).is_dir():
@@ -202,7 +212,11 @@ class EdgeStore(Store):
         path = self._path(collection)
         if path.exists():  # a half-made folder (crash during create) holds no data worth keeping
             shutil.rmtree(path)
-        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+        optimizers = None
+        if self.indexing_threshold_kb is not None and collection != META:
+            optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
+        config = qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
         with self._calling("create", collection):
             shard = qe.EdgeShard.create(str(path), config)
             for field, kind in indexes.items():

@@ -489,3 +489,35 @@ def test_edge_and_local_give_the_same_results(tmp_path: Path) -> None:
     finally:
         edge.close()
         local.close()
+
+
+def test_edge_hnsw_after_optimize_agrees_with_exact_search(tmp_path: Path) -> None:
+    """With HNSW really built (a low indexing threshold), filtered index search finds what exact search
+    finds (high overlap, identical scores for the ids it returns), and the index survives a reopen."""
+    from engine.store.edge import EdgeStore
+
+    settings = Settings(store_path=tmp_path / "edge", store_backend="edge")
+    points, vectors = make_users(1200, seed=21)
+    with EdgeStore.open(settings, indexing_threshold_kb=10) as edge:
+        edge.setup("enc-hnsw", DIM)
+        for i in range(0, 1200, 400):
+            edge.upsert(USERS, points[i : i + 500])
+        edge.optimize()
+        assert edge._shards[USERS].info().indexed_vectors_count == 1200  # HNSW is there
+    with EdgeStore.open(settings) as edge:
+        assert edge._shards[USERS].info().indexed_vectors_count == 1200
+        queries = unit_rows(np.random.default_rng(22), 12)
+        all_scores = queries @ vectors.T
+        filters = [FILTERS["none"], FILTERS["keyword"], FILTERS["integer_range"], FILTERS["list_payload"]]
+        overlaps = []
+        for j, q in enumerate(queries):
+            flt = filters[j % len(filters)]
+            approx, exact = edge.query_batch(
+                USERS, [Query(q, 10, filter=flt, with_payload=False), Query(q, 10, filter=flt, exact=True)]
+            )
+            assert_same_ranking(exact, brute_force(points, vectors, q, flt, 10))
+            index = {p.id: k for k, p in enumerate(points)}
+            for p in approx:
+                assert p.score == pytest.approx(float(all_scores[j, index[p.id]]), abs=1e-4)
+            overlaps.append(len({p.id for p in approx} & {p.id for p in exact}) / 10)
+        assert np.mean(overlaps) >= 0.9, overlaps
