@@ -14,6 +14,7 @@ from engine.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's commands to the ``matcher`` parser."""
     _add_make_demo_data(sub)
+    _add_evaluate_embeddings(sub)
     _add_simulate(sub)
     _add_replay(sub)
 
@@ -45,6 +46,72 @@ def _make_demo_data(args: argparse.Namespace, settings: Settings) -> int:
     print(f"wrote {args.users} users, {n_photos} photos to {out}")
     return 0
 
+
+def _add_evaluate_embeddings(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-embeddings",
+        help="embedding-quality report: recall@k, MAP@R, distance histograms, t-SNE map, nearest neighbours",
+        description="Embed every photo of DATA_DIR (metadata.csv, a CSV with image_path,identity, or "
+        "raw/profiles/<user>_<n>.jpg) and score how well photos find other photos of the same person. "
+        "Writes DIR/report.md, DIR/metrics.json and PNG figures; --compare adds a second encoder beside it.",
+    )
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="data folder (or a CSV file)")
+    p.add_argument(
+        "--encoder", metavar="SRC", help="encoder A: hub id, checkpoint or export (MATCHER_ENCODER__SOURCE)"
+    )
+    p.add_argument("--compare", metavar="SRC", help="encoder B, reported beside A")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--device", help="auto, cpu, cuda, ... (MATCHER_ENCODER__DEVICE)")
+    p.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="(MATCHER_ENCODER__DTYPE)"
+    )
+    p.add_argument("--pixel-budget", type=int, help="max pixels per image (MATCHER_ENCODER__PIXEL_BUDGET)")
+    p.add_argument("--dim", type=int, help="output dimension of a base checkpoint (MATCHER_ENCODER__DIM)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (MATCHER_ENCODER__BATCH_SIZE)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE map (default 0)")
+    p.add_argument(
+        "--max-map-points", type=int, default=2000, help="photos drawn in the t-SNE map (default 2000)"
+    )
+    p.set_defaults(func=_evaluate_embeddings)
+
+
+def _evaluate_embeddings(args: argparse.Namespace, settings: Settings) -> int:
+    from evaluation.report import evaluate_embeddings
+    from training.encoder import load_encoder_from_settings
+
+    overrides = {
+        k: v
+        for k, v in (
+            ("device", args.device),
+            ("dtype", args.dtype),
+            ("pixel_budget", args.pixel_budget),
+            ("dim", args.dim),
+            ("batch_size", args.batch_size),
+        )
+        if v is not None
+    }
+    enc_settings = settings.encoder.model_copy(update=overrides)
+    encoders = [load_encoder_from_settings(enc_settings, source=args.encoder)]
+    if args.compare:
+        encoders.append(load_encoder_from_settings(enc_settings, source=args.compare))
+    report, results = evaluate_embeddings(
+        args.data_dir,
+        encoders,
+        args.out,
+        batch_size=enc_settings.batch_size,
+        progress=settings.progress,
+        seed=args.seed,
+        max_map_points=args.max_map_points,
+    )
+    for r in results:
+        m = r.metrics
+        print(
+            f"{r.label}: recall@1 {m['recall@1']:.3f}  recall@5 {m['recall@5']:.3f}  "
+            f"recall@10 {m['recall@10']:.3f}  MAP@R {m['map@r']:.3f}  "
+            f"same/diff distance {m['mean_same_dist']:.3f}/{m['mean_diff_dist']:.3f}"
+        )
+    print(f"report: {report.report_md}")
+    return 0
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

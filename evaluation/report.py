@@ -1,0 +1,393 @@
+"""Embedding-quality report: how well an encoder (or two, side by side) tells people apart in their photos.
+
+Every photo is embedded and queries all the others (leave-one-out, ``training.metrics.retrieval_metrics``):
+recall@1/5/10, MAP@R and the same-person vs different-person cosine distances. ``write_report`` puts them in
+``report.md`` (a table, one column per encoder) with figures, and in ``metrics.json``:
+
+- ``distances.png``: histograms of same- vs different-person distances (one panel per encoder);
+- ``map_<label>.png``: a t-SNE map coloured by identity and, when the data has genders, by gender;
+- ``neighbours_<label>.png``: query photos with their nearest neighbours, correct ones framed green.
+
+The data folder is read by ``training.data.read_dataset`` (metadata.csv, a CSV with image_path,identity,
+or ``raw/profiles/<user>_<n>.jpg``). Genders come from ``metadata.csv`` or a ``users.csv`` when present.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.errors import InvalidInput
+from training.data import Photo, load_image, read_dataset
+from training.metrics import retrieval_metrics, scalar_metrics
+
+if TYPE_CHECKING:
+    from training.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+KS = (1, 5, 10)
+
+
+@dataclass
+class EvalData:
+    """The photos to evaluate on, with each photo's identity and (when known) gender, index-aligned."""
+
+    source: Path
+    layout: str
+    photos: list[Photo]
+    genders: list[str | None] | None
+
+    @property
+    def identities(self) -> list[str]:
+        return [p.identity for p in self.photos]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p.path for p in self.photos]
+
+
+@dataclass
+class EncoderResult:
+    """One encoder's embeddings of the data and their metrics."""
+
+    label: str
+    source: str
+    encoder_id: str
+    dim: int
+    embeddings: np.ndarray  # (n_photos, dim) float32, L2-normalised
+    metrics: dict[str, Any]  # training.metrics.retrieval_metrics output (with the distance arrays)
+    embed_seconds: float
+
+
+@dataclass
+class Report:
+    """What ``write_report`` wrote."""
+
+    out: Path
+    report_md: Path
+    metrics_json: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def read_eval_data(data_dir: Path) -> EvalData:
+    """Photos and identities of ``data_dir`` in any layout ``training.data.read_dataset`` reads, plus genders.
+
+    Raises ``InvalidInput`` when nothing readable is there (see ``read_dataset``).
+    """
+    data_dir = Path(data_dir)
+    photos = read_dataset(data_dir)
+    genders = _genders(data_dir, photos)
+    return EvalData(source=data_dir, layout=_layout(data_dir), photos=photos, genders=genders)
+
+
+def _layout(source: Path) -> str:
+    if source.is_file():
+        return f"CSV {source.name}"
+    if (source / "metadata.csv").is_file():
+        return "metadata.csv"
+    for csv_path in sorted(source.glob("*.csv")):
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            header = {h.strip() for h in next(csv.reader(f), [])}
+        if {"image_path", "identity"} <= header:
+            return f"mapping CSV {csv_path.name}"
+    for sub in ("raw/profiles", "profiles"):
+        if (source / sub).is_dir():
+            return f"{sub}/<user>_<n>.jpg"
+    return "<user>_<n>.jpg files"
+
+
+def _genders(source: Path, photos: Sequence[Photo]) -> list[str | None] | None:
+    """Per-photo gender from metadata.csv (by image path) or a users.csv (by user id); None if none has it."""
+    folder = source if source.is_dir() else source.parent
+    meta = source if source.is_file() else folder / "metadata.csv"
+    if meta.is_file():
+        with meta.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames and "gender" in [h.strip() for h in reader.fieldnames]:
+                by_path: dict[Path, str] = {}
+                for row in reader:
+                    rel = (row.get("image_path") or "").strip()
+                    if rel:
+                        p = Path(rel) if Path(rel).is_absolute() else meta.parent / rel
+                        by_path[p.resolve()] = (row.get("gender") or "").strip().lower()
+                return [by_path.get(p.path.resolve()) or None for p in photos]
+    for users_csv in (folder / "raw" / "users.csv", folder / "users.csv", folder.parent / "users.csv"):
+        if users_csv.is_file():
+            with users_csv.open(newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+            if rows and "gender" in rows[0] and "user_id" in rows[0]:
+                by_user = {r["user_id"].strip(): r["gender"].strip().lower() for r in rows}
+                return [by_user.get(p.identity) or None for p in photos]
+    return None
+
+
+def embed_photos(
+    encoder: Encoder, photos: Sequence[Photo], *, batch_size: int = 8, chunk: int = 64, progress: bool = False
+) -> np.ndarray:
+    """Embed photo files in chunks (so memory holds ``chunk`` decoded images at most): (n, dim) float32.
+
+    Raises ``InvalidInput`` naming a file that cannot be decoded.
+    """
+    parts: list[np.ndarray] = []
+    starts = range(0, len(photos), chunk)
+    iterator: Any = starts
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(starts, desc=f"embedding ({encoder.encoder_id[:12]})", unit="chunk")
+    for s in iterator:
+        images = [load_image(p.path) for p in photos[s : s + chunk]]
+        parts.append(encoder.embed(images, batch_size=batch_size))
+    if not parts:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def evaluate_encoder(
+    encoder: Encoder,
+    data: EvalData,
+    *,
+    label: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    ks: Sequence[int] = KS,
+) -> EncoderResult:
+    """Embed every photo of ``data`` with ``encoder`` and compute its retrieval metrics."""
+    t0 = time.perf_counter()
+    emb = embed_photos(encoder, data.photos, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    metrics = retrieval_metrics(emb, data.identities, ks=ks)
+    log.info("%s: recall@1 %.3f, MAP@R %.3f (%d photos, %.1f s)", label, metrics[f"recall@{ks[0]}"],
+             metrics["map@r"], len(emb), seconds)  # fmt: skip
+    return EncoderResult(
+        label=label,
+        source=str(encoder.source),
+        encoder_id=str(encoder.encoder_id),
+        dim=int(encoder.dim),
+        embeddings=emb,
+        metrics=metrics,
+        embed_seconds=seconds,
+    )
+
+
+def encoder_labels(sources: Sequence[str]) -> list[str]:
+    """Short distinct labels for encoders: the last path part of each source, de-duplicated with a suffix."""
+    out: list[str] = []
+    for i, src in enumerate(sources):
+        base = Path(str(src).rstrip("/")).name or str(src)
+        label = base if base not in out else f"{base} ({i + 1})"
+        out.append(label)
+    return out
+
+
+def _name(i: int, r: EncoderResult) -> str:
+    return f"{chr(65 + i)}: {r.label}"
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "encoder"
+
+
+# (key in the metrics, row title, format); recall@k rows are added for each k.
+_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("map@r", "MAP@R", "{:.3f}"),
+    ("mean_same_dist", "mean distance, same person", "{:.3f}"),
+    ("mean_diff_dist", "mean distance, different people", "{:.3f}"),
+    ("dist_gap", "distance gap (different - same)", "{:.3f}"),
+)
+
+
+def metrics_table(results: Sequence[EncoderResult], ks: Sequence[int] = KS) -> str:
+    """A Markdown table: one row per metric, one column per encoder (plus B - A with exactly two)."""
+    rows = [(f"recall@{k}", f"recall@{k}", "{:.3f}") for k in ks] + list(_ROWS)
+    header = ["metric", *[f"{chr(65 + i)}: {r.label}" for i, r in enumerate(results)]]
+    if len(results) == 2:
+        header.append("B - A")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, title, fmt in rows:
+        values = [_value(r, key) for r in results]
+        cells = [_fmt(v, fmt) for v in values]
+        if len(results) == 2:
+            cells.append(_fmt(values[1] - values[0], "{:+.3f}"))
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    extra = [
+        ("photos / second (embedding)", [_rate(r) for r in results]),
+        ("dimension", [str(r.dim) for r in results]),
+        ("encoder_id", [f"`{r.encoder_id}`" for r in results]),
+    ]
+    for title, cells in extra:
+        lines.append(f"| {title} | " + " | ".join(cells) + (" | |" if len(results) == 2 else " |"))
+    return "\n".join(lines)
+
+
+def _rate(r: EncoderResult) -> str:
+    return f"{len(r.embeddings) / max(r.embed_seconds, 1e-9):.1f}"
+
+
+def _value(r: EncoderResult, key: str) -> float:
+    if key == "dist_gap":
+        return float(r.metrics["mean_diff_dist"] - r.metrics["mean_same_dist"])
+    return float(r.metrics[key])
+
+
+def _fmt(v: float, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, np.floating | np.integer):
+        return _json_safe(v.item())
+    return v
+
+
+def write_report(
+    data: EvalData,
+    results: Sequence[EncoderResult],
+    out: Path,
+    *,
+    seed: int = 0,
+    max_map_points: int = 2000,
+    n_queries: int = 6,
+    k_neighbours: int = 5,
+) -> Report:
+    """Write ``report.md``, ``metrics.json`` and the figures of ``results`` in ``out``."""
+    from evaluation import plots
+
+    if not results:
+        raise InvalidInput("write_report: no encoder results")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    slugs: list[str] = []
+    for r in results:
+        s = _slug(r.label)
+        slugs.append(s if s not in slugs else f"{s}_{len(slugs) + 1}")
+    figures: dict[str, Path] = {}
+    figures["distances"] = plots.distance_histograms(
+        [(_name(i, r), r.metrics["same_dist"], r.metrics["diff_dist"]) for i, r in enumerate(results)],
+        out / "distances.png",
+    )
+    for i, (r, s) in enumerate(zip(results, slugs, strict=True)):
+        name = _name(i, r)
+        figures[f"map_{s}"] = plots.embedding_map(
+            r.embeddings, data.identities, data.genders, out / f"map_{s}.png",
+            title=name, seed=seed, max_points=max_map_points,
+        )  # fmt: skip
+        figures[f"neighbours_{s}"] = plots.neighbour_grid(
+            data.paths, r.embeddings, data.identities, out / f"neighbours_{s}.png",
+            n_queries=n_queries, k=k_neighbours, title=name,
+        )  # fmt: skip
+
+    m0 = results[0].metrics
+    summary = {
+        "source": str(data.source),
+        "layout": data.layout,
+        "n_photos": int(m0["n_photos"]),
+        "n_identities": int(m0["n_identities"]),
+        "n_queries": int(m0["n_queries"]),
+        "genders": None
+        if data.genders is None
+        else {g or "unknown": data.genders.count(g) for g in sorted(set(data.genders), key=str)},
+    }
+    payload = {
+        "version": REPORT_VERSION,
+        "data": summary,
+        "encoders": [
+            {
+                "label": r.label,
+                "source": r.source,
+                "encoder_id": r.encoder_id,
+                "dim": r.dim,
+                "embed_seconds": round(r.embed_seconds, 3),
+                "metrics": {k: _json_safe(v) for k, v in scalar_metrics(r.metrics).items()},
+            }
+            for r in results
+        ],
+        "figures": {k: p.name for k, p in figures.items()},
+    }
+    metrics_json = out / "metrics.json"
+    metrics_json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+    lines = [
+        "# Embedding quality",
+        "",
+        f"Data: `{data.source}` ({data.layout}): {summary['n_photos']} photos of {summary['n_identities']} "
+        f"people; {summary['n_queries']} photos have another photo of the same person and serve as queries "
+        "(leave-one-out: each queries all the others by cosine similarity).",
+        "",
+        "Encoders: " + "; ".join(f"**{chr(65 + i)}** = `{r.source}`" for i, r in enumerate(results)) + ".",
+        "",
+        "## Metrics",
+        "",
+        metrics_table(results),
+        "",
+        "recall@k: share of queries with another photo of the same person among their k nearest photos. "
+        "MAP@R (Musgrave et al. 2020): with R the number of other photos of the query's person, the mean "
+        "over queries of (1/R) times the sum of precision@i at each rank i <= R that is the same person; "
+        "it rewards "
+        "ranking the person's photos first. Distances are 1 - cos.",
+        "",
+        "## Same-person vs different-person distances",
+        "",
+        "![distances](distances.png)",
+        "",
+        "A useful encoder puts the green (same person) mass left of the grey (different people); the dashed "
+        "lines are the means.",
+        "",
+    ]
+    for i, (r, s) in enumerate(zip(results, slugs, strict=True)):
+        name = _name(i, r)
+        lines += [
+            f"## {name}",
+            "",
+            f"t-SNE map of the photo embeddings (photos of one person are joined to their centre"
+            f"{'; right: coloured by gender' if data.genders is not None else ''}):",
+            "",
+            f"![map {name}](map_{s}.png)",
+            "",
+            "Query photos (left) with their nearest other photos; green frame = the same person, "
+            "red = someone else, number = cosine similarity:",
+            "",
+            f"![neighbours {name}](neighbours_{s}.png)",
+            "",
+        ]
+    report_md = out / "report.md"
+    report_md.write_text("\n".join(lines), encoding="utf-8")
+    log.info("embedding report written to %s", report_md)
+    return Report(out=out, report_md=report_md, metrics_json=metrics_json, figures=figures)
+
+
+def evaluate_embeddings(
+    data_dir: Path,
+    encoders: Sequence[Encoder],
+    out: Path,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    seed: int = 0,
+    max_map_points: int = 2000,
+) -> tuple[Report, list[EncoderResult]]:
+    """Read ``data_dir``, evaluate each encoder on it and write the report to ``out``."""
+    if not encoders:
+        raise InvalidInput("evaluate_embeddings: give at least one encoder")
+    data = read_eval_data(data_dir)
+    labels = encoder_labels([str(e.source) for e in encoders])
+    results = [
+        evaluate_encoder(e, data, label=lab, batch_size=batch_size, progress=progress)
+        for e, lab in zip(encoders, labels, strict=True)
+    ]
+    report = write_report(data, results, out, seed=seed, max_map_points=max_map_points)
+    return report, results
