@@ -165,6 +165,13 @@ class QdrantClientStore(Store):
                 raise StoreUnavailable(
                     f"the Qdrant server at {url} does not answer ({type(exc).__name__}); is it running?"
                 ) from None
+            if isinstance(exc, UnexpectedResponse):
+                # Another HTTP service at that URL. Never show its body: a proxy may echo our headers
+                # (the key).
+                raise StoreUnavailable(
+                    f"{url} answered HTTP {exc.status_code} to Qdrant's API; is it a Qdrant server? "
+                    "check MATCHER_QDRANT_URL"
+                ) from None
             raise
         log.info("connected to %s", store.where)
         return store
@@ -217,6 +224,15 @@ class QdrantClientStore(Store):
                 raise self._missing(collection) from exc
             if _is_unavailable(exc):
                 raise StoreUnavailable(f"{what} failed on {self.where}: {type(exc).__name__}") from None
+            # A vector of the wrong size is bad input (local mode: ValueError; a server: HTTP 400).
+            # The server's body is only searched, never shown (see connect: a proxy may echo headers).
+            if isinstance(exc, UnexpectedResponse) and b"dimension error" in (exc.content or b""):
+                raise InvalidInput(
+                    f"{what} on {self.name(collection or '?')!r}: a vector's dimension does not match the "
+                    "collection's"
+                ) from None
+            if isinstance(exc, ValueError) and "dimension error" in str(exc):
+                raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {exc}") from None
             raise
 
     def _missing(self, collection: str) -> InvalidInput:
