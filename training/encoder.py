@@ -374,6 +374,21 @@ def _load_tower(path: str, dtype: torch.dtype, device: torch.device | None = Non
     return tower
 
 
+def _pil_processor_class() -> Any:
+    """Qwen2-VL's PIL/numpy image processor class, the same arithmetic with or without torchvision.
+
+    transformers >= 5.x's backend refactor names it ``Qwen2VLImageProcessorPil`` (the plain name became
+    the torchvision one); before that, the plain ``Qwen2VLImageProcessor`` was the PIL/numpy one.
+    """
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor
+    return Qwen2VLImageProcessorPil
+
+
 def _load_processor(
     path: str | None, tower: Qwen3VLVisionModel, pixel_budget: int
 ) -> tuple[Qwen2VLImageProcessorPil, int]:
@@ -381,16 +396,16 @@ def _load_processor(
 
     Returns the processor and its ``min_pixels``.
     """
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     from training.tiny import QWEN3_VL_IMAGE_MEAN, QWEN3_VL_IMAGE_STD, QWEN3_VL_MIN_PIXELS
+
+    processor_class = _pil_processor_class()
 
     cfg: Any = tower.config
     kwargs: dict[str, Any] = {}
     if path is not None:
         try:
             with _quiet_transformers():
-                kwargs = Qwen2VLImageProcessorPil.get_image_processor_dict(path)[0]
+                kwargs = processor_class.get_image_processor_dict(path)[0]
         except (OSError, ValueError) as exc:
             log.info("no image processor config in %s (%s); using Qwen3-VL's values", path, exc)
             kwargs = {}
@@ -410,7 +425,7 @@ def _load_processor(
     for key in ("min_pixels", "max_pixels", "image_processor_type", "processor_class", "_processor_class"):
         kwargs.pop(key, None)
     kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": pixel_budget}
-    processor = Qwen2VLImageProcessorPil(**kwargs)
+    processor = processor_class(**kwargs)
     expected = (int(cfg.patch_size), int(cfg.spatial_merge_size), int(cfg.temporal_patch_size))
     got = (int(processor.patch_size), int(processor.merge_size), int(processor.temporal_patch_size))
     if got != expected:
@@ -631,6 +646,21 @@ def _is_peft(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
 
 
+def _save_full_tower(tower: Any, out: Path) -> None:
+    """``config.json`` + ``model.safetensors`` with the module's own key names (``blocks.0...``).
+
+    Not ``tower.save_pretrained``: it re-applies the load-time key mapping in reverse, which transformers
+    5.0 turns into garbage names for an empty target (5.24 writes ``model.visual.``); plain names load
+    the same way everywhere.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tower.config.save_pretrained(out)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in tower.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
 def save_encoder(encoder: Encoder, out_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
     """Write ``encoder`` to ``out_dir`` in the layout ``load_encoder`` reads; returns ``out_dir``.
 
@@ -644,8 +674,10 @@ def save_encoder(encoder: Encoder, out_dir: str | Path, card: dict[str, Any] | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lora = _is_peft(encoder.tower)
-    with _quiet_transformers():
-        encoder.tower.save_pretrained(out / TOWER_DIR)
+    if lora:
+        encoder.tower.save_pretrained(out / TOWER_DIR)  # peft writes the adapters and their config only
+    else:
+        _save_full_tower(encoder.tower, out / TOWER_DIR)
     head_state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.head.state_dict().items()}
     save_file(head_state, str(out / HEAD_WEIGHTS))
     encoder.processor.to_json_file(str(out / PREPROCESSOR_NAME))

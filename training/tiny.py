@@ -81,7 +81,8 @@ def real_vision_config_dict() -> dict[str, Any]:
 
 def real_vision_config():  # -> transformers.Qwen3VLVisionConfig
     """``Qwen3VLVisionConfig`` of Qwen3-VL-2B's vision tower (~407 M parameters), for benchmarks."""
-    from transformers import Qwen3VLVisionConfig
+    # Imported from its module: transformers 5.0 does not export it at the top level.
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
 
     return Qwen3VLVisionConfig(**real_vision_config_dict())
 
