@@ -1,0 +1,346 @@
+"""Benchmark of ``recommend()`` on synthetic users, every store backend side by side in one run.
+
+For each population size and backend: ingestion write throughput (points/s upserting photos, then users),
+the time ``optimize()`` takes, p50/p99 latency of ``recommend()`` (k=20, default settings), p50 of the
+candidate stage alone, and recall@20 of the candidate stage against an exact brute-force numpy computation
+of the same filtered query (timed too: ``exact_p50_ms``), all in the same run on the same data.
+
+Data: vectors generated directly (no encoder), dim 512: users drawn around 64 cluster centres (so there
+are dense regions and hubs), 3 photos per user around the user, the user vector the normalised mean of
+their photos (as ingestion writes it). Genders 47/47/6 % female/male/nonbinary, ages 18-65, each user's
+age window ±5 years, seeking the other binary gender (10 % of binary users seek both; nonbinary users
+seek everyone).
+
+``kth_sim`` (engine.reciprocity) is computed once with exact numpy (``engine.reciprocity.exact_kth``, same
+definition as ``refresh``) and written into the users' payloads at upsert time on every backend, so all
+backends serve the same data; with ``--refresh`` the real ``engine.reciprocity.refresh`` pass is also timed
+on each backend that supports it at that size (not qdrant-client local mode: one Python brute-force query
+per user).
+
+    OMP_NUM_THREADS=1 python bench/recommend.py --users 1000 --users 10000 --json
+    python bench/recommend.py --users 100000 --backend edge --queries 500
+
+qdrant-client local mode is exact search in pure Python (~200 ms per query at 10,000 users): it runs only up
+to ``--local-max-users`` (default 10,000) and with ``--local-queries`` queries; above that it is skipped
+with the reason. The server backend runs when ``MATCHER_QDRANT_URL`` points at a reachable Qdrant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.compatibility import Profile, compatible_filter
+from engine.errors import StoreUnavailable
+from engine.reciprocity import KTH_FIELD, KTH_K_FIELD, exact_kth, refresh
+from engine.recommend import recommend
+from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.settings import Settings
+from engine.store import Store, open_store
+from engine.store.base import Point, Query
+
+log = logging.getLogger("bench.recommend")
+
+GENDERS = ("female", "male", "nonbinary")
+PHOTOS_PER_USER = 3
+CHUNK = 2048  # users per generated chunk (photos are regenerated per backend, never all held in memory)
+ENCODER_ID = "bench-synthetic"
+
+
+@dataclass
+class Population:
+    """Users' vectors and profiles (photos are regenerated from ``seed`` chunk by chunk)."""
+
+    ids: list[str]
+    vectors: np.ndarray  # (n, d) float32 unit
+    profiles: list[Profile]
+    seed: int
+    dim: int
+    centers: np.ndarray  # (64, d)
+    cluster: np.ndarray  # (n,)
+    kth: np.ndarray | None = None
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _photos_chunk(pop: Population, start: int, stop: int) -> np.ndarray:
+    """Photos of users ``start:stop``, (stop - start, PHOTOS_PER_USER, d), deterministic per chunk."""
+    rng = np.random.default_rng([pop.seed, start])
+    n, d = stop - start, pop.dim
+    spread = rng.standard_normal((n, d)).astype(np.float32) * (0.9 / d**0.5)
+    base = _unit(pop.centers[pop.cluster[start:stop]] + spread)
+    noise = rng.standard_normal((n, PHOTOS_PER_USER, d)).astype(np.float32) * (0.35 / d**0.5)
+    return _unit(base[:, None, :] + noise)
+
+
+def make_population(n: int, dim: int, seed: int) -> Population:
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.standard_normal((64, dim)).astype(np.float32))
+    # Zipf-like cluster sizes: a few dense regions make hubs.
+    weights = 1.0 / np.arange(1, 65)
+    cluster = rng.choice(64, size=n, p=weights / weights.sum())
+    genders = rng.choice(3, size=n, p=[0.47, 0.47, 0.06])
+    ages = rng.integers(18, 66, size=n)
+    both = rng.random(n) < 0.10
+    ids = [f"user_{i:06d}" for i in range(n)]
+    profiles = []
+    for i in range(n):
+        g = GENDERS[genders[i]]
+        if g == "nonbinary":
+            seeking: tuple[str, ...] = GENDERS
+        elif both[i]:
+            seeking = ("female", "male")
+        else:
+            seeking = ("male",) if g == "female" else ("female",)
+        a = int(ages[i])
+        profiles.append(Profile(ids[i], g, a, seeking, max(18, a - 5), a + 5))
+    pop = Population(ids, np.zeros((n, dim), np.float32), profiles, seed, dim, centers, cluster)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        pop.vectors[start:stop] = _unit(_photos_chunk(pop, start, stop).mean(axis=1))
+    return pop
+
+
+class Exact:
+    """Brute-force filtered queries in numpy over the whole population (the recall reference)."""
+
+    def __init__(self, pop: Population) -> None:
+        self.v = pop.vectors
+        gidx = {g: i for i, g in enumerate(GENDERS)}
+        self.gender = np.array([gidx[p.gender] for p in pop.profiles])
+        self.seeks = np.zeros((len(pop.profiles), len(GENDERS)), dtype=bool)
+        for i, p in enumerate(pop.profiles):
+            self.seeks[i, [gidx[s] for s in p.seeking]] = True
+        self.age = np.array([p.age for p in pop.profiles])
+        self.lo = np.array([p.age_min for p in pop.profiles])
+        self.hi = np.array([p.age_max for p in pop.profiles])
+
+    def top(self, i: int, limit: int) -> np.ndarray:
+        """Indices of ``i``'s ``limit`` most similar compatible users, best first."""
+        ok = (
+            self.seeks[i, self.gender]
+            & self.seeks[:, self.gender[i]]
+            & (self.age >= self.lo[i])
+            & (self.age <= self.hi[i])
+            & (self.lo <= self.age[i])
+            & (self.hi >= self.age[i])
+        )
+        ok[i] = False
+        idx = np.flatnonzero(ok)
+        sims = self.v[idx] @ self.v[i]
+        if len(idx) > limit:
+            part = np.argpartition(-sims, limit - 1)[:limit]
+            idx, sims = idx[part], sims[part]
+        return idx[np.argsort(-sims, kind="stable")]
+
+
+def _settings(backend: str, path: Path, users: int) -> Settings:
+    s = Settings(store_path=path, store_backend=backend, progress=False)  # type: ignore[call-arg]
+    if backend == "server":
+        # Own collections on a shared server: never touch the product's.
+        s = s.model_copy(update={"collection_prefix": f"matcher_bench_{users}_"})
+    return s
+
+
+def _write(store: Store, pop: Population, batch: int) -> tuple[float, float]:
+    """Upsert every photo, then every user (with kth_sim); returns points/s for photos and for users."""
+    t_photos = 0.0
+    n = len(pop.ids)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        photos = _photos_chunk(pop, start, stop)
+        points = [
+            Point(
+                id=photo_point_id(pop.ids[i], f"{i}-{j}"),
+                vector=photos[i - start, j],
+                payload={"user_id": pop.ids[i], "gender": pop.profiles[i].gender, "age": pop.profiles[i].age},
+            )
+            for i in range(start, stop)
+            for j in range(PHOTOS_PER_USER)
+        ]
+        t0 = time.perf_counter()
+        for b in range(0, len(points), batch):
+            store.upsert(PHOTOS, points[b : b + batch])
+        t_photos += time.perf_counter() - t0
+    users = []
+    for i, p in enumerate(pop.profiles):
+        payload: dict[str, Any] = {
+            "user_id": p.user_id,
+            "gender": p.gender,
+            "age": p.age,
+            "seeking": list(p.seeking),
+            "age_min": p.age_min,
+            "age_max": p.age_max,
+            "n_photos": PHOTOS_PER_USER,
+            "photo_ids": [photo_point_id(p.user_id, f"{i}-{j}") for j in range(PHOTOS_PER_USER)],
+            "encoder_id": ENCODER_ID,
+        }
+        if pop.kth is not None:
+            payload[KTH_FIELD] = float(pop.kth[i])
+            payload[KTH_K_FIELD] = 50
+        users.append(Point(id=user_point_id(p.user_id), vector=pop.vectors[i], payload=payload))
+    t0 = time.perf_counter()
+    for b in range(0, len(users), batch):
+        store.upsert(USERS, users[b : b + batch])
+    t_users = time.perf_counter() - t0
+    return n * PHOTOS_PER_USER / t_photos, n / t_users
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def run_backend(
+    backend: str, pop: Population, exact: Exact, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    n = len(pop.ids)
+    row: dict[str, Any] = {"backend": backend, "users": n, "dim": pop.dim, "photos": n * PHOTOS_PER_USER}
+    queries = args.queries
+    if backend == "local":
+        if n > args.local_max_users:
+            row["skipped"] = (
+                "qdrant-client local mode is exact brute-force search in Python (~200 ms/query at 10,000 "
+                f"users, ~2 s at 100,000): not run above --local-max-users={args.local_max_users}"
+            )
+            return row
+        queries = min(queries, args.local_queries)
+    path = workdir / f"{backend}-{n}"
+    settings = _settings(backend, path, n)
+    try:
+        store = open_store(settings)
+    except StoreUnavailable as exc:
+        row["skipped"] = f"store unavailable: {exc}"
+        return row
+    try:
+        store.setup(ENCODER_ID, pop.dim, rebuild=True)
+        photo_pps, user_pps = _write(store, pop, settings.ingest.write_batch_size)
+        row["upsert_photos_pts_per_s"] = round(photo_pps)
+        row["upsert_users_pts_per_s"] = round(user_pps)
+        t0 = time.perf_counter()
+        store.optimize()
+        row["optimize_s"] = round(time.perf_counter() - t0, 2)
+        row["refresh_s"] = None
+        if args.refresh and backend != "local":
+            rep = refresh(store, settings)
+            row["refresh_s"] = round(rep.seconds, 2)
+            t0 = time.perf_counter()
+            store.optimize()  # refresh rewrote the users points
+            row["optimize_after_refresh_s"] = round(time.perf_counter() - t0, 2)
+
+        rng = np.random.default_rng(args.seed + 1)
+        askers = rng.choice(n, size=min(queries, n), replace=False)
+        k, limit = args.k, args.k * settings.recommend.oversample
+        for i in askers[: min(5, len(askers))]:  # warm-up: page in the segments
+            recommend(pop.ids[i], k, store=store, settings=settings)
+        lat, cand_lat, exact_lat, rec20, rec20_cand = [], [], [], [], []
+        for i in askers:
+            t0 = time.perf_counter()
+            recommend(pop.ids[i], k, store=store, settings=settings)
+            lat.append((time.perf_counter() - t0) * 1000)
+            flt = compatible_filter(pop.profiles[i])
+            q = Query(vector=pop.vectors[i], limit=limit, filter=flt, with_payload=False)
+            t0 = time.perf_counter()
+            ann = store.query(USERS, q)
+            cand_lat.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            ex = exact.top(int(i), limit)
+            exact_lat.append((time.perf_counter() - t0) * 1000)
+            truth = {user_point_id(pop.ids[j]) for j in ex[:20]}
+            if truth:
+                ann_ids = [r.id for r in ann]
+                rec20.append(len(truth & set(ann_ids[:20])) / len(truth))
+                rec20_cand.append(len(truth & set(ann_ids)) / len(truth))
+        row.update(
+            queries=len(askers),
+            k=k,
+            candidates=limit,
+            p50_ms=round(_pct(lat, 50), 2),
+            p99_ms=round(_pct(lat, 99), 2),
+            candidate_p50_ms=round(_pct(cand_lat, 50), 2),
+            recall_at_20=round(float(np.mean(rec20)), 4) if rec20 else None,
+            recall_at_20_in_candidates=round(float(np.mean(rec20_cand)), 4) if rec20_cand else None,
+            exact_p50_ms=round(_pct(exact_lat, 50), 2),
+        )
+    finally:
+        store.close()
+        if backend != "server":
+            shutil.rmtree(path, ignore_errors=True)
+    return row
+
+
+def backends(requested: list[str] | None) -> Iterator[str]:
+    if requested:
+        yield from requested
+        return
+    yield from ("edge", "local")
+    if os.environ.get("MATCHER_QDRANT_URL"):
+        yield "server"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--users", type=int, action="append", help="population size (repeatable; default 1000)")
+    ap.add_argument("--backend", action="append", choices=["edge", "local", "server"], help="repeatable")
+    ap.add_argument("--queries", type=int, default=200, help="recommend() calls timed per backend")
+    ap.add_argument("--local-queries", type=int, default=20)
+    ap.add_argument("--local-max-users", type=int, default=10_000)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--refresh", action="store_true", help="also time engine.reciprocity.refresh per backend")
+    ap.add_argument("--workdir", type=Path, default=None, help="folder for the embedded stores (default: temp)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per line and backend")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-recommend-"))
+    rows = []
+    for n in args.users or [1000]:
+        t0 = time.perf_counter()
+        pop = make_population(n, args.dim, args.seed)
+        gen_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pop.kth = exact_kth(pop.vectors, pop.profiles, Settings().recommend.reciprocity_k)  # type: ignore[call-arg]
+        kth_s = time.perf_counter() - t0
+        exact = Exact(pop)
+        for backend in backends(args.backend):
+            row = run_backend(backend, pop, exact, args, workdir)
+            row.update(
+                cpus=cpus,
+                omp_threads=os.environ.get("OMP_NUM_THREADS"),
+                generate_s=round(gen_s, 2),
+                exact_kth_s=round(kth_s, 2),
+                kth_source="exact numpy (engine.reciprocity.exact_kth), written at upsert",
+            )
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not args.json:
+        cols = [
+            "backend", "users", "p50_ms", "p99_ms", "candidate_p50_ms", "recall_at_20", "exact_p50_ms",
+            "upsert_photos_pts_per_s", "upsert_users_pts_per_s", "optimize_s", "refresh_s",
+        ]
+        print(" | ".join(cols))
+        for r in rows:
+            print(" | ".join(str(r.get(c, r.get("skipped", "") if c == "p50_ms" else "")) for c in cols))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
