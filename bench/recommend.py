@@ -149,7 +149,7 @@ class Exact:
 
 
 def _settings(backend: str, path: Path, users: int) -> Settings:
-    s = Settings(store_path=path, store_backend=backend, progress=False)  # type: ignore[call-arg]
+    s = Settings(store_path=path, store_backend=backend, progress=False)  # type: ignore[call-arg,arg-type]
     if backend == "server":
         # Own collections on a shared server: never touch the product's.
         s = s.model_copy(update={"collection_prefix": f"matcher_bench_{users}_"})
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--refresh", action="store_true", help="also time engine.reciprocity.refresh per backend")
-    ap.add_argument("--workdir", type=Path, default=None, help="folder for the embedded stores (default: temp)")
+    ap.add_argument("--workdir", type=Path, default=None, help="embedded stores go here (default: temp)")
     ap.add_argument("--json", action="store_true", help="one JSON object per line and backend")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
