@@ -107,16 +107,17 @@ def run_ingest(
         report.layout = meta.layout
         for r in meta.rejected:
             report.reject(r)
-        if encoder is None:
-            encoder = _load_encoder(settings)
-        report.encoder_id, report.dim = encoder.encoder_id, int(encoder.dim)
-        if store is None:
-            from engine.store import open_store
+        with _timed(report, "setup"):
+            if store is None:  # before the encoder: a locked or down store fails in seconds, not minutes
+                from engine.store import open_store
 
-            store = open_store(settings)
-        report.store_backend = store.backend
-        job = _Job(photos_dir.resolve(strict=True), meta, settings, encoder, store, report, prune)
-        job.retry("setup", store.setup, encoder.encoder_id, int(encoder.dim), rebuild=rebuild)
+                store = open_store(settings)
+            report.store_backend = store.backend
+            if encoder is None:
+                encoder = _load_encoder(settings)
+            report.encoder_id, report.dim = encoder.encoder_id, int(encoder.dim)
+            job = _Job(photos_dir.resolve(strict=True), meta, settings, encoder, store, report, prune)
+            job.retry("setup", store.setup, encoder.encoder_id, int(encoder.dim), rebuild=rebuild)
         job.run()
         report.completed = True
         return report

@@ -119,6 +119,7 @@ class StageSeconds(BaseModel):
     """Wall seconds per stage, summed over batches."""
 
     metadata: float = 0.0
+    setup: float = Field(default=0.0, description="Loading the encoder, opening the store, store.setup.")
     read: float = Field(default=0.0, description="Path checks, file reads, sha256.")
     preprocess: float = Field(default=0.0, description="Decode, limits, EXIF orientation, RGB.")
     encode: float = Field(default=0.0, description="encoder.embed (its own resize/patching included).")
@@ -191,9 +192,10 @@ class IngestReport(BaseModel):
             f"{c.photos_rejected} rejected, {c.photos_pruned} pruned; rows rejected: {c.rows_rejected}",
             f"users: {c.users_written} written, {c.users_deleted} deleted, "
             f"{c.users_without_photos} without photos (of {c.users_seen})",
-            f"time: read {s.read:.2f}s, preprocess {s.preprocess:.2f}s, encode {s.encode:.2f}s, "
-            f"write {s.write:.2f}s, users {s.users:.2f}s, reciprocity {s.reciprocity:.2f}s, "
-            f"optimize {s.optimize:.2f}s; total {s.total:.2f}s ({self.photos_per_second:.1f} photos/s)",
+            f"time: setup {s.setup:.2f}s, read {s.read:.2f}s, preprocess {s.preprocess:.2f}s, "
+            f"encode {s.encode:.2f}s, write {s.write:.2f}s, users {s.users:.2f}s, "
+            f"reciprocity {s.reciprocity:.2f}s, optimize {s.optimize:.2f}s; "
+            f"total {s.total:.2f}s ({self.photos_per_second:.1f} photos/s)",
         ]
         if by_reason:
             lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))

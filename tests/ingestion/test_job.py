@@ -467,3 +467,51 @@ def test_store_down_part_way_then_rerun_ends_exact(
     check_user_vectors(d)
     for pid, (_, vec) in half.photos.items():
         np.testing.assert_array_equal(d.photos[pid][1], vec)
+
+
+# -- killed mid-run ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_ends_exact(demo_copy, tiny_checkpoint, tiny_encoder, ing_settings, dump):
+    """A real ``matcher ingest`` process killed with SIGKILL after its second photo batch is acknowledged."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    meta = demo_copy / "metadata.csv"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MATCHER_ENCODER__PIXEL_BUDGET": str(64 * 64),
+        "MATCHER_ENCODER__DIM": "32",
+        "MATCHER_ENCODER__DEVICE": "cpu",
+        "MATCHER_ENCODER__DTYPE": "float32",
+        "MATCHER_ENCODER__BATCH_SIZE": "2",
+        "MATCHER_INGEST__WRITE_BATCH_SIZE": "4",
+    }
+    cmd = [sys.executable, "-m", "engine.cli", "--store", str(ing_settings.store_path), "--no-progress", "-v"]
+    cmd += ["ingest", str(demo_copy), "--metadata", str(meta), "--encoder", str(tiny_checkpoint)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    killed = False
+    try:
+        for line in proc.stderr:
+            if "wrote 4 photos (8 this run)" in line:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert killed and proc.returncode == -signal.SIGKILL
+    half = dump(ing_settings)
+    want = expected_photos(demo_copy, meta, tiny_encoder.encoder_id)
+    assert 8 <= len(half.photos) < len(want)  # stopped part way, acknowledged batches kept
+    report = run_ingest(demo_copy, meta, settings=ing_settings, encoder=tiny_encoder)
+    d = dump(ing_settings)
+    assert report.counts.photos_skipped == len(half.photos)
+    assert report.counts.photos_stored == len(want) - len(half.photos)
+    assert {pid: p for pid, (p, _) in d.photos.items()} == want
+    check_user_vectors(d)
