@@ -420,6 +420,7 @@ def test_closed_store_refuses_calls(store_factory: StoreFactory) -> None:
 # -- backend-specific edges of the contract ----------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
 def test_refused_server_connection_names_the_url_not_the_key() -> None:
     import socket
 
