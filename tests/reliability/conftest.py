@@ -136,6 +136,18 @@ def check_exact(settings: Settings, root: Path, metadata: Path, embedder: Any) -
 
 
 @pytest.fixture
+def dump() -> Callable[[Settings], Dump]:
+    """``dump(settings) -> Dump``: every point of both collections (opens and closes the store)."""
+    return dump_store
+
+
+@pytest.fixture
+def expected() -> Callable[..., dict[str, dict[str, Any]]]:
+    """``expected(root, metadata, encoder_id) -> {photo point id: payload}`` from the CSV and the bytes."""
+    return expected_photos
+
+
+@pytest.fixture
 def exact() -> Callable[..., Dump]:
     """``exact(settings, root, metadata, embedder) -> Dump``, asserting the store is exactly right."""
     return check_exact

@@ -4,9 +4,9 @@ another process tries to use it.
 
 Not a test module. Run as ``python ingest_child.py SPEC.json``; SPEC holds ``photos_dir``, ``metadata``,
 ``store_path``, ``backend``, ``write_batch_size`` and optionally ``hang`` = ``{"collection": "photos",
-"call": 2, "when": "after"|"before", "marker": PATH}`` and ``release`` (a file the child waits for instead of
-hanging forever). The marker file gets one JSON line: how many points of each collection the store had
-acknowledged when the child stopped.
+"call": 2, "when": "after"|"before", "marker": PATH}`` and ``release`` (a file the child waits for instead
+of hanging forever); ``"collection": "optimize"`` stops just before ``optimize()``. The marker file gets
+one JSON line: how many points of each collection the store had acknowledged when the child stopped.
 
 The embedder is ``PixelEmbedder`` (numpy only): the store and the job are under test here, not the encoder,
 and a child that imports torch would spend most of the test's time starting up.
@@ -114,6 +114,8 @@ class HangingStore(Store):
         return self.inner.query_batch(collection, queries)
 
     def optimize(self) -> None:
+        if self.hang is not None and self.hang["collection"] == "optimize":
+            self._stop()  # every write done, indexes not built yet
         self.inner.optimize()
 
     def close(self) -> None:
