@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 from engine.settings import Settings
+from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 
 
 def open_store(settings: Settings) -> Store:

@@ -104,7 +104,7 @@ class Store(ABC):
         """Several queries in one round trip (backends override this with a real batch call)."""
         return [self.query(collection, q) for q in queries]
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 - a no-op is right for backends that index by themselves
         """Build indexes after a bulk write (Edge builds HNSW only here; a server does it by itself)."""
 
     @abstractmethod
