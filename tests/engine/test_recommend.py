@@ -339,3 +339,45 @@ def test_cli_recommend_json_and_empty_reason(
     assert "no match" in captured.out and "hermit" in captured.out
     assert main([*args, "nobody"]) == 2
     assert "nobody" in capsys.readouterr().err
+
+
+def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: object, tmp_path: Path) -> None:
+    """The real ingestion (tiny Qwen3-VL encoder) on the demo data, then recommend() for every user; the
+    constraints are checked against metadata.csv read here, with the documented defaults."""
+    import csv
+
+    from ingestion.job import run_ingest
+
+    settings = Settings(store_path=tmp_path / "demo-store", progress=False)
+    report = run_ingest(demo_dir, demo_dir / "metadata.csv", settings=settings, encoder=tiny_encoder)
+    assert report.reciprocity_refreshed  # the job ran engine.reciprocity.refresh
+
+    people: dict[str, dict] = {}
+    with open(demo_dir / "metadata.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            g = row["gender"].strip().lower()
+            default = {"female": ["male"], "male": ["female"]}.get(g, ["female", "male", "nonbinary"])
+            people[row["user_id"]] = {
+                "user_id": row["user_id"],
+                "gender": g,
+                "age": int(row["age"]),
+                "seeking": [s.strip().lower() for s in row["seeking"].split("|") if s.strip()] or default,
+                "age_min": int(row["age_min"]) if row["age_min"].strip() else settings.min_age,
+                "age_max": int(row["age_max"]) if row["age_max"].strip() else settings.max_age,
+            }
+    with open_store(settings) as store:
+        stored = {p.payload["user_id"] for p in store.scroll(USERS)}
+        assert stored and stored <= set(people)
+        results = recommend_many(sorted(stored), 5, store=store, settings=settings)
+        photo_owner = {p.id: p.payload["user_id"] for p in store.scroll(PHOTOS)}
+        assert all(KTH_FIELD in p.payload for p in store.scroll(USERS))
+    shown = 0
+    for uid, matches in results.items():
+        compatible = [v for v in stored if v != uid and both_accept(people[uid], people[v])]
+        assert len(matches) == min(5, len(compatible))
+        for m in matches:
+            assert m.user_id != uid and both_accept(people[uid], people[m.user_id])
+            assert photo_owner[m.best_photo_id] == m.user_id  # the best photo is the candidate's own
+        assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+        shown += len(matches)
+    assert shown > 0
