@@ -48,6 +48,7 @@ METADATA_COLUMNS = ("user_id", "image_path", "gender", "age", "seeking", "age_mi
 USERS_COLUMNS = ("user_id", "gender", "age", "seeking", "age_min", "age_max", "n_photos")
 MIN_AGE, MAX_AGE = 18, 60
 MIN_SIDE, MAX_SIDE = 160, 640
+SPECKS, SPECK_R = 70, 0.035
 
 # The map from looks to visible traits is fixed (independent of the seed), so a trait means the same in every
 # population: an orthogonal rotation keeps the traits uncorrelated when looks is uniform on the sphere.
@@ -313,8 +314,9 @@ def _draw_person(
     female = u.gender == "female"
     # Face shape from looks, pulled towards balanced proportions as attractiveness grows.
     ratio = 1.2 + 0.45 * t[3]
+    fw0 = fh / ratio  # head width for hair, hat and shoulders: looks only
     ratio = ratio * (1.0 - 0.45 * a) + 1.42 * 0.45 * a
-    fw = fh / ratio
+    fw = fh / ratio  # face width: looks and attractiveness
     jaw = 0.75 + 0.35 * t[15]  # width of the lower face relative to the upper
     skin = _interp(_SKIN, t[0])
     hair = _interp(_HAIR, t[1])
@@ -329,20 +331,20 @@ def _draw_person(
 
     # Shoulders and clothes (clothes change per photo).
     shirt = _hsv(rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.95))
-    draw.ellipse((cx - 2.6 * fw, cy + 1.05 * fh, cx + 2.6 * fw, cy + 4.5 * fh), fill=shirt)
-    draw.rectangle((cx - 0.35 * fw, cy + 0.6 * fh, cx + 0.35 * fw, cy + 1.3 * fh), fill=_shade(skin, 0.9))
+    draw.ellipse((cx - 2.6 * fw0, cy + 1.05 * fh, cx + 2.6 * fw0, cy + 4.5 * fh), fill=shirt)
+    draw.rectangle((cx - 0.35 * fw0, cy + 0.6 * fh, cx + 0.35 * fw0, cy + 1.3 * fh), fill=_shade(skin, 0.9))
 
     # Hair behind the face.
     if style in ("long", "side_part") and hair_len > 0.35:
         down = fh * (0.6 + 1.4 * min(hair_len, 1.2))
         draw.rounded_rectangle(
-            (cx - 1.25 * fw, cy - 1.1 * fh, cx + 1.25 * fw, cy + down), radius=int(0.5 * fw), fill=hair
+            (cx - 1.25 * fw0, cy - 1.1 * fh, cx + 1.25 * fw0, cy + down), radius=int(0.5 * fw0), fill=hair
         )
     if style == "curly":
         for k in range(14):
             ang = math.pi * (0.9 + 1.2 * k / 13)
-            r = 0.35 * fw * (0.8 + 0.5 * t[6])
-            px, py = cx + 1.05 * fw * math.cos(ang), cy - 0.2 * fh + 1.0 * fh * math.sin(ang)
+            r = 0.35 * fw0 * (0.8 + 0.5 * t[6])
+            px, py = cx + 1.05 * fw0 * math.cos(ang), cy - 0.2 * fh + 1.0 * fh * math.sin(ang)
             draw.ellipse((px - r, py - r, px + r, py + r), fill=hair)
 
     # Ears, face (upper ellipse + jaw polygon).
@@ -365,13 +367,13 @@ def _draw_person(
     # Hair on top.
     if style in ("short", "long", "side_part", "bun", "curly"):
         top = cy - fh * (1.12 + 0.12 * t[6])
-        draw.chord((cx - 1.08 * fw, top, cx + 1.08 * fw, cy - 0.1 * fh), 180, 360, fill=hair)
+        draw.chord((cx - 1.08 * fw0, top, cx + 1.08 * fw0, cy - 0.1 * fh), 180, 360, fill=hair)
         if style == "side_part":
             draw.polygon(
-                [(cx - 1.05 * fw, cy - 0.55 * fh), (cx + 0.2 * fw, top), (cx - 1.0 * fw, top)], fill=hair
+                [(cx - 1.05 * fw0, cy - 0.55 * fh), (cx + 0.2 * fw0, top), (cx - 1.0 * fw0, top)], fill=hair
             )
         if style == "bun":
-            r = 0.38 * fw
+            r = 0.38 * fw0
             draw.ellipse((cx - r, top - 1.5 * r, cx + r, top + 0.5 * r), fill=hair)
 
     # Beard (men) or blush (women), from looks.
@@ -386,13 +388,16 @@ def _draw_person(
 
     # Skin clarity: a speckled texture (new speckles each photo, same density) and moles at fixed face
     # positions, both stronger for lower attractiveness.
-    n_speck = int(ugly**1.5 * 120)
-    su, sv = rng.uniform(-0.85, 0.85, n_speck), rng.uniform(-0.7, 0.9, n_speck)
+    # Their own generator: how many there are must not shift the draws of the lighting that follows.
+    srng = np.random.default_rng(int(rng.integers(2**63)))
+    n_speck = int(ugly**1.5 * SPECKS)
+    su, sv = srng.uniform(-0.85, 0.85, n_speck), srng.uniform(-0.7, 0.9, n_speck)
     inside = su**2 + (sv - 0.1) ** 2 < 0.7  # keep them on the face
-    su, sv = su[inside], sv[inside]
-    sr = max(1.0, 0.018 * fw)
-    for px, py in zip(cx + su * fw, cy + sv * fh, strict=True):
-        draw.ellipse((px - sr, py - sr, px + sr, py + sr), fill=_shade(skin, 0.8))
+    su, sv, sz = su[inside], sv[inside], srng.uniform(0.6, 1.4, int(inside.sum()))
+    blemish = tuple(int(0.6 * c + 0.4 * r) for c, r in zip(skin, (150, 40, 45), strict=True))
+    for px, py, z in zip(cx + su * fw, cy + sv * fh, sz, strict=True):
+        sr = max(1.0, SPECK_R * fw * z)
+        draw.ellipse((px - sr, py - sr, px + sr, py + sr), fill=blemish)
     # Moles at fixed face positions; more and larger for lower attractiveness.
     for mu, mv, mr in u.moles:
         r = max(1.0, 0.045 * fw * mr * (0.6 + ugly))
@@ -461,8 +466,8 @@ def _draw_person(
     if t[9] > 0.78:
         top = cy - 1.15 * fh
         crown, brim = _shade(accent, 0.7), _shade(accent, 0.55)
-        draw.rectangle((cx - 1.0 * fw, top - 0.55 * fh, cx + 1.0 * fw, top + 0.35 * fh), fill=crown)
-        draw.rectangle((cx - 1.5 * fw, top + 0.25 * fh, cx + 1.5 * fw, top + 0.42 * fh), fill=brim)
+        draw.rectangle((cx - 1.0 * fw0, top - 0.55 * fh, cx + 1.0 * fw0, top + 0.35 * fh), fill=crown)
+        draw.rectangle((cx - 1.5 * fw0, top + 0.25 * fh, cx + 1.5 * fw0, top + 0.42 * fh), fill=brim)
 
 
 def _apply_lighting(img: Image.Image, rng: np.random.Generator, *, noise: bool) -> Image.Image:

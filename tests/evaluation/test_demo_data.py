@@ -72,11 +72,12 @@ def test_metadata_rows_point_at_decodable_photos(demo_dir: Path) -> None:
 
 def test_sizes_aspects_and_formats_vary(demo_dir: Path) -> None:
     rows = _rows(demo_dir / "metadata.csv")
-    sizes, formats = set(), Counter()
+    sizes: set[tuple[int, int]] = set()
+    formats: Counter[str] = Counter()
     for r in rows:
         with Image.open(demo_dir / r["image_path"]) as im:
             sizes.add(im.size)
-            formats[im.format] += 1
+            formats[str(im.format)] += 1
             assert im.mode == "RGB"
             assert 160 <= min(im.size) and max(im.size) <= 640
             assert Path(r["image_path"]).suffix == {"JPEG": ".jpg", "PNG": ".png"}[str(im.format)]
@@ -194,3 +195,36 @@ def test_population_statistics_are_plausible() -> None:
     assert 0.75 < other / len(binary) < 0.95
     assert all(u.seeking == ("female", "male", "nonbinary") for u in users if u.gender == "nonbinary")
     assert any(u.age_min is None for u in users) and any(u.age_max is None for u in users)
+
+
+def test_attractiveness_changes_the_face_not_the_scene() -> None:
+    """Same user, same photo draws, only attractiveness changed: the face changes (more the larger the
+    change) while the frame's border (background) stays the same pixels."""
+    import dataclasses
+
+    from evaluation.demo_data import DemoUser, make_user, render_photo
+
+    for i in range(1, 9):
+        user = make_user(21, i)
+
+        def photo(a: float, u: DemoUser = user, i: int = i) -> np.ndarray:
+            changed = dataclasses.replace(u, attractiveness=a)
+            img = render_photo(changed, np.random.default_rng([3, i]), noise=False)
+            return np.asarray(img, dtype=np.float32)
+
+        low, mid, high = photo(0.1), photo(0.7), photo(0.9)
+        assert np.abs(low - high).mean() > np.abs(mid - high).mean() > 0
+        border = np.ones(high.shape[:2], dtype=bool)
+        border[8:-8, 8:-8] = False
+        assert np.abs(low - high)[border].mean() < 0.5
+
+
+def test_attractiveness_is_independent_of_looks() -> None:
+    from evaluation.demo_data import make_user
+
+    users = [make_user(13, i) for i in range(1, 2001)]
+    looks = np.stack([u.looks for u in users])
+    attr = np.array([u.attractiveness for u in users])
+    corr = [abs(np.corrcoef(looks[:, j], attr)[0, 1]) for j in range(looks.shape[1])]
+    assert max(corr) < 0.1
+    assert 0.15 < attr.std() < 0.3 and attr.min() >= 0 and attr.max() <= 1
