@@ -109,7 +109,7 @@ def _delete_user_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.users import delete_user
 
     with open_store(settings) as store:
-        removed = delete_user(store, args.user_id)
+        removed = delete_user(store, args.user_id, settings=settings)
     if removed == 0:
         print(f"{args.user_id}: not in the store (nothing removed)")
         return 1

@@ -7,8 +7,10 @@ from typing import Any
 
 from engine.errors import InvalidInput
 from engine.filters import Filter, HasId, MatchAny
+from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, taste_payload, usable_vector
 from engine.schema import PHOTOS, USERS, user_point_id
-from engine.store.base import Store
+from engine.settings import RecommendSettings, Settings
+from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +18,14 @@ log = logging.getLogger(__name__)
 USER_COLLECTIONS: tuple[str, ...] = (PHOTOS, USERS)
 
 
-def delete_user(store: Store, user_id: str) -> int:
-    """Remove every point of ``user_id`` in every collection (photos and the user's mean vector).
+def delete_user(store: Store, user_id: str, *, settings: Settings | None = None) -> int:
+    """Remove every point of ``user_id`` in every collection (photos and the user's mean vector), and the
+    user from other users' like histories (``liked_ids``), whose ``taste`` is recomputed without them.
 
-    Returns the number of points removed (0 if the user was not stored). Other users' payloads that were
-    computed with this user in the population (e.g. reciprocity statistics) are refreshed by the next
-    ingestion's ``engine.reciprocity.refresh``. Raises ``InvalidInput`` for an empty id, and
-    ``StoreUnavailable`` if the store fails.
+    Returns the number of points removed (0 if the user was not stored). Other users' reciprocity statistics
+    (``kth_sim``: one number per user, computed over the whole population) are refreshed by the next
+    ingestion's ``engine.reciprocity.refresh``. ``settings`` gives ``recommend.taste_blend`` (defaults if
+    None). Raises ``InvalidInput`` for an empty id, and ``StoreUnavailable`` if the store fails.
     """
     user_id = str(user_id).strip()
     if not user_id:
@@ -45,8 +48,34 @@ def delete_user(store: Store, user_id: str) -> int:
             if n:
                 store.delete_by_filter(collection, flt)
         removed += n
-    log.info("deleted user %s: %d points", user_id, removed)
+    scrubbed = _forget_likes_of(store, user_id, settings)
+    log.info("deleted user %s: %d points; removed from %d like histories", user_id, removed, scrubbed)
     return removed
+
+
+def _forget_likes_of(store: Store, user_id: str, settings: Settings | None) -> int:
+    """Drop ``user_id`` from every stored like history and recompute those users' ``taste`` without them
+    (a taste vector is partly the liked users' vectors: keeping it would keep a trace of the erased user).
+    Returns how many users' points were rewritten."""
+    blend = (settings.recommend if settings is not None else RecommendSettings()).taste_blend
+    likers = list(store.scroll(USERS, Filter(must=(MatchAny.of(LIKED_FIELD, [user_id]),)), with_vectors=True))
+    points: list[Point] = []
+    for p in likers:
+        if p.vector is None:
+            continue
+        payload = dict(p.payload or {})
+        history = [u for u in payload.get(LIKED_FIELD) or [] if str(u) != user_id]
+        payload[LIKED_FIELD] = history
+        own = usable_vector(p)
+        taste = None if own is None else taste_payload(own, liked_vectors(store, history, strict=False), blend)
+        if taste is None:
+            payload.pop(TASTE_FIELD, None)
+        else:
+            payload[TASTE_FIELD] = taste
+        points.append(Point(id=p.id, vector=p.vector, payload=payload))
+    if points:
+        store.upsert(USERS, points)
+    return len(points)
 
 
 def store_stats(store: Store) -> dict[str, Any]:
