@@ -29,7 +29,7 @@ import numpy as np
 from engine.compatibility import Profile, age_conditions, compatible_filter, gender_conditions
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.filters import Filter, HasId, MatchAny
-from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, usable_vector
+from engine.likes import TASTE_FIELD, liked_vectors, usable_vector
 from engine.reciprocity import KTH_FIELD, NO_KTH
 from engine.rerank import (
     RerankInput,
@@ -373,4 +373,4 @@ def explain_empty(user_id: str, *, exclude: Iterable[str] = (), store: Store) ->
     return f"all {by_age} users compatible with {who} are excluded (already seen or blocked)"
 
 
-__all__ = ["LIKED_FIELD", "Match", "explain_empty", "recommend", "recommend_many"]
+__all__ = ["Match", "explain_empty", "recommend", "recommend_many"]
