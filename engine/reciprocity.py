@@ -123,13 +123,18 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 256) -> RefreshRep
     return RefreshReport(users=len(points), skipped=skipped, seconds=seconds)
 
 
-def exact_kth(vectors: np.ndarray, profiles: Sequence[Profile], k: int, *, block: int = 1024) -> np.ndarray:
-    """``kth_sim`` of every user by exact brute force in numpy (benchmarks and tests; same definition).
+def exact_kth(
+    vectors: np.ndarray, profiles: Sequence[Profile], k: int, *, block: int | None = None
+) -> np.ndarray:
+    """``kth_sim`` of every user by exact brute force in numpy (benchmarks and tests; same definition as
+    ``refresh`` for users without a like history: it uses the mean vectors, not tastes).
 
     ``vectors`` (n, d) float32 unit rows, ``profiles`` aligned with them. Returns (n,) float64.
-    Memory: one (block, n) similarity block at a time.
+    Memory: one (block, n) similarity block at a time (default: about 32 M entries).
     """
     n = len(profiles)
+    if block is None:
+        block = max(1, min(1024, (1 << 25) // max(n, 1)))
     genders = sorted({p.gender for p in profiles} | {s for p in profiles for s in p.seeking})
     gidx = {g: i for i, g in enumerate(genders)}
     gender = np.array([gidx[p.gender] for p in profiles])
