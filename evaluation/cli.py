@@ -142,6 +142,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "--gap-penalty", type=float, default=2.0, help="aspiration: log-odds per percentile below aim"
     )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
+    p.add_argument(
+        "--engine-likes", action="store_true", help="pass each viewer's likes so far to recommend(likes=...)"
+    )
     p.set_defaults(func=_simulate)
 
 
@@ -161,6 +164,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         worlds=tuple(args.world) if args.world else WORLDS,
         world_settings=WorldSettings(gap_penalty=args.gap_penalty),
         n_boot=args.boot,
+        engine_likes=args.engine_likes,
     )
     print(result.table())
     print(f"\nreport: {result.report_path}  ({result.timings['total_s']:.0f} s)")

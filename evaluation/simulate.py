@@ -96,6 +96,15 @@ class Population:
     def n(self) -> int:
         return len(self.user_ids)
 
+    @staticmethod
+    def user_ids_in(root: Path) -> list[str]:
+        """The user ids of ``root/metadata.csv`` (the demo-data layout), in file order, without repeats."""
+        path = root / "metadata.csv"
+        if not path.is_file():
+            raise InvalidInput(f"{path}: not found")
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(dict.fromkeys((row.get("user_id") or "").strip() for row in csv.DictReader(fh)))
+
     @classmethod
     def from_dir(cls, root: Path, settings: Settings, *, only: set[str] | None = None) -> Population:
         """Read ``root/metadata.csv`` and ``root/truth.json`` (the demo-data layout); keep users in ``only``.
@@ -348,7 +357,7 @@ class ExposureCapped:
     short; a viewer gets fewer than ``k`` only when more than that many are all at the cap.
     """
 
-    def __init__(self, name: str, base: Strategy, cap: int, n: int, fetch: int = 4) -> None:
+    def __init__(self, name: str, base: Strategy, cap: int, n: int, fetch: int = 3) -> None:
         if cap < 1:
             raise InvalidInput(f"exposure_cap: must be at least 1, got {cap}")
         self.name = name
@@ -372,11 +381,18 @@ class ExposureCapped:
 
 class StoreSimilarity:
     """One-sided similarity: the store's nearest neighbours of the viewer's mean vector (ANN, no rerank),
-    under the engine's own compatibility filter."""
+    under the engine's own compatibility filter.
+
+    The ranking never changes (no likes, no rerank), so one query per viewer for ``depth`` neighbours is
+    served in slices: the next ``k`` not yet shown are what a query excluding the shown ones returns.
+    """
 
     name = "similarity"
+    uses_likes = False
 
-    def __init__(self, store: Any, pop: Population) -> None:
+    def __init__(self, store: Any, pop: Population, depth: int = 0) -> None:
+        self._depth = depth
+        self._ranked: dict[int, list[int]] = {}
         from engine.compatibility import Profile, compatible_filter
         from engine.schema import USERS, user_point_id
 
@@ -404,25 +420,35 @@ class StoreSimilarity:
     def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]:
         from engine.store import Query
 
-        uid = self._pop.user_ids[viewer]
-        flt = self._filter(self._profile[uid], exclude=[self._pop.user_ids[j] for j in exclude])
-        hits = self._store.query(
-            self._users, Query(vector=self._vec[uid], limit=k, filter=flt, with_payload=("user_id",))
-        )
-        return [
-            self._index[str(h.payload["user_id"])]
-            for h in hits
-            if h.payload and h.payload["user_id"] in self._index
-        ]
+        ranked = self._ranked.get(viewer)
+        if ranked is None or sum(j not in exclude for j in ranked) < k:
+            uid = self._pop.user_ids[viewer]
+            flt = self._filter(self._profile[uid], exclude=[self._pop.user_ids[j] for j in exclude])
+            query = Query(
+                vector=self._vec[uid], limit=max(k, self._depth), filter=flt, with_payload=("user_id",)
+            )
+            hits = self._store.query(self._users, query)
+            ranked = [
+                self._index[str(h.payload["user_id"])]
+                for h in hits
+                if h.payload and h.payload["user_id"] in self._index
+            ]
+            self._ranked[viewer] = ranked
+        return [j for j in ranked if j not in exclude][:k]
 
 
 class EngineStrategy:
-    """``engine.recommend.recommend()`` against the store, with the viewer's likes so far."""
+    """``engine.recommend.recommend()`` against the store; with ``use_likes`` it passes the viewer's likes so
+    far (``likes=``), which blends them into the viewer's taste. Without, it ranks from the photos alone and
+    its picks do not depend on the decision world."""
 
-    def __init__(self, name: str, store: Any, settings: Settings, pop: Population) -> None:
+    def __init__(
+        self, name: str, store: Any, settings: Settings, pop: Population, *, use_likes: bool = False
+    ) -> None:
         from engine.recommend import recommend
 
         self.name = name
+        self.uses_likes = use_likes
         self._recommend = recommend
         self._store = store
         self._settings = settings
@@ -438,11 +464,32 @@ class EngineStrategy:
             ids[viewer],
             k=k,
             exclude=[ids[j] for j in exclude],
-            likes=[ids[j] for j in liked],
+            likes=[ids[j] for j in liked] if self.uses_likes else None,
             store=self._store,
             settings=self._settings,
         )
         return [self._index[m.user_id] for m in matches if m.user_id in self._index]
+
+
+class Memo:
+    """Wraps a strategy whose picks ignore the decisions (no likes): the picks of the first world are
+    replayed in the next ones, where the calls come in the same order. Saves the store round trips."""
+
+    def __init__(self, base: Strategy) -> None:
+        self.name = base.name
+        self._base = base
+        self._round = 0
+        self._memo: dict[tuple[int, int], list[int]] = {}
+
+    def start_round(self, round_index: int) -> None:
+        self._round = round_index
+        self._base.start_round(round_index)
+
+    def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]:
+        key = (self._round, viewer)
+        if key not in self._memo:
+            self._memo[key] = self._base.pick(viewer, k, exclude, liked)
+        return list(self._memo[key])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -745,6 +792,7 @@ def simulate(
     strategies: Sequence[str] = STRATEGIES,
     world_settings: WorldSettings | None = None,
     n_boot: int = 1000,
+    engine_likes: bool = False,
     tiny_pixel_budget: int = 128 * 128,
     write_report: bool = True,
 ) -> SimulationResult:
@@ -755,7 +803,9 @@ def simulate(
     random Qwen3-VL in ``out/tiny-encoder``. The photos are ingested with ``run_ingest`` into a fresh store in
     ``out/store`` (a server backend gets the collection prefix ``sim_``), and the engine strategies call
     ``recommend()`` against it. ``exposure_cap``: most times one user may be shown per round by
-    ``engine_capped`` (default ``2 k``: twice the mean exposure). Deterministic per ``seed``.
+    ``engine_capped`` (default ``2 k``: twice the mean exposure). ``engine_likes``: pass each viewer's likes
+    so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
+    once for all worlds). Deterministic per ``seed``.
 
     Raises ``InvalidInput`` for bad arguments or an unusable population folder; store and encoder errors pass.
     """
@@ -789,28 +839,54 @@ def simulate(
     if settings.resolved_backend == "server":
         update["collection_prefix"] = f"sim_{settings.collection_prefix}"
     sim_settings = settings.model_copy(update=update)
+    from engine.errors import EncoderMismatch
     from engine.store import open_store
     from ingestion.job import run_ingest
 
     store = open_store(sim_settings)
     try:
-        report = run_ingest(
-            pop_dir,
-            pop_dir / "metadata.csv",
-            settings=sim_settings,
-            encoder=enc,
-            store=store,
-            rebuild=True,
-            report_path=out / "ingest_report.json",
-        )
+
+        def run(rebuild: bool) -> Any:
+            return run_ingest(
+                pop_dir,
+                pop_dir / "metadata.csv",
+                settings=sim_settings,
+                encoder=enc,
+                store=store,
+                rebuild=rebuild,
+                report_path=out / "ingest_report.json",
+            )
+
+        # A re-run over the same OUT reuses the stored vectors (the job skips photos it already holds);
+        # another encoder's store, or users from another population, start it afresh.
+        try:
+            report = run(rebuild=False)
+            stored = _stored_users(store)
+            if stored - set(Population.user_ids_in(pop_dir)):
+                raise EncoderMismatch("the store holds users from another population")
+        except EncoderMismatch as exc:
+            log.info("simulation store rebuilt: %s", exc)
+            report = run(rebuild=True)
+            stored = _stored_users(store)
         timings["ingest_s"] = time.perf_counter() - t
-        stored = _stored_users(store)
         pop = Population.from_dir(pop_dir, sim_settings, only=stored)
         if pop.n < 2:
             raise InvalidInput(f"{pop_dir}: fewer than two users made it into the store")
         compat = pop.compatible()
         calib = fit_calibration()
         cal = calib.calibration
+
+        # Strategies whose picks ignore the decisions are built once and replayed in every world.
+        shared: dict[str, Strategy] = {}
+        if "similarity" in strategies:
+            shared["similarity"] = Memo(StoreSimilarity(store, pop, depth=rounds * k))
+        if "engine" in strategies:
+            eng = EngineStrategy("engine", store, sim_settings, pop, use_likes=engine_likes)
+            shared["engine"] = eng if engine_likes else Memo(eng)
+        if "engine_capped" in strategies:
+            base = EngineStrategy("engine", store, sim_settings, pop, use_likes=engine_likes)
+            capped = ExposureCapped("engine_capped", base, cap, pop.n)
+            shared["engine_capped"] = capped if engine_likes else Memo(capped)
 
         world_results = []
         for wname in worlds:
@@ -824,13 +900,8 @@ def simulate(
                     strats.append(popularity_strategy(compat, pop))
                 elif name == "oracle":
                     strats.append(oracle_strategy(compat, world))
-                elif name == "similarity":
-                    strats.append(StoreSimilarity(store, pop))
-                elif name == "engine":
-                    strats.append(EngineStrategy("engine", store, sim_settings, pop))
-                elif name == "engine_capped":
-                    base = EngineStrategy("engine", store, sim_settings, pop)
-                    strats.append(ExposureCapped("engine_capped", base, cap, pop.n))
+                else:
+                    strats.append(shared[name])
             imps = run_rounds(
                 strats, world, rounds=rounds, k=k, seed=seed, compat=compat, progress=settings.progress
             )
@@ -868,6 +939,7 @@ def simulate(
         "strategies": list(strategies),
         "world_settings": asdict(world_settings or WorldSettings()),
         "n_boot": n_boot,
+        "engine_likes": engine_likes,
         "population": str(pop_dir),
         "encoder_id": getattr(enc, "encoder_id", "?"),
         "encoder_source": str(getattr(enc, "source", encoder)),
@@ -1098,8 +1170,11 @@ _METHOD_NOTES = """\
   describe. One set of draws is shared by all strategies, so lifts and shares of the oracle's lift are
   paired. Share of the oracle's lift = (strategy − random) / (oracle − random).
 - `popularity` ranks by the hidden attractiveness (an upper bound for a popularity ranking). `engine` calls
-  `recommend()` with the viewer's likes so far (`likes=`); candidates' like histories are not written to the
-  store, so every strategy and world runs on the same store. The oracle ranks by P(i→j)·P(j→i) greedily per
+  `recommend(user, k, exclude=already shown)`; with `engine_likes` on it also passes the viewer's likes so
+  far (`likes=`), otherwise it ranks from the photos alone (what this report measures: how much of the
+  traits survives photos → encoder → Qdrant → rerank). Like histories are never written to the store, so
+  every strategy and world runs on the same store. `similarity` is one filtered nearest-neighbour query per
+  viewer on the users' mean vectors, served k at a time. The oracle ranks by P(i→j)·P(j→i) greedily per
   viewer; it is the ceiling for a per-viewer ranking, not a global optimum under exposure limits.
 - With an untrained (tiny, random) encoder the vectors carry little of the traits; a lift near zero for
   `similarity`/`engine` is then the honest result, not a bug."""

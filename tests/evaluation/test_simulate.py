@@ -167,16 +167,24 @@ def _strip(d: dict) -> dict:
     return d
 
 
-def _run(out: Path, demo_dir: Path, tiny_encoder) -> SimulationResult:
+def _run(out: Path, demo_dir: Path, tiny_encoder, engine_likes: bool = False) -> SimulationResult:
     settings = Settings(progress=False)  # type: ignore[call-arg]
     return simulate(
-        out, settings=settings, rounds=2, k=3, seed=5, population=demo_dir, encoder=tiny_encoder, n_boot=50
+        out,
+        settings=settings,
+        rounds=2,
+        k=3,
+        seed=5,
+        population=demo_dir,
+        encoder=tiny_encoder,
+        n_boot=50,
+        engine_likes=engine_likes,
     )
 
 
 def test_simulate_through_the_pipeline(tmp_path: Path, demo_dir: Path, tiny_encoder) -> None:
-    """Photos -> encoder -> store -> recommend(), both worlds, every strategy, and the report."""
-    a = _run(tmp_path / "a", demo_dir, tiny_encoder)
+    """Photos -> encoder -> store -> recommend(likes=...), both worlds, every strategy, and the report."""
+    a = _run(tmp_path / "a", demo_dir, tiny_encoder, engine_likes=True)
     assert [w.world for w in a.worlds] == ["similarity", "aspiration"]
     n_users = len(json.loads((demo_dir / "truth.json").read_text())["users"])
     assert a.config["users"] == n_users
@@ -202,3 +210,7 @@ def test_simulate_is_deterministic_per_seed(tmp_path: Path, demo_dir: Path, tiny
     a = _run(tmp_path / "a", demo_dir, tiny_encoder)
     b = _run(tmp_path / "b", demo_dir, tiny_encoder)
     assert _strip(a.to_dict()) == _strip(b.to_dict())
+    # A re-run over the same folder reuses the stored vectors and gives the same results.
+    c = _run(tmp_path / "a", demo_dir, tiny_encoder)
+    assert c.ingest["counts"]["photos_skipped"] == c.ingest["counts"]["photos_seen"] > 0
+    assert _strip(a.to_dict())["worlds"] == _strip(c.to_dict())["worlds"]
