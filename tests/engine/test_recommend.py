@@ -339,6 +339,17 @@ def test_cli_recommend_json_and_empty_reason(
     assert "no match" in captured.out and "hermit" in captured.out
     assert main([*args, "nobody"]) == 2
     assert "nobody" in capsys.readouterr().err
+    # Without store=, recommend() opens the store the settings name and closes it again (reopenable after).
+    assert [m.user_id for m in recommend("A", 2, settings=settings)] == ["C", "B"]
+    assert [m.user_id for m in recommend("A", 2, settings=settings)] == ["C", "B"]
+
+
+def test_merged_likes_keeps_each_id_once_newest_last_and_caps() -> None:
+    from engine.likes import merged_likes
+
+    assert merged_likes(["a", "b", "c"], ["b", "d"], 10) == ["a", "c", "b", "d"]
+    assert merged_likes(["a", "b", "c"], ["d"], 2) == ["c", "d"]
+    assert merged_likes(["a"], ["b"], 0) == []
 
 
 def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: object, tmp_path: Path) -> None:
