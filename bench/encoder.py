@@ -71,6 +71,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         )
     load_s = time.perf_counter() - t0
     params = sum(p.numel() for p in encoder.tower.parameters())
+    t0 = time.perf_counter()
+    encoder.compute_id()  # done once per load; hashes every weight
+    id_s = time.perf_counter() - t0
     images = _photos(spec["images"] + 1)
     encoder.embed(images[:1])  # warm-up: first-call allocations and kernel selection
     _, grid = encoder.preprocess(images[:1])
@@ -89,6 +92,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "s_per_image": run_s / spec["images"],
         "load_s": load_s,
+        "id_s": id_s,
         "rss_before_mb": rss_before_model,
         "peak_rss_mb": _rss_mb(),
     }
@@ -105,13 +109,13 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ["model", "params (M)", "budget", "dtype", "tokens/img", "images", "batch", "threads",
-            "s/image", "load s", "peak RSS MB", "RSS at start MB"]
+            "s/image", "load s", "id hash s", "peak RSS MB", "RSS at start MB"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lines.append(" | ".join([
             r["model"], f"{r['params_m']:.1f}", r["budget"], r["dtype"], str(r["tokens"]), str(r["images"]),
             str(r["batch"]), str(r["threads"]), f"{r['s_per_image']:.4f}", f"{r['load_s']:.1f}",
-            f"{r['peak_rss_mb']:.0f}", f"{r['rss_before_mb']:.0f}",
+            f"{r['id_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_before_mb']:.0f}",
         ]))
     return "\n".join("| " + line + " |" for line in lines)
 

@@ -114,8 +114,6 @@ class Encoder(nn.Module):
         base_model: str,
         pixel_budget: int,
         min_pixels: int,
-        device: torch.device,
-        dtype: torch.dtype,
     ) -> None:
         super().__init__()
         # Any: a Qwen3VLVisionModel, or a peft model wrapping it while LoRA adapters are trained.
@@ -127,10 +125,18 @@ class Encoder(nn.Module):
         self.pixel_budget = pixel_budget
         self.min_pixels = min_pixels
         self.dim = head.dim
-        self.device = device
-        self.dtype = dtype
         self.merge_size = int(tower.config.spatial_merge_size)
         self.encoder_id = self.compute_id()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the head (and tower) live; follows ``encoder.to(...)``."""
+        return next(self.head.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The tower's compute dtype (of its first weight, the patch embedding); inputs are cast to it."""
+        return next(self.tower.parameters()).dtype
 
     # -- identity ---------------------------------------------------------------------------------------
     def preprocessing_settings(self) -> dict[str, Any]:
@@ -154,14 +160,15 @@ class Encoder(nn.Module):
         The same weights at the same precision give the same id on every load. Loading float32 weights in
         bfloat16 rounds them, so that encoder (whose vectors differ) gets another id.
         """
-        h = hashlib.blake2b(digest_size=16)
+        h = hashlib.sha256()  # sha256 over blake2b: ~2.5x faster here (CPU SHA extensions)
         h.update(json.dumps({"dim": self.dim, "pre": self.preprocessing_settings()}, sort_keys=True).encode())
         for prefix, module in (("tower.", self.tower), ("head.", self.head)):
             for name, tensor in sorted(module.state_dict().items()):
                 h.update((prefix + name).encode())
                 h.update(str(tuple(tensor.shape)).encode())
-                # One tensor at a time: the float32 copy never holds more than one layer.
-                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+                # One tensor at a time (a float32 copy only for non-float32 weights), hashed in place.
+                flat = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+                h.update(memoryview(flat.numpy()).cast("B"))
         return h.hexdigest()[:16]
 
     # -- preprocessing ----------------------------------------------------------------------------------
@@ -632,7 +639,7 @@ def _assemble(
         movable.to(device=dev)
     head.to(device=dev, dtype=torch.float32)  # small; float32 keeps the output precise under a bf16 tower
     encoder = Encoder(tower, head, processor, source=source, base_model=base_model, pixel_budget=pixel_budget,
-                      min_pixels=min_pixels, device=dev, dtype=dtype)
+                      min_pixels=min_pixels)
     encoder.eval()
     return encoder
 
@@ -687,7 +694,7 @@ def save_encoder(encoder: Encoder, out_dir: str | Path, card: dict[str, Any] | N
         merged = peft_tower.merge_and_unload()
         probe = Encoder(merged, encoder.head, encoder.processor, source=encoder.source,
                         base_model=encoder.base_model, pixel_budget=encoder.pixel_budget,
-                        min_pixels=encoder.min_pixels, device=encoder.device, dtype=encoder.dtype)
+                        min_pixels=encoder.min_pixels)
         encoder.encoder_id = probe.encoder_id
     else:
         encoder.encoder_id = encoder.compute_id()

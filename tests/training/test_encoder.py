@@ -102,6 +102,20 @@ def test_embeddings_are_unit_float32_rows(tiny_encoder: Encoder) -> None:
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert tiny_encoder.embed([]).shape == (0, 32)
+    assert tiny_encoder.device == torch.device("cpu") and tiny_encoder.dtype == torch.float32
+
+
+def test_bfloat16_tower_gives_float32_vectors(tiny_checkpoint: Path, tiny_encoder: Encoder) -> None:
+    from training.encoder import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # bf16 on CPU is ~4x slower
+    bf16 = _fresh(tiny_checkpoint, dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    images = [_photo(11), _photo(12)]
+    vectors = bf16.embed(images)
+    assert vectors.dtype == np.float32
+    cosines = (vectors * tiny_encoder.embed(images)).sum(axis=1)
+    assert (cosines > 0.99).all(), cosines
 
 
 def test_batched_equals_one_by_one(tiny_encoder: Encoder) -> None:
