@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_evaluate_embeddings(sub)
     _add_simulate(sub)
     _add_replay(sub)
+    _add_demo(sub)
 
 
 def _add_make_demo_data(sub: argparse._SubParsersAction) -> None:
@@ -197,4 +198,23 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     print(result.table())
     if args.out:
         args.out.write_text(result.to_json(), encoding="utf-8")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job end to end on the embedded store: data, encoder, training, ingest, recommend, simulate",
+    )
+    p.add_argument("--out", type=Path, default=Path(".matcher/demo"), help="output folder (default: %(default)s)")
+    p.add_argument("--users", type=int, default=80, help="demo population size (default: %(default)s)")
+    p.add_argument("--sim-users", type=int, default=200, help="simulated population size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from evaluation.demo import DemoSettings, run_demo
+
+    run_demo(args.out, settings, DemoSettings(users=args.users, sim_users=args.sim_users, seed=args.seed))
     return 0

@@ -1,0 +1,192 @@
+"""The main job end to end on the embedded default store: ``matcher demo`` (what ``make demo`` runs).
+
+demo data → tiny Qwen3-VL checkpoint → a few embeddings → brief training (before/after metrics) → ingestion
+→ recommendations for three users → embedding report (untrained vs trained) → a small like-rate simulation.
+
+Every step calls the same importable function its own ``matcher`` command wraps; nothing here is a shortcut.
+The encoder is a tiny randomly-initialised Qwen3-VL (there is no model hub here); with the real 2B model the
+same steps run through the same code with ``--base Qwen/Qwen3-VL-2B-Instruct`` on ``matcher train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo: small enough for a few minutes on 2 CPU cores."""
+
+    users: int = 80
+    seed: int = 0
+    pixel_budget: int = 96 * 96
+    dim: int = 64
+    epochs: int = 6
+    sim_users: int = 200
+    sim_rounds: int = 3
+    sim_k: int = 5
+    show_users: int = 3
+    show_k: int = 5
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    stored_photos: int = 0
+    stored_users: int = 0
+    recommended: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def _step(name: str, seconds: dict[str, float], say: Callable[[str], None], fn: Callable[[], T]) -> T:
+    say(f"\n== {name}")
+    t = time.perf_counter()
+    value = fn()
+    seconds[name] = time.perf_counter() - t
+    say(f"   ({seconds[name]:.1f} s)")
+    return value
+
+
+def _metrics_line(m: dict[str, float]) -> str:
+    keys = [
+        ("recall@1", "recall@1"),
+        ("recall@5", "recall@5"),
+        ("MAP@R", "map@r"),
+        ("same-person dist", "mean_same_dist"),
+        ("other-person dist", "mean_diff_dist"),
+    ]
+    return ", ".join(f"{label} {m[key]:.3f}" for label, key in keys if key in m)
+
+
+def run_demo(
+    out: Path, settings: Settings, demo: DemoSettings | None = None, say: Callable[[str], None] = print
+) -> DemoResult:
+    """Run the whole pipeline into ``out`` (created; the store is ``out/qdrant``). Returns what it measured.
+
+    ``say`` receives the human-readable progress lines (``print`` for the CLI).
+    """
+    import numpy as np
+
+    from engine.recommend import recommend
+    from engine.store import open_store
+    from engine.users import store_stats
+    from evaluation.demo_data import make_demo_data
+    from evaluation.report import evaluate_embeddings
+    from evaluation.simulate import simulate
+    from ingestion.job import run_ingest
+    from training.data import load_image, read_dataset
+    from training.encoder import load_encoder
+    from training.loop import TrainSettings, train
+    from training.tiny import build_tiny_checkpoint
+
+    demo = demo or DemoSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings.model_copy(update={"store_path": out / "qdrant"})
+    result = DemoResult(out=out)
+    sec = result.seconds
+    data_dir = out / "data"
+
+    _step(
+        f"1. demo data: {demo.users} synthetic users -> {data_dir}",
+        sec,
+        say,
+        lambda: make_demo_data(data_dir, users=demo.users, seed=demo.seed),
+    )
+    tiny = _step(
+        "2. tiny randomly-initialised Qwen3-VL checkpoint (Hugging Face format)",
+        sec,
+        say,
+        lambda: build_tiny_checkpoint(out / "tiny-qwen3-vl", seed=demo.seed),
+    )
+    untrained = load_encoder(tiny, pixel_budget=demo.pixel_budget, dim=demo.dim)
+    photos = read_dataset(data_dir)[:4]
+    emb = untrained.embed([load_image(p.path) for p in photos])
+    say(f"   encoder {untrained.encoder_id} on {untrained.device}/{str(untrained.dtype).removeprefix('torch.')}")
+    for p, v in zip(photos, emb, strict=True):
+        say(f"   {p.path.relative_to(data_dir)}: shape {v.shape}, dtype {v.dtype}, norm {np.linalg.norm(v):.4f}")
+
+    train_settings = TrainSettings(
+        mode="head", dim=demo.dim, pixel_budget=demo.pixel_budget, epochs=demo.epochs, seed=demo.seed, p=8, k=2
+    )
+    trained = _step(
+        "3. metric-learning training of the head on the demo photos (identities split train/validation)",
+        sec,
+        say,
+        lambda: train([data_dir], out / "encoder", base=str(tiny), settings=train_settings, progress=False),
+    )
+    result.before, result.after = trained.untrained_metrics, trained.best_metrics
+    say(f"   validation before: {_metrics_line(result.before)}")
+    say(f"   validation after:  {_metrics_line(result.after)}")
+    encoder = load_encoder(out / "encoder")
+
+    report = _step(
+        f"4. ingestion into the embedded store ({settings.resolved_backend}) at {settings.store_path}",
+        sec,
+        say,
+        lambda: run_ingest(
+            data_dir,
+            data_dir / "metadata.csv",
+            settings=settings,
+            encoder=encoder,
+            rebuild=True,
+            report_path=out / "ingest_report.json",
+        ),
+    )
+    say("   " + report.summary().replace("\n", "\n   "))
+
+    def show_matches() -> None:
+        with open_store(settings) as store:
+            stats = store_stats(store)
+            result.stored_photos, result.stored_users = stats["photos"], stats["users"]
+            users = sorted(u for u in {p.payload["user_id"] for p in store.scroll("users")})
+            for uid in users[: demo.show_users]:
+                matches = recommend(uid, k=demo.show_k, store=store, settings=settings)
+                result.recommended[uid] = matches
+                say(f"   {uid}: " + (", ".join(f"{m.user_id} {m.score:.3f}" for m in matches) or "(nobody)"))
+                for m in matches[:2]:
+                    say(f"      {m.rank}. {m.user_id}: A->B {m.score_a_to_b:.3f}, B->A {m.score_b_to_a:.3f}")
+
+    _step(f"5. top {demo.show_k} matches for {demo.show_users} users (score = harmonic mean)", sec, say, show_matches)
+
+    _step(
+        "6. embedding-quality report, untrained vs trained",
+        sec,
+        say,
+        lambda: evaluate_embeddings(data_dir, [untrained, encoder], out / "embedding-report"),
+    )
+    say(f"   {out / 'embedding-report' / 'report.md'}")
+
+    sim = _step(
+        f"7. like-rate simulation: {demo.sim_users} users, {demo.sim_rounds} rounds of {demo.sim_k}",
+        sec,
+        say,
+        lambda: simulate(
+            out / "simulation",
+            settings=settings.model_copy(update={"progress": False}),
+            users=demo.sim_users,
+            rounds=demo.sim_rounds,
+            k=demo.sim_k,
+            # Another seed than the training data's, so the simulated people are not ones the encoder saw.
+            seed=demo.seed + 1,
+            encoder=encoder,
+            n_boot=300,
+        ),
+    )
+    say(sim.table())
+    say(f"\n   reports: {sim.report_path}, {out / 'embedding-report' / 'report.md'}")
+    say(f"done in {sum(sec.values()):.0f} s")
+    return result
