@@ -89,7 +89,9 @@ def compatible(a: dict[str, str], b: dict[str, str]) -> bool:
     return wants(a, b) and wants(b, a)
 
 
-def test_demo_ingest_recommend_delete(backend_env: str, tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_demo_ingest_recommend_delete(backend_env: str, request: pytest.FixtureRequest, tmp_path: Path, capsys) -> None:
+    # Asked for here, not as an argument: a session fixture would be built before the server skip is known.
+    tiny_checkpoint: Path = request.getfixturevalue("tiny_checkpoint")
     demo = tmp_path / "demo"
     assert main(["make-demo-data", str(demo), "--users", "12", "--seed", "3"]) == 0
     capsys.readouterr()
