@@ -151,7 +151,7 @@ class IngestReport(BaseModel):
     counts: Counts = Field(default_factory=Counts)
     stage_seconds: StageSeconds = Field(default_factory=StageSeconds)
     photos_per_second: float = Field(
-        default=0.0, description="Photos seen (rows or files) per second, overall."
+        default=0.0, description="Photos seen (rows or files) per second of the run after setup."
     )
     write_photos_per_second: float | None = Field(
         default=None, description="Photos stored per write-stage second."
@@ -195,7 +195,7 @@ class IngestReport(BaseModel):
             f"time: setup {s.setup:.2f}s, read {s.read:.2f}s, preprocess {s.preprocess:.2f}s, "
             f"encode {s.encode:.2f}s, write {s.write:.2f}s, users {s.users:.2f}s, "
             f"reciprocity {s.reciprocity:.2f}s, optimize {s.optimize:.2f}s; "
-            f"total {s.total:.2f}s ({self.photos_per_second:.1f} photos/s)",
+            f"total {s.total:.2f}s ({self.photos_per_second:.1f} photos/s after setup)",
         ]
         if by_reason:
             lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
