@@ -35,7 +35,7 @@ def _photos(n: int, seed: int = 0) -> list[Any]:
     for _ in range(n):
         img = rng.uniform(0, 255, 3) * (0.5 + 0.5 * np.sin(xx / rng.uniform(8, 40)))[..., None]
         img += rng.normal(0, 10, (480, 640, 3))
-        out.append(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="RGB"))
+        out.append(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)))
     return out
 
 

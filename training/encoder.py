@@ -183,7 +183,7 @@ class Encoder(nn.Module):
         rgb = [to_rgb(im, index=i) for i, im in enumerate(images)]
         try:
             batch = self.processor(images=rgb, return_tensors="pt")
-        except ValueError as exc:  # smart_resize refuses extreme aspect ratios
+        except (ValueError, OSError) as exc:  # extreme aspect ratio (smart_resize), truncated file data
             raise InvalidInput(f"image cannot be preprocessed: {exc}") from exc
         return batch["pixel_values"], batch["image_grid_thw"]
 
@@ -241,7 +241,11 @@ def to_rgb(image: Image.Image, index: int | None = None) -> Image.Image:
     where = f"image {index}" if index is not None else "image"
     if not isinstance(image, Image.Image):
         raise InvalidInput(f"{where} is a {type(image).__name__}, not a PIL image")
-    image = ImageOps.exif_transpose(image) or image
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError) as exc:
+        # A corrupt EXIF block is common in the wild; the pixels are still good, just unrotated.
+        log.warning("%s: EXIF orientation unreadable (%s); used as stored", where, exc)
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -249,7 +253,7 @@ def to_rgb(image: Image.Image, index: int | None = None) -> Image.Image:
         arr = np.asarray(image, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -562,13 +566,14 @@ def _load_export(
     if dim is not None and dim != int(head_cfg["dim"]):
         raise EncoderMismatch(f"{path} was trained with dim {head_cfg['dim']}, but dim {dim} was asked for")
     base_model = str(card.get("base_model", ""))
-    _check_fp8(base_model, None, dev)
     kind = card.get("tower", "full")
     tower_dir = path / TOWER_DIR
+    tower_config = tower_dir / "config.json"
     if kind == "full":
+        _check_fp8(str(path), _read_json(tower_config) if tower_config.is_file() else None, dev)
         tower = _load_tower(str(tower_dir), dtype, dev)
     elif kind == "lora":
-        tower = _load_lora_tower(base_model, tower_dir, dtype)
+        tower = _load_lora_tower(base_model, tower_dir, dtype, dev)
     else:
         raise EncoderUnavailable(
             f"{path / CARD_NAME}: unknown tower kind {kind!r} (expected 'full' or 'lora')"
@@ -600,7 +605,9 @@ def _load_export(
     return encoder
 
 
-def _load_lora_tower(base_model: str, adapter_dir: Path, dtype: torch.dtype) -> Qwen3VLVisionModel:
+def _load_lora_tower(
+    base_model: str, adapter_dir: Path, dtype: torch.dtype, device: torch.device
+) -> Qwen3VLVisionModel:
     """Base tower named in the card + LoRA adapters from ``adapter_dir``, merged for plain inference."""
     if not base_model:
         raise EncoderUnavailable(
@@ -610,7 +617,8 @@ def _load_lora_tower(base_model: str, adapter_dir: Path, dtype: torch.dtype) -> 
         from peft import PeftModel
     except ImportError as exc:
         raise EncoderUnavailable("a LoRA export needs peft (pip install 'profile-matcher[train]')") from exc
-    base_path, _, _ = _tower_path_and_config(base_model)
+    base_path, base_config, _ = _tower_path_and_config(base_model)
+    _check_fp8(base_model, base_config, device)
     tower = _load_tower(base_path, dtype)
     try:
         peft_model = PeftModel.from_pretrained(tower, str(adapter_dir))

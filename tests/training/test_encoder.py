@@ -26,7 +26,7 @@ def _photo(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
     base = rng.uniform(0, 255, 3)[None, None, :] * (0.5 + 0.5 * np.sin(xx / rng.uniform(5, 20)))[..., None]
     base += rng.uniform(0, 80, 3)[None, None, :] * (yy / h)[..., None]
     base += rng.normal(0, 12, (h, w, 3))
-    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
 
 
 def _linear(encoder: Encoder) -> torch.nn.Linear:
