@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{k:<12}{st[k]:>10.3f}{'':>9}")
             wps = job["write_photos_per_s"]
             print(
-                f"photos/s: {job['photos_per_s_total']:.1f} whole run, {job['photos_per_s_pipeline']:.1f} "
+                f"photos/s: {job['photos_per_s_total']:.1f} whole run after setup, {job['photos_per_s_pipeline']:.1f} "
                 f"pipeline; write stage {wps:.0f} photos/s"
                 if wps
                 else "write stage: nothing written"

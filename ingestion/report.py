@@ -220,3 +220,7 @@ class IngestReport(BaseModel):
     @classmethod
     def read(cls, path: Path) -> IngestReport:
         return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+if __name__ == "__main__":  # python -m ingestion.report: the report's JSON schema
+    print(json.dumps(IngestReport.model_json_schema(), indent=2))
