@@ -277,6 +277,27 @@ def build_world(
     return World(name, p, intercepts, targets, achieved, mutual)
 
 
+def world_curve(
+    world: World, pop: Population, compat: np.ndarray, cal: Calibration
+) -> dict[str, list[tuple[int, float, int]]]:
+    """Mean P(i likes j) over compatible pairs by j's rounded rating on the data's scale, per rater gender
+    (women and men): how the world's decisions depend on partner attractiveness, to set beside the data."""
+    q = pop.percentile()
+    out: dict[str, list[tuple[int, float, int]]] = {}
+    for g in ("female", "male"):
+        rows = np.flatnonzero(pop.gender == g)
+        if rows.size == 0:
+            continue
+        r = np.clip(np.round(cal.for_gender(g).rating_at(q)), 1, 10).astype(int)
+        i, j = np.nonzero(compat[rows])
+        pij = world.p[rows[i], j]
+        bins = r[j]
+        out[g] = [
+            (int(b), float(pij[bins == b].mean()), int((bins == b).sum())) for b in np.unique(bins)
+        ]
+    return out
+
+
 def pair_uniform(seed: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Counter-based uniforms in [0, 1) for ordered pairs (i, j): a splitmix64 hash of (seed, i, j).
 
@@ -696,6 +717,8 @@ class WorldResult:
     random_pair_like: dict[str, float]  # mean P over compatible pairs per rater gender, after calibration
     random_pair_mutual: float  # mean P(i→j) P(j→i) over compatible pairs
     random_strategy_like: dict[str, float]  # what the random strategy's viewers of each gender liked
+    # The world's P(like | partner rating) on this population, per rater gender: [(rating, mean P, pairs)].
+    curve: dict[str, list[tuple[int, float, int]]] = field(default_factory=dict)
 
     def by_name(self) -> dict[str, StrategyResult]:
         return {s.strategy: s for s in self.strategies}
@@ -730,9 +753,9 @@ class SimulationResult:
 def strategy_table(w: WorldResult) -> str:
     head = (
         "| strategy | like rate | mutual rate | prec@k viewer | prec@k candidate | coverage | Gini | "
-        "mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
+        "like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for s in w.strategies:
         m = s.metrics
 
@@ -743,7 +766,7 @@ def strategy_table(w: WorldResult) -> str:
             f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | {cell(m['like_rate'])} "
             f"| {cell(m['mutual_rate'])} "
             f"| {cell(m['precision_viewer'])} | {cell(m['precision_candidate'])} | {cell(m['coverage'])} "
-            f"| {cell(m['gini'])} | {cell(s.lift.get('mutual_rate'), 2)} "
+            f"| {cell(m['gini'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
             f"| {cell(s.oracle_share.get('mutual_rate'), 2)} | {cell(s.oracle_share.get('like_rate'), 2)} |"
         )
     return "\n".join(lines)
@@ -921,6 +944,7 @@ def simulate(
                     world.random_pair_like,
                     world.random_pair_mutual,
                     rnd,
+                    world_curve(world, pop, compat, cal),
                 )
             )
             timings[f"world_{wname}_s"] = time.perf_counter() - t
@@ -966,8 +990,9 @@ def _wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
     return mid - half, mid + half
 
 
-def plot_calibration(calib: CalibrationData, path: Path) -> Path:
-    """Fitted P(like | partner rating) per rater gender over the data's observed rates (Wilson 95 % CI)."""
+def plot_calibration(calib: CalibrationData, path: Path, worlds: Sequence[WorldResult] = ()) -> Path:
+    """Fitted P(like | partner rating) per rater gender over the data's observed rates (Wilson 95 % CI),
+    and each simulated world's P(like | partner rating) on the population (dashed/dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -996,6 +1021,11 @@ def plot_calibration(calib: CalibrationData, path: Path) -> Path:
             alpha=0.8,
             label=f"fit: σ({fit.intercept:.2f} + {fit.slope:.2f}·r), mean {fit.like_rate:.3f}",
         )
+        for w, style in zip(worlds, ("--", ":", "-."), strict=False):
+            pts = [(x, y) for x, y, n in w.curve.get(g, []) if n >= 20]
+            if pts:
+                xs_w, ys_w = zip(*pts, strict=True)
+                ax.plot(xs_w, ys_w, style, color=colour, alpha=0.7, label=f"world '{w.world}' ({g} raters)")
     ax.set_xlabel("partner attractiveness rating (1–10)")
     ax.set_ylabel("P(says yes)")
     ax.set_title(f"Calibration on the Columbia speed-dating data ({calib.calibration.n_dates:,} dates)")
@@ -1071,7 +1101,7 @@ def write_simulation_report(result: SimulationResult, calib: CalibrationData, ou
     ``out/results.json``. Returns the report's path."""
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    plot_calibration(calib, figs / "calibration.png")
+    plot_calibration(calib, figs / "calibration.png", result.worlds)
     for w in result.worlds:
         plot_strategies(w, figs / f"strategies_{w.world}.png")
     if result.worlds and any(s.oracle_share for s in result.worlds[0].strategies):
