@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -196,9 +197,10 @@ def test_rerank_demotes_one_sided_nearest_neighbour(db: tuple[Store, Settings]) 
     assert b.score_b_to_a < b.score_a_to_b  # the one-sided direction is B's
     # The stored statistic behind it: B's 5th neighbour is closer to B than A is; C's is not.
     got = store.retrieve(USERS, [user_point_id(u) for u in "ABC"], with_vectors=True)
-    pts = {p.payload["user_id"]: p for p in got}
-    assert pts["B"].payload[KTH_FIELD] > float(pts["A"].vector @ pts["B"].vector) + 0.02
-    assert pts["C"].payload[KTH_FIELD] < float(pts["A"].vector @ pts["C"].vector) - 0.02
+    kth = {p.payload["user_id"]: p.payload[KTH_FIELD] for p in got}
+    v = {p.payload["user_id"]: np.asarray(p.vector) for p in got}
+    assert kth["B"] > float(v["A"] @ v["B"]) + 0.02
+    assert kth["C"] < float(v["A"] @ v["C"]) - 0.02
 
 
 def test_refresh_matches_exact_numpy_kth(db: tuple[Store, Settings]) -> None:
@@ -210,7 +212,7 @@ def test_refresh_matches_exact_numpy_kth(db: tuple[Store, Settings]) -> None:
     refresh(store, settings)
     points = {p.payload["user_id"]: p for p in store.scroll(USERS, with_vectors=True)}
     ids = [p["user_id"] for p in people]
-    vectors = np.stack([points[u].vector for u in ids]).astype(np.float32)
+    vectors = np.stack([np.asarray(points[u].vector) for u in ids]).astype(np.float32)
     profiles = [Profile.from_payload(points[u].payload) for u in ids]
     expected = exact_kth(vectors, profiles, settings.recommend.reciprocity_k)
     got = np.array([points[u].payload[KTH_FIELD] for u in ids])
@@ -352,7 +354,7 @@ def test_merged_likes_keeps_each_id_once_newest_last_and_caps() -> None:
     assert merged_likes(["a"], ["b"], 0) == []
 
 
-def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: object, tmp_path: Path) -> None:
+def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: Any, tmp_path: Path) -> None:
     """The real ingestion (tiny Qwen3-VL encoder) on the demo data, then recommend() for every user; the
     constraints are checked against metadata.csv read here, with the documented defaults."""
     import csv
@@ -388,7 +390,7 @@ def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: object, 
         assert len(matches) == min(5, len(compatible))
         for m in matches:
             assert m.user_id != uid and both_accept(people[uid], people[m.user_id])
-            assert photo_owner[m.best_photo_id] == m.user_id  # the best photo is the candidate's own
+            assert m.best_photo_id is not None and photo_owner[m.best_photo_id] == m.user_id  # their own
         assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
         shown += len(matches)
     assert shown > 0
