@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     """Add this package's commands to the ``matcher`` parser."""
     _add_build_tiny_encoder(sub)
     _add_embed(sub)
+    _add_train(sub)
 
 
 def _add_build_tiny_encoder(sub: argparse._SubParsersAction) -> None:
@@ -90,4 +91,94 @@ def _embed(args: argparse.Namespace, settings: Settings) -> int:
     print(f"encoder {encoder.encoder_id}  dim {encoder.dim}  source {encoder.source}")
     for path, vec in zip(args.images, vectors, strict=True):
         print(f"{path}\tshape {tuple(vec.shape)}\tnorm {float(np.linalg.norm(vec)):.6f}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the photo encoder on photos labelled by identity and export it for ingestion",
+        description="Metric-learning training (P x K batches, SupCon and/or batch-hard triplet loss), "
+        "validated every epoch on held-out identities; the best epoch is exported into --out, which "
+        "`matcher ingest --encoder DIR` reads. Re-running the same command resumes an interrupted run.",
+    )
+    p.add_argument("data", nargs="+", type=Path, metavar="DATA_DIR",
+                   help="training photos: metadata.csv, a CSV with image_path,identity, or raw/profiles/")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="output folder (export + checkpoints)")
+    p.add_argument("--base", default="Qwen/Qwen3-VL-2B-Instruct",
+                   help="starting encoder: hub id, checkpoint dir, or 'tiny' (built into DIR/base)")
+    p.add_argument("--val-data", type=Path, action="append", default=[], metavar="DIR",
+                   help="validation photos (repeatable); default: hold out identities of DATA_DIR")
+    p.add_argument("--config", type=Path, metavar="JSON", help="TrainSettings as JSON; flags override it")
+    p.add_argument("--mode", choices=["head", "last_blocks", "lora", "full"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--p", type=int, dest="p", help="identities per batch")
+    p.add_argument("--k", type=int, dest="k", help="photos per identity in a batch")
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float, help="head learning rate")
+    p.add_argument("--tower-lr", type=float, help="tower / adapter learning rate")
+    p.add_argument("--loss", dest="losses", help="comma-separated: supcon, triplet")
+    p.add_argument("--margin", type=float, help="triplet margin (cosine distance)")
+    p.add_argument("--temperature", type=float, help="SupCon temperature")
+    p.add_argument("--dim", type=int, help="output dimension")
+    p.add_argument("--head-hidden", type=int, help="hidden width of a 2-layer head (0: linear)")
+    p.add_argument("--pixel-budget", type=int, help="max pixels per image fed to the tower")
+    p.add_argument("--unfreeze-blocks", type=int, help="last_blocks mode: blocks that train")
+    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--cache-views", type=int, help="head mode: augmented views cached per photo")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--val-identities", type=int)
+    p.add_argument("--patience", type=int, help="epochs without a better MAP@R before stopping")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, ...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--checkpoint-every", type=int, help="also save a resume point every N steps")
+    p.add_argument("--no-resume", action="store_true", help="start over even if DIR holds an interrupted run")
+    p.set_defaults(func=_train)
+
+
+_TRAIN_FLAGS = ("mode", "epochs", "p", "k", "grad_accum", "lr", "tower_lr", "losses", "margin", "temperature",
+                "dim", "head_hidden", "pixel_budget", "unfreeze_blocks", "lora_rank", "cache_views",
+                "val_fraction", "val_identities", "patience", "seed", "device", "precision", "workers",
+                "checkpoint_every")
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from engine.errors import InvalidInput
+    from training.loop import TrainSettings, train
+
+    values: dict[str, object] = {}
+    if args.config:
+        try:
+            values = json.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"{args.config}: cannot read the settings JSON: {exc}") from exc
+    for name in _TRAIN_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = [v.strip() for v in value.split(",") if v.strip()] if name == "losses" else value
+    try:
+        train_settings = TrainSettings.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidInput(f"train settings: {exc}") from exc
+    base = args.base
+    if base == "tiny":
+        from training.tiny import build_tiny_checkpoint
+
+        base_dir = args.out / "base"
+        if not (base_dir / "config.json").is_file():
+            build_tiny_checkpoint(base_dir, seed=train_settings.seed)
+        base = str(base_dir)
+    result = train(args.data, args.out, base=base, settings=train_settings, val_data=args.val_data,
+                   resume=not args.no_resume, progress=settings.progress)
+    m, u = result.best_metrics, result.untrained_metrics
+    print(f"encoder {result.encoder_id} exported to {result.out_dir} (best epoch {result.best_epoch} of "
+          f"{result.epochs_run}, {result.steps} steps, {result.seconds:.0f} s)")
+    for key in ("recall@1", "recall@5", "map@r", "mean_same_dist", "mean_diff_dist"):
+        if key in m:
+            print(f"  {key:15s} {u.get(key, float('nan')):.4f} -> {m[key]:.4f}")
     return 0
