@@ -24,21 +24,16 @@ QWEN3_VL_MAX_PIXELS = 4096 * 4096  # the processor's own default: far too many t
 def qwen3_vl_image_processor_config(
     min_pixels: int = QWEN3_VL_MIN_PIXELS, max_pixels: int = QWEN3_VL_MAX_PIXELS
 ) -> dict[str, Any]:
-    """``preprocessor_config.json`` of a Qwen3-VL checkpoint (PIL backend: no torchvision needed)."""
+    """``preprocessor_config.json`` as Qwen/Qwen3-VL-2B-Instruct ships it (defaults: 256² to 4096² pixels)."""
     return {
-        "image_processor_type": "Qwen2VLImageProcessorPil",
-        "do_convert_rgb": True,
-        "do_resize": True,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(QWEN3_VL_IMAGE_MEAN),
-        "image_std": list(QWEN3_VL_IMAGE_STD),
-        "resample": 3,  # bicubic
+        "size": {"longest_edge": max_pixels, "shortest_edge": min_pixels},
         "patch_size": QWEN3_VL_PATCH_SIZE,
         "temporal_patch_size": QWEN3_VL_TEMPORAL_PATCH_SIZE,
         "merge_size": QWEN3_VL_MERGE_SIZE,
-        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        "image_mean": list(QWEN3_VL_IMAGE_MEAN),
+        "image_std": list(QWEN3_VL_IMAGE_STD),
+        "processor_class": "Qwen3VLProcessor",
+        "image_processor_type": "Qwen2VLImageProcessorFast",
     }
 
 
