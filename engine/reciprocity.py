@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -40,6 +41,7 @@ NO_KTH = -1.0
 @dataclass(frozen=True)
 class RefreshReport:
     users: int  # users points with a vector that got a kth_sim
+    rewritten: int  # of those, the points whose statistics changed (only these are written)
     skipped: int  # users points without a usable vector or profile
     seconds: float
 
@@ -106,7 +108,10 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 256) -> RefreshRep
 
     updated: list[Point] = []
     for i, p in enumerate(points):
-        payload = dict(p.payload or {})
+        old = p.payload or {}
+        if not _changed(old, float(kth[i]), k, tastes[i]):
+            continue  # rewriting an unchanged point would only cost a write (and an index update)
+        payload = dict(old)
         payload[KTH_FIELD] = float(kth[i])
         payload[KTH_K_FIELD] = k
         taste = tastes[i]
@@ -119,8 +124,24 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 256) -> RefreshRep
     for start in range(0, len(updated), batch):
         store.upsert(USERS, updated[start : start + batch])
     seconds = time.perf_counter() - t0
-    log.info("reciprocity refresh: %d users (K=%d) in %.1f s, %d skipped", len(points), k, seconds, skipped)
-    return RefreshReport(users=len(points), skipped=skipped, seconds=seconds)
+    log.info(
+        "reciprocity refresh: %d users (K=%d), %d rewritten, in %.1f s; %d skipped",
+        len(points), k, len(updated), seconds, skipped,
+    )
+    return RefreshReport(users=len(points), rewritten=len(updated), skipped=skipped, seconds=seconds)
+
+
+def _changed(old: dict[str, Any], kth: float, k: int, taste: list[float] | None) -> bool:
+    """Whether the stored statistics differ from the new ones (beyond float noise)."""
+    old_kth, old_taste = old.get(KTH_FIELD), old.get(TASTE_FIELD)
+    if not isinstance(old_kth, int | float) or abs(float(old_kth) - kth) > 1e-6 or old.get(KTH_K_FIELD) != k:
+        return True
+    if (old_taste is None) != (taste is None):
+        return True
+    if taste is None:
+        return False
+    before = np.asarray(old_taste, dtype=np.float64)
+    return before.shape != (len(taste),) or not np.allclose(before, taste, atol=1e-6)
 
 
 def exact_kth(

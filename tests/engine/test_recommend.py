@@ -209,7 +209,9 @@ def test_refresh_matches_exact_numpy_kth(db: tuple[Store, Settings]) -> None:
     store, settings = db
     people = random_population(120, seed=11)
     put_users(store, people)
-    refresh(store, settings)
+    first = refresh(store, settings)
+    assert first.users == 120 and first.rewritten == 120 and first.skipped == 0
+    assert refresh(store, settings).rewritten == 0  # nothing changed: nothing rewritten
     points = {p.payload["user_id"]: p for p in store.scroll(USERS, with_vectors=True)}
     ids = [p["user_id"] for p in people]
     vectors = np.stack([np.asarray(points[u].vector) for u in ids]).astype(np.float32)
