@@ -255,6 +255,8 @@ def run_backend(
         if args.refresh and backend != "local":
             rep = refresh(store, settings)
             row["refresh_s"] = round(rep.seconds, 2)
+            # Points whose ANN-measured statistic differs from the exact one written at upsert.
+            row["refresh_rewritten"] = rep.rewritten
             t0 = time.perf_counter()
             store.optimize()  # refresh rewrote the users points
             row["optimize_after_refresh_s"] = round(time.perf_counter() - t0, 2)
