@@ -22,6 +22,7 @@ from ingestion.report import IngestReport
 
 SECRET = "sk-live-5b8e0c1f9a7d4e2b"  # what the test sets as MATCHER_QDRANT_API_KEY
 COMMANDS = ["ingest", "recommend", "delete-user", "stats"]
+ENCODER_LOADS: list[int] = []  # one entry per encoder load in the current test
 
 
 def argv(command: str, demo: Path, report: Path) -> list[str]:
@@ -41,7 +42,12 @@ def cli(
     the numpy one (the store is what fails here)."""
     import ingestion.job
 
-    monkeypatch.setattr(ingestion.job, "_load_encoder", lambda settings: pixel_embedder)
+    def load(settings: Any) -> Any:
+        ENCODER_LOADS.append(1)
+        return pixel_embedder
+
+    ENCODER_LOADS.clear()
+    monkeypatch.setattr(ingestion.job, "_load_encoder", load)
     monkeypatch.setenv("MATCHER_QDRANT_API_KEY", SECRET)
     monkeypatch.setenv("MATCHER_STORE_PATH", str(tmp_path / "embedded-store-never-made"))
     caplog.set_level(logging.DEBUG)
@@ -81,6 +87,7 @@ def test_closed_port_exit_2_one_line_naming_the_url(command, cli, capsys, closed
     assert SECRET not in out + err + logs
     # Nothing written: no embedded store made as a fallback; the ingest report says so.
     assert not (tmp_path / "embedded-store-never-made").exists()
+    assert not ENCODER_LOADS, "the encoder (minutes for the 2B model) was loaded before the store was tried"
     if command == "ingest":
         rep = IngestReport.read(report)
         assert not rep.completed and rep.counts.photos_stored == 0 and "StoreUnavailable" in (rep.error or "")
@@ -110,6 +117,7 @@ def test_server_that_refuses_is_named_and_the_key_never_shows(
     assert SECRET not in out + err + logs
     if command == "ingest":
         assert SECRET not in report.read_text() and not IngestReport.read(report).completed
+        assert not ENCODER_LOADS
 
 
 @pytest.mark.parametrize("status_code", [404, 400])
