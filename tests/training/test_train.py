@@ -128,6 +128,18 @@ def test_head_mode_exports_a_directory_that_load_encoder_reads(
     assert again["map@r"] == pytest.approx(result.best_metrics["map@r"], abs=1e-6)
     assert again["recall@1"] == pytest.approx(result.best_metrics["recall@1"], abs=1e-6)
 
+    # And it ingests as is: `matcher ingest --encoder DIR` stores every photo under the trained encoder's id.
+    from engine.cli import main
+
+    report_path = tmp_path / "ingest.json"
+    code = main(["--no-progress", "--store", str(tmp_path / "store"), "ingest", str(demo_dir), "--metadata",
+                 str(demo_dir / "metadata.csv"), "--encoder", str(out), "--report", str(report_path)])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    n_rows = len((demo_dir / "metadata.csv").read_text().strip().splitlines()) - 1
+    assert report["counts"]["photos_stored"] == n_rows
+    assert report["encoder_id"] == result.encoder_id and report["dim"] == 16
+
 
 def test_resume_continues_from_the_saved_step(demo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     settings = _settings(epochs=3)
