@@ -98,10 +98,10 @@ def test_delete_user_leaves_nothing_in_any_collection(populated: Settings, demo:
 
 
 def test_delete_user_command_then_again(populated: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    store = ["--store", str(populated.store_path), "--no-progress"]
-    assert main([*store, "delete-user", VICTIM]) == 0
+    flags = ["--store", str(populated.store_path), "--no-progress"]
+    assert main([*flags, "delete-user", VICTIM]) == 0
     assert VICTIM in capsys.readouterr().out
-    assert main([*store, "delete-user", VICTIM]) == 1  # nothing left to remove
+    assert main([*flags, "delete-user", VICTIM]) == 1  # nothing left to remove
     assert "not in the store" in capsys.readouterr().out
     with open_store(populated) as store:
         for c, points in all_points(store).items():
