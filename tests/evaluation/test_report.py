@@ -59,6 +59,9 @@ def test_compare_writes_report_metrics_and_figures(compare_run: Path) -> None:
     payload = json.loads((compare_run / "metrics.json").read_text(encoding="utf-8"))
     assert [e["label"] for e in payload["encoders"]] == ["enc-a", "enc-b"]
     assert [e["dim"] for e in payload["encoders"]] == [32, 16]
+    # 24 people are too few for the attribute probes to mean anything: none is claimed.
+    assert all(e["probes"] == {} for e in payload["encoders"])
+    assert "| attractiveness probe" not in report and "| gender probe" not in report
     figures = payload["figures"]
     assert set(figures) == {"distances", "map_enc-a", "map_enc-b", "neighbours_enc-a", "neighbours_enc-b"}
     for name in figures.values():
@@ -169,3 +172,27 @@ def test_missing_data_dir_is_a_clean_error(
                "--out", str(tmp_path / "o"), *FLAGS])  # fmt: skip
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_probes_find_planted_signal_and_not_noise() -> None:
+    """Attractiveness and gender planted linearly in synthetic vectors are found; pure noise scores near chance."""
+    from evaluation.report import attribute_probes
+
+    rng = np.random.default_rng(0)
+    people = [f"u{i:02d}" for i in range(60)]
+    attr = {p: float(rng.random()) for p in people}
+    sex = {p: ("female" if i % 2 else "male") for i, p in enumerate(people)}
+    ids = [p for p in people for _ in range(3)]
+    genders: list[str | None] = [sex[p] for p in ids]
+    noise = rng.standard_normal((len(ids), 16))
+    signal = noise * 0.3
+    signal[:, 0] += [4 * attr[p] for p in ids]
+    signal[:, 1] += [2.0 if sex[p] == "female" else -2.0 for p in ids]
+    found = attribute_probes(signal, ids, genders, attr)
+    blind = attribute_probes(noise, ids, genders, attr)
+    assert found["attractiveness_spearman"] > 0.8
+    assert found["gender_accuracy"] > 0.9 and found["gender_majority"] == pytest.approx(0.5)
+    assert abs(blind["attractiveness_spearman"]) < 0.4
+    assert blind["gender_accuracy"] < 0.7
+    # Too few people (below min_people): nothing claimed.
+    assert attribute_probes(signal[:90], ids[:90], genders[:90], attr) == {}
