@@ -131,10 +131,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed: population, decisions, bootstrap (default 0)")
     p.add_argument("--population", type=Path, metavar="DIR", help="reuse this demo-data folder")
     p.add_argument(
-        "--encoder", metavar="SOURCE", help="encoder to ingest with (default: a tiny random one built in OUT)"
+        "--encoder",
+        metavar="SOURCE",
+        help="encoder to ingest with (default: a tiny random one built in OUT; 'truth': the hidden traits "
+        "as vectors, the ceiling of any encoder)",
     )
     p.add_argument(
-        "--exposure-cap", type=int, metavar="C", help="engine_capped: max shows/user/round (2k)"
+        "--exposure-cap", type=int, metavar="C", help="engine_capped: max shows/user/round (k)"
     )
     p.add_argument(
         "--world", action="append", choices=["similarity", "aspiration"], help="world(s) (default both)"

@@ -601,6 +601,7 @@ def run_rounds(
 METRICS: tuple[str, ...] = (
     "like_rate",
     "mutual_rate",
+    "matches_per_user",
     "precision_viewer",
     "precision_candidate",
     "coverage",
@@ -609,6 +610,7 @@ METRICS: tuple[str, ...] = (
 METRIC_LABELS: dict[str, str] = {
     "like_rate": "one-way like rate",
     "mutual_rate": "mutual-match rate",
+    "matches_per_user": "mutual matches per user",
     "precision_viewer": "precision@k (viewer likes)",
     "precision_candidate": "precision@k (candidate likes back)",
     "coverage": "coverage",
@@ -652,6 +654,7 @@ def _draws(
         for key, num, den in (
             ("like_rate", likes, shown),
             ("mutual_rate", mutual, shown),
+            ("matches_per_user", mutual, np.ones(n)),
             ("precision_viewer", prec_v * has, has),
             ("precision_candidate", prec_c * has, has),
         ):
@@ -752,10 +755,10 @@ class SimulationResult:
 
 def strategy_table(w: WorldResult) -> str:
     head = (
-        "| strategy | like rate | mutual rate | prec@k viewer | prec@k candidate | coverage | Gini | "
-        "like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
+        "| strategy | like rate | mutual rate | matches / user | prec@k viewer | prec@k candidate | coverage "
+        "| Gini | like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for s in w.strategies:
         m = s.metrics
 
@@ -764,12 +767,68 @@ def strategy_table(w: WorldResult) -> str:
 
         lines.append(
             f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | {cell(m['like_rate'])} "
-            f"| {cell(m['mutual_rate'])} "
+            f"| {cell(m['mutual_rate'])} | {cell(m['matches_per_user'], 2)} "
             f"| {cell(m['precision_viewer'])} | {cell(m['precision_candidate'])} | {cell(m['coverage'])} "
             f"| {cell(m['gini'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
             f"| {cell(s.oracle_share.get('mutual_rate'), 2)} | {cell(s.oracle_share.get('like_rate'), 2)} |"
         )
     return "\n".join(lines)
+
+
+class TruthEncoder:
+    """Not a model: embeds each photo as its owner's hidden traits, to measure the pipeline with perfect vectors.
+
+    ``[looks, cos(π q / 2), sin(π q / 2)]`` (q: attractiveness percentile within gender), L2-normalised and
+    zero-padded to ``dim``: the cosine of two users is a mix of their looks similarity and the closeness of
+    their attractiveness — exactly what the similarity world rewards. With these vectors the engine's result
+    is an upper bound for any photo encoder under the product's hypothesis; what is lost is lost downstream
+    (filters, ANN, rerank). A photo is recognised by its decoded pixels (decoded as ingestion decodes them).
+    """
+
+    encoder_id = "truth-vectors-v1"
+    source = "truth"
+
+    def __init__(self, pop_dir: Path, settings: Settings, dim: int = 32) -> None:
+        import hashlib
+
+        from ingestion.reader import RawPhoto, decode_photo, read_photo
+
+        pop = Population.from_dir(pop_dir, settings)
+        if dim < pop.looks.shape[1] + 2:
+            raise InvalidInput(f"truth encoder: dim must be at least {pop.looks.shape[1] + 2}")
+        self.dim = dim
+        q = pop.percentile()
+        vec = np.zeros((pop.n, dim), dtype=np.float32)
+        d = pop.looks.shape[1]
+        vec[:, :d] = pop.looks
+        vec[:, d] = np.cos(np.pi * q / 2)
+        vec[:, d + 1] = np.sin(np.pi * q / 2)
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        index = {u: i for i, u in enumerate(pop.user_ids)}
+        self._hash = hashlib.sha256
+        self._by_pixels: dict[str, np.ndarray] = {}
+        root = pop_dir.resolve()
+        with (pop_dir / "metadata.csv").open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                raw = read_photo(root, row["image_path"], settings.images)
+                if not isinstance(raw, RawPhoto):
+                    continue
+                dec = decode_photo(raw, settings.images)
+                if hasattr(dec, "image") and row["user_id"] in index:
+                    self._by_pixels[self._key(dec.image)] = vec[index[row["user_id"]]]
+
+    def _key(self, image: Any) -> str:
+        return self._hash(f"{image.size}".encode() + image.tobytes()).hexdigest()
+
+    def embed(self, images: Sequence[Any], batch_size: int = 8) -> np.ndarray:
+        """(n, dim) float32 unit vectors; raises ``InvalidInput`` for a photo not in the population."""
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for i, im in enumerate(images):
+            v = self._by_pixels.get(self._key(im))
+            if v is None:
+                raise InvalidInput("truth encoder: a photo that is not in the population's metadata.csv")
+            out[i] = v
+        return out
 
 
 def _load_sim_encoder(encoder: Any, out: Path, tiny_pixel_budget: int, dim: int) -> Any:
@@ -821,12 +880,13 @@ def simulate(
 ) -> SimulationResult:
     """Run the like-rate simulation through the real pipeline; write ``out/report.md``, ``out/results.json``.
 
+    ``encoder="truth"``: ``TruthEncoder`` (perfect vectors from the hidden traits: the pipeline's ceiling).
     ``population``: a demo-data folder to reuse (default: ``make_demo_data(out/population, users, seed)``,
     reused if it exists). ``encoder``: an ``Encoder``, or a source for ``load_encoder``; None builds a tiny
     random Qwen3-VL in ``out/tiny-encoder``. The photos are ingested with ``run_ingest`` into a fresh store in
     ``out/store`` (a server backend gets the collection prefix ``sim_``), and the engine strategies call
     ``recommend()`` against it. ``exposure_cap``: most times one user may be shown per round by
-    ``engine_capped`` (default ``2 k``: twice the mean exposure). ``engine_likes``: pass each viewer's likes
+    ``engine_capped`` (default ``k``: the mean exposure per round). ``engine_likes``: pass each viewer's likes
     so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
     once for all worlds). Deterministic per ``seed``.
 
@@ -843,7 +903,7 @@ def simulate(
             raise InvalidInput(f"world: {w!r} is not one of {', '.join(WORLDS)}")
     if rounds < 1 or k < 1:
         raise InvalidInput(f"rounds and k must be at least 1 (got {rounds}, {k})")
-    cap = exposure_cap if exposure_cap is not None else 2 * k
+    cap = exposure_cap if exposure_cap is not None else k
     timings: dict[str, float] = {}
 
     # 1. Population on disk.
@@ -857,7 +917,10 @@ def simulate(
 
     # 2. Photos -> encoder -> store.
     t = time.perf_counter()
-    enc = _load_sim_encoder(encoder, out, tiny_pixel_budget, settings.encoder.dim)
+    if isinstance(encoder, str) and encoder == "truth":
+        enc: Any = TruthEncoder(pop_dir, settings)
+    else:
+        enc = _load_sim_encoder(encoder, out, tiny_pixel_budget, settings.encoder.dim)
     update: dict[str, Any] = {"store_path": out / "store"}
     if settings.resolved_backend == "server":
         update["collection_prefix"] = f"sim_{settings.collection_prefix}"
@@ -1045,10 +1108,11 @@ def plot_strategies(w: WorldResult, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+    axes.ravel()[-1].axis("off")
     names = [s.strategy for s in w.strategies]
     colours = plt.get_cmap("tab10")(np.arange(len(names)))
-    for ax, key in zip(axes.ravel(), METRICS, strict=True):
+    for ax, key in zip(axes.ravel(), METRICS, strict=False):
         vals = np.array([s.metrics[key].value for s in w.strategies])
         lo = np.array([s.metrics[key].lo for s in w.strategies])
         hi = np.array([s.metrics[key].hi for s in w.strategies])
@@ -1192,6 +1256,8 @@ _METHOD_NOTES = """\
 - Every user is a viewer; each round each strategy shows each viewer up to k compatible users it has not shown
   them before. A pair's outcome is fixed by a seeded counter-based uniform, so strategies that show the same
   pair see the same outcome. Mutual = the viewer likes the candidate and the candidate would like the viewer.
+- Matches per user: mutual matches per viewer over all rounds (a capped strategy that leaves viewers short
+  can raise the rates per impression while making fewer matches).
 - Precision@k per side: per viewer, the share of their recommendations they like (viewer side) and the share
   who would like them back (candidate side), averaged over viewers. Coverage: share of users shown to anyone.
   Gini: of how often each user was shown (0 = equal exposure).

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.errors import InvalidInput
 from engine.settings import Settings
 from evaluation.calibration import fit_calibration
 from evaluation.simulate import (
@@ -194,8 +195,8 @@ def test_simulate_through_the_pipeline(tmp_path: Path, demo_dir: Path, tiny_enco
         for s in w.strategies:
             assert s.incompatible == 0, s.strategy  # the engine serves only what the filter allows
             assert s.n_impressions > 0
-            for e in s.metrics.values():
-                assert 0.0 <= e.value <= 1.0
+            for key, e in s.metrics.items():
+                assert 0.0 <= e.value <= (2 * 3 if key == "matches_per_user" else 1.0)
         assert w.random_pair_like["female"] == pytest.approx(0.365, abs=0.005)
     report = (tmp_path / "a" / "report.md").read_text()
     assert "## World: similarity" in report and "## World: aspiration" in report
@@ -214,3 +215,30 @@ def test_simulate_is_deterministic_per_seed(tmp_path: Path, demo_dir: Path, tiny
     c = _run(tmp_path / "a", demo_dir, tiny_encoder)
     assert c.ingest["counts"]["photos_skipped"] == c.ingest["counts"]["photos_seen"] > 0
     assert _strip(a.to_dict())["worlds"] == _strip(c.to_dict())["worlds"]
+
+
+def test_truth_encoder_embeds_the_owner_traits(demo_dir: Path) -> None:
+    """The ceiling encoder: every photo of a user gets that user's trait vector, photos of others differ."""
+    import csv as csv_mod
+
+    from evaluation.simulate import TruthEncoder
+    from ingestion.reader import decode_photo, read_photo
+
+    settings = Settings(progress=False)  # type: ignore[call-arg]
+    enc = TruthEncoder(demo_dir, settings, dim=24)
+    rows = list(csv_mod.DictReader((demo_dir / "metadata.csv").open()))
+    images, owners = [], []
+    for row in rows[:12]:
+        raw = read_photo(demo_dir.resolve(), row["image_path"], settings.images)
+        images.append(decode_photo(raw, settings.images).image)  # type: ignore[arg-type,union-attr]
+        owners.append(row["user_id"])
+    v = enc.embed(images)
+    assert v.shape == (12, 24) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    for a in range(12):
+        for b in range(12):
+            assert np.allclose(v[a], v[b]) == (owners[a] == owners[b])
+    from PIL import Image
+
+    with pytest.raises(InvalidInput, match="not in the population"):
+        enc.embed([Image.new("RGB", (64, 64))])
