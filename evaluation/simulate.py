@@ -228,7 +228,8 @@ def build_world(
 ) -> World:
     """Like probabilities of world ``name`` on ``pop``, calibrated to the data's rates over compatible pairs.
 
-    Raises ``InvalidInput`` for an unknown world or a population where some gender has no compatible pair.
+    Raises ``InvalidInput`` for an unknown world. Raters of a gender without any compatible pair keep P = 0
+    (they are never shown anyone) and are left out of ``intercepts``.
     """
     ws = ws or WorldSettings()
     q = pop.percentile()
@@ -263,7 +264,9 @@ def build_world(
         block, mask = base[rows], compat[rows]
         vals = block[mask]
         if vals.size == 0:
-            raise InvalidInput(f"world {name}: no compatible pair for raters of gender {g!r}")
+            # No one these raters could be shown (e.g. a lone non-binary user): nothing to calibrate.
+            log.warning("world %s: raters of gender %r have no compatible pair", name, g)
+            continue
         target = cal.for_gender(g).like_rate
         def mean_prob(shift: float, v: np.ndarray = vals) -> float:
             return float(sigmoid(v + shift).mean())

@@ -107,3 +107,22 @@ def test_worlds_differ_as_designed(calib) -> None:
     assert np.corrcoef(-np.abs(q[i] - q[j]), sim.p[i, j])[0, 1] > 0.3
     # Similarity is symmetric in its traits, so likes are correlated across the pair: more mutual matches.
     assert sim.random_pair_mutual > asp.random_pair_mutual
+
+
+def test_a_gender_without_compatible_pairs_is_left_out(calib) -> None:
+    pop = Population(
+        user_ids=["f", "m", "nb"],
+        gender=np.array(["female", "male", "nonbinary"], dtype=object),
+        age=np.array([30, 31, 29]),
+        seeking=[("male",), ("female",), ("female", "male", "nonbinary")],
+        age_min=np.array([18, 18, 18]),
+        age_max=np.array([99, 99, 99]),
+        attractiveness=np.array([0.2, 0.5, 0.8]),
+        looks=np.eye(3),
+    )
+    compat = pop.compatible()
+    assert compat.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+    w = build_world("aspiration", pop, compat, calib.calibration)
+    assert set(w.intercepts) == {"female", "male"}
+    assert np.all(w.p[2] == 0)
+    assert w.p[0, 1] == pytest.approx(0.365, abs=1e-3)  # the one compatible pair carries the data's rate
