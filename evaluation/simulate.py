@@ -381,7 +381,7 @@ class ExposureCapped:
     short; a viewer gets fewer than ``k`` only when more than that many are all at the cap.
     """
 
-    def __init__(self, name: str, base: Strategy, cap: int, n: int, fetch: int = 3) -> None:
+    def __init__(self, name: str, base: Strategy, cap: int, n: int, fetch: int = 2) -> None:
         if cap < 1:
             raise InvalidInput(f"exposure_cap: must be at least 1, got {cap}")
         self.name = name
