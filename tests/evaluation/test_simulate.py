@@ -242,3 +242,15 @@ def test_truth_encoder_embeds_the_owner_traits(demo_dir: Path) -> None:
 
     with pytest.raises(InvalidInput, match="not in the population"):
         enc.embed([Image.new("RGB", (64, 64))])
+
+
+def test_cli_parses_simulate_and_replay() -> None:
+    from engine.cli import build_parser
+
+    argv = "simulate --users 2000 --rounds 3 --k 10 --seed 4 --out x --world aspiration".split()
+    args = build_parser().parse_args(argv)
+    assert (args.users, args.rounds, args.k, args.seed) == (2000, 3, 10, 4)
+    assert (args.out, args.world) == (Path("x"), ["aspiration"])
+    assert args.exposure_cap is None and args.encoder is None and not args.engine_likes
+    args = build_parser().parse_args(["replay", "log.csv", "--k", "5"])
+    assert (args.log, args.k) == (Path("log.csv"), 5)
