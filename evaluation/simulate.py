@@ -33,9 +33,10 @@ Strategies, run in the same simulation on the same population, each showing ever
 candidates per round for ``R`` rounds: ``random`` (within the compatibility filter — the "before"),
 ``popularity`` (most attractive first, by the hidden attractiveness: an upper bound for a popularity ranking
 that a real app estimates from like counts), ``similarity`` (one-sided: the store's nearest neighbours of the
-viewer's mean vector under the compatibility filter — ANN only), ``engine`` (``recommend()``, with the
-viewer's likes so far), ``engine_capped`` (the engine, skipping anyone already shown ``exposure_cap`` times
-this round) and ``oracle`` (ranks by the true mutual-like probability ``P(i→j) · P(j→i)``: the ceiling).
+viewer's mean vector under the compatibility filter — ANN only), ``engine`` (``recommend()`` excluding those
+already shown; with ``engine_likes`` also given the viewer's likes so far), ``engine_capped`` (the engine,
+skipping anyone already shown ``exposure_cap`` times this round) and ``oracle`` (ranks by the true mutual-like
+probability ``P(i→j) · P(j→i)``: the ceiling).
 
 A shown pair's outcome is fixed by a counter-based uniform ``u(i, j)`` of the seed (``i`` likes ``j`` iff
 ``u(i, j) < P(i→j)``; the reply is ``u(j, i) < P(j→i)``), so every strategy meets the same randomness:
