@@ -149,11 +149,13 @@ class Exact:
         return idx[np.argsort(-sims, kind="stable")]
 
 
-def _settings(backend: str, path: Path, users: int) -> Settings:
+def _settings(backend: str, path: Path, users: int, oversample: int | None = None) -> Settings:
     s = Settings(store_path=path, store_backend=backend, progress=False)  # type: ignore[call-arg,arg-type]
     if backend == "server":
         # Own collections on a shared server: never touch the product's.
         s = s.model_copy(update={"collection_prefix": f"matcher_bench_{users}_"})
+    if oversample is not None:
+        s = s.model_copy(update={"recommend": s.recommend.model_copy(update={"oversample": oversample})})
     return s
 
 
@@ -231,7 +233,7 @@ def run_backend(
             return row
         queries = min(queries, args.local_queries)
     path = workdir / f"{backend}-{n}"
-    settings = _settings(backend, path, n)
+    settings = _settings(backend, path, n, args.oversample)
     try:
         if backend == "local" and not args.local_disk:
             store = _local_in_memory()
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "--local-disk", action="store_true", help="local mode on disk as the product opens it (slow writes)"
     )
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--oversample", type=int, default=None, help="override recommend.oversample (default 10)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--refresh", action="store_true", help="also time engine.reciprocity.refresh per backend")
