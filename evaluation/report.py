@@ -71,6 +71,7 @@ class EncoderResult:
     metrics: dict[str, Any]  # training.metrics.retrieval_metrics output (with the distance arrays)
     embed_seconds: float
     probes: dict[str, float] = field(default_factory=dict)  # attribute_probes output
+    trained_on: list[str] = field(default_factory=list)  # the encoder card's training sources found in the data
 
 
 @dataclass
@@ -191,7 +192,30 @@ def evaluate_encoder(
         metrics=metrics,
         embed_seconds=seconds,
         probes=probes,
+        trained_on=training_overlap(encoder.source, data.source),
     )
+
+
+def training_overlap(encoder_source: str | Path, data_dir: Path) -> list[str]:
+    """Training data folders named in an exported encoder's card that are (or contain) ``data_dir``.
+
+    Metrics on data the encoder was trained on are optimistic (its training identities are in there); the
+    report warns. Reads ``encoder_card.json`` (``data.sources`` / ``data.val_sources``) when there is one.
+    """
+    card_path = Path(str(encoder_source)) / "encoder_card.json"
+    if not card_path.is_file():
+        return []
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8")).get("data") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    target = Path(data_dir).resolve()
+    found = []
+    for src in data.get("sources") or []:
+        p = Path(str(src)).resolve()
+        if p == target or p in target.parents or target in p.parents:
+            found.append(str(src))
+    return found
 
 
 def attribute_probes(
@@ -398,6 +422,7 @@ def write_report(
                 "label": r.label,
                 "source": r.source,
                 "encoder_id": r.encoder_id,
+                "trained_on_this_data": bool(r.trained_on),
                 "dim": r.dim,
                 "embed_seconds": round(r.embed_seconds, 3),
                 "metrics": {k: _json_safe(v) for k, v in scalar_metrics(r.metrics).items()},
@@ -418,6 +443,13 @@ def write_report(
         "(leave-one-out: each queries all the others by cosine similarity).",
         "",
         "Encoders: " + "; ".join(f"**{chr(65 + i)}** = `{r.source}`" for i, r in enumerate(results)) + ".",
+        *[
+            f"\n**Warning:** {_name(i, r)} was trained on this data (`{'`, `'.join(r.trained_on)}` in its card): "
+            "its training identities are among the queries, so its figures are optimistic. Evaluate on people "
+            "it has not seen (e.g. `matcher make-demo-data` with another seed)."
+            for i, r in enumerate(results)
+            if r.trained_on
+        ],
         "",
         "## Metrics",
         "",

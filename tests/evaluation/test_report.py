@@ -196,3 +196,27 @@ def test_probes_find_planted_signal_and_not_noise() -> None:
     assert blind["gender_accuracy"] < 0.7
     # Too few people (below min_people): nothing claimed.
     assert attribute_probes(signal[:90], ids[:90], genders[:90], attr) == {}
+
+
+def test_warns_when_the_encoder_was_trained_on_the_data(
+    demo_dir: Path, exports: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from evaluation.report import evaluate_embeddings, training_overlap
+    from training.encoder import load_encoder
+
+    trained = tmp_path / "trained"
+    shutil.copytree(exports[0], trained)
+    card = json.loads((trained / "encoder_card.json").read_text(encoding="utf-8"))
+    card["data"] = {"sources": [str(demo_dir)], "val_sources": []}
+    (trained / "encoder_card.json").write_text(json.dumps(card), encoding="utf-8")
+    assert training_overlap(trained, demo_dir) == [str(demo_dir)]
+    assert training_overlap(exports[0], demo_dir) == []  # its card names no training data
+    assert training_overlap(trained, tmp_path / "elsewhere") == []
+
+    enc = load_encoder(trained, device="cpu", dtype="float32")
+    report, _ = evaluate_embeddings(demo_dir, [enc], tmp_path / "out")
+    text = report.report_md.read_text(encoding="utf-8")
+    assert "**Warning:** A: trained was trained on this data" in text
+    assert json.loads(report.metrics_json.read_text(encoding="utf-8"))["encoders"][0]["trained_on_this_data"]
