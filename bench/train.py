@@ -108,19 +108,23 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up (allocates optimiser state)
+    t0 = time.perf_counter()
+    step()  # warm-up (allocates optimiser state); with steps == 0 it is the one step measured
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(spec["steps"]):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    n_steps = spec["steps"] or 1
+    if not spec["steps"]:
+        elapsed = first
     tokens = int(grid.prod(-1)[0]) // encoder.merge_size**2
     return {
         "model": spec["model"], "mode": mode, "device": str(device), "batch": p * k, "tokens": tokens,
-        "trainable_m": trainable / 1e6, "steps": spec["steps"],
-        "steps_per_s": spec["steps"] / elapsed if spec["steps"] else float("nan"),
-        "s_per_step": elapsed / spec["steps"] if spec["steps"] else float("nan"),
+        "trainable_m": trainable / 1e6, "steps": n_steps, "first_step_s": first,
+        "steps_per_s": n_steps / elapsed, "s_per_step": elapsed / n_steps,
         "peak_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _rss_mb(),
         "peak_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
         "threads": torch.get_num_threads(),
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-modes", default=",".join(TINY_MODES))
     parser.add_argument("--real-modes", default=",".join(REAL_MODES))
     parser.add_argument("--tiny-steps", type=int, default=20, help="timed steps per tiny setting")
-    parser.add_argument("--real-steps", type=int, default=1, help="timed steps per real-size setting")
+    parser.add_argument("--real-steps", type=int, default=1,
+                        help="timed steps per real-size setting after the warm-up (0: time the first step)")
     parser.add_argument("--tiny-budget", type=int, default=128 * 128)
     parser.add_argument("--real-budget", type=int, default=448 * 448)
     parser.add_argument("--unfreeze-blocks", type=int, default=4)
