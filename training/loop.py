@@ -570,6 +570,7 @@ def train(
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "torch_rng": torch.get_rng_state(), "state": state.__dict__}, path)
 
+    micro, pending = 0, 0.0  # batches (and their loss) accumulated since the last optimiser step
     try:
         if not state.untrained:
             state.untrained = evaluate()
@@ -596,18 +597,20 @@ def train(
                 encoder.tower.eval()  # frozen base: no dropout noise in the features
             if state.batch == 0:
                 state.loss_sum, state.loss_batches = 0.0, 0
-            bar = tqdm(batches, total=len(sampler), initial=state.batch, unit="batch", leave=False,
+            bar = tqdm(batches, total=len(sampler), initial=state.batch, unit="batch",
                        desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress)
             optimizer.zero_grad(set_to_none=True)
-            micro = 0
+            micro, pending = 0, 0.0
             for batch in bar:
                 loss = batch_loss(encoder, batch, loss_fn, autocast=autocast)
                 (loss / settings.grad_accum).backward()
                 micro += 1
                 state.batch += 1
-                state.loss_sum += float(loss.detach())
+                value = float(loss.detach())
+                pending += value
+                state.loss_sum += value
                 state.loss_batches += 1
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
                 if micro % settings.grad_accum == 0 or state.batch == len(sampler):
                     if settings.clip_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(
@@ -618,14 +621,16 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                     state.step += 1
                     steps_this_call += 1
-                    micro = 0
+                    micro, pending = 0, 0.0
                     if settings.checkpoint_every and state.step % settings.checkpoint_every == 0:
                         checkpoint(last_path)
                     if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                         checkpoint(last_path)
                         raise Interrupted(f"stopped after {steps_this_call} steps at step {state.step}")
-            bar.close()
             val = evaluate()
+            bar.set_postfix(loss=f"{state.loss_sum / max(1, state.loss_batches):.4f}",
+                            r1=f"{val['recall@1']:.3f}", map_r=f"{val['map@r']:.3f}")
+            bar.close()
             improved = val["map@r"] > state.best_map
             if improved:
                 state.best_map, state.best_epoch, state.bad_epochs = val["map@r"], epoch + 1, 0
@@ -646,7 +651,11 @@ def train(
                 state.finished = state.stopped_early = True
             checkpoint(last_path)
     except KeyboardInterrupt:
-        # Keep a resume point at the last finished batch, then let the CLI report the interruption.
+        # Keep a resume point at the last optimiser step (batches accumulated since are redone on resume),
+        # then let the CLI report the interruption.
+        state.batch -= micro
+        state.loss_sum -= pending
+        state.loss_batches -= micro
         checkpoint(last_path)
         raise
     finally:

@@ -180,6 +180,18 @@ def test_resume_continues_from_the_saved_step(demo_dir: Path, tiny_checkpoint: P
     assert strip == [{k: v for k, v in e.items() if k not in drop} for e in _log(tmp_path / "whole")]
 
 
+def test_gradient_accumulation_steps_once_per_n_batches(
+    demo_dir: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    import math
+
+    train_ids = len({p.identity for p in read_dataset(demo_dir)}) - FAST["val_identities"]
+    batches = train_ids // FAST["p"]
+    result = train([demo_dir], tmp_path / "run", base=str(tiny_checkpoint),
+                   settings=_settings(epochs=2, grad_accum=2), progress=False)
+    assert batches >= 3 and result.steps == 2 * math.ceil(batches / 2)
+
+
 def test_resume_refuses_other_settings(demo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
