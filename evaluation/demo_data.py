@@ -394,7 +394,7 @@ def _draw_person(
     su, sv = srng.uniform(-0.85, 0.85, n_speck), srng.uniform(-0.7, 0.9, n_speck)
     inside = su**2 + (sv - 0.1) ** 2 < 0.7  # keep them on the face
     su, sv, sz = su[inside], sv[inside], srng.uniform(0.6, 1.4, int(inside.sum()))
-    blemish = tuple(int(0.6 * c + 0.4 * r) for c, r in zip(skin, (150, 40, 45), strict=True))
+    blemish = _spot_colour(skin)
     for px, py, z in zip(cx + su * fw, cy + sv * fh, sz, strict=True):
         sr = max(1.0, SPECK_R * fw * z)
         draw.ellipse((px - sr, py - sr, px + sr, py + sr), fill=blemish)
@@ -402,7 +402,7 @@ def _draw_person(
     for mu, mv, mr in u.moles:
         r = max(1.0, 0.045 * fw * mr * (0.6 + ugly))
         px, py = cx + dx * 0.5 + mu * fw, cy + mv * fh
-        draw.ellipse((px - r, py - r, px + r, py + r), fill=_shade(skin, 0.62))
+        draw.ellipse((px - r, py - r, px + r, py + r), fill=_spot_colour(skin, 55.0, (1.0, 0.95, 0.9)))
 
     # Features. Asymmetry grows with 1 - attractiveness, in this user's own direction.
     asym = 0.16 * ugly**1.3
@@ -468,6 +468,16 @@ def _draw_person(
         crown, brim = _shade(accent, 0.7), _shade(accent, 0.55)
         draw.rectangle((cx - 1.0 * fw0, top - 0.55 * fh, cx + 1.0 * fw0, top + 0.35 * fh), fill=crown)
         draw.rectangle((cx - 1.5 * fw0, top + 0.25 * fh, cx + 1.5 * fw0, top + 0.42 * fh), fill=brim)
+
+
+def _spot_colour(
+    skin: tuple[int, int, int], contrast: float = 40.0, tint: tuple[float, float, float] = (1.12, 0.95, 0.95)
+) -> tuple[int, int, int]:
+    """Spots with the same brightness contrast on every skin tone (darker on light and medium skin, lighter
+    on the darkest), so attractiveness is about as visible whatever the skin tone. Default: reddish."""
+    luma = 0.299 * skin[0] + 0.587 * skin[1] + 0.114 * skin[2]
+    scale = (luma - contrast) / luma if luma > 85 else (luma + contrast) / luma
+    return tuple(min(255, int(c * scale * k)) for c, k in zip(skin, tint, strict=True))  # type: ignore[return-value]
 
 
 def _apply_lighting(img: Image.Image, rng: np.random.Generator, *, noise: bool) -> Image.Image:

@@ -228,3 +228,14 @@ def test_attractiveness_is_independent_of_looks() -> None:
     corr = [abs(np.corrcoef(looks[:, j], attr)[0, 1]) for j in range(looks.shape[1])]
     assert max(corr) < 0.1
     assert 0.15 < attr.std() < 0.3 and attr.min() >= 0 and attr.max() <= 1
+
+
+def test_blemishes_show_equally_on_every_skin_tone() -> None:
+    """The attractiveness cue (skin spots) has the same brightness contrast on light and dark skin."""
+    from evaluation.demo_data import _SKIN, _interp, _spot_colour
+
+    def luma(c: tuple[int, int, int]) -> float:
+        return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+
+    contrast = [abs(luma(s) - luma(_spot_colour(s))) for s in (_interp(_SKIN, t) for t in np.linspace(0, 1, 21))]
+    assert min(contrast) > 30 and max(contrast) - min(contrast) < 10
