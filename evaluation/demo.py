@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.errors import InvalidInput
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,23 @@ def _metrics_line(m: dict[str, float]) -> str:
     return ", ".join(f"{label} {m[key]:.3f}" for label, key in keys if key in m)
 
 
+MARKER = ".matcher-demo"
+_PARTS = ("data", "held-out", "tiny-qwen3-vl", "encoder", "qdrant", "embedding-report", "simulation")
+
+
+def _fresh_demo_dir(out: Path) -> Path:
+    """Create ``out``, or clear what an earlier demo left there; refuse a folder the demo did not make."""
+    import shutil
+
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise InvalidInput(f"{out}: not empty and not made by 'matcher demo'; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    for part in _PARTS:
+        shutil.rmtree(out / part, ignore_errors=True)
+    return out
+
+
 def run_demo(
     out: Path, settings: Settings, demo: DemoSettings | None = None, say: Callable[[str], None] = print
 ) -> DemoResult:
@@ -93,8 +111,7 @@ def run_demo(
     from training.tiny import build_tiny_checkpoint
 
     demo = demo or DemoSettings()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_demo_dir(Path(out))
     settings = settings.model_copy(update={"store_path": out / "qdrant"})
     result = DemoResult(out=out)
     sec = result.seconds
@@ -162,12 +179,12 @@ def run_demo(
 
     _step(f"5. top {demo.show_k} matches for {demo.show_users} users (score = harmonic mean)", sec, say, show_matches)
 
-    _step(
-        "6. embedding-quality report, untrained vs trained",
-        sec,
-        say,
-        lambda: evaluate_embeddings(data_dir, [untrained, encoder], out / "embedding-report"),
-    )
+    def report_on_new_people() -> None:
+        # People the encoder never saw (another seed), or the trained figures would be optimistic.
+        held_out = make_demo_data(out / "held-out", users=demo.users, seed=demo.seed + 1)
+        evaluate_embeddings(held_out, [untrained, encoder], out / "embedding-report")
+
+    _step("6. embedding-quality report on held-out people, untrained vs trained", sec, say, report_on_new_people)
     say(f"   {out / 'embedding-report' / 'report.md'}")
 
     sim = _step(
