@@ -269,9 +269,10 @@ def run_backend(
         for i in askers[: min(5, len(askers))]:  # warm-up: page in the segments
             recommend(pop.ids[i], k, store=store, settings=settings)
         lat, cand_lat, exact_lat, rec20, rec20_cand = [], [], [], [], []
+        depth: list[int] = []
         for i in askers:
             t0 = time.perf_counter()
-            recommend(pop.ids[i], k, store=store, settings=settings)
+            matches = recommend(pop.ids[i], k, store=store, settings=settings)
             lat.append((time.perf_counter() - t0) * 1000)
             flt = compatible_filter(pop.profiles[i])
             q = Query(vector=pop.vectors[i], limit=limit, filter=flt, with_payload=False)
@@ -286,6 +287,9 @@ def run_backend(
                 ann_ids = [r.id for r in ann]
                 rec20.append(len(truth & set(ann_ids[:20])) / len(truth))
                 rec20_cand.append(len(truth & set(ann_ids)) / len(truth))
+            # How deep into the stage-1 list the rerank reached for its top k (what oversample buys).
+            stage1_pos = {r.id: pos for pos, r in enumerate(ann, start=1)}
+            depth.extend(stage1_pos.get(user_point_id(m.user_id), limit + 1) for m in matches)
         row.update(
             queries=len(askers),
             k=k,
@@ -296,6 +300,9 @@ def run_backend(
             recall_at_20=round(float(np.mean(rec20)), 4) if rec20 else None,
             recall_at_20_in_candidates=round(float(np.mean(rec20_cand)), 4) if rec20_cand else None,
             exact_p50_ms=round(_pct(exact_lat, 50), 2),
+            # Stage-1 positions of the returned matches: p99, and the share from the lower half of the list.
+            match_stage1_pos_p99=round(_pct([float(d) for d in depth], 99), 1),
+            match_from_lower_half=round(float(np.mean(np.asarray(depth) > limit // 2)), 4) if depth else None,
         )
     finally:
         store.close()
