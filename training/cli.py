@@ -106,8 +106,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="training photos: metadata.csv, a CSV with image_path,identity, or raw/profiles/")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output folder (export + checkpoints)")
-    p.add_argument("--base", default="Qwen/Qwen3-VL-2B-Instruct",
-                   help="starting encoder: hub id, checkpoint dir, or 'tiny' (built into DIR/base)")
+    p.add_argument("--base", metavar="SRC",
+                   help="starting encoder: hub id, checkpoint dir, or 'tiny' (built into DIR/base); "
+                   "default: MATCHER_ENCODER__SOURCE (Qwen/Qwen3-VL-2B-Instruct)")
     p.add_argument("--val-data", type=Path, action="append", default=[], metavar="DIR",
                    help="validation photos (repeatable); default: hold out identities of DATA_DIR")
     p.add_argument("--config", type=Path, metavar="JSON", help="TrainSettings as JSON; flags override it")
@@ -165,7 +166,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         train_settings = TrainSettings.model_validate(values)
     except ValidationError as exc:
         raise InvalidInput(f"train settings: {exc}") from exc
-    base = args.base
+    base = args.base or settings.encoder.source
     if base == "tiny":
         from training.tiny import build_tiny_checkpoint
 

@@ -205,8 +205,8 @@ class AugmentedPhotos(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int, int, int]) -> tuple[Image.Image, int]:  # type: ignore[override]
         epoch, batch, position, index = key
         img = shrink(load_image(self.dataset.photos[index].path), self.max_pixels)
-        # One stream per (epoch, batch*4096+position): stable under resume and under any worker count.
-        rng = item_rng(self.seed, epoch, batch * 4096 + position, index)
+        # One stream per (epoch, batch, position): the same under resume and under any worker count.
+        rng = item_rng(self.seed, epoch, batch, position)
         return self.augment(img, rng), int(self.dataset.labels[index])
 
 
