@@ -699,7 +699,18 @@ def _feature_batches(
     for b, batch in enumerate(sampler):
         if b < start:
             continue
-        views = np.random.default_rng([seed, epoch, b, 1]).integers(0, feats.shape[1], size=len(batch))
+        n_views = feats.shape[1]
+        views = np.random.default_rng([seed, epoch, b, 1]).integers(0, n_views, size=len(batch))
+        # A photo repeated in the batch (its person has fewer than K) takes its next view each time, so the
+        # repeat is another augmentation rather than the identical feature vector.
+        first: dict[int, tuple[int, int]] = {}  # photo -> (its first view, repeats so far)
+        for j, i in enumerate(batch):
+            if i in first:
+                view, repeats = first[i]
+                first[i] = (view, repeats + 1)
+                views[j] = (view + repeats + 1) % n_views
+            else:
+                first[i] = (int(views[j]), 0)
         index = torch.as_tensor(batch)
         yield feats[index, torch.as_tensor(views)], torch.as_tensor(labels[batch])
 

@@ -280,3 +280,17 @@ def test_cli_rejects_bad_settings(demo_dir: Path, tmp_path: Path, capsys: pytest
     code = main(["train", str(demo_dir), "--out", str(tmp_path / "x"), "--base", "tiny", "--loss", "arcface"])
     assert code == 2
     assert "losses" in capsys.readouterr().err
+
+
+def test_cached_views_of_a_repeated_photo_differ() -> None:
+    from training.loop import _feature_batches
+    from training.samplers import PKBatchSampler
+
+    labels = np.array([0, 1, 1, 2, 2, 3])  # identities 0 and 3 have one photo each
+    feats = torch.arange(6 * 3, dtype=torch.float32).reshape(6, 3, 1)  # photo i, view v -> 3 i + v
+    (batch,) = list(_feature_batches(PKBatchSampler(labels, 4, 3, seed=0), 0, 0, feats, labels, seed=0))
+    x, y = batch
+    assert x.shape == (12, 1) and sorted(set(y.tolist())) == [0, 1, 2, 3]
+    values = x.flatten().tolist()
+    assert len(values) == len(set(values))  # no (photo, view) pair twice, singletons included
+    assert all(int(v) // 3 in np.flatnonzero(labels == int(lab)) for v, lab in zip(values, y, strict=True))
