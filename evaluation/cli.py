@@ -210,7 +210,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="the main job end to end on the embedded store: data, encoder, training, ingest, recommend, simulate",
     )
     p.add_argument("--out", type=Path, default=Path(".matcher/demo"), help="output folder (default: %(default)s)")
-    p.add_argument("--users", type=int, default=80, help="demo population size (default: %(default)s)")
+    p.add_argument("--users", type=int, default=120, help="demo population size (default: %(default)s)")
     p.add_argument("--sim-users", type=int, default=200, help="simulated population size (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)

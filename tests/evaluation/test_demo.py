@@ -1,0 +1,43 @@
+"""The main job end to end (`matcher demo`), at a tiny size."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from engine.errors import InvalidInput
+from engine.settings import Settings
+from evaluation.demo import DemoSettings, run_demo
+
+TINY = DemoSettings(users=30, epochs=1, sim_users=30, sim_rounds=1, sim_k=3, show_users=2, show_k=3)
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(InvalidInput, match="not made by 'matcher demo'"):
+        run_demo(tmp_path, Settings(progress=False), TINY, say=lambda _: None)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
+    lines: list[str] = []
+    out = tmp_path / "demo"
+    for _ in range(2):  # the second run starts afresh in the same folder
+        lines.clear()
+        result = run_demo(out, Settings(progress=False), TINY, say=lines.append)
+    with (out / "data" / "metadata.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert result.stored_photos == len(rows)
+    assert result.stored_users == len({r["user_id"] for r in rows})
+    assert len(result.recommended) == TINY.show_users
+    for uid, matches in result.recommended.items():
+        assert uid not in {m.user_id for m in matches}
+        assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+    assert {"recall@1", "map@r"} <= set(result.before) and {"recall@1", "map@r"} <= set(result.after)
+    for report in ("embedding-report/report.md", "simulation/report.md"):
+        assert (out / report).stat().st_size > 500
+    text = "\n".join(lines)
+    assert "shape (32,)" in text and "oracle" in text and "random" in text
