@@ -90,6 +90,13 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshRe
         vectors.append(v)
         profiles.append(prof)
 
+    # One (n, d) matrix; the points keep only their payloads (at 100,000 users the per-point copies would
+    # double the pass's memory).
+    matrix = np.stack(vectors) if vectors else np.zeros((0, 1), np.float32)
+    del vectors
+    for p in points:
+        p.vector = None
+
     # Tastes first: each user's list is ranked by their taste, so kth_sim is measured with it.
     index = {user_point_id(prof.user_id): i for i, prof in enumerate(profiles)}
     blend = settings.recommend.taste_blend
@@ -97,10 +104,10 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshRe
     for i, p in enumerate(points):
         liked_pids = (user_point_id(str(u)) for u in (p.payload or {}).get(LIKED_FIELD) or [])
         liked = [index[pid] for pid in liked_pids if pid in index]
-        liked_vecs = np.stack([vectors[j] for j in liked]) if liked else None
-        tastes.append(taste_payload(vectors[i], liked_vecs, blend))
+        liked_vecs = matrix[liked] if liked else None
+        tastes.append(taste_payload(matrix[i], liked_vecs, blend))
     kth = compatible_kth(
-        np.stack(vectors) if vectors else np.zeros((0, 1), np.float32),
+        matrix,
         profiles,
         k,
         queries={i: np.asarray(t, dtype=np.float32) for i, t in enumerate(tastes) if t is not None},
@@ -121,7 +128,7 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshRe
             payload.pop(TASTE_FIELD, None)
         else:
             payload[TASTE_FIELD] = taste
-        updated.append(Point(id=p.id, vector=vectors[i], payload=payload))
+        updated.append(Point(id=p.id, vector=matrix[i], payload=payload))
     batch = settings.ingest.write_batch_size
     for start in range(0, len(updated), batch):
         store.upsert(USERS, updated[start : start + batch])
