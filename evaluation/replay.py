@@ -113,7 +113,8 @@ def engine_scores(
         uid = str(payload.get("user_id"))
         sim[uid] = float(own @ v)
         keep = {k: payload[k] for k in CANDIDATE_FIELDS if k in payload and k != TASTE_FIELD}
-        cands.append(ScoredPoint(id=p.id, score=float(asker.taste @ v), payload=keep))
+        # With its vector, as stage 1 returns candidates (the reverse direction is scored from it).
+        cands.append(ScoredPoint(id=p.id, score=float(asker.taste @ v), payload=keep, vector=v.astype(np.float32)))
     # Stage 2 derives the asker's K-th similarity from the candidate list when it holds K or more; these are
     # logged pairs, not the asker's stage-1 list, so chunks below K and limit 0 make it use the stored value.
     chunk = max(1, settings.recommend.reciprocity_k - 1)
