@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from evaluation.replay import read_like_log, replay
 HEADER = ("viewer_id", "viewed_id", "liked")
 
 
-def _write(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> Path:
+def _write(path: Path, rows: Sequence[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> Path:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
