@@ -31,7 +31,7 @@ import qdrant_edge as qe
 
 from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, HasId, MatchAny, Range
-from engine.schema import META
+from engine.schema import META, PHOTOS
 from engine.settings import Settings
 from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 from engine.store.lock import FolderLock
@@ -232,7 +232,13 @@ class EdgeStore(Store):
         optimizers = None
         if self.indexing_threshold_kb is not None and collection != META:
             optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
-        config = qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
+        hnsw = None
+        if collection == PHOTOS:
+            # Photos are only ever scored exactly, restricted by user_id (recommend()'s best-photo lookup):
+            # an HNSW graph over them would never be used, and building it was most of optimize()'s time
+            # (three photos per user). m=0 keeps the payload indexes and skips the graph.
+            hnsw = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)
+        config = qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=hnsw)
         with self._calling("create", collection):
             shard = qe.EdgeShard.create(str(path), config)
             for field, kind in indexes.items():
