@@ -11,13 +11,13 @@ A user with fewer than K compatible users gets ``kth_sim = -1`` (everyone compat
 current vectors. The ingestion job calls it after each batch ingestion, before ``store.optimize()``.
 
 Cost: one ``scroll`` of the users collection with vectors, then exact brute force in numpy
-(:func:`compatible_kth`): users are grouped by (gender, seeking, age), and each group is scored with one
-matrix product against the only users that can be compatible with it (both genders' constraints and the
-group's age inside their window), so the work is about ``n × (compatible users per user) × dim``
-multiply-adds, not ``n²``. It replaced one filtered ANN query per user (98.8 s at 10,000 users, a
-quarter of an hour projected at 100,000; see docs/scaling.md for the figures), is exact rather than
-approximate, and needs the users' vectors in memory (``n × dim × 4`` bytes). Only the points whose
-statistics changed are rewritten (the store seam has no partial payload update).
+(:func:`compatible_kth`): users are grouped by (gender, seeking, age, age window), and each group is
+scored with one matrix product against exactly the users compatible with it, so the work is about
+``n × (compatible users per user) × dim`` multiply-adds, not ``n² × dim``. It replaced one filtered ANN
+query per user (98.8 s at 10,000 users, a quarter of an hour projected at 100,000; docs/scaling.md has
+the figures), is exact rather than approximate, and needs the users' vectors in memory
+(``n × dim × 4`` bytes). Only the points whose statistics changed are rewritten (the store seam has no
+partial payload update).
 """
 
 from __future__ import annotations
@@ -180,9 +180,9 @@ def compatible_kth(
     their own vector (their taste, ``engine.likes``). Returns (n,) float64: the K-th best similarity over
     the user's compatible users (``engine.compatibility``; never themselves), ``NO_KTH`` with fewer than K.
 
-    Users sharing (gender, seeking, age) share three of the four constraints, so each such group is scored
-    with one matrix product against the users that pass those three (and whose age falls in the union of
-    the group's windows); the per-user window is a mask on that block. ``block`` caps the rows per product.
+    Users sharing (gender, seeking, age, age window) share every constraint, so each such group is scored
+    with one matrix product against exactly its compatible users (candidates sorted by age: the window is
+    one slice). ``block`` caps the rows per product.
     """
     n = len(profiles)
     if vectors.shape[0] != n:
@@ -199,9 +199,9 @@ def compatible_kth(
     lo = np.array([p.age_min for p in profiles], dtype=np.int64)
     hi = np.array([p.age_max for p in profiles], dtype=np.int64)
 
-    # Groups of rows with the same (gender, seeking, age), in one sort.
-    order = np.lexsort((age, seeks, gender))
-    key = np.stack([gender[order], seeks[order], age[order]], axis=1)
+    # Groups of rows with the same (gender, seeking, age, age window), in one sort.
+    order = np.lexsort((hi, lo, age, seeks, gender))
+    key = np.stack([gender[order], seeks[order], age[order], lo[order], hi[order]], axis=1)
     starts = np.flatnonzero(np.r_[True, np.any(key[1:] != key[:-1], axis=1)])
     bounds = np.r_[starts, n]
     # Candidates sorted by age: the group's age window is then one contiguous slice.
@@ -211,19 +211,21 @@ def compatible_kth(
     bar = tqdm(total=n, desc="reciprocity", unit="user", disable=not progress)
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         rows_all = order[s:e]
-        g, want, a = int(gender[rows_all[0]]), int(seeks[rows_all[0]]), int(age[rows_all[0]])
-        lo_g, hi_g = int(lo[rows_all].min()), int(hi[rows_all].max())
+        g, want, a, lo_g, hi_g = (int(x) for x in key[s])
         left, right = np.searchsorted(age_sorted, [lo_g, hi_g + 1])
         pool = by_age[left:right]
-        # Both genders' constraints and the group's age inside the candidate's window.
+        # The group's window is the slice; both genders' constraints and the group's age in their window.
         pool = pool[((gender[pool] & want) != 0) & ((seeks[pool] & g) != 0) & (lo[pool] <= a) & (hi[pool] >= a)]
-        if len(pool) < k:
+        # Members share every attribute: either all of them are in the pool (self-compatible) or none.
+        self_in = (g & want) != 0 and lo_g <= a <= hi_g
+        if len(pool) - int(self_in) < k:
             bar.update(len(rows_all))
             continue  # nobody in the group has K compatible users
         pool_vecs = vectors[pool]
-        pool_age = age[pool]
-        slot[pool] = np.arange(len(pool))  # where each row of the group sits in the pool (-1: not there)
+        if self_in:
+            slot[pool] = np.arange(len(pool))  # where each member sits in the pool
         step = max(1, min(block, _BLOCK_ENTRIES // len(pool)))
+        kth_col = len(pool) - k
         for b in range(0, len(rows_all), step):
             rows = rows_all[b : b + step]
             q = vectors[rows]
@@ -233,16 +235,11 @@ def compatible_kth(
                     if t is not None:
                         q[j] = t
             sims = q @ pool_vecs.T  # (rows, pool) float32
-            outside = (pool_age[None, :] < lo[rows, None]) | (pool_age[None, :] > hi[rows, None])
-            own = slot[rows]
-            has_own = own >= 0
-            outside[np.flatnonzero(has_own), own[has_own]] = True  # never oneself
-            np.copyto(sims, -np.inf, where=outside)
-            enough = (len(pool) - outside.sum(axis=1)) >= k
-            if np.any(enough):
-                part = np.partition(sims[enough], len(pool) - k, axis=1)[:, len(pool) - k]
-                out[rows[enough]] = part
-        slot[pool] = -1
+            if self_in:
+                sims[np.arange(len(rows)), slot[rows]] = -np.inf  # never oneself
+            out[rows] = np.partition(sims, kth_col, axis=1)[:, kth_col]
+        if self_in:
+            slot[pool] = -1
         bar.update(len(rows_all))
     bar.close()
     return out
