@@ -16,8 +16,8 @@ scored with one matrix product against exactly the users compatible with it, so 
 ``n × (compatible users per user) × dim`` multiply-adds, not ``n² × dim``. It replaced one filtered ANN
 query per user (98.8 s at 10,000 users, a quarter of an hour projected at 100,000; docs/scaling.md has
 the figures), is exact rather than approximate, and needs the users' vectors in memory
-(``n × dim × 4`` bytes). Only the points whose statistics changed are rewritten (the store seam has no
-partial payload update).
+(``n × dim × 4`` bytes). Only the points whose statistics changed are written, and only those payload
+keys (``Store.set_payload``: on Edge the points keep their HNSW index, so no ``optimize()`` is needed).
 """
 
 from __future__ import annotations
@@ -115,29 +115,26 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshRe
         progress=settings.progress,
     )
 
-    updated: list[Point] = []
+    changes: dict[str, dict[str, Any]] = {}
     for i, p in enumerate(points):
         old = p.payload or {}
         if not _changed(old, float(kth[i]), k, tastes[i]):
-            continue  # rewriting an unchanged point would only cost a write (and an index update)
-        payload = dict(old)
-        payload[KTH_FIELD] = float(kth[i])
-        payload[KTH_K_FIELD] = k
-        taste = tastes[i]
-        if taste is None:
-            payload.pop(TASTE_FIELD, None)
-        else:
-            payload[TASTE_FIELD] = taste
-        updated.append(Point(id=p.id, vector=matrix[i], payload=payload))
+            continue  # rewriting an unchanged point would only cost a write
+        # Only these keys change (a partial update keeps the vector and its index; None deletes the key).
+        change: dict[str, Any] = {KTH_FIELD: float(kth[i]), KTH_K_FIELD: k}
+        if tastes[i] is not None or TASTE_FIELD in old:
+            change[TASTE_FIELD] = tastes[i]
+        changes[p.id] = change
     batch = settings.ingest.write_batch_size
-    for start in range(0, len(updated), batch):
-        store.upsert(USERS, updated[start : start + batch])
+    ids = list(changes)
+    for start in range(0, len(ids), batch):
+        store.set_payload(USERS, {pid: changes[pid] for pid in ids[start : start + batch]})
     seconds = time.perf_counter() - t0
     log.info(
         "reciprocity refresh: %d users (K=%d), %d rewritten, in %.1f s; %d skipped",
-        len(points), k, len(updated), seconds, skipped,
+        len(points), k, len(changes), seconds, skipped,
     )
-    return RefreshReport(users=len(points), rewritten=len(updated), skipped=skipped, seconds=seconds)
+    return RefreshReport(users=len(points), rewritten=len(changes), skipped=skipped, seconds=seconds)
 
 
 def _changed(old: dict[str, Any], kth: float, k: int, taste: list[float] | None) -> bool:

@@ -8,7 +8,7 @@ cosine distance, so a score is a cosine similarity in [-1, 1]. Point ids are UUI
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -103,6 +103,24 @@ class Store(ABC):
     def query_batch(self, collection: str, queries: Sequence[Query]) -> list[list[ScoredPoint]]:
         """Several queries in one round trip (backends override this with a real batch call)."""
         return [self.query(collection, q) for q in queries]
+
+    def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Change some payload keys of existing points, keeping their vectors and other keys.
+
+        ``changes``: point id -> {key: new value, or None to delete the key}. Backends override this with
+        a real partial update (which leaves a vector index as it is); this default rewrites whole points.
+        Ids that are not stored are skipped.
+        """
+        if not changes:
+            return
+        points = self.retrieve(collection, list(changes), with_vectors=True)
+        for p in points:
+            for key, value in changes[p.id].items():
+                if value is None:
+                    p.payload.pop(key, None)
+                else:
+                    p.payload[key] = value
+        self.upsert(collection, points)
 
     def optimize(self) -> None:  # noqa: B027 - a no-op is right for backends that index by themselves
         """Build indexes after a bulk write (Edge builds HNSW only here; a server does it by itself)."""

@@ -21,7 +21,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,30 @@ class EdgeStore(Store):
         with self._calling("upsert", collection):
             # Returns once the WAL has it: acknowledged points survive a kill (flushed on close/optimize).
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Partial payload updates (``Store.set_payload``): the points stay in their indexed segments, so no
+        ``optimize()`` is needed after (an upsert would move them to an unindexed one)."""
+        if not changes:
+            return
+        shard = self._shard(collection)
+        have = {str(r.id) for r in self._retrieve_ids(shard, collection, list(changes))}
+        with self._calling("set_payload", collection):
+            for pid, fields in changes.items():
+                if pid not in have:
+                    continue
+                uid: Any = _uuid(pid)
+                put = {k: v for k, v in fields.items() if v is not None}
+                drop = [k for k, v in fields.items() if v is None]
+                if put:
+                    shard.update(qe.UpdateOperation.set_payload([uid], put))
+                if drop:
+                    shard.update(qe.UpdateOperation.delete_payload([uid], drop))
+
+    def _retrieve_ids(self, shard: qe.EdgeShard, collection: str, ids: Sequence[str]) -> list[Any]:
+        uuids: list[Any] = [_uuid(i) for i in ids]
+        with self._calling("retrieve", collection):
+            return list(shard.retrieve(uuids, False, False))
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         if not ids:

@@ -1,7 +1,10 @@
 """compatible_kth (what refresh runs) against a plain all-pairs reference written here, on populations with
-varied genders, seeking sets and age windows, tastes that differ from the mean vectors, and tiny blocks."""
+varied genders, seeking sets and age windows, tastes that differ from the mean vectors, and tiny blocks; and
+the partial payload update refresh writes with, on each embedded backend."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +12,10 @@ import pytest
 from engine.compatibility import Profile
 from engine.errors import InvalidInput
 from engine.reciprocity import NO_KTH, compatible_kth, exact_kth
+from engine.schema import USERS, user_point_id
+from engine.settings import Settings
+from engine.store import open_store
+from engine.store.base import Point
 
 GENDERS = ("female", "male", "nonbinary")
 
@@ -62,3 +69,18 @@ def test_compatible_kth_bad_input_and_empty() -> None:
     with pytest.raises(InvalidInput, match="positive"):
         compatible_kth(vectors, profiles, 0)
     assert compatible_kth(np.zeros((0, 4), np.float32), [], 3).shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_set_payload_changes_only_the_named_keys(backend: str, tmp_path: Path) -> None:
+    settings = Settings(store_path=tmp_path / "q", store_backend=backend, progress=False)  # type: ignore[call-arg]
+    with open_store(settings) as store:
+        store.setup("test-encoder", 4)
+        v = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+        pid = user_point_id("a")
+        store.upsert(USERS, [Point(id=pid, vector=v, payload={"user_id": "a", "taste": [1.0], "kth_sim": 0.1})])
+        store.set_payload(USERS, {pid: {"kth_sim": 0.5, "kth_k": 7, "taste": None}, user_point_id("ghost"): {"x": 1}})
+        (got,) = store.retrieve(USERS, [pid], with_vectors=True)
+        assert got.payload == {"user_id": "a", "kth_sim": 0.5, "kth_k": 7}  # taste deleted, user_id kept
+        assert got.vector is not None and np.allclose(got.vector, v)  # the vector is untouched
+        assert store.retrieve(USERS, [user_point_id("ghost")]) == []  # a missing id is skipped, not created
