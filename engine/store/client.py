@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -331,6 +331,32 @@ class QdrantClientStore(Store):
         with self._calling("upsert", collection):
             # wait=True: it returns once the server applied it (its WAL has it), so "acknowledged" holds.
             self._client.upsert(self.name(collection), points=structs, wait=True)
+
+    def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Partial payload updates (``Store.set_payload``) in one ``batch_update_points`` call: the vectors
+        are not resent, so a server does not re-index the points. Ids that are not stored are skipped."""
+        if not changes:
+            return
+        with self._calling("retrieve", collection):
+            recs = self._client.retrieve(
+                self.name(collection), ids=list(changes), with_payload=False, with_vectors=False
+            )
+        have = {str(r.id) for r in recs}
+        ops: list[models.UpdateOperation] = []
+        for pid, fields in changes.items():
+            if pid not in have:
+                continue
+            put = {k: v for k, v in fields.items() if v is not None}
+            drop = [k for k, v in fields.items() if v is None]
+            if put:
+                ops.append(models.SetPayloadOperation(set_payload=models.SetPayload(payload=put, points=[pid])))
+            if drop:
+                ops.append(
+                    models.DeletePayloadOperation(delete_payload=models.DeletePayload(keys=drop, points=[pid]))
+                )
+        if ops:
+            with self._calling("set_payload", collection):
+                self._client.batch_update_points(self.name(collection), update_operations=ops, wait=True)
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         if not ids:
