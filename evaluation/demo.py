@@ -160,7 +160,12 @@ def run_demo(
     )
     result.before, result.after = trained.untrained_metrics, trained.best_metrics
     say(f"   validation before: {_metrics_line(result.before)}")
-    say(f"   validation after:  {_metrics_line(result.after)}")
+    say(f"   validation after:  {_metrics_line(result.after)} (best epoch {trained.best_epoch})")
+    if trained.best_epoch == 0:
+        # Honest, not hidden: a tiny random tower trained briefly on CPU often finds nothing better than its
+        # start here; the export then keeps the untrained weights. tests/training/test_train.py shows a longer
+        # run on 200 demo users beating the untrained encoder; with the real 2B tower the head alone learns.
+        say("   no epoch beat the untrained encoder on validation: the export keeps the untrained weights")
     encoder = load_encoder(out / "encoder")
 
     report = _step(
