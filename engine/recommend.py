@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, NoReturn
 
 import numpy as np
@@ -334,6 +334,47 @@ def recommend_many(
     finally:
         if owned:
             st.close()
+
+
+def score_candidates(
+    user_id: str,
+    candidate_ids: Sequence[str],
+    *,
+    store: Store,
+    settings: Settings,
+    likes: Sequence[str] | None = None,
+    use_stored_tastes: bool = True,
+) -> dict[str, Match]:
+    """Stage 2 of ``recommend()`` on given candidates, without stage 1's filter: the score the engine ranks by.
+
+    For replaying logged impressions and explaining one pair. Returns a ``Match`` per candidate that is stored
+    with a usable vector (others are left out), ranked among the given candidates. The asker's K-th
+    similarity is the stored one: given candidates are not the asker's own stage-1 list.
+    ``use_stored_tastes=False`` scores the reverse direction from the candidates' own vectors, ignoring their
+    stored like histories (a replay of logged likes must not see them again through those histories).
+    Raises ``UserNotFound`` / ``NoUserVector`` for the asker, ``StoreUnavailable``.
+    """
+    asker = _load_askers(store, [user_id], settings, likes)[0]
+    uniq = list(dict.fromkeys(str(u) for u in candidate_ids))
+    cands: list[ScoredPoint] = []
+    for p in store.retrieve(USERS, [user_point_id(u) for u in uniq], with_vectors=True):
+        v = usable_vector(p)
+        if v is None:
+            continue
+        v = l2_normalize(v)
+        payload = p.payload or {}
+        keep = {k: payload[k] for k in CANDIDATE_FIELDS if k in payload and (use_stored_tastes or k != TASTE_FIELD)}
+        # With its vector, as stage 1 returns candidates (the reverse direction is scored from it).
+        cands.append(ScoredPoint(id=p.id, score=float(asker.taste @ v), payload=keep, vector=v))
+    # Stage 2 takes the asker's K-th similarity from the candidate list when it holds K or more and the list
+    # is a stage-1 list (limit > 0); chunks below K with limit 0 make it use the stored value.
+    chunk = max(1, settings.recommend.reciprocity_k - 1)
+    scored: list[Match] = []
+    for start in range(0, len(cands), chunk):
+        part = cands[start : start + chunk]
+        scored.extend(_rerank_candidates(store, asker, part, len(part), 0, settings))
+    scored.sort(key=lambda m: -m.score)
+    return {m.user_id: replace(m, rank=i + 1) for i, m in enumerate(scored)}
 
 
 def explain_empty(user_id: str, *, exclude: Iterable[str] = (), store: Store) -> str:

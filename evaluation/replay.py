@@ -30,7 +30,7 @@ import numpy as np
 from engine.errors import InvalidInput
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
-from engine.store.base import ScoredPoint, Store
+from engine.store.base import Store
 from evaluation.stats import Estimate, auc, bootstrap_ci, bootstrap_weights, percentile_interval
 
 log = logging.getLogger(__name__)
@@ -90,39 +90,24 @@ def engine_scores(
     """The engine's reciprocal score and the one-sided cosine for ``viewer`` against each of ``viewed``.
 
     Returns two (m,) float64 arrays in the order of ``viewed``; NaN where a viewed user has no usable vector.
-    Uses ``recommend()``'s own stage-2 code (``engine.recommend._rerank_candidates``) on these candidates, so
-    the score is the one the engine ranks by; see the module docstring for the leakage guard.
+    Uses ``engine.recommend.score_candidates`` (``recommend()``'s own stage 2) on these candidates, so the
+    score is the one the engine ranks by; see the module docstring for the leakage guard.
     """
-    # Private on purpose: recommend() has no public call that scores given pairs; reusing its stage 2
-    # (instead of re-deriving the formula here) keeps replay scoring exactly what the engine serves.
-    from engine.likes import TASTE_FIELD, usable_vector
-    from engine.recommend import CANDIDATE_FIELDS, _load_askers, _rerank_candidates
+    from engine.likes import usable_vector
+    from engine.recommend import score_candidates
 
-    asker = _load_askers(store, [viewer], settings, likes=[])[0]
-    uniq = list(dict.fromkeys(viewed))
-    points = store.retrieve(USERS, [user_point_id(u) for u in uniq], with_vectors=True)
-    own = asker.vector / max(float(np.linalg.norm(asker.vector)), 1e-12)
-    cands: list[ScoredPoint] = []
-    sim: dict[str, float] = {}
-    for p in points:
+    # The viewer's and the viewed users' stored like histories are ignored: logged likes must not leak back
+    # into the score that is judged on them.
+    matches = score_candidates(viewer, viewed, store=store, settings=settings, likes=[], use_stored_tastes=False)
+    score = {u: m.score for u, m in matches.items()}
+    uniq = list(dict.fromkeys([viewer, *viewed]))
+    vectors: dict[str, np.ndarray] = {}
+    for p in store.retrieve(USERS, [user_point_id(u) for u in uniq], with_vectors=True):
         v = usable_vector(p)
-        payload = p.payload or {}
-        if v is None:
-            continue
-        v = v / max(float(np.linalg.norm(v)), 1e-12)
-        uid = str(payload.get("user_id"))
-        sim[uid] = float(own @ v)
-        keep = {k: payload[k] for k in CANDIDATE_FIELDS if k in payload and k != TASTE_FIELD}
-        # With its vector, as stage 1 returns candidates (the reverse direction is scored from it).
-        cands.append(ScoredPoint(id=p.id, score=float(asker.taste @ v), payload=keep, vector=v.astype(np.float32)))
-    # Stage 2 derives the asker's K-th similarity from the candidate list when it holds K or more; these are
-    # logged pairs, not the asker's stage-1 list, so chunks below K and limit 0 make it use the stored value.
-    chunk = max(1, settings.recommend.reciprocity_k - 1)
-    score: dict[str, float] = {}
-    for start in range(0, len(cands), chunk):
-        part = cands[start : start + chunk]
-        for m in _rerank_candidates(store, asker, part, len(part), 0, settings):
-            score[m.user_id] = m.score
+        if v is not None:
+            vectors[str((p.payload or {}).get("user_id"))] = v / max(float(np.linalg.norm(v)), 1e-12)
+    own = vectors[viewer]
+    sim = {u: float(own @ v) for u, v in vectors.items() if u != viewer}
     eng = np.array([score.get(u, np.nan) for u in viewed], dtype=np.float64)
     one = np.array([sim.get(u, np.nan) for u in viewed], dtype=np.float64)
     return eng, one

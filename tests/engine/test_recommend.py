@@ -15,7 +15,7 @@ import pytest
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.likes import record_likes
 from engine.reciprocity import KTH_FIELD, exact_kth, refresh
-from engine.recommend import Match, explain_empty, recommend, recommend_many
+from engine.recommend import Match, explain_empty, recommend, recommend_many, score_candidates
 from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store
@@ -396,3 +396,23 @@ def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: Any, tmp
         assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
         shown += len(matches)
     assert shown > 0
+
+
+def test_score_candidates_gives_the_scores_recommend_ranks_by(db: tuple[Store, Settings]) -> None:
+    """Scoring given pairs (replay, explanations) is recommend()'s own stage 2, not a re-derivation."""
+    store, settings = db
+    people = random_population(80, seed=11)
+    put_users(store, people)
+    refresh(store, settings)  # the stored K-th similarities score_candidates uses
+    for asker in people[:5]:
+        matches = recommend(asker["user_id"], 6, store=store, settings=settings)
+        ids = [m.user_id for m in matches]
+        scored = score_candidates(asker["user_id"], [*reversed(ids), "nobody"], store=store, settings=settings)
+        assert set(scored) == set(ids)  # unknown ids are left out
+        assert [scored[u].rank for u in ids] == list(range(1, len(ids) + 1))
+        for m in matches:
+            s = scored[m.user_id]
+            np.testing.assert_allclose(
+                [s.score, s.score_a_to_b, s.score_b_to_a], [m.score, m.score_a_to_b, m.score_b_to_a], atol=1e-4
+            )
+            assert s.best_photo_id == m.best_photo_id
