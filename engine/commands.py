@@ -1,4 +1,4 @@
-"""Engine commands: ``recommend``, ``stats``, ``delete-user``. (Filled in by the store and recommend work.)"""
+"""Engine commands: ``recommend``, ``stats``, ``delete-user`` (thin wrappers over engine functions)."""
 
 from __future__ import annotations
 
