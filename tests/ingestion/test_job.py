@@ -7,45 +7,24 @@ as the normalised mean of the photo vectors found in the store.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from store_expectations import expected_photos
 
 from engine.errors import EncoderMismatch, StoreUnavailable
 from engine.filters import Filter
-from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.schema import PHOTOS, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
 from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 from ingestion.job import run_ingest
 from ingestion.report import IngestReport, Reason
-
-GENDERS = {"f": "female", "m": "male", "nb": "nonbinary"}
-
-
-def expected_photos(root: Path, metadata: Path, encoder_id: str) -> dict[str, dict[str, Any]]:
-    """photo point id -> payload, straight from the CSV and the files' bytes."""
-    out: dict[str, dict[str, Any]] = {}
-    with open(metadata, encoding="utf-8-sig", newline="") as fh:
-        for row in csv.DictReader(fh):
-            sha = hashlib.sha256((root / row["image_path"]).read_bytes()).hexdigest()
-            g = row["gender"].strip().lower()
-            out[photo_point_id(row["user_id"], sha)] = {
-                "user_id": row["user_id"],
-                "gender": GENDERS.get(g, g),
-                "age": int(row["age"]),
-                "photo_sha256": sha,
-                "source_path": row["image_path"],
-                "encoder_id": encoder_id,
-            }
-    return out
 
 
 def check_user_vectors(d) -> None:

@@ -4,8 +4,6 @@ Qdrant (a local HTTP server) that answers what a test wants and records what it 
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import http.server
 import importlib.util
 import json
@@ -23,14 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from store_expectations import expected_photos
 
-from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.schema import PHOTOS, USERS, user_point_id
 from engine.settings import IngestSettings, Settings
 from engine.store import open_store
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "ingest_child.py"
-GENDERS = {"f": "female", "m": "male", "nb": "nonbinary"}
 
 
 def _load_child() -> ModuleType:
@@ -91,24 +89,6 @@ def dump_store(settings: Settings) -> Dump:
         users = {p.id: (p.payload, _vec(p.vector)) for p in store.scroll(USERS, with_vectors=True)}
         counts = {PHOTOS: store.count(PHOTOS), USERS: store.count(USERS)}
     return Dump(photos, users, counts)
-
-
-def expected_photos(root: Path, metadata: Path, encoder_id: str) -> dict[str, dict[str, Any]]:
-    """photo point id -> payload, straight from the CSV and the files' bytes (not from the job's code)."""
-    out: dict[str, dict[str, Any]] = {}
-    with open(metadata, encoding="utf-8-sig", newline="") as fh:
-        for row in csv.DictReader(fh):
-            sha = hashlib.sha256((root / row["image_path"]).read_bytes()).hexdigest()
-            g = row["gender"].strip().lower()
-            out[photo_point_id(row["user_id"], sha)] = {
-                "user_id": row["user_id"],
-                "gender": GENDERS.get(g, g),
-                "age": int(row["age"]),
-                "photo_sha256": sha,
-                "source_path": row["image_path"],
-                "encoder_id": encoder_id,
-            }
-    return out
 
 
 def check_exact(settings: Settings, root: Path, metadata: Path, embedder: Any) -> Dump:
