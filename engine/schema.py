@@ -11,6 +11,7 @@ from engine.settings import GENDER_ALIASES
 PHOTOS = "photos"
 USERS = "users"
 META = "matcher_meta"
+FEEDBACK = "feedback"  # logged decisions, one point per (viewer, candidate) pair: engine.feedback
 
 # Fixed namespace: point ids must be the same on every machine and every run, so re-ingestion never duplicates.
 _NAMESPACE = uuid.UUID("5b0f5d0e-8a4c-4c1e-9d5e-2f6a1c3b7e90")
@@ -25,6 +26,9 @@ USER_INDEXES: dict[str, str] = {
     "age_min": "integer",
     "age_max": "integer",
 }
+
+
+FEEDBACK_INDEXES: dict[str, str] = {"viewer_id": "keyword", "candidate_id": "keyword", "decision": "keyword"}
 
 
 def user_point_id(user_id: str) -> str:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from engine.errors import InvalidInput
+from engine.feedback import delete_feedback_of
 from engine.filters import Filter, HasId, MatchAny
 from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, taste_payload, usable_vector
 from engine.schema import PHOTOS, USERS, user_point_id
@@ -22,6 +23,7 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     """Remove every point of ``user_id`` in every collection (photos and the user's mean vector), and the
     user from other users' like histories (``liked_ids``), whose ``taste`` is recomputed without them.
 
+    Every feedback event the user gave or received (``engine.feedback``) is removed too, and counted.
     Returns the number of points removed (0 if the user was not stored). Other users' reciprocity statistics
     (``kth_sim``: one number per user, computed over the whole population) are refreshed by the next
     ingestion's ``engine.reciprocity.refresh``. ``settings`` gives ``recommend.taste_blend`` (defaults if
@@ -49,7 +51,12 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
                 store.delete_by_filter(collection, flt)
         removed += n
     scrubbed = _forget_likes_of(store, user_id, settings)
-    log.info("deleted user %s: %d points; removed from %d like histories", user_id, removed, scrubbed)
+    events = delete_feedback_of(store, user_id)  # decisions the user gave and received, every direction
+    removed += events
+    log.info(
+        "deleted user %s: %d points (%d feedback events); removed from %d like histories",
+        user_id, removed, events, scrubbed,
+    )
     return removed
 
 

@@ -26,6 +26,7 @@ from engine.settings import Settings
 from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 from engine.store.lock import FolderLock
 from engine.store.meta import (
+    AUX_INDEXES,
     COLLECTION_INDEXES,
     META_DIM,
     META_POINT_ID,
@@ -271,6 +272,19 @@ class QdrantClientStore(Store):
                         vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
                     )
                 if self.backend != "local":  # local mode has no payload indexes (it warns and ignores them)
+                    have = self.payload_indexes(c)
+                    for field, kind in indexes.items():
+                        if have.get(field) != kind:
+                            self._client.create_payload_index(
+                                self.name(c), field_name=field, field_schema=_SCHEMA_TYPES[kind], wait=True
+                            )
+            for c, indexes in AUX_INDEXES.items():
+                if not self._client.collection_exists(self.name(c)):
+                    self._client.create_collection(
+                        self.name(c),
+                        vectors_config=models.VectorParams(size=META_DIM, distance=models.Distance.COSINE),
+                    )
+                if self.backend != "local":
                     have = self.payload_indexes(c)
                     for field, kind in indexes.items():
                         if have.get(field) != kind:

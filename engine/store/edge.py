@@ -36,6 +36,7 @@ from engine.settings import Settings
 from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 from engine.store.lock import FolderLock
 from engine.store.meta import (
+    AUX_INDEXES,
     COLLECTION_INDEXES,
     META_DIM,
     META_POINT_ID,
@@ -162,7 +163,7 @@ class EdgeStore(Store):
             indexing_threshold_kb=indexing_threshold_kb,
         )
         try:
-            for c in (*COLLECTION_INDEXES, META):
+            for c in (*COLLECTION_INDEXES, *AUX_INDEXES, META):
                 if store._path(c).is_dir():
                     store._load(c)
         except BaseException:
@@ -230,13 +231,14 @@ class EdgeStore(Store):
             shutil.rmtree(path)
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
         optimizers = None
-        if self.indexing_threshold_kb is not None and collection != META:
+        if self.indexing_threshold_kb is not None and collection != META and collection not in AUX_INDEXES:
             optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
         hnsw = None
-        if collection == PHOTOS:
+        if collection == PHOTOS or collection in AUX_INDEXES:
             # Photos are only ever scored exactly, restricted by user_id (recommend()'s best-photo lookup):
             # an HNSW graph over them would never be used, and building it was most of optimize()'s time
-            # (three photos per user). m=0 keeps the payload indexes and skips the graph.
+            # (three photos per user). m=0 keeps the payload indexes and skips the graph. The auxiliary
+            # collections (feedback) are only filtered, never searched.
             hnsw = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)
         config = qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=hnsw)
         with self._calling("create", collection):
@@ -288,6 +290,9 @@ class EdgeStore(Store):
                             self._shards[c].update(
                                 qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind])
                             )
+        for c, indexes in AUX_INDEXES.items():
+            if c not in self._shards:
+                self._create(c, META_DIM, indexes)
         if META not in self._shards:
             self._create(META, META_DIM, {})
         with self._calling("upsert", META):

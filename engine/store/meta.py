@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EncoderMismatch
-from engine.schema import PHOTO_INDEXES, PHOTOS, USER_INDEXES, USERS
+from engine.schema import FEEDBACK, FEEDBACK_INDEXES, PHOTO_INDEXES, PHOTOS, USER_INDEXES, USERS
 from engine.store.base import StoreInfo
 
 # Fixed id of the single META point (any UUID works; it must never change).
@@ -23,6 +23,9 @@ SCHEMA_VERSION = 1
 
 # The collections ``setup`` creates, with the payload indexes each gets (field -> "keyword" | "integer").
 COLLECTION_INDEXES: dict[str, dict[str, str]] = {PHOTOS: PHOTO_INDEXES, USERS: USER_INDEXES}
+# Collections of 1-d placeholder vectors (only filtered, never searched) that ``setup`` creates too. They hold
+# no encoder's vectors, so a rebuild (another encoder) keeps them: logged decisions outlive an encoder.
+AUX_INDEXES: dict[str, dict[str, str]] = {FEEDBACK: FEEDBACK_INDEXES}
 
 
 def meta_payload(encoder_id: str, dim: int) -> dict[str, Any]:

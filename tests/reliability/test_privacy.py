@@ -17,10 +17,11 @@ import pytest
 
 from engine.cli import main
 from engine.errors import UserNotFound
+from engine.feedback import Event, record_feedback
 from engine.likes import LIKED_FIELD, TASTE_FIELD, record_likes
 from engine.recommend import recommend
 from engine.rerank import taste_vector
-from engine.schema import META, PHOTOS, USERS, user_point_id
+from engine.schema import FEEDBACK, META, PHOTOS, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
 from engine.users import delete_user
@@ -33,7 +34,7 @@ LIKES = {"user_001": [VICTIM, "user_002"], "user_003": [VICTIM], "user_004": ["u
 
 
 def all_points(store: Any) -> dict[str, list[Any]]:
-    return {c: list(store.scroll(c, with_vectors=True)) for c in (PHOTOS, USERS, META)}
+    return {c: list(store.scroll(c, with_vectors=True)) for c in (PHOTOS, USERS, META, FEEDBACK)}
 
 
 @pytest.fixture
@@ -42,6 +43,12 @@ def populated(demo: Path, rel_settings: Settings, pixel_embedder: Any) -> Settin
     with open_store(rel_settings) as store:
         for uid, liked in LIKES.items():
             record_likes(store, uid, liked, settings=rel_settings)
+        # Logged decisions in every direction: given by the victim, received by them, and one not about them.
+        record_feedback(
+            store,
+            [Event(VICTIM, "user_001", "like"), Event("user_002", VICTIM, "pass"), Event("user_003", VICTIM, "block"),
+             Event("user_001", "user_002", "like")],
+        )  # fmt: skip
     return rel_settings
 
 
@@ -57,23 +64,26 @@ def test_delete_user_leaves_nothing_in_any_collection(populated: Settings, demo:
         likers = [p for p in before[USERS] if VICTIM in (p.payload.get(LIKED_FIELD) or [])]
         assert {p.payload["user_id"] for p in likers} == {u for u, liked in LIKES.items() if VICTIM in liked}
 
+        victim_events = [p for p in before[FEEDBACK] if VICTIM in json.dumps(p.payload)]
+        assert len(victim_events) == 3
         removed = delete_user(store, VICTIM)
-        assert removed == len(victim_pids) + 1
+        assert removed == len(victim_pids) + 1 + len(victim_events)
         after = all_points(store)
 
     # Every collection the store has is scanned: on Edge, one folder per collection.
-    assert {d.name for d in settings.store_path.iterdir() if d.is_dir()} == {PHOTOS, USERS, META}
+    assert {d.name for d in settings.store_path.iterdir() if d.is_dir()} == {PHOTOS, USERS, META, FEEDBACK}
     needles = {VICTIM, user_point_id(VICTIM), *victim_pids, *victim_shas}
     for collection, points in after.items():
         for p in points:
             text = json.dumps(p.payload)
             found = [n for n in needles if n in text or p.id == n]
             assert not found, f"{collection} point {p.id} still holds {found}"
-            if p.vector is not None and collection != META:
+            if p.vector is not None and collection not in (META, FEEDBACK):
                 for v in victim_vecs:
                     assert not np.allclose(p.vector, v, atol=1e-6), f"{collection} point {p.id}: victim's vector"
     assert len(after[PHOTOS]) == len(before[PHOTOS]) - len(victim_pids)
     assert len(after[USERS]) == len(before[USERS]) - 1
+    assert len(after[FEEDBACK]) == len(before[FEEDBACK]) - 3  # only the event between two others is left
 
     # The likers' taste vectors are recomputed from the likes that remain (not from the victim's vector).
     vec = {p.payload["user_id"]: np.asarray(p.vector, np.float32) for p in after[USERS]}

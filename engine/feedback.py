@@ -1,0 +1,268 @@
+"""Logged decisions as data: likes, passes, blocks and reports, one point per (viewer, candidate) pair.
+
+Kept in a collection of its own, ``feedback`` (``engine.schema.FEEDBACK``), created by ``Store.setup`` on
+every backend next to ``photos`` and ``users``. Its points carry a 1-d placeholder vector (the collection
+is only ever filtered, never searched) and the payload::
+
+    {"viewer_id": str, "candidate_id": str, "decision": "like" | "pass" | "block" | "report", "ts": float}
+
+* **Idempotent.** The point id is a uuid5 of the ordered pair, so the same event recorded twice is stored
+  once; of two decisions on one pair the later ``ts`` wins (an older one arriving late changes nothing).
+* **Blocks and reports are for good.** Once stored, no later like or pass replaces them, and they exclude the
+  pair *both ways* from ``recommend()`` (:func:`blocked_with`).
+* **Erasure.** :func:`delete_feedback_of` removes every event a user gave or received; ``delete_user`` calls it.
+
+Bad input (an unknown decision, an empty or self-referencing pair, a non-finite time) raises ``InvalidInput``
+naming the row, before anything is written: a batch is validated whole, so nothing stored is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InvalidInput, UserNotFound
+from engine.filters import Filter, MatchAny
+from engine.schema import FEEDBACK, USERS, user_point_id
+from engine.store.base import Point, Store
+
+log = logging.getLogger(__name__)
+
+LIKE, PASS, BLOCK, REPORT = "like", "pass", "block", "report"
+DECISIONS: tuple[str, ...] = (LIKE, PASS, BLOCK, REPORT)
+EXCLUDING: frozenset[str] = frozenset({BLOCK, REPORT})  # for good, both ways
+# Accepted spellings in logs (case-insensitive) -> the stored decision.
+DECISION_ALIASES: dict[str, str] = {
+    "like": LIKE, "yes": LIKE, "right": LIKE, "1": LIKE,
+    "pass": PASS, "no": PASS, "left": PASS, "dislike": PASS, "0": PASS,
+    "block": BLOCK, "report": REPORT,
+}  # fmt: skip
+CSV_COLUMNS: tuple[str, ...] = ("viewer_id", "candidate_id", "decision", "ts")
+_NAMESPACE = uuid.UUID("0c8e7f3a-51d2-4b7e-9a61-3f2d8c4e1b57")
+_PLACEHOLDER = np.ones(1, dtype=np.float32)  # the collection's only vector (it is never searched)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One logged decision: ``viewer_id`` saw ``candidate_id`` and decided; ``ts`` in seconds (any epoch)."""
+
+    viewer_id: str
+    candidate_id: str
+    decision: str
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class FeedbackReport:
+    """What :func:`record_feedback` did: events received, pairs stored for the first time, pairs whose
+    decision changed, and events that changed nothing (repeats, older than the stored one, after a block)."""
+
+    received: int
+    added: int
+    updated: int
+    unchanged: int
+    touched_users: frozenset[str]
+
+
+def feedback_point_id(viewer_id: str, candidate_id: str) -> str:
+    """The id of the pair's point in ``feedback``: uuid5 of the ordered pair (so a repeat is the same point)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{viewer_id}\x1f{candidate_id}"))
+
+
+def parse_event(viewer_id: Any, candidate_id: Any, decision: Any, ts: Any, *, where: str) -> Event:
+    """A checked ``Event`` from raw fields; raises ``InvalidInput`` naming ``where`` and the field."""
+    v, c = str(viewer_id or "").strip(), str(candidate_id or "").strip()
+    if not v:
+        raise InvalidInput(f"{where}: viewer_id is empty")
+    if not c:
+        raise InvalidInput(f"{where}: candidate_id is empty")
+    if v == c:
+        raise InvalidInput(f"{where}: user {v!r} cannot decide about themselves")
+    d = DECISION_ALIASES.get(str(decision or "").strip().lower())
+    if d is None:
+        raise InvalidInput(f"{where}: decision {decision!r} is not one of {', '.join(DECISIONS)}")
+    if ts is None or (isinstance(ts, str) and not ts.strip()):
+        t = 0.0
+    else:
+        try:
+            t = float(ts)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where}: ts {ts!r} is not a number (seconds)") from None
+        if not math.isfinite(t):
+            raise InvalidInput(f"{where}: ts {ts!r} is not finite")
+    return Event(v, c, d, t)
+
+
+def read_feedback_csv(path: Path) -> list[Event]:
+    """Every row of a ``viewer_id,candidate_id,decision,ts`` CSV (header required; ``ts`` may be empty).
+
+    Raises ``InvalidInput`` naming the file and line of the first bad row, or a missing column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"{path}: not found")
+    events: list[Event] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in CSV_COLUMNS[:3] if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(CSV_COLUMNS)})")
+        for line, row in enumerate(reader, start=2):
+            events.append(
+                parse_event(
+                    row.get("viewer_id"), row.get("candidate_id"), row.get("decision"), row.get("ts"),
+                    where=f"{path}:{line}",
+                )
+            )
+    return events
+
+
+def _wins(new: Event, old: dict[str, Any] | None) -> bool:
+    """Whether ``new`` replaces the stored decision ``old`` (a payload): blocks stay; the later time wins."""
+    if old is None:
+        return True
+    if old.get("decision") in EXCLUDING:
+        return False
+    if new.decision in EXCLUDING:
+        return True
+    return new.ts > float(old.get("ts") or 0.0) or (
+        new.ts == float(old.get("ts") or 0.0) and new.decision != old.get("decision")
+    )
+
+
+def _payload(e: Event) -> dict[str, Any]:
+    return {"viewer_id": e.viewer_id, "candidate_id": e.candidate_id, "decision": e.decision, "ts": e.ts}
+
+
+def record_feedback(
+    store: Store, events: Iterable[Event], *, require_known: bool = True, batch_size: int = 1024
+) -> FeedbackReport:
+    """Store ``events`` (idempotent; see the module docstring) and return what changed.
+
+    ``require_known``: every user named must have a point in ``users`` (else ``UserNotFound`` for the first
+    unknown one, and nothing is written). Within the batch, events on one pair are reduced as the store
+    would reduce them one by one. Raises ``InvalidInput`` if the store has no ``feedback`` collection.
+    """
+    batch = list(events)
+    for i, e in enumerate(batch):
+        if not isinstance(e, Event):
+            raise InvalidInput(f"events[{i}]: not an Event")
+        parse_event(e.viewer_id, e.candidate_id, e.decision, e.ts, where=f"events[{i}]")  # raises if bad
+    if require_known and batch:
+        ids = sorted({u for e in batch for u in (e.viewer_id, e.candidate_id)})
+        found = {str((p.payload or {}).get("user_id")) for p in store.retrieve(USERS, [user_point_id(u) for u in ids])}
+        unknown = [u for u in ids if u not in found]
+        if unknown:
+            raise UserNotFound(unknown[0])
+    # Reduce the batch per pair first, as repeated recording would.
+    pending: dict[str, Event] = {}
+    for e in batch:
+        pid = feedback_point_id(e.viewer_id, e.candidate_id)
+        prev = pending.get(pid)
+        if prev is None or _wins(e, _payload(prev)):
+            pending[pid] = e
+    added = updated = 0
+    touched: set[str] = set()
+    pids = list(pending)
+    for start in range(0, len(pids), batch_size):
+        chunk = pids[start : start + batch_size]
+        stored = {p.id: p.payload for p in store.retrieve(FEEDBACK, chunk)}
+        write: list[Point] = []
+        for pid in chunk:
+            e, old = pending[pid], stored.get(pid)
+            if not _wins(e, old):
+                continue
+            if old is None:
+                added += 1
+            else:
+                updated += 1
+            write.append(Point(id=pid, vector=_PLACEHOLDER, payload=_payload(e)))
+            touched.update((e.viewer_id, e.candidate_id))
+        store.upsert(FEEDBACK, write)
+    unchanged = len(batch) - added - updated
+    log.info("feedback: %d events, %d new pairs, %d updated, %d unchanged", len(batch), added, updated, unchanged)
+    return FeedbackReport(len(batch), added, updated, unchanged, frozenset(touched))
+
+
+def _events(store: Store, flt: Filter | None) -> list[Event]:
+    out = []
+    for p in store.scroll(FEEDBACK, flt, batch_size=4096):
+        pl = p.payload or {}
+        out.append(Event(str(pl["viewer_id"]), str(pl["candidate_id"]), str(pl["decision"]), float(pl.get("ts") or 0)))
+    return out
+
+
+def decisions_of(store: Store, viewer_id: str) -> dict[str, str]:
+    """``candidate_id -> decision`` for every pair ``viewer_id`` decided on."""
+    return {e.candidate_id: e.decision for e in _events(store, Filter(must=(MatchAny.of("viewer_id", [viewer_id]),)))}
+
+
+def decisions_about(store: Store, candidate_id: str) -> dict[str, str]:
+    """``viewer_id -> decision`` for every viewer who decided on ``candidate_id``."""
+    return {
+        e.viewer_id: e.decision for e in _events(store, Filter(must=(MatchAny.of("candidate_id", [candidate_id]),)))
+    }
+
+
+def blocked_with(store: Store, user_id: str) -> set[str]:
+    """Users ``user_id`` blocked or reported, and users who blocked or reported ``user_id``: never shown
+    to each other again."""
+    out = {c for c, d in decisions_of(store, user_id).items() if d in EXCLUDING}
+    out |= {v for v, d in decisions_about(store, user_id).items() if d in EXCLUDING}
+    return out
+
+
+def all_events(store: Store) -> list[Event]:
+    """Every stored event (one per pair), in no particular order."""
+    return _events(store, None)
+
+
+def has_feedback_collection(store: Store) -> bool:
+    """Whether ``store`` has the ``feedback`` collection (stores set up before it existed do not)."""
+    try:
+        store.count(FEEDBACK)
+    except InvalidInput:
+        return False
+    return True
+
+
+def delete_feedback_of(store: Store, user_id: str) -> int:
+    """Remove every event ``user_id`` gave or received; returns how many were removed (0 without any)."""
+    if not has_feedback_collection(store):
+        return 0
+    removed = 0
+    for key in ("viewer_id", "candidate_id"):
+        flt = Filter(must=(MatchAny.of(key, [user_id]),))
+        n = store.count(FEEDBACK, flt)
+        if n:
+            store.delete_by_filter(FEEDBACK, flt)
+        removed += n
+    return removed
+
+
+def events_to_arrays(events: Sequence[Event], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(viewer, candidate, decision_code)`` int arrays for the events whose both users are in ``index``
+    (``decision_code`` is the position in ``DECISIONS``); others (deleted users) are dropped."""
+    code = {d: i for i, d in enumerate(DECISIONS)}
+    rows = [(index[e.viewer_id], index[e.candidate_id], code[e.decision]) for e in events
+            if e.viewer_id in index and e.candidate_id in index]  # fmt: skip
+    if not rows:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z.copy(), z.copy()
+    a = np.asarray(rows, dtype=np.int64)
+    return a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy()
+
+
+__all__ = [
+    "BLOCK", "DECISIONS", "EXCLUDING", "LIKE", "PASS", "REPORT", "Event", "FeedbackReport",
+    "all_events", "blocked_with", "decisions_about", "decisions_of", "delete_feedback_of",
+    "feedback_point_id", "has_feedback_collection", "parse_event", "read_feedback_csv", "record_feedback",
+]  # fmt: skip
