@@ -22,7 +22,7 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 # Packages whose ``cli`` module contributes commands; a missing one (a slim install) is skipped.
-COMMAND_MODULES = ("engine.commands", "ingestion.cli", "training.cli", "evaluation.cli")
+COMMAND_MODULES = ("engine.commands", "ingestion.cli", "training.cli", "evaluation.cli", "matcher.service.commands")
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 

@@ -61,6 +61,21 @@ class RecommendSettings(BaseModel):
     max_likes: int = Field(200, ge=0, description="Newest likes kept per user in the stored like history.")
 
 
+class ServeSettings(BaseModel):
+    """The HTTP service (``matcher serve``)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on (loopback unless told otherwise).")
+    port: int = Field(8000, ge=0, le=65535)
+    photos_root: Path | None = Field(
+        None, description="Folder the photos were ingested from; /photos serves thumbnails from it only."
+    )
+    api_key: SecretStr | None = Field(None, description="If set, every route but /healthz needs X-API-Key.")
+    max_upload_bytes: int = Field(
+        10_000_000, ge=1, description="Largest image POST /embed accepts (the ingestion limits apply too)."
+    )
+    thumbnail_px: int = Field(256, ge=16, description="Longest side of a /photos thumbnail.")
+
+
 class Settings(BaseSettings):
     """Everything that can be configured. Field ``x`` reads ``MATCHER_X``; ``a.b`` reads ``MATCHER_A__B``."""
 
@@ -85,6 +100,7 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = EncoderSettings()
     ingest: IngestSettings = IngestSettings()
     recommend: RecommendSettings = RecommendSettings()
+    serve: ServeSettings = ServeSettings()
     progress: bool = Field(True, description="Show progress bars.")
 
     @field_validator("genders", mode="before")

@@ -1,0 +1,1 @@
+"""The HTTP service (``matcher serve``, optional extra ``serve``): recommendations, photos, embeddings."""

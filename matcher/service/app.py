@@ -1,0 +1,219 @@
+"""The FastAPI app: ``create_app(settings)`` opens the store once and serves it.
+
+Routes: ``GET /healthz``, ``GET /users/{id}/recommendations?k=``, ``POST /embed``, ``GET /photos/{point_id}``.
+OpenAPI docs at ``/docs``. Errors: ``{"error": message}`` (the CLI's message) with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Header, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+
+from engine.errors import InvalidInput, MatcherError, UserNotFound
+from engine.recommend import explain_empty, recommend
+from engine.schema import PHOTOS, USERS, user_point_id
+from engine.settings import Settings
+from engine.store import Store, open_store
+from engine.users import store_stats
+from ingestion.reader import DecodedPhoto, RawPhoto, decode_photo, resolve_inside, sha256
+from matcher.service.errors import install_error_handlers
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    encoder_id: str
+    dim: int
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+class _State:
+    """What the routes share: the open store, the settings, the encoder (loaded on the first /embed)."""
+
+    def __init__(self, settings: Settings, store: Store | None, encoder: Embedder | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.encoder = encoder
+        self.lock = threading.Lock()  # the embedded store and the encoder are used one request at a time
+
+    def get_encoder(self) -> Embedder:
+        if self.encoder is None:
+            from training.encoder import load_encoder_from_settings
+
+            self.encoder = load_encoder_from_settings(self.settings.encoder)
+        return self.encoder
+
+
+def create_app(settings: Settings, *, store: Store | None = None, encoder: Embedder | None = None) -> FastAPI:
+    """The service over ``store`` (default: ``open_store(settings)``, opened at start-up, closed at shutdown).
+
+    ``encoder``: used by ``POST /embed`` (default: loaded from ``settings.encoder`` on first use).
+    """
+    state = _State(settings, store, encoder)
+    own_store = store is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.store is None:
+            state.store = open_store(settings)
+        try:
+            yield
+        finally:
+            if own_store and state.store is not None:
+                state.store.close()
+                state.store = None
+
+    app = FastAPI(title="profile-matcher", description=__doc__, lifespan=lifespan)
+    install_error_handlers(app)
+    api_key = settings.serve.api_key
+
+    def check_key(x_api_key: str | None = Header(None)) -> None:
+        if api_key is None:
+            return
+        if x_api_key is None or not secrets.compare_digest(x_api_key, api_key.get_secret_value()):
+            raise _Unauthorized()
+
+    async def _unauthorized(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": "missing or wrong X-API-Key header"}, status_code=401)
+
+    app.add_exception_handler(_Unauthorized, _unauthorized)
+    guarded = [Depends(check_key)]
+
+    def the_store() -> Store:
+        if state.store is None:  # pragma: no cover - only between shutdown and a late request
+            from engine.errors import StoreUnavailable
+
+            raise StoreUnavailable("the store is not open")
+        return state.store
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        """Store reachable, the encoder that made its vectors, and its counts."""
+        try:
+            with state.lock:
+                stats = store_stats(the_store())
+        except MatcherError as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
+        return JSONResponse({"ok": True, "store": settings.resolved_backend, **stats})
+
+    @app.get("/users/{user_id}/recommendations", dependencies=guarded)
+    def recommendations(user_id: str, k: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
+        """The ``Match`` fields of ``engine.recommend`` plus gender, age and the best photo's URL."""
+        with state.lock:
+            st = the_store()
+            matches = recommend(user_id, k, store=st, settings=settings)
+            payloads = {
+                str(p.payload.get("user_id")): p.payload
+                for p in st.retrieve(USERS, [user_point_id(m.user_id) for m in matches])
+            }
+            note = explain_empty(user_id, store=st) if not matches else None
+        rows = []
+        for m in matches:
+            pl = payloads.get(m.user_id, {})
+            rows.append(
+                {
+                    **m.to_dict(),
+                    "gender": pl.get("gender"),
+                    "age": pl.get("age"),
+                    "best_photo_url": f"/photos/{m.best_photo_id}" if m.best_photo_id else None,
+                }
+            )
+        out: dict[str, Any] = {"user_id": user_id, "k": k, "matches": rows}
+        if note:
+            out["note"] = note
+        elif len(rows) < k:
+            out["note"] = f"only {len(rows)} compatible users"
+        return out
+
+    @app.get("/users/{user_id}", dependencies=guarded)
+    def user(user_id: str) -> dict[str, Any]:
+        """A user's stored fields and photo URLs."""
+        with state.lock:
+            got = the_store().retrieve(USERS, [user_point_id(user_id)])
+        if not got:
+            raise UserNotFound(user_id)
+        pl = dict(got[0].payload)
+        pl.pop("taste", None)
+        photo_ids = [str(p) for p in pl.get("photo_ids", [])]
+        pl["photo_urls"] = [f"/photos/{p}" for p in photo_ids]
+        return pl
+
+    @app.post("/embed", dependencies=guarded)
+    async def embed(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
+        """An uploaded image -> its vector (float32, L2-normalised), decoded as ingestion decodes photos."""
+        limit = min(settings.serve.max_upload_bytes, settings.images.max_file_bytes)
+        data = await file.read(limit + 1)
+        name = file.filename or "upload"
+        if len(data) > limit:
+            raise InvalidInput(f"{name!r} is over the limit of {limit} bytes")
+        if not data:
+            raise InvalidInput(f"{name!r} is empty (0 bytes)")
+        decoded = decode_photo(RawPhoto(rel_path=name, data=data, sha256=sha256(data)), settings.images)
+        if not isinstance(decoded, DecodedPhoto):
+            raise InvalidInput(decoded.detail)
+        with state.lock:
+            enc = state.get_encoder()
+            vec = enc.embed([decoded.image])[0]
+        return {"encoder_id": enc.encoder_id, "dim": int(vec.shape[0]), "vector": [float(x) for x in vec]}
+
+    @app.get("/photos/{point_id}", dependencies=guarded)
+    def photo(point_id: str) -> Response:
+        """A JPEG thumbnail of a stored photo, read from ``serve.photos_root`` only (never outside it)."""
+        root = settings.serve.photos_root
+        if root is None:
+            raise InvalidInput("serve.photos_root is not set (MATCHER_SERVE__PHOTOS_ROOT): no photos to serve")
+        with state.lock:
+            got = the_store().retrieve(PHOTOS, [point_id])
+        if not got:
+            raise _PhotoNotFound(f"photo {point_id!r} is not in the store")
+        rel = str(got[0].payload.get("source_path", ""))
+        return Response(content=thumbnail(Path(root), rel, settings), media_type="image/jpeg")
+
+    async def _photo_missing(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    app.add_exception_handler(_PhotoNotFound, _photo_missing)
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class _PhotoNotFound(MatcherError):
+    pass
+
+
+def thumbnail(root: Path, rel: str, settings: Settings) -> bytes:
+    """JPEG bytes of ``root / rel`` scaled to ``serve.thumbnail_px``; raises ``InvalidInput`` if ``rel``
+    leaves ``root`` (``..``, absolute, a symlink out) or the file cannot be read as an image."""
+    from ingestion.reader import read_photo
+
+    real_root = root.resolve()
+    inside = resolve_inside(real_root, rel)
+    if not isinstance(inside, Path):
+        raise InvalidInput(inside.detail)
+    raw = read_photo(real_root, rel, settings.images)
+    if not isinstance(raw, RawPhoto):
+        raise InvalidInput(raw.detail)
+    decoded = decode_photo(raw, settings.images)
+    if not isinstance(decoded, DecodedPhoto):
+        raise InvalidInput(decoded.detail)
+    im = decoded.image.copy()
+    im.thumbnail((settings.serve.thumbnail_px, settings.serve.thumbnail_px))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+

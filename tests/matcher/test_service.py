@@ -1,0 +1,208 @@
+"""matcher serve: every route through FastAPI's TestClient, over a store ingested with the tiny encoder."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed (pip install -e '.[serve]')")
+pytest.importorskip("httpx", reason="httpx (FastAPI's TestClient) is not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from engine.settings import ServeSettings, Settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, tiny_encoder: Any) -> Settings:
+    """Settings of a store holding the demo population, with the demo folder as the photos root."""
+    from ingestion.job import run_ingest
+
+    s = Settings(
+        store_path=tmp_path_factory.mktemp("served") / "qdrant",
+        progress=False,
+        serve=ServeSettings(photos_root=demo_dir),
+    )
+    report = run_ingest(demo_dir, demo_dir / "metadata.csv", settings=s, encoder=tiny_encoder)
+    assert report.counts.users_written > 0
+    return s
+
+
+@pytest.fixture
+def client(served: Settings, tiny_encoder: Any) -> Iterator[TestClient]:
+    from matcher.service.app import create_app
+
+    with TestClient(create_app(served, encoder=tiny_encoder)) as c:
+        yield c
+
+
+def _some_user(settings: Settings) -> str:
+    import csv
+
+    root = settings.serve.photos_root
+    assert root is not None
+    with open(root / "metadata.csv", newline="") as fh:
+        return next(csv.DictReader(fh))["user_id"]
+
+
+def test_healthz_reports_store_encoder_and_counts(client: TestClient, tiny_encoder: Any) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["ok"] is True
+    assert body["encoder_id"] == tiny_encoder.encoder_id
+    assert body["users"] == 24 and body["photos"] > 24
+
+
+def test_recommendations_have_match_fields_gender_age_and_photo_url(client: TestClient, served: Settings) -> None:
+    uid = _some_user(served)
+    r = client.get(f"/users/{uid}/recommendations", params={"k": 5})
+    assert r.status_code == 200, r.text
+    rows = r.json()["matches"]
+    assert 0 < len(rows) <= 5
+    first = rows[0]
+    assert set(first) >= {"user_id", "score", "score_a_to_b", "score_b_to_a", "best_photo_id", "rank"}
+    assert first["gender"] in ("female", "male", "nonbinary") and isinstance(first["age"], int)
+    assert first["best_photo_url"] == f"/photos/{first['best_photo_id']}"
+    assert [m["rank"] for m in rows] == list(range(1, len(rows) + 1))
+    # Asking for more than exist says how many are compatible.
+    big = client.get(f"/users/{uid}/recommendations", params={"k": 1000}).json()
+    assert big["note"] == f"only {len(big['matches'])} compatible users"
+
+
+def test_unknown_user_is_404_with_the_cli_message(client: TestClient) -> None:
+    r = client.get("/users/nobody-xyz/recommendations")
+    assert r.status_code == 404
+    assert r.json() == {"error": "user 'nobody-xyz' is not in the store"}
+    assert client.get("/users/x/recommendations", params={"k": 0}).status_code == 422
+
+
+def test_photos_serves_a_thumbnail_from_the_root_only(client: TestClient, served: Settings, tmp_path: Path) -> None:
+    uid = _some_user(served)
+    user = client.get(f"/users/{uid}").json()
+    url = user["photo_urls"][0]
+    r = client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    im = Image.open(io.BytesIO(r.content))
+    assert max(im.size) <= served.serve.thumbnail_px
+    assert client.get("/photos/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_photo_path_outside_the_root_is_refused(served: Settings, tmp_path: Path) -> None:
+    from engine.errors import InvalidInput
+    from matcher.service.app import thumbnail
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (80, 80)).save(secret)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link.png").symlink_to(secret)
+    for rel in ("../secret.png", str(secret), "link.png"):
+        with pytest.raises(InvalidInput):
+            thumbnail(root, rel, served)
+
+
+def test_embed_returns_the_encoders_vector_and_applies_ingestion_limits(
+    client: TestClient, tiny_encoder: Any, demo_dir: Path
+) -> None:
+    import numpy as np
+
+    path = next(p for p in sorted(demo_dir.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    r = client.post("/embed", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["encoder_id"] == tiny_encoder.encoder_id and body["dim"] == tiny_encoder.dim
+    want = tiny_encoder.embed([Image.open(path).convert("RGB")])[0]
+    assert np.allclose(np.array(body["vector"], dtype=np.float32), want, atol=1e-4)
+    bad = client.post("/embed", files={"file": ("x.png", b"not an image", "image/png")})
+    assert bad.status_code == 400 and "x.png" in bad.json()["error"]
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(small, format="PNG")
+    r = client.post("/embed", files={"file": ("tiny.png", small.getvalue(), "image/png")})
+    assert r.status_code == 400 and "under 64 pixels" in r.json()["error"]
+
+
+def test_upload_over_the_size_limit_is_refused(served: Settings, tiny_encoder: Any) -> None:
+    from matcher.service.app import create_app
+
+    s = served.model_copy(update={"serve": served.serve.model_copy(update={"max_upload_bytes": 100})})
+    with TestClient(create_app(s, encoder=tiny_encoder)) as c:
+        r = c.post("/embed", files={"file": ("big.png", b"x" * 101, "image/png")})
+    assert r.status_code == 400 and "over the limit of 100 bytes" in r.json()["error"]
+
+
+def test_api_key_guards_every_route_but_healthz(served: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    from matcher.service.app import create_app
+
+    key = "s3cret-key-value"
+    s = served.model_copy(update={"serve": served.serve.model_copy(update={"api_key": SecretStr(key)})})
+    uid = _some_user(served)
+    with caplog.at_level("DEBUG"), TestClient(create_app(s)) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get(f"/users/{uid}/recommendations").status_code == 401
+        assert c.get(f"/users/{uid}/recommendations", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.get(f"/users/{uid}/recommendations", headers={"X-API-Key": key}).status_code == 200
+    assert key not in caplog.text
+
+
+def test_openapi_docs_list_the_routes(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/healthz", "/users/{user_id}/recommendations", "/embed", "/photos/{point_id}"} <= set(paths)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_matcher_serve_answers_on_a_loopback_port(served: Settings) -> None:
+    """A real uvicorn process (``matcher serve``) over the same store, asked over HTTP."""
+    import httpx
+
+    from engine.recommend import recommend
+
+    uid = _some_user(served)
+    want = [m.user_id for m in recommend(uid, 3, settings=served)]
+    assert want
+    port = _free_port()
+    env = {**os.environ, "MATCHER_STORE_PATH": str(served.store_path), "MATCHER_PROGRESS": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        body = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"matcher serve exited with {proc.returncode}: {out}")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                body = r.json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert body is not None, "no answer within 60 s"
+        assert body["ok"] is True and body["users"] == 24
+        r = httpx.get(f"http://127.0.0.1:{port}/users/{uid}/recommendations?k=3", timeout=30)
+        assert r.status_code == 200
+        assert [m["user_id"] for m in r.json()["matches"]] == want
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
