@@ -153,7 +153,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation.simulate import WORLDS, WorldSettings, simulate
+    from evaluation.simulation import WORLDS, WorldSettings, simulate
 
     result = simulate(
         args.out,

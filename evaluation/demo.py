@@ -103,7 +103,7 @@ def run_demo(
     from engine.users import store_stats
     from evaluation.demo_data import make_demo_data
     from evaluation.report import evaluate_embeddings
-    from evaluation.simulate import simulate
+    from evaluation.simulation import simulate
     from ingestion.job import run_ingest
     from training.data import load_image, read_dataset
     from training.encoder import load_encoder

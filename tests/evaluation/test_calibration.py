@@ -8,7 +8,7 @@ import pytest
 from engine.errors import InvalidInput
 from engine.settings import Settings
 from evaluation.calibration import fit_calibration, fit_logistic, load_speed_dating, sigmoid
-from evaluation.simulate import WORLDS, Population, build_world
+from evaluation.simulation import WORLDS, Population, build_world
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_random_pairs_like_at_the_data_rates(calib, world: str) -> None:
         rows = pop.gender == g
         assert float(w.p[rows][compat[rows]].mean()) == pytest.approx(rate, abs=0.02)
         # And the realised decisions, sampled over all compatible pairs, too.
-        from evaluation.simulate import pair_uniform
+        from evaluation.simulation import pair_uniform
 
         i, j = np.nonzero(compat & rows[:, None])
         liked = pair_uniform(11, i, j) < w.p[i, j]

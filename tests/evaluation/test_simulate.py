@@ -11,7 +11,7 @@ import pytest
 from engine.errors import InvalidInput
 from engine.settings import Settings
 from evaluation.calibration import fit_calibration
-from evaluation.simulate import (
+from evaluation.simulation import (
     STRATEGIES,
     ExposureCapped,
     Population,
@@ -221,7 +221,7 @@ def test_truth_encoder_embeds_the_owner_traits(demo_dir: Path) -> None:
     """The ceiling encoder: every photo of a user gets that user's trait vector, photos of others differ."""
     import csv as csv_mod
 
-    from evaluation.simulate import TruthEncoder
+    from evaluation.simulation import TruthEncoder
     from ingestion.reader import decode_photo, read_photo
 
     settings = Settings(progress=False)  # type: ignore[call-arg]

@@ -1,0 +1,187 @@
+"""Metrics of the impressions, with viewer-bootstrap intervals, and the result records of a run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.simulation.rounds import Impressions
+from evaluation.simulation.strategies import STRATEGY_LABELS
+from evaluation.stats import Estimate, bootstrap_weights, gini_rows, percentile_interval
+
+METRICS: tuple[str, ...] = (
+    "like_rate",
+    "mutual_rate",
+    "matches_per_user",
+    "precision_viewer",
+    "precision_candidate",
+    "coverage",
+    "gini",
+)
+METRIC_LABELS: dict[str, str] = {
+    "like_rate": "one-way like rate",
+    "mutual_rate": "mutual-match rate",
+    "matches_per_user": "mutual matches per user",
+    "precision_viewer": "precision@k (viewer likes)",
+    "precision_candidate": "precision@k (candidate likes back)",
+    "coverage": "coverage",
+    "gini": "exposure Gini",
+}
+
+
+@dataclass
+class StrategyResult:
+    """One strategy's metrics in one world; every ``Estimate`` has a 95 % viewer-bootstrap interval."""
+
+    strategy: str
+    n_impressions: int
+    shortfall: int
+    incompatible: int
+    metrics: dict[str, Estimate]
+    lift: dict[str, Estimate]  # like_rate and mutual_rate over random's
+    oracle_share: dict[str, Estimate]  # (s - random) / (oracle - random), for like_rate and mutual_rate
+
+
+def _draws(
+    imp: Impressions, n: int, weights: np.ndarray, exposure_idx: np.ndarray
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Point values and bootstrap draws (b,) of every metric.
+
+    Rates and precisions resample viewers (``weights``, (b, n) counts): one viewer's impressions are
+    correlated. Coverage and Gini describe how exposure is spread over the users shown, so they resample
+    users as the exposed unit (``exposure_idx``, (b, n) indices): resampling viewers instead would drop a
+    third of the viewers from every draw and bias both downward.
+    """
+    shown = np.bincount(imp.viewer, minlength=n).astype(np.float64)
+    likes = np.bincount(imp.viewer, weights=imp.like, minlength=n)
+    backs = np.bincount(imp.viewer, weights=imp.back, minlength=n)
+    mutual = np.bincount(imp.viewer, weights=imp.mutual, minlength=n)
+    has = (shown > 0).astype(np.float64)
+    prec_v = np.where(shown > 0, likes / np.maximum(shown, 1), 0.0)
+    prec_c = np.where(shown > 0, backs / np.maximum(shown, 1), 0.0)
+    point: dict[str, float] = {}
+    draws: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for key, num, den in (
+            ("like_rate", likes, shown),
+            ("mutual_rate", mutual, shown),
+            ("matches_per_user", mutual, np.ones(n)),
+            ("precision_viewer", prec_v * has, has),
+            ("precision_candidate", prec_c * has, has),
+        ):
+            point[key] = float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
+            draws[key] = (weights @ num) / (weights @ den)
+    exposure = np.bincount(imp.candidate, minlength=n).astype(np.float64)
+    point["coverage"] = float((exposure > 0).mean())
+    point["gini"] = float(gini_rows(exposure[None, :])[0])
+    resampled = exposure[exposure_idx]
+    draws["coverage"] = (resampled > 0).mean(axis=1)
+    draws["gini"] = gini_rows(resampled)
+    return point, draws
+
+
+def evaluate(
+    impressions: dict[str, Impressions], n: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[StrategyResult]:
+    """Metrics, intervals, lift over ``random`` and share of the ``oracle``'s lift, for every strategy.
+
+    One set of viewer-bootstrap weights serves all strategies, so lifts and shares have paired intervals.
+    """
+    weights = bootstrap_weights(n, n_boot, seed)
+    exposure_idx = np.random.default_rng([seed, 0xE7]).integers(0, n, size=(n_boot, n))
+    computed = {name: _draws(imp, n, weights, exposure_idx) for name, imp in impressions.items()}
+    results = []
+    for name, imp in impressions.items():
+        point, draws = computed[name]
+        metrics = {}
+        for key in METRICS:
+            lo, hi = percentile_interval(draws[key], level)
+            metrics[key] = Estimate(point[key], lo, hi)
+        lift: dict[str, Estimate] = {}
+        share: dict[str, Estimate] = {}
+        for key in ("like_rate", "mutual_rate"):
+            if "random" in computed:
+                rp, rd = computed["random"][0][key], computed["random"][1][key]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    lift[key] = Estimate(
+                        point[key] / rp if rp else float("nan"), *percentile_interval(draws[key] / rd, level)
+                    )
+                if "oracle" in computed:
+                    op, od = computed["oracle"][0][key], computed["oracle"][1][key]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        pv = (point[key] - rp) / (op - rp) if op != rp else float("nan")
+                        share[key] = Estimate(pv, *percentile_interval((draws[key] - rd) / (od - rd), level))
+        results.append(
+            StrategyResult(name, int(imp.viewer.size), imp.shortfall, imp.incompatible, metrics, lift, share)
+        )
+    return results
+
+
+@dataclass
+class WorldResult:
+    """All strategies in one world, and how that world was calibrated."""
+
+    world: str
+    strategies: list[StrategyResult]
+    intercepts: dict[str, float]
+    data_like_rate: dict[str, float]  # the speed-dating like rate per rater gender (the target)
+    random_pair_like: dict[str, float]  # mean P over compatible pairs per rater gender, after calibration
+    random_pair_mutual: float  # mean P(i→j) P(j→i) over compatible pairs
+    random_strategy_like: dict[str, float]  # what the random strategy's viewers of each gender liked
+    # The world's P(like | partner rating) on this population, per rater gender: [(rating, mean P, pairs)].
+    curve: dict[str, list[tuple[int, float, int]]] = field(default_factory=dict)
+
+    def by_name(self) -> dict[str, StrategyResult]:
+        return {s.strategy: s for s in self.strategies}
+
+
+@dataclass
+class SimulationResult:
+    """What ``simulate`` measured; ``table()`` renders it for a terminal or a markdown file."""
+
+    config: dict[str, Any]
+    worlds: list[WorldResult]
+    data_mutual_rate: float
+    timings: dict[str, float] = field(default_factory=dict)
+    ingest: dict[str, Any] = field(default_factory=dict)
+    report_path: Path | None = None
+
+    def table(self, world: str | None = None) -> str:
+        """Markdown table(s): each strategy's metrics (95 % CI), lift over random, share of oracle's lift."""
+        parts = []
+        for w in self.worlds:
+            if world is not None and w.world != world:
+                continue
+            parts.append(f"World: {w.world}\n\n" + strategy_table(w))
+        return "\n\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["report_path"] = str(self.report_path) if self.report_path else None
+        return d
+
+
+def strategy_table(w: WorldResult) -> str:
+    head = (
+        "| strategy | like rate | mutual rate | matches / user | prec@k viewer | prec@k candidate | coverage "
+        "| Gini | like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for s in w.strategies:
+        m = s.metrics
+
+        def cell(e: Estimate | None, d: int = 3) -> str:
+            return "–" if e is None or not math.isfinite(e.value) else e.fmt(d)
+
+        lines.append(
+            f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | {cell(m['like_rate'])} "
+            f"| {cell(m['mutual_rate'])} | {cell(m['matches_per_user'], 2)} "
+            f"| {cell(m['precision_viewer'])} | {cell(m['precision_candidate'])} | {cell(m['coverage'])} "
+            f"| {cell(m['gini'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
+            f"| {cell(s.oracle_share.get('mutual_rate'), 2)} | {cell(s.oracle_share.get('like_rate'), 2)} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Running the rounds: every strategy shows every viewer ``k`` candidates per round; decisions follow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import InvalidInput
+from evaluation.simulation.strategies import Strategy
+from evaluation.simulation.worlds import World, pair_uniform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Impressions:
+    """Every recommendation one strategy made: viewer, candidate, round, and the two decisions."""
+
+    viewer: np.ndarray  # (m,) int
+    candidate: np.ndarray  # (m,) int
+    round: np.ndarray  # (m,) int
+    like: np.ndarray  # (m,) bool: the viewer likes the candidate
+    back: np.ndarray  # (m,) bool: the candidate likes the viewer
+    shortfall: int  # recommendations missing (a viewer got fewer than k)
+    incompatible: int = 0  # impressions outside the compatibility filter (must stay 0; a filter mismatch)
+
+    @property
+    def mutual(self) -> np.ndarray:
+        return self.like & self.back
+
+
+def run_rounds(
+    strategies: Sequence[Strategy],
+    world: World,
+    *,
+    rounds: int,
+    k: int,
+    seed: int,
+    compat: np.ndarray | None = None,
+    progress: bool = False,
+) -> dict[str, Impressions]:
+    """Each round every user gets up to ``k`` not-yet-shown candidates from each strategy; decisions follow.
+
+    ``compat`` (n, n) bool, when given, counts impressions outside the filter (``Impressions.incompatible``).
+
+    Viewers are served in a random order per round (seeded, the same for every strategy), which matters
+    only for the exposure cap. Raises ``InvalidInput`` if ``rounds`` or ``k`` is below 1.
+    """
+    if rounds < 1 or k < 1:
+        raise InvalidInput(f"rounds and k must be at least 1 (got {rounds}, {k})")
+    n = world.p.shape[0]
+    out: dict[str, Impressions] = {}
+    for strat in strategies:
+        shown: list[set[int]] = [set() for _ in range(n)]
+        liked: list[list[int]] = [[] for _ in range(n)]
+        rec_v: list[int] = []
+        rec_c: list[int] = []
+        rec_r: list[int] = []
+        shortfall = 0
+        steps: Iterable[int] = range(rounds)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"{world.name}/{strat.name}", unit="round")
+        for r in steps:
+            strat.start_round(r)
+            order = np.random.default_rng([seed, 0x0DE5, r]).permutation(n)
+            for v in order.tolist():
+                picks = strat.pick(v, k, shown[v], liked[v])
+                if len(set(picks)) != len(picks) or shown[v].intersection(picks) or v in picks:
+                    raise InvalidInput(
+                        f"strategy {strat.name}: repeated or self recommendation for viewer {v}"
+                    )
+                shortfall += k - len(picks)
+                if not picks:
+                    continue
+                pj = np.asarray(picks)
+                likes = pair_uniform(seed, np.full(pj.size, v), pj) < world.p[v, pj]
+                shown[v].update(picks)
+                liked[v].extend(pj[likes].tolist())
+                rec_v.extend([v] * len(picks))
+                rec_c.extend(picks)
+                rec_r.extend([r] * len(picks))
+        vv, cc = np.asarray(rec_v, dtype=np.int64), np.asarray(rec_c, dtype=np.int64)
+        like = pair_uniform(seed, vv, cc) < world.p[vv, cc]
+        back = pair_uniform(seed, cc, vv) < world.p[cc, vv]
+        bad = int((~compat[vv, cc]).sum()) if compat is not None and vv.size else 0
+        if bad:
+            log.warning("strategy %s: %d impressions outside the compatibility filter", strat.name, bad)
+        out[strat.name] = Impressions(vv, cc, np.asarray(rec_r, dtype=np.int64), like, back, shortfall, bad)
+    return out

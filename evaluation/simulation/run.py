@@ -1,0 +1,319 @@
+"""``simulate()``: the whole like-rate simulation, as a few stages wired and timed in one short function.
+
+Stages: the population on disk (``prepare_population``), the encoder (``load_sim_encoder``), photos ingested
+into a fresh store (``ingest_population``), the strategies whose picks ignore the decisions
+(``shared_strategies``, built once), and one ``run_world`` per decision world.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EncoderMismatch, InvalidInput
+from engine.schema import USERS
+from engine.settings import Settings
+from engine.store import Store, open_store
+from evaluation.calibration import Calibration, fit_calibration
+from evaluation.simulation.metrics import SimulationResult, WorldResult, evaluate
+from evaluation.simulation.population import Population
+from evaluation.simulation.report import write_simulation_report
+from evaluation.simulation.rounds import run_rounds
+from evaluation.simulation.strategies import (
+    STRATEGIES,
+    EngineStrategy,
+    ExposureCapped,
+    Memo,
+    StoreSimilarity,
+    Strategy,
+    oracle_strategy,
+    popularity_strategy,
+    random_strategy,
+)
+from evaluation.simulation.truth import TruthEncoder
+from evaluation.simulation.worlds import WORLDS, WorldSettings, build_world, world_curve
+from ingestion.job import Embedder, run_ingest
+from ingestion.report import IngestReport
+
+log = logging.getLogger(__name__)
+
+EncoderArg = Embedder | str | Path | None
+
+
+def prepare_population(out: Path, population: Path | None, *, users: int, seed: int, settings: Settings) -> Path:
+    """The population folder: ``population`` as given, or ``make_demo_data(out/population)`` (reused)."""
+    pop_dir = Path(population) if population is not None else out / "population"
+    if population is None and not (pop_dir / "truth.json").is_file():
+        from evaluation.demo_data import make_demo_data
+
+        make_demo_data(pop_dir, users=users, seed=seed, progress=settings.progress)
+    return pop_dir
+
+
+def load_sim_encoder(
+    encoder: EncoderArg, pop_dir: Path, out: Path, settings: Settings, tiny_pixel_budget: int
+) -> Embedder:
+    """An encoder: ``"truth"`` (``TruthEncoder``), the one given, one loaded from a source, or (None) a tiny
+    random Qwen3-VL built in ``out/tiny-encoder``."""
+    if isinstance(encoder, str) and encoder == "truth":
+        return TruthEncoder(pop_dir, settings)
+    if encoder is not None and not isinstance(encoder, str | Path):
+        return encoder
+    from training.encoder import load_encoder
+
+    if encoder is None:
+        from training.tiny import build_tiny_checkpoint
+
+        tiny = out / "tiny-encoder"
+        if not (tiny / "config.json").is_file():
+            build_tiny_checkpoint(tiny, seed=0)
+        return load_encoder(
+            tiny, device="cpu", dtype="float32", pixel_budget=tiny_pixel_budget, dim=settings.encoder.dim
+        )
+    return load_encoder(encoder)
+
+
+def stored_users(store: Store) -> set[str]:
+    """Users whose point in ``users`` has a usable mean vector (``recommend`` raises for the others)."""
+    out = set()
+    for pt in store.scroll(USERS, with_vectors=True):
+        v = None if pt.vector is None else np.asarray(pt.vector, dtype=np.float32)
+        if v is not None and v.size and np.any(v) and np.all(np.isfinite(v)):
+            out.add(str(pt.payload["user_id"]))
+    return out
+
+
+def ingest_population(
+    pop_dir: Path, out: Path, settings: Settings, encoder: Embedder, store: Store
+) -> tuple[IngestReport, set[str]]:
+    """Ingest the population's photos into ``store``; returns the job's report and the users stored.
+
+    A re-run over the same ``out`` reuses the stored vectors (the job skips photos it already holds); another
+    encoder's store, or users from another population, start it afresh.
+    """
+
+    def run(rebuild: bool) -> IngestReport:
+        return run_ingest(
+            pop_dir,
+            pop_dir / "metadata.csv",
+            settings=settings,
+            encoder=encoder,
+            store=store,
+            rebuild=rebuild,
+            report_path=out / "ingest_report.json",
+        )
+
+    try:
+        report = run(rebuild=False)
+        stored = stored_users(store)
+        if stored - set(Population.user_ids_in(pop_dir)):
+            raise EncoderMismatch("the store holds users from another population")
+    except EncoderMismatch as exc:
+        log.info("simulation store rebuilt: %s", exc)
+        report = run(rebuild=True)
+        stored = stored_users(store)
+    return report, stored
+
+
+def shared_strategies(
+    strategies: Sequence[str],
+    store: Store,
+    settings: Settings,
+    pop: Population,
+    *,
+    rounds: int,
+    k: int,
+    cap: int,
+    engine_likes: bool,
+) -> dict[str, Strategy]:
+    """The store-backed strategies, built once; those whose picks ignore the decisions are wrapped in ``Memo``
+    so the first world's picks are replayed in the others."""
+    shared: dict[str, Strategy] = {}
+    if "similarity" in strategies:
+        shared["similarity"] = Memo(StoreSimilarity(store, pop, depth=rounds * k))
+    if "engine" in strategies:
+        eng = EngineStrategy("engine", store, settings, pop, use_likes=engine_likes)
+        shared["engine"] = eng if engine_likes else Memo(eng)
+    if "engine_capped" in strategies:
+        base = EngineStrategy("engine", store, settings, pop, use_likes=engine_likes)
+        capped = ExposureCapped("engine_capped", base, cap, pop.n)
+        shared["engine_capped"] = capped if engine_likes else Memo(capped)
+    return shared
+
+
+@dataclass
+class WorldRun:
+    """What every world's run shares: the population, its filter, the calibration and the round settings."""
+
+    pop: Population
+    compat: np.ndarray  # (n, n) bool
+    cal: Calibration
+    strategies: Sequence[str]
+    shared: dict[str, Strategy]
+    rounds: int
+    k: int
+    seed: int
+    n_boot: int
+    world_settings: WorldSettings | None
+    progress: bool
+
+    def __call__(self, wname: str) -> WorldResult:
+        """Build world ``wname``, run every strategy's rounds in it and measure them."""
+        pop, compat = self.pop, self.compat
+        world = build_world(wname, pop, compat, self.cal, self.world_settings)
+        strats: list[Strategy] = []
+        for name in self.strategies:
+            if name == "random":
+                strats.append(random_strategy(compat, self.seed))
+            elif name == "popularity":
+                strats.append(popularity_strategy(compat, pop))
+            elif name == "oracle":
+                strats.append(oracle_strategy(compat, world))
+            else:
+                strats.append(self.shared[name])
+        imps = run_rounds(
+            strats, world, rounds=self.rounds, k=self.k, seed=self.seed, compat=compat, progress=self.progress
+        )
+        results = evaluate(imps, pop.n, n_boot=self.n_boot, seed=self.seed)
+        rnd: dict[str, float] = {}
+        if "random" in imps:
+            imp = imps["random"]
+            for g in sorted(set(pop.gender.tolist())):
+                sel = pop.gender[imp.viewer] == g
+                rnd[g] = float(imp.like[sel].mean()) if sel.any() else float("nan")
+        return WorldResult(
+            wname,
+            results,
+            world.intercepts,
+            world.targets,
+            world.random_pair_like,
+            world.random_pair_mutual,
+            rnd,
+            world_curve(world, pop, compat, self.cal),
+        )
+
+
+def _check_args(strategies: Sequence[str], worlds: Sequence[str], rounds: int, k: int) -> None:
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise InvalidInput(f"strategies: {unknown} not among {', '.join(STRATEGIES)}")
+    for w in worlds:
+        if w not in WORLDS:
+            raise InvalidInput(f"world: {w!r} is not one of {', '.join(WORLDS)}")
+    if rounds < 1 or k < 1:
+        raise InvalidInput(f"rounds and k must be at least 1 (got {rounds}, {k})")
+
+
+def simulate(
+    out: Path,
+    *,
+    settings: Settings,
+    users: int = 200,
+    rounds: int = 5,
+    k: int = 10,
+    seed: int = 0,
+    population: Path | None = None,
+    encoder: EncoderArg = None,
+    exposure_cap: int | None = None,
+    worlds: Sequence[str] = WORLDS,
+    strategies: Sequence[str] = STRATEGIES,
+    world_settings: WorldSettings | None = None,
+    n_boot: int = 1000,
+    engine_likes: bool = False,
+    tiny_pixel_budget: int = 128 * 128,
+    write_report: bool = True,
+) -> SimulationResult:
+    """Run the like-rate simulation through the real pipeline; write ``out/report.md``, ``out/results.json``.
+
+    ``encoder="truth"``: ``TruthEncoder`` (perfect vectors from the hidden traits: the pipeline's ceiling).
+    ``population``: a demo-data folder to reuse (default: ``make_demo_data(out/population, users, seed)``,
+    reused if it exists). ``encoder``: an encoder, or a source for ``load_encoder``; None builds a tiny
+    random Qwen3-VL in ``out/tiny-encoder``. The photos are ingested with ``run_ingest`` into a fresh store in
+    ``out/store`` (a server backend gets the collection prefix ``sim_``), and the engine strategies call
+    ``recommend()`` against it. ``exposure_cap``: most times one user may be shown per round by
+    ``engine_capped`` (default ``k``: the mean exposure per round). ``engine_likes``: pass each viewer's likes
+    so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
+    once for all worlds). Deterministic per ``seed``.
+
+    Raises ``InvalidInput`` for bad arguments or an unusable population folder; store and encoder errors pass.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_args(strategies, worlds, rounds, k)
+    cap = exposure_cap if exposure_cap is not None else k
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    pop_dir = prepare_population(out, population, users=users, seed=seed, settings=settings)
+    timings["population_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    enc = load_sim_encoder(encoder, pop_dir, out, settings, tiny_pixel_budget)
+    update: dict[str, Any] = {"store_path": out / "store"}
+    if settings.resolved_backend == "server":
+        update["collection_prefix"] = f"sim_{settings.collection_prefix}"
+    sim_settings = settings.model_copy(update=update)
+    store = open_store(sim_settings)
+    try:
+        report, stored = ingest_population(pop_dir, out, sim_settings, enc, store)
+        timings["ingest_s"] = time.perf_counter() - t
+        pop = Population.from_dir(pop_dir, sim_settings, only=stored)
+        if pop.n < 2:
+            raise InvalidInput(f"{pop_dir}: fewer than two users made it into the store")
+        compat = pop.compatible()
+        calib = fit_calibration()
+        shared = shared_strategies(
+            strategies, store, sim_settings, pop, rounds=rounds, k=k, cap=cap, engine_likes=engine_likes
+        )
+        run_world = WorldRun(
+            pop=pop,
+            compat=compat,
+            cal=calib.calibration,
+            strategies=strategies,
+            shared=shared,
+            rounds=rounds,
+            k=k,
+            seed=seed,
+            n_boot=n_boot,
+            world_settings=world_settings,
+            progress=settings.progress,
+        )
+        world_results = []
+        for wname in worlds:
+            t = time.perf_counter()
+            world_results.append(run_world(wname))
+            timings[f"world_{wname}_s"] = time.perf_counter() - t
+    finally:
+        store.close()
+
+    timings["total_s"] = time.perf_counter() - t0
+    config = {
+        "users": pop.n,
+        "users_requested": users,
+        "rounds": rounds,
+        "k": k,
+        "seed": seed,
+        "exposure_cap": cap,
+        "worlds": list(worlds),
+        "strategies": list(strategies),
+        "world_settings": asdict(world_settings or WorldSettings()),
+        "n_boot": n_boot,
+        "engine_likes": engine_likes,
+        "population": str(pop_dir),
+        "encoder_id": getattr(enc, "encoder_id", "?"),
+        "encoder_source": str(getattr(enc, "source", encoder)),
+        "store_backend": store.backend,
+        "compatible_pairs_per_user": float(compat.sum(axis=1).mean()),
+    }
+    ingest = {"counts": report.counts.model_dump(), "stage_seconds": report.stage_seconds.model_dump()}
+    result = SimulationResult(config, world_results, calib.calibration.mutual_rate, timings, ingest)
+    if write_report:
+        result.report_path = write_simulation_report(result, calib, out)
+    return result
