@@ -1,6 +1,7 @@
 """The FastAPI app: ``create_app(settings)`` opens the store once and serves it.
 
-Routes: ``GET /healthz``, ``GET /users/{id}/recommendations?k=``, ``POST /embed``, ``GET /photos/{point_id}``.
+Routes: ``GET /healthz``, ``GET /users/{id}``, ``GET /users/{id}/recommendations?k=``, ``POST /feedback``,
+``POST /embed``, ``GET /photos/{point_id}``.
 OpenAPI docs at ``/docs``. Errors: ``{"error": message}`` (the CLI's message) with a 4xx/5xx status.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Header, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
+from pydantic import BaseModel
 
 from engine.errors import InvalidInput, MatcherError, UserNotFound
 from engine.recommend import explain_empty, recommend
@@ -150,6 +152,19 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         pl["photo_urls"] = [f"/photos/{p}" for p in photo_ids]
         return pl
 
+    @app.post("/feedback", dependencies=guarded)
+    def feedback(body: FeedbackBody) -> dict[str, Any]:
+        """Record likes, passes, blocks (``engine.feedback``): idempotent, the later ``ts`` wins per pair."""
+        from engine.feedback import parse_event, record_feedback
+
+        events = [
+            parse_event(e.viewer_id, e.candidate_id, e.decision, e.ts, where=f"events[{i}]")
+            for i, e in enumerate(body.events)
+        ]
+        with state.lock:
+            rep = record_feedback(the_store(), events)
+        return {"received": rep.received, "added": rep.added, "updated": rep.updated, "unchanged": rep.unchanged}
+
     @app.post("/embed", dependencies=guarded)
     async def embed(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
         """An uploaded image -> its vector (float32, L2-normalised), decoded as ingestion decodes photos."""
@@ -186,6 +201,19 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
 
     app.add_exception_handler(_PhotoNotFound, _photo_missing)
     return app
+
+
+class FeedbackEvent(BaseModel):
+    """One decision: ``viewer_id`` saw ``candidate_id``; ``decision`` like/pass/block/...; ``ts`` seconds."""
+
+    viewer_id: str
+    candidate_id: str
+    decision: str
+    ts: float | None = None
+
+
+class FeedbackBody(BaseModel):
+    events: list[FeedbackEvent]
 
 
 class _Unauthorized(Exception):

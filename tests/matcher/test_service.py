@@ -156,10 +156,30 @@ def test_api_key_guards_every_route_but_healthz(served: Settings, caplog: pytest
     assert key not in caplog.text
 
 
+def test_feedback_is_recorded_once_and_bad_events_name_the_field(client: TestClient, served: Settings) -> None:
+    import csv
+
+    root = served.serve.photos_root
+    assert root is not None
+    with open(root / "metadata.csv", newline="") as fh:
+        ids = sorted({row["user_id"] for row in csv.DictReader(fh)})
+    like = {"events": [{"viewer_id": ids[0], "candidate_id": ids[1], "decision": "like", "ts": 10}]}
+    first = client.post("/feedback", json=like)
+    assert first.status_code == 200, first.text
+    assert first.json()["added"] == 1
+    again = client.post("/feedback", json=like).json()
+    assert again["added"] == 0 and again["unchanged"] == 1
+    bad = client.post("/feedback", json={"events": [{"viewer_id": ids[0], "candidate_id": ids[1], "decision": "meh"}]})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("events[0]: decision 'meh'")
+    ghost = {"events": [{"viewer_id": ids[0], "candidate_id": "ghost", "decision": "like"}]}
+    unknown = client.post("/feedback", json=ghost)
+    assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]
+
+
 def test_openapi_docs_list_the_routes(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/healthz", "/users/{user_id}/recommendations", "/embed", "/photos/{point_id}"} <= set(paths)
+    assert {"/healthz", "/users/{user_id}/recommendations", "/feedback", "/embed", "/photos/{point_id}"} <= set(paths)
 
 
 def _free_port() -> int:
