@@ -22,19 +22,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NoReturn
 
 import numpy as np
 
 from engine.compatibility import Profile, age_conditions, compatible_filter, gender_conditions
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
+from engine.feedback import EXCLUDING, LIKE, PASS, decisions_about, decisions_of, has_feedback_collection
 from engine.filters import Filter, HasId, MatchAny
 from engine.likes import TASTE_FIELD, liked_vectors, usable_vector
 from engine.reciprocity import KTH_FIELD, NO_KTH
 from engine.rerank import (
     RerankInput,
+    RerankResult,
     RerankWeights,
+    aggregate,
     best_photo_per_owner,
     l2_normalize,
     rerank,
@@ -79,6 +82,9 @@ class _Asker:
     taste: np.ndarray  # (d,) unit
     photo_vectors: np.ndarray  # (P, d), P may be 0
     kth_sim: float  # NaN when not computed yet
+    # Logged feedback (engine.feedback): who decided what about the asker, and who is blocked either way.
+    about: dict[str, str] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
 
     @property
     def taste_is_own(self) -> bool:
@@ -129,6 +135,7 @@ def _load_askers(
     photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
     blend = settings.recommend.taste_blend
     explicit = liked_vectors(store, list(likes), strict=True) if likes else None
+    feedback = has_feedback_collection(store)
     askers = []
     for u, (p, own) in zip(user_ids, found, strict=True):
         payload = p.payload or {}
@@ -150,6 +157,13 @@ def _load_askers(
                 kth_sim=_kth(payload),
             )
         )
+        if feedback:
+            about = decisions_about(store, u)
+            mine = decisions_of(store, u)
+            askers[-1].about = about
+            askers[-1].blocked = {v for v, d in about.items() if d in EXCLUDING} | {
+                c for c, d in mine.items() if d in EXCLUDING
+            }
     return askers
 
 
@@ -157,7 +171,7 @@ def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Setti
     return Query(
         vector=asker.taste,
         limit=k * settings.recommend.oversample,
-        filter=compatible_filter(asker.profile, exclude=exclude),
+        filter=compatible_filter(asker.profile, exclude=[*exclude, *sorted(asker.blocked)]),
         with_payload=CANDIDATE_FIELDS,
         with_vectors=True,  # the reverse direction is scored from them in numpy
     )
@@ -260,6 +274,7 @@ def _rerank_candidates(
             aggregation=rs.aggregation,
         ),
     )
+    out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
     matches = []
     for rank, i in enumerate(out.order()[:k], start=1):
         b = int(best_idx[i])
@@ -274,6 +289,26 @@ def _rerank_candidates(
             )
         )
     return matches
+
+
+def _with_logged_replies(
+    out: RerankResult, payloads: list[dict[str, Any]], about: dict[str, str], aggregation: str
+) -> RerankResult:
+    """s(B→A) replaced by what B already decided about A, where B did (engine.feedback): 1 for a like,
+    0 for a pass (a match is then impossible, so the fused score drops to 0 with the harmonic mean)."""
+    if not about:
+        return out
+    b_to_a = out.b_to_a.copy()
+    known = False
+    for i, pl in enumerate(payloads):
+        d = about.get(str(pl.get("user_id")))
+        if d == LIKE:
+            b_to_a[i], known = 1.0, True
+        elif d == PASS:
+            b_to_a[i], known = 0.0, True
+    if not known:
+        return out
+    return RerankResult(score=aggregate(out.a_to_b, b_to_a, aggregation), a_to_b=out.a_to_b, b_to_a=b_to_a)
 
 
 def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, Settings, bool]:
@@ -296,7 +331,9 @@ def recommend(
 ) -> list[Match]:
     """The ``k`` best reciprocal matches for ``user_id``, best first (fewer if fewer pass the filters).
 
-    ``exclude``: user ids never to return (already seen, blocked). ``likes``: user ids this user liked; they
+    ``exclude``: user ids never to return (already seen). Users blocked or reported either way in the stored
+    feedback (``engine.feedback``) are never returned, and a candidate's logged decision about ``user_id``
+    replaces the model's s(candidate→user): 1 for a like, 0 for a pass. ``likes``: user ids this user liked; they
     override the stored like history (``engine.likes``). Without ``store`` the store named by ``settings``
     (default: from the environment) is opened and closed again.
     Raises ``UserNotFound`` (unknown ``user_id`` or liked id), ``NoUserVector`` (no valid photo),
@@ -326,7 +363,7 @@ def recommend_many(
         for start in range(0, len(user_ids), _QUERY_CHUNK):
             chunk = list(user_ids[start : start + _QUERY_CHUNK])
             askers = _load_askers(st, chunk, settings)
-            queries = [_stage1_query(a, k, (), settings) for a in askers]
+            queries = [_stage1_query(a, k, (), settings) for a in askers]  # blocks: from each asker
             results = st.query_batch(USERS, queries)
             for u, a, q, cands in zip(chunk, askers, queries, results, strict=True):
                 out[u] = _rerank_candidates(st, a, cands, k, q.limit, settings)
