@@ -1,4 +1,4 @@
-"""Engine commands: ``recommend``, ``stats``, ``delete-user`` (thin wrappers over engine functions)."""
+"""Engine commands: ``recommend``, ``stats``, ``delete-user``, ``feedback`` (thin wrappers over engine functions)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     register_recommend(sub)
     register_stats(sub)
     register_delete_user(sub)
+    register_feedback(sub)
 
 
 # -- recommend ----------------------------------------------------------------------------------------------
@@ -114,4 +115,31 @@ def _delete_user_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{args.user_id}: not in the store (nothing removed)")
         return 1
     print(f"{args.user_id}: removed {removed} points")
+    return 0
+
+
+# -- feedback -----------------------------------------------------------------------------------------------
+def register_feedback(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """``matcher feedback LOG.csv``."""
+    p = sub.add_parser(
+        "feedback",
+        help="record logged likes, passes, blocks and reports",
+        description="Record LOG.csv (columns viewer_id,candidate_id,decision,ts; decision like|pass|block|report) "
+        "in the store's feedback collection. Idempotent: the same event twice counts once; the later ts wins per "
+        "pair; blocks and reports are for good. A bad row stops the run naming its line; nothing is written then.",
+    )
+    p.add_argument("log", metavar="LOG.csv")
+    p.set_defaults(func=_feedback_command)
+
+
+def _feedback_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from engine.feedback import read_feedback_csv, record_feedback
+    from engine.store import open_store
+
+    events = read_feedback_csv(Path(args.log))  # every row checked before the store is opened
+    with open_store(settings) as store:
+        rep = record_feedback(store, events)
+    print(f"{args.log}: {rep.received} events: {rep.added} new, {rep.updated} updated, {rep.unchanged} unchanged")
     return 0

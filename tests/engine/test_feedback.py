@@ -91,3 +91,26 @@ def test_bad_rows_name_the_line_and_store_nothing(store_factory: StoreFactory, t
     log.write_text("viewer,candidate_id,decision\n")
     with pytest.raises(InvalidInput, match="missing column"):
         read_feedback_csv(log)
+
+
+def test_feedback_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.cli import main
+    from engine.settings import Settings
+    from engine.store import open_store
+
+    for name in ("MATCHER_QDRANT_URL", "MATCHER_STORE_BACKEND", "MATCHER_COLLECTION_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "store"
+    with open_store(Settings(store_path=path, store_backend="edge")) as store:
+        store.setup("enc", DIM)
+        fill(store, {f"u{i}": 1 for i in range(3)})
+    log = tmp_path / "log.csv"
+    log.write_text("viewer_id,candidate_id,decision,ts\nu0,u1,like,1\nu0,u1,like,1\nu1,u2,pass,2\n")
+    flags = ["--store", str(path), "--backend", "edge"]
+    assert main([*flags, "feedback", str(log)]) == 0
+    assert "3 events: 2 new, 0 updated, 1 unchanged" in capsys.readouterr().out
+    log.write_text("viewer_id,candidate_id,decision,ts\nu0,u2,like,1\nu0,u2,meh,1\n")
+    assert main([*flags, "feedback", str(log)]) == 2
+    assert "log.csv:3: decision 'meh'" in capsys.readouterr().err
+    with open_store(Settings(store_path=path, store_backend="edge")) as store:
+        assert decisions_of(store, "u0") == {"u1": "like"}  # the bad file wrote nothing
