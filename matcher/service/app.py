@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Header, Query, UploadFile
@@ -30,6 +30,9 @@ from engine.store import Store, open_store
 from engine.users import store_stats
 from ingestion.reader import DecodedPhoto, RawPhoto, decode_photo, resolve_inside, sha256
 from matcher.service.errors import install_error_handlers
+from matcher.service.review import review_router
+
+Aggregation = Literal["harmonic", "geometric", "min", "arithmetic"]
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +114,20 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         return JSONResponse({"ok": True, "store": settings.resolved_backend, **stats})
 
     @app.get("/users/{user_id}/recommendations", dependencies=guarded)
-    def recommendations(user_id: str, k: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
+    def recommendations(
+        user_id: str,
+        k: int = Query(20, ge=1, le=1000),
+        aggregation: Aggregation | None = Query(None, description="How the two directions combine."),  # noqa: B008
+    ) -> dict[str, Any]:
         """The ``Match`` fields of ``engine.recommend`` plus gender, age and the best photo's URL."""
+        s = settings
+        if aggregation is not None:
+            s = settings.model_copy(
+                update={"recommend": settings.recommend.model_copy(update={"aggregation": aggregation})}
+            )
         with state.lock:
             st = the_store()
-            matches = recommend(user_id, k, store=st, settings=settings)
+            matches = recommend(user_id, k, store=st, settings=s)
             payloads = {
                 str(p.payload.get("user_id")): p.payload
                 for p in st.retrieve(USERS, [user_point_id(m.user_id) for m in matches])
@@ -132,7 +144,12 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
                     "best_photo_url": f"/photos/{m.best_photo_id}" if m.best_photo_id else None,
                 }
             )
-        out: dict[str, Any] = {"user_id": user_id, "k": k, "matches": rows}
+        out: dict[str, Any] = {
+            "user_id": user_id,
+            "k": k,
+            "aggregation": s.recommend.aggregation,
+            "matches": rows,
+        }
         if note:
             out["note"] = note
         elif len(rows) < k:
@@ -200,6 +217,7 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         return JSONResponse({"error": str(exc)}, status_code=404)
 
     app.add_exception_handler(_PhotoNotFound, _photo_missing)
+    app.include_router(review_router(the_store, state.lock, guarded))
     return app
 
 

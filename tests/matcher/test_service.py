@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,22 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from engine.settings import ServeSettings, Settings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, tiny_encoder: Any) -> Settings:
-    """Settings of a store holding the demo population, with the demo folder as the photos root."""
-    from ingestion.job import run_ingest
-
-    s = Settings(
-        store_path=tmp_path_factory.mktemp("served") / "qdrant",
-        progress=False,
-        serve=ServeSettings(photos_root=demo_dir),
-    )
-    report = run_ingest(demo_dir, demo_dir / "metadata.csv", settings=s, encoder=tiny_encoder)
-    assert report.counts.users_written > 0
-    return s
+from engine.settings import Settings  # noqa: E402
 
 
 @pytest.fixture
@@ -182,47 +162,34 @@ def test_openapi_docs_list_the_routes(client: TestClient) -> None:
     assert {"/healthz", "/users/{user_id}/recommendations", "/feedback", "/embed", "/photos/{point_id}"} <= set(paths)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_matcher_serve_answers_on_a_loopback_port(served: Settings) -> None:
+def test_matcher_serve_answers_on_a_loopback_port(served: Settings, live_server: str) -> None:
     """A real uvicorn process (``matcher serve``) over the same store, asked over HTTP."""
     import httpx
 
-    from engine.recommend import recommend
-
+    body = httpx.get(f"{live_server}/healthz", timeout=10).json()
+    assert body["ok"] is True and body["users"] == 24
     uid = _some_user(served)
-    want = [m.user_id for m in recommend(uid, 3, settings=served)]
-    assert want
-    port = _free_port()
-    env = {**os.environ, "MATCHER_STORE_PATH": str(served.store_path), "MATCHER_PROGRESS": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        body = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"matcher serve exited with {proc.returncode}: {out}")
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                body = r.json()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        assert body is not None, "no answer within 60 s"
-        assert body["ok"] is True and body["users"] == 24
-        r = httpx.get(f"http://127.0.0.1:{port}/users/{uid}/recommendations?k=3", timeout=30)
-        assert r.status_code == 200
-        assert [m["user_id"] for m in r.json()["matches"]] == want
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    r = httpx.get(f"{live_server}/users/{uid}/recommendations?k=3", timeout=30)
+    assert r.status_code == 200
+    rows = r.json()["matches"]
+    assert rows and [m["rank"] for m in rows] == list(range(1, len(rows) + 1))
+    thumb = httpx.get(f"{live_server}{rows[0]['best_photo_url']}", timeout=30)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+
+
+def test_user_list_neighbours_and_a_second_strategy(client: TestClient, served: Settings) -> None:
+    users = client.get("/users").json()["users"]
+    assert len(users) == 24 and [u["user_id"] for u in users] == sorted(u["user_id"] for u in users)
+    uid = _some_user(served)
+    photo = client.get(f"/users/{uid}").json()["photo_ids"][0]
+    nb = client.get(f"/photos/{photo}/neighbours", params={"k": 5}).json()
+    assert nb["user_id"] == uid and len(nb["neighbours"]) == 5
+    assert photo not in [n["point_id"] for n in nb["neighbours"]]
+    scores = [n["score"] for n in nb["neighbours"]]
+    assert scores == sorted(scores, reverse=True) and all(n["user_id"] for n in nb["neighbours"])
+    a = client.get(f"/users/{uid}/recommendations", params={"k": 5, "aggregation": "harmonic"}).json()
+    b = client.get(f"/users/{uid}/recommendations", params={"k": 5, "aggregation": "min"}).json()
+    assert (a["aggregation"], b["aggregation"]) == ("harmonic", "min")
+    for m in b["matches"]:
+        assert m["score"] == pytest.approx(min(m["score_a_to_b"], m["score_b_to_a"]), abs=1e-6)
+    assert client.get("/review").status_code == 200 and "Match review" in client.get("/review").text
