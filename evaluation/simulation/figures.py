@@ -80,9 +80,11 @@ def plot_calibration(calib: CalibrationData, path: Path, worlds: Sequence[WorldR
 
 def plot_strategies(w: WorldResult, path: Path) -> Path:
     """One bar chart per metric, one bar per strategy, 95 % CI error bars."""
-    fig = _figure(16, 6.5)
-    axes = fig.subplots(2, 4)
-    axes.ravel()[-1].axis("off")
+    n_rows = math.ceil(len(METRICS) / 4)
+    fig = _figure(16, 3.25 * n_rows)
+    axes = fig.subplots(n_rows, 4)
+    for spare in axes.ravel()[len(METRICS) :]:
+        spare.axis("off")
     names = [s.strategy for s in w.strategies]
     colours = colormaps["tab10"](np.arange(len(names)))
     for ax, key in zip(axes.ravel(), METRICS, strict=False):

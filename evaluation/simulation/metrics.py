@@ -17,6 +17,8 @@ METRICS: tuple[str, ...] = (
     "like_rate",
     "mutual_rate",
     "matches_per_user",
+    "effective_rate",
+    "effective_per_user",
     "precision_viewer",
     "precision_candidate",
     "coverage",
@@ -26,6 +28,8 @@ METRIC_LABELS: dict[str, str] = {
     "like_rate": "one-way like rate",
     "mutual_rate": "mutual-match rate",
     "matches_per_user": "mutual matches per user",
+    "effective_rate": "effective-match rate (attention B)",
+    "effective_per_user": "effective matches per user",
     "precision_viewer": "precision@k (viewer likes)",
     "precision_candidate": "precision@k (candidate likes back)",
     "coverage": "coverage",
@@ -60,6 +64,7 @@ def _draws(
     likes = np.bincount(imp.viewer, weights=imp.like, minlength=n)
     backs = np.bincount(imp.viewer, weights=imp.back, minlength=n)
     mutual = np.bincount(imp.viewer, weights=imp.mutual, minlength=n)
+    effective = np.bincount(imp.viewer, weights=imp.effective, minlength=n)
     has = (shown > 0).astype(np.float64)
     prec_v = np.where(shown > 0, likes / np.maximum(shown, 1), 0.0)
     prec_c = np.where(shown > 0, backs / np.maximum(shown, 1), 0.0)
@@ -70,6 +75,8 @@ def _draws(
             ("like_rate", likes, shown),
             ("mutual_rate", mutual, shown),
             ("matches_per_user", mutual, np.ones(n)),
+            ("effective_rate", effective, shown),
+            ("effective_per_user", effective, np.ones(n)),
             ("precision_viewer", prec_v * has, has),
             ("precision_candidate", prec_c * has, has),
         ):
@@ -167,10 +174,11 @@ class SimulationResult:
 
 def strategy_table(w: WorldResult) -> str:
     head = (
-        "| strategy | like rate | mutual rate | matches / user | prec@k viewer | prec@k candidate | coverage "
+        "| strategy | like rate | mutual rate | matches / user | effective rate | effective / user "
+        "| prec@k viewer | prec@k candidate | coverage "
         "| Gini | like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
     for s in w.strategies:
         m = s.metrics
 
@@ -180,6 +188,7 @@ def strategy_table(w: WorldResult) -> str:
         lines.append(
             f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | {cell(m['like_rate'])} "
             f"| {cell(m['mutual_rate'])} | {cell(m['matches_per_user'], 2)} "
+            f"| {cell(m['effective_rate'])} | {cell(m['effective_per_user'], 2)} "
             f"| {cell(m['precision_viewer'])} | {cell(m['precision_candidate'])} | {cell(m['coverage'])} "
             f"| {cell(m['gini'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
             f"| {cell(s.oracle_share.get('mutual_rate'), 2)} | {cell(s.oracle_share.get('like_rate'), 2)} |"

@@ -31,7 +31,8 @@ def write_simulation_report(result: SimulationResult, calib: CalibrationData, ou
         "",
         f"{c['users']} users (population `{c['population']}`), {c['rounds']} rounds of k = {c['k']} "
         "per strategy, "
-        f"seed {c['seed']}, exposure cap {c['exposure_cap']} per round, {c['n_boot']} bootstrap draws. "
+        f"seed {c['seed']}, exposure cap {c['exposure_cap']} per round, attention {c.get('attention')} "
+        f"incoming likes per receiver per round, {c['n_boot']} bootstrap draws. "
         f"Encoder `{c['encoder_id']}` ({c['encoder_source']}), store backend `{c['store_backend']}`; "
         f"on average {c['compatible_pairs_per_user']:.1f} compatible candidates per user.",
         "",
@@ -110,6 +111,10 @@ _METHOD_NOTES = """\
   pair see the same outcome. Mutual = the viewer likes the candidate and the candidate would like the viewer.
 - Matches per user: mutual matches per viewer over all rounds (a capped strategy that leaves viewers short
   can raise the rates per impression while making fewer matches).
+- Limited attention: each receiver looks at no more than B incoming likes per round (`attention`, the
+  first B to arrive in the round's serving order; B = None looks at all). A like never looked at makes no
+  match: *effective matches* count only mutual pairs whose like was looked at; the plain mutual rate and
+  matches per user ignore attention (every like answered).
 - Precision@k per side: per viewer, the share of their recommendations they like (viewer side) and the share
   who would like them back (candidate side), averaged over viewers. Coverage: share of users shown to anyone.
   Gini: of how often each user was shown (0 = equal exposure).

@@ -26,10 +26,46 @@ class Impressions:
     back: np.ndarray  # (m,) bool: the candidate likes the viewer
     shortfall: int  # recommendations missing (a viewer got fewer than k)
     incompatible: int = 0  # impressions outside the compatibility filter (must stay 0; a filter mismatch)
+    # (m,) bool: the viewer likes the candidate and the candidate looked at that like (within attention);
+    # None = unlimited attention (every like is looked at).
+    seen: np.ndarray | None = None
 
     @property
     def mutual(self) -> np.ndarray:
         return self.like & self.back
+
+    @property
+    def effective(self) -> np.ndarray:
+        """(m,) bool: a match that happens under limited attention — liked, looked at, and liked back."""
+        seen = self.like if self.seen is None else self.seen
+        return seen & self.back
+
+
+def attention_seen(
+    candidate: np.ndarray, round_: np.ndarray, like: np.ndarray, attention: int | None
+) -> np.ndarray | None:
+    """(m,) bool: which likes their receiver looks at, when each receiver looks at no more than ``attention``
+    incoming likes per round, in the order they arrived (position-based: the first ``attention``).
+
+    ``candidate``, ``round_``, ``like``: (m,) impressions in the order they were made. None when
+    ``attention`` is None (unlimited). Raises ``InvalidInput`` if ``attention`` is below 1.
+    """
+    if attention is None:
+        return None
+    if attention < 1:
+        raise InvalidInput(f"attention: must be at least 1 like per receiver per round, got {attention}")
+    seen = np.zeros(like.shape, dtype=bool)
+    idx = np.flatnonzero(like)
+    if idx.size == 0:
+        return seen
+    # Stable sort by (round, receiver) keeps arrival order inside each group; position = rank in the group.
+    order = np.lexsort((idx, candidate[idx], round_[idx]))
+    sidx = idx[order]
+    key = round_[sidx].astype(np.int64) * (int(candidate.max()) + 1) + candidate[sidx]
+    start = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+    pos = np.arange(sidx.size) - np.repeat(start, np.diff(np.r_[start, sidx.size]))
+    seen[sidx[pos < attention]] = True
+    return seen
 
 
 def run_rounds(
@@ -40,17 +76,22 @@ def run_rounds(
     k: int,
     seed: int,
     compat: np.ndarray | None = None,
+    attention: int | None = None,
     progress: bool = False,
 ) -> dict[str, Impressions]:
     """Each round every user gets up to ``k`` not-yet-shown candidates from each strategy; decisions follow.
 
     ``compat`` (n, n) bool, when given, counts impressions outside the filter (``Impressions.incompatible``).
+    ``attention``: each receiver looks at no more than this many incoming likes per round, the first to
+    arrive (``Impressions.seen``); None looks at all.
 
     Viewers are served in a random order per round (seeded, the same for every strategy), which matters
     only for the exposure cap. Raises ``InvalidInput`` if ``rounds`` or ``k`` is below 1.
     """
     if rounds < 1 or k < 1:
         raise InvalidInput(f"rounds and k must be at least 1 (got {rounds}, {k})")
+    if attention is not None and attention < 1:
+        raise InvalidInput(f"attention: must be at least 1 like per receiver per round, got {attention}")
     n = world.p.shape[0]
     out: dict[str, Impressions] = {}
     for strat in strategies:
@@ -90,5 +131,7 @@ def run_rounds(
         bad = int((~compat[vv, cc]).sum()) if compat is not None and vv.size else 0
         if bad:
             log.warning("strategy %s: %d impressions outside the compatibility filter", strat.name, bad)
-        out[strat.name] = Impressions(vv, cc, np.asarray(rec_r, dtype=np.int64), like, back, shortfall, bad)
+        rr = np.asarray(rec_r, dtype=np.int64)
+        seen = attention_seen(cc, rr, like, attention)
+        out[strat.name] = Impressions(vv, cc, rr, like, back, shortfall, bad, seen)
     return out

@@ -43,6 +43,9 @@ from ingestion.report import IngestReport
 
 log = logging.getLogger(__name__)
 
+# Incoming likes a receiver looks at per round: a plausible app's daily attention (the issue's 10-30).
+DEFAULT_ATTENTION = 20
+
 EncoderArg = Embedder | str | Path | None
 
 
@@ -162,6 +165,7 @@ class WorldRun:
     n_boot: int
     world_settings: WorldSettings | None
     progress: bool
+    attention: int | None = DEFAULT_ATTENTION
 
     def __call__(self, wname: str) -> WorldResult:
         """Build world ``wname``, run every strategy's rounds in it and measure them."""
@@ -178,7 +182,14 @@ class WorldRun:
             else:
                 strats.append(self.shared[name])
         imps = run_rounds(
-            strats, world, rounds=self.rounds, k=self.k, seed=self.seed, compat=compat, progress=self.progress
+            strats,
+            world,
+            rounds=self.rounds,
+            k=self.k,
+            seed=self.seed,
+            compat=compat,
+            attention=self.attention,
+            progress=self.progress,
         )
         results = evaluate(imps, pop.n, n_boot=self.n_boot, seed=self.seed)
         rnd: dict[str, float] = {}
@@ -228,6 +239,7 @@ def simulate(
     engine_likes: bool = False,
     tiny_pixel_budget: int = 128 * 128,
     write_report: bool = True,
+    attention: int | None = DEFAULT_ATTENTION,
 ) -> SimulationResult:
     """Run the like-rate simulation through the real pipeline; write ``out/report.md``, ``out/results.json``.
 
@@ -239,7 +251,8 @@ def simulate(
     ``recommend()`` against it. ``exposure_cap``: most times one user may be shown per round by
     ``engine_capped`` (default ``k``: the mean exposure per round). ``engine_likes``: pass each viewer's likes
     so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
-    once for all worlds). Deterministic per ``seed``.
+    once for all worlds). ``attention``: most incoming likes a receiver looks at per round (the first to
+    arrive; None: all); effective matches count only likes that were looked at. Deterministic per ``seed``.
 
     Raises ``InvalidInput`` for bad arguments or an unusable population folder; store and encoder errors pass.
     """
@@ -247,6 +260,8 @@ def simulate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_args(strategies, worlds, rounds, k)
+    if attention is not None and attention < 1:
+        raise InvalidInput(f"attention: must be at least 1 like per receiver per round, got {attention}")
     cap = exposure_cap if exposure_cap is not None else k
     timings: dict[str, float] = {}
 
@@ -284,6 +299,7 @@ def simulate(
             n_boot=n_boot,
             world_settings=world_settings,
             progress=settings.progress,
+            attention=attention,
         )
         world_results = []
         for wname in worlds:
@@ -301,6 +317,7 @@ def simulate(
         "k": k,
         "seed": seed,
         "exposure_cap": cap,
+        "attention": attention,
         "worlds": list(worlds),
         "strategies": list(strategies),
         "world_settings": asdict(world_settings or WorldSettings()),

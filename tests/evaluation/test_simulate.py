@@ -196,7 +196,7 @@ def test_simulate_through_the_pipeline(tmp_path: Path, demo_dir: Path, tiny_enco
             assert s.incompatible == 0, s.strategy  # the engine serves only what the filter allows
             assert s.n_impressions > 0
             for key, e in s.metrics.items():
-                assert 0.0 <= e.value <= (2 * 3 if key == "matches_per_user" else 1.0)
+                assert 0.0 <= e.value <= (2 * 3 if key in ("matches_per_user", "effective_per_user") else 1.0)
         assert w.random_pair_like["female"] == pytest.approx(0.365, abs=0.005)
     report = (tmp_path / "a" / "report.md").read_text()
     assert "## World: similarity" in report and "## World: aspiration" in report

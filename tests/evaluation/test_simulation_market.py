@@ -1,0 +1,82 @@
+"""The simulation as a market: limited attention and effective matches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import InvalidInput
+from evaluation.calibration import Calibration, fit_calibration
+from evaluation.simulation import (
+    Population,
+    Strategy,
+    build_world,
+    evaluate,
+    oracle_strategy,
+    popularity_strategy,
+    random_strategy,
+    run_rounds,
+)
+from evaluation.simulation.rounds import attention_seen
+
+from .test_simulate import _population
+
+
+@pytest.fixture(scope="module")
+def cal() -> Calibration:
+    return fit_calibration().calibration
+
+
+@pytest.fixture(scope="module")
+def pop() -> Population:
+    return _population(300, seed=5)
+
+
+def test_no_receiver_answers_more_than_b(cal: Calibration, pop: Population) -> None:
+    compat = pop.compatible()
+    world = build_world("aspiration", pop, compat, cal)
+    b = 3
+    strats: list[Strategy] = [popularity_strategy(compat, pop), random_strategy(compat, 0)]
+    imps = run_rounds(strats, world, rounds=3, k=8, seed=0, compat=compat, attention=b)
+    pop_imp = imps["popularity"]
+    assert pop_imp.seen is not None
+    for imp in imps.values():
+        assert imp.seen is not None
+        assert not np.any(imp.seen & ~imp.like)  # only likes are looked at
+        for r in range(3):
+            sel = imp.round == r
+            seen_per = np.bincount(imp.candidate[sel], weights=imp.seen[sel], minlength=pop.n)
+            liked_per = np.bincount(imp.candidate[sel], weights=imp.like[sel], minlength=pop.n)
+            assert seen_per.max() <= b
+            # A receiver with at most B likes looks at all of them; one with more looks at exactly B.
+            assert np.array_equal(seen_per, np.minimum(liked_per, b))
+    # Most-attractive-first floods the top receivers: attention loses matches there.
+    assert pop_imp.effective.sum() < pop_imp.mutual.sum()
+    assert np.all(pop_imp.effective <= pop_imp.mutual)
+
+
+def test_attention_looks_at_the_first_to_arrive() -> None:
+    # Receiver 7 gets four likes in round 0 (impressions 0, 2, 3, 5) and one in round 1; B = 2.
+    cand = np.array([7, 7, 7, 7, 1, 7, 7])
+    rnd = np.array([0, 0, 0, 0, 0, 0, 1])
+    like = np.array([True, False, True, True, True, True, True])
+    seen = attention_seen(cand, rnd, like, 2)
+    assert seen is not None
+    assert seen.tolist() == [True, False, True, False, True, False, True]
+    assert attention_seen(cand, rnd, like, None) is None
+    with pytest.raises(InvalidInput, match="attention"):
+        attention_seen(cand, rnd, like, 0)
+
+
+def test_effective_matches_in_the_metrics(cal: Calibration, pop: Population) -> None:
+    compat = pop.compatible()
+    world = build_world("similarity", pop, compat, cal)
+    strats: list[Strategy] = [random_strategy(compat, 0), oracle_strategy(compat, world)]
+    unlimited = evaluate(run_rounds(strats, world, rounds=2, k=5, seed=0), pop.n, n_boot=100, seed=0)
+    for s in unlimited:  # no attention limit: every mutual pair is an effective match
+        assert s.metrics["effective_per_user"].value == pytest.approx(s.metrics["matches_per_user"].value)
+    tight = evaluate(run_rounds(strats, world, rounds=2, k=5, seed=0, attention=1), pop.n, n_boot=100, seed=0)
+    by = {s.strategy: s for s in tight}
+    assert by["oracle"].metrics["effective_per_user"].value < by["oracle"].metrics["matches_per_user"].value
+    e = by["oracle"].metrics["effective_rate"]
+    assert e.lo <= e.value <= e.hi
