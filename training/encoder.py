@@ -207,11 +207,16 @@ class Encoder(nn.Module):
         return F.normalize(self.head(self.pool(pixel_values, image_grid_thw)), dim=-1)
 
     @torch.inference_mode()
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 8, progress: bool = False) -> np.ndarray:
+    def embed(
+        self, images: Sequence[Image.Image] | Image.Image, batch_size: int = 8, progress: bool = False
+    ) -> np.ndarray:
         """Embed PIL images: ``(n, dim)`` float32 numpy, L2-normalised, no grad, in eval mode.
 
+        One image (not in a list) gives one ``(dim,)`` vector, as sentence-transformers' ``encode`` does.
         Raises ``InvalidInput`` for an unusable image (naming its index in ``images``).
         """
+        if isinstance(images, Image.Image):
+            return self.embed([images], batch_size=batch_size, progress=progress)[0]
         if batch_size < 1:
             raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
         if len(images) == 0:
