@@ -224,4 +224,18 @@ def run_demo(
     say(sim.table())
     say(f"\n   reports: {sim.report_path}, {out / 'embedding-report' / 'report.md'}")
     say(f"done in {sum(sec.values()):.0f} s")
+    for line in next_steps(out, data_dir, next(iter(result.recommended), "USER_ID")):
+        say(line)
     return result
+
+
+def next_steps(out: Path, data_dir: Path, user_id: str) -> list[str]:
+    """The lines the demo ends with: how to query its store, and how to open the review page on it."""
+    env = f"MATCHER_STORE_PATH={out / 'qdrant'}"
+    return [
+        "\nnext: the demo's store is not the default one; query it with",
+        f"   {env} matcher recommend {user_id}",
+        "open the match-review page on it (needs the 'serve' extra, installed by make):",
+        f"   {env} matcher serve --photos {data_dir}",
+        f"   then open http://127.0.0.1:8000/review?user={user_id}",
+    ]

@@ -41,3 +41,13 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
         assert (out / report).stat().st_size > 500
     text = "\n".join(lines)
     assert "shape (32,)" in text and "oracle" in text and "random" in text
+
+
+def test_demo_ends_with_the_commands_that_query_its_store_and_open_the_review_page(tmp_path: Path) -> None:
+    from evaluation.demo import next_steps
+
+    out = tmp_path / "demo"
+    text = "\n".join(next_steps(out, out / "data", "user_007"))
+    assert f"MATCHER_STORE_PATH={out / 'qdrant'} matcher recommend user_007" in text
+    assert f"MATCHER_STORE_PATH={out / 'qdrant'} matcher serve --photos {out / 'data'}" in text
+    assert "http://127.0.0.1:8000/review?user=user_007" in text
