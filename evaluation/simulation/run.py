@@ -21,6 +21,7 @@ from engine.schema import USERS
 from engine.settings import Settings
 from engine.store import Store, open_store
 from evaluation.calibration import Calibration, fit_calibration
+from evaluation.simulation.market import MarketReference
 from evaluation.simulation.metrics import SimulationResult, WorldResult, evaluate
 from evaluation.simulation.population import Population
 from evaluation.simulation.report import write_simulation_report
@@ -179,6 +180,8 @@ class WorldRun:
                 strats.append(popularity_strategy(compat, pop))
             elif name == "oracle":
                 strats.append(oracle_strategy(compat, world))
+            elif name == "market":
+                strats.append(MarketReference(compat, world, self.attention))
             else:
                 strats.append(self.shared[name])
         imps = run_rounds(

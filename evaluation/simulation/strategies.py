@@ -14,7 +14,15 @@ from engine.store import Store
 from evaluation.simulation.population import Population
 from evaluation.simulation.worlds import World
 
-STRATEGIES: tuple[str, ...] = ("random", "popularity", "similarity", "engine", "engine_capped", "oracle")
+STRATEGIES: tuple[str, ...] = (
+    "random",
+    "popularity",
+    "similarity",
+    "engine",
+    "engine_capped",
+    "oracle",
+    "market",
+)
 STRATEGY_LABELS: dict[str, str] = {
     "random": "random (before)",
     "popularity": "most attractive first",
@@ -22,6 +30,7 @@ STRATEGY_LABELS: dict[str, str] = {
     "engine": "engine (reciprocal rerank)",
     "engine_capped": "engine + exposure cap",
     "oracle": "oracle (true P, ceiling)",
+    "market": "market reference (true P, attention-aware)",
 }
 
 

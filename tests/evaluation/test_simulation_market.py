@@ -80,3 +80,21 @@ def test_effective_matches_in_the_metrics(cal: Calibration, pop: Population) -> 
     assert by["oracle"].metrics["effective_per_user"].value < by["oracle"].metrics["matches_per_user"].value
     e = by["oracle"].metrics["effective_rate"]
     assert e.lo <= e.value <= e.hi
+
+
+@pytest.mark.parametrize("world_name", ["similarity", "aspiration"])
+def test_market_reference_never_below_the_oracle(cal: Calibration, pop: Population, world_name: str) -> None:
+    from evaluation.simulation.market import MarketReference
+
+    compat = pop.compatible()
+    world = build_world(world_name, pop, compat, cal)
+    k, b = 10, 3
+    strats: list[Strategy] = [oracle_strategy(compat, world), MarketReference(compat, world, b)]
+    imps = run_rounds(strats, world, rounds=3, k=k, seed=0, compat=compat, attention=b)
+    oracle, market = imps["oracle"].effective.sum(), imps["market"].effective.sum()
+    assert market >= oracle, (world_name, market, oracle)
+    # Unlimited attention: the market reference is the oracle, pick for pick.
+    same = run_rounds(
+        [oracle_strategy(compat, world), MarketReference(compat, world, None)], world, rounds=2, k=k, seed=0
+    )
+    assert np.array_equal(same["oracle"].candidate, same["market"].candidate)
