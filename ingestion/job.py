@@ -14,8 +14,6 @@ acknowledged stays in the store.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +30,7 @@ from tqdm import tqdm
 
 from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, MatchAny
+from engine.reciprocity import refresh
 from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
@@ -508,15 +507,7 @@ class _Job:
             self.report.counts.users_written += len(points)
 
     def _refresh(self) -> None:
-        """Recompute the reciprocity statistics in users' payloads, when that module is installed."""
-        if importlib.util.find_spec("engine.reciprocity") is None:
-            log.info("engine.reciprocity not present; reciprocity statistics not refreshed")
-            return
-        module = importlib.import_module("engine.reciprocity")
-        refresh = getattr(module, "refresh", None)
-        if refresh is None:
-            log.info("engine.reciprocity has no refresh(); statistics not refreshed")
-            return
+        """Recompute the reciprocity statistics in users' payloads."""
         with _timed(self.report, "reciprocity"):
             self.retry("refresh reciprocity", refresh, self.store, self.settings)
         self.report.reciprocity_refreshed = True

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from engine.cli import main
 from ingestion.report import IngestReport
+from matcher.cli import main
 
 ROOT = Path(__file__).resolve().parent
 API_KEY = "e2e-" + uuid.uuid4().hex

@@ -94,9 +94,9 @@ def test_bad_rows_name_the_line_and_store_nothing(store_factory: StoreFactory, t
 
 
 def test_feedback_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.cli import main
     from engine.settings import Settings
     from engine.store import open_store
+    from matcher.cli import main
 
     for name in ("MATCHER_QDRANT_URL", "MATCHER_STORE_BACKEND", "MATCHER_COLLECTION_PREFIX"):
         monkeypatch.delenv(name, raising=False)

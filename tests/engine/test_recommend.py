@@ -319,7 +319,7 @@ def test_nobody_passes_the_filters_gives_empty_list_and_a_reason(db: tuple[Store
 def test_cli_recommend_json_and_empty_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.cli import main
+    from matcher.cli import main
 
     store_path = tmp_path / "cli-store"
     monkeypatch.setenv("MATCHER_RECOMMEND__RECIPROCITY_K", "5")  # the CLI reads settings from the environment

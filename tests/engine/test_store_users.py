@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from engine.cli import main
 from engine.errors import InvalidInput
 from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store import Point, Query, Store, open_store
 from engine.users import delete_user, store_stats
+from matcher.cli import main
 
 if TYPE_CHECKING:
     from tests.engine.conftest import StoreFactory

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
 from engine.errors import InvalidInput
 from evaluation.demo_data import LOOK_DIM, METADATA_COLUMNS, USERS_COLUMNS, make_demo_data
+from matcher.cli import main
 
 
 def _hashes(root: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
+from matcher.cli import main
 from training.metrics import retrieval_metrics
 
 FLAGS = ["--device", "cpu", "--dtype", "float32"]

@@ -245,7 +245,7 @@ def test_truth_encoder_embeds_the_owner_traits(demo_dir: Path) -> None:
 
 
 def test_cli_parses_simulate_and_replay() -> None:
-    from engine.cli import build_parser
+    from matcher.cli import build_parser
 
     argv = "simulate --users 2000 --rounds 3 --k 10 --seed 4 --out x --world aspiration".split()
     args = build_parser().parse_args(argv)

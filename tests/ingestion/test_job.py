@@ -292,7 +292,7 @@ def test_cli_exit_status_says_whether_anything_was_rejected(
     tmp_path, tiny_encoder, images, monkeypatch
 ) -> None:
     import ingestion.job
-    from engine.cli import main
+    from matcher.cli import main
 
     monkeypatch.setattr(ingestion.job, "_load_encoder", lambda settings: tiny_encoder)
     root = tmp_path / "in"
@@ -470,7 +470,7 @@ def test_sigkill_mid_run_then_rerun_ends_exact(demo_copy, tiny_checkpoint, tiny_
         "MATCHER_ENCODER__BATCH_SIZE": "2",
         "MATCHER_INGEST__WRITE_BATCH_SIZE": "4",
     }
-    cmd = [sys.executable, "-m", "engine.cli", "--store", str(ing_settings.store_path), "--no-progress", "-v"]
+    cmd = [sys.executable, "-m", "matcher.cli", "--store", str(ing_settings.store_path), "--no-progress", "-v"]
     cmd += ["ingest", str(demo_copy), "--metadata", str(meta), "--encoder", str(tiny_checkpoint)]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None

@@ -44,7 +44,7 @@ def live_server(served: Settings) -> Iterator[str]:
 
     port = _free_port()
     env = {**os.environ, "MATCHER_STORE_PATH": str(served.store_path), "MATCHER_PROGRESS": "false"}
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--photos", str(served.serve.photos_root)]
+    cmd = [sys.executable, "-m", "matcher.cli", "serve", "--port", str(port), "--photos", str(served.serve.photos_root)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

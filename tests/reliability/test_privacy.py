@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.cli import main
 from engine.errors import UserNotFound
 from engine.feedback import Event, record_feedback
 from engine.likes import LIKED_FIELD, TASTE_FIELD, record_likes
@@ -26,6 +25,7 @@ from engine.settings import Settings
 from engine.store import open_store
 from engine.users import delete_user
 from ingestion.job import run_ingest
+from matcher.cli import main
 
 VICTIM = "user_005"
 # Who liked whom before the erasure: three users liked the victim, one did not.

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from engine.cli import main
 from engine.settings import Settings
 from ingestion.report import IngestReport
+from matcher.cli import main
 
 SECRET = "sk-live-5b8e0c1f9a7d4e2b"  # what the test sets as MATCHER_QDRANT_API_KEY
 COMMANDS = ["ingest", "recommend", "delete-user", "stats"]
@@ -142,7 +142,7 @@ def run_cli_process(args: list[str], env: dict[str, str]) -> subprocess.Complete
     """``matcher ARGS`` as its own process: the real logging set-up of ``-vv`` (root handler at DEBUG)."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args], env=full, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "matcher.cli", *args], env=full, capture_output=True, text=True, timeout=120
     )
 
 

@@ -277,7 +277,7 @@ def test_fp8_needs_a_recent_gpu(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 # -- CLI --------------------------------------------------------------------------------------------------
 def test_cli_builds_and_embeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.cli import main
+    from matcher.cli import main
 
     assert main(["build-tiny-encoder", str(tmp_path / "tiny"), "--seed", "3"]) == 0
     assert (tmp_path / "tiny" / "config.json").is_file()

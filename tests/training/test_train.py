@@ -147,7 +147,7 @@ def test_head_mode_exports_a_directory_that_load_encoder_reads(
     assert again["recall@1"] == pytest.approx(result.best_metrics["recall@1"], abs=1e-6)
 
     # And it ingests as is: `matcher ingest --encoder DIR` stores every photo under the trained encoder's id.
-    from engine.cli import main
+    from matcher.cli import main
 
     report_path = tmp_path / "ingest.json"
     code = main(["--no-progress", "--store", str(tmp_path / "store"), "ingest", str(demo_dir), "--metadata",
@@ -259,7 +259,7 @@ def test_tower_modes_train_only_their_parameters(
 
 
 def test_cli_train_with_tiny_base(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.cli import main
+    from matcher.cli import main
 
     out = tmp_path / "cli"
     code = main(["--no-progress", "train", str(demo_dir), "--out", str(out), "--base", "tiny", "--epochs", "1",
@@ -275,7 +275,7 @@ def test_cli_train_with_tiny_base(demo_dir: Path, tmp_path: Path, capsys: pytest
 
 
 def test_cli_rejects_bad_settings(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.cli import main
+    from matcher.cli import main
 
     code = main(["train", str(demo_dir), "--out", str(tmp_path / "x"), "--base", "tiny", "--loss", "arcface"])
     assert code == 2

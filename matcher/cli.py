@@ -1,15 +1,14 @@
 """The one CLI, ``matcher``. Each command is a thin wrapper over an importable function.
 
-Commands are registered by a ``register(subparsers)`` function in each package's ``cli`` module. Those modules
-import nothing heavy at import time (torch is imported inside the handlers), so ``matcher --help`` is fast
-and ``engine`` stays importable without torch: the CLI is the one edge allowed to reach the other packages,
-by name, at run time.
+This is the wiring on top (``matcher/``, the only package that imports all four). Each command group lives in
+its own module here and adds its commands through a ``register(subparsers)`` function, imported plainly below:
+a renamed module is an ``ImportError`` at once, never a command that silently vanishes. Those modules import
+nothing heavy at import time (torch is imported inside the handlers), so ``matcher --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -18,11 +17,13 @@ from typing import Any
 
 from engine.errors import MatcherError
 from engine.settings import Settings
+from matcher import evaluation_commands, ingest_commands, store_commands, train_commands
+from matcher.service import commands as serve_commands
 
 log = logging.getLogger(__name__)
 
-# Packages whose ``cli`` module contributes commands; a missing one (a slim install) is skipped.
-COMMAND_MODULES = ("engine.commands", "ingestion.cli", "training.cli", "evaluation.cli", "matcher.service.commands")
+# Command groups in the order their commands appear in ``matcher --help``.
+COMMAND_GROUPS = (store_commands, ingest_commands, train_commands, evaluation_commands, serve_commands)
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -50,13 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # pragma: no cover - a partial install
-            log.debug("commands of %s unavailable: %s", name, exc)
-            continue
-        module.register(sub)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
     return parser
 
 

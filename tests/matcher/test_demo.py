@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import InvalidInput
 from engine.settings import Settings
-from evaluation.demo import DemoSettings, run_demo
+from matcher.demo import DemoSettings, run_demo
 
 TINY = DemoSettings(users=30, epochs=1, sim_users=30, sim_rounds=1, sim_k=3, show_users=2, show_k=3)
 
@@ -44,7 +44,7 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
 
 
 def test_demo_ends_with_the_commands_that_query_its_store_and_open_the_review_page(tmp_path: Path) -> None:
-    from evaluation.demo import next_steps
+    from matcher.demo import next_steps
 
     out = tmp_path / "demo"
     text = "\n".join(next_steps(out, out / "data", "user_007"))

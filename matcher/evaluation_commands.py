@@ -217,7 +217,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation.demo import DemoSettings, run_demo
+    from matcher.demo import DemoSettings, run_demo
 
     run_demo(args.out, settings, DemoSettings(users=args.users, sim_users=args.sim_users, seed=args.seed))
     return 0
