@@ -145,6 +145,8 @@ class EdgeStore(Store):
         self.indexing_threshold_kb = indexing_threshold_kb
         self._lock = lock
         self._shards: dict[str, qe.EdgeShard] = {}
+        # Folders left half-made by a kill during create or --rebuild: not loaded; setup rebuilds them.
+        self._half_made: set[str] = set()
         self._closed = False
 
     @classmethod
@@ -165,6 +167,15 @@ class EdgeStore(Store):
         try:
             for c in (*COLLECTION_INDEXES, *AUX_INDEXES, META):
                 if store._path(c).is_dir():
+                    if store._is_half_made(c):
+                        store._half_made.add(c)
+                        log.warning(
+                            "collection %r in %s is half-made (no config and no segments: a kill during "
+                            "create or --rebuild); re-run the ingestion to rebuild it",
+                            store.name(c),
+                            store.root,
+                        )
+                        continue
                     store._load(c)
         except BaseException:
             store.close()
@@ -208,6 +219,14 @@ class EdgeStore(Store):
                 raise StoreUnavailable(f"{what} failed on {folder}: {msg}") from exc
             raise
 
+    def _is_half_made(self, collection: str) -> bool:
+        """True if the folder holds neither Edge's config file nor a segment (what ``EdgeShard.create``
+        writes first): opening it would fail with \"edge config is not provided and no segments were loaded\"."""
+        path = self._path(collection)
+        segments = path / "segments"
+        has_segments = segments.is_dir() and any(segments.iterdir())
+        return not any(path.glob("edge_config*")) and not has_segments
+
     def _load(self, collection: str) -> qe.EdgeShard:
         with self._calling("load", collection):
             shard = qe.EdgeShard.load(str(self._path(collection)))
@@ -218,10 +237,15 @@ class EdgeStore(Store):
         if self._closed:
             raise StoreUnavailable(f"{self.where} is closed")
         shard = self._shards.get(collection)
+        if shard is None and collection in self._half_made:
+            raise StoreUnavailable(
+                f"collection {self.name(collection)!r} in {self.where} is half-made (a kill during create or "
+                f"--rebuild left {self._path(collection)} without config or segments); re-run the ingestion "
+                "to rebuild it"
+            )
         if shard is None:
             raise InvalidInput(
-                f"collection {self.name(collection)!r} does not exist in {self.where}; "
-                "run the ingestion first"
+                f"collection {self.name(collection)!r} does not exist in {self.where}; run the ingestion first"
             )
         return shard
 
@@ -246,6 +270,7 @@ class EdgeStore(Store):
             for field, kind in indexes.items():
                 shard.update(qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind]))
         self._shards[collection] = shard
+        self._half_made.discard(collection)
 
     def _drop(self, collection: str) -> None:
         shard = self._shards.pop(collection, None)
@@ -276,9 +301,7 @@ class EdgeStore(Store):
                 if c in self._shards:
                     size = self._vector_size(c)
                     if size not in (-1, dim):
-                        check_encoder(
-                            StoreInfo(encoder_id="<unrecorded>", dim=size), encoder_id, dim, self.where
-                        )
+                        check_encoder(StoreInfo(encoder_id="<unrecorded>", dim=size), encoder_id, dim, self.where)
         for c, indexes in COLLECTION_INDEXES.items():
             if c not in self._shards:
                 self._create(c, dim, indexes)
@@ -287,9 +310,7 @@ class EdgeStore(Store):
                 with self._calling("create_field_index", c):
                     for field, kind in indexes.items():
                         if have.get(field) != kind:
-                            self._shards[c].update(
-                                qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind])
-                            )
+                            self._shards[c].update(qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind]))
         for c, indexes in AUX_INDEXES.items():
             if c not in self._shards:
                 self._create(c, META_DIM, indexes)
@@ -327,9 +348,7 @@ class EdgeStore(Store):
         for p in points:
             if p.vector is None:
                 raise InvalidInput(f"point {p.id}: no vector to upsert")
-            edge_points.append(
-                qe.Point(_uuid(p.id), np.asarray(p.vector, dtype=np.float32).tolist(), p.payload)
-            )
+            edge_points.append(qe.Point(_uuid(p.id), np.asarray(p.vector, dtype=np.float32).tolist(), p.payload))
         with self._calling("upsert", collection):
             # Returns once the WAL has it: acknowledged points survive a kill (flushed on close/optimize).
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
