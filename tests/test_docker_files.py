@@ -165,7 +165,7 @@ def test_dockerfile_entry_point_is_the_matcher_cli() -> None:
     entry = [a for word, a in dockerfile_instructions() if word == "ENTRYPOINT"]
     assert entry and yaml.safe_load(entry[-1]) == ["matcher"], entry  # exec form: signals reach matcher
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    assert re.search(r'^matcher = "engine\.cli:main"$', pyproject, re.MULTILINE)
+    assert re.search(r'^matcher = "matcher\.cli:main"$', pyproject, re.MULTILINE)
 
 
 def test_dockerfile_copies_what_exists_and_the_ignore_file_lets_it_through() -> None:
