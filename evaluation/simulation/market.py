@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import InvalidInput
+from evaluation.simulation.strategies import best_k, open_candidates
 from evaluation.simulation.worlds import World
 
 
@@ -51,18 +52,12 @@ class MarketReference:
         self._load[:] = 0.0
 
     def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]:
-        ok = self._compat[viewer].copy()
-        if exclude:
-            ok[list(exclude)] = False
-        cand = np.flatnonzero(ok)
+        cand = open_candidates(self._compat[viewer], exclude)
         if cand.size == 0:
             return []
         s = self._mutual[viewer, cand]
         if self._attention is not None:
             s = s * poisson_below(self._load[cand], self._attention)
-        take = min(k, cand.size)
-        top = np.argpartition(-s, take - 1)[:take]
-        top = top[np.argsort(-s[top], kind="stable")]
-        out = cand[top]
+        out = best_k(cand, s, k)
         self._load[out] += self._p[viewer, out]
         return out.tolist()

@@ -44,6 +44,22 @@ class Strategy(Protocol):
     def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]: ...
 
 
+def open_candidates(compat_row: np.ndarray, exclude: set[int]) -> np.ndarray:
+    """Indices of the compatible users (``compat_row``: bool, (N,)) not in ``exclude``, ascending."""
+    ok = compat_row.copy()
+    if exclude:
+        ok[list(exclude)] = False
+    return np.flatnonzero(ok)
+
+
+def best_k(cand: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` candidates with the highest scores (``scores[i]`` belongs to ``cand[i]``), best first; ties keep
+    ``cand``'s order."""
+    take = min(k, cand.size)
+    top = np.argpartition(-scores, take - 1)[:take]
+    return cand[top[np.argsort(-scores[top], kind="stable")]]
+
+
 class ScoreStrategy:
     """Top-``k`` compatible, not yet shown candidates by a score row ``score(viewer) -> (n,)``."""
 
@@ -57,17 +73,10 @@ class ScoreStrategy:
         self._round = round_index
 
     def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]:
-        ok = self._compat[viewer].copy()
-        if exclude:
-            ok[list(exclude)] = False
-        cand = np.flatnonzero(ok)
+        cand = open_candidates(self._compat[viewer], exclude)
         if cand.size == 0:
             return []
-        s = self._score(viewer, self._round)[cand]
-        take = min(k, cand.size)
-        top = np.argpartition(-s, take - 1)[:take]
-        top = top[np.argsort(-s[top], kind="stable")]
-        return cand[top].tolist()
+        return best_k(cand, self._score(viewer, self._round)[cand], k).tolist()
 
 
 def random_strategy(compat: np.ndarray, seed: int) -> ScoreStrategy:
