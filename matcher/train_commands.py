@@ -103,7 +103,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "`matcher ingest --encoder DIR` reads. Re-running the same command resumes an interrupted run.",
     )
     p.add_argument("data", nargs="+", type=Path, metavar="DATA_DIR",
-                   help="training photos: metadata.csv, a CSV with image_path,identity, or raw/profiles/")
+                   help="training photos: metadata.csv, a CSV with image_path,identity, raw/profiles/, or a "
+                   "seed-layout root (raw/profiles/ + augmented/generated/mapping.csv: generated images "
+                   "train, real users' photos validate)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output folder (export + checkpoints)")
     p.add_argument("--base", metavar="SRC",
@@ -151,6 +153,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     from engine.errors import InvalidInput
     from training.loop import TrainSettings, train
+    from training.seed_layout import resolve_sources
 
     values: dict[str, object] = {}
     if args.config:
@@ -174,7 +177,10 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         if not (base_dir / "config.json").is_file():
             build_tiny_checkpoint(base_dir, seed=train_settings.seed)
         base = str(base_dir)
-    result = train(args.data, args.out, base=base, settings=train_settings, val_data=args.val_data,
+    # The seed layout (raw/profiles + augmented/generated with mapping.csv): generated train, real validate.
+    data, val_data = resolve_sources(args.data, args.val_data, args.out, val_users=train_settings.val_identities,
+                                     val_fraction=train_settings.val_fraction, seed=train_settings.seed)
+    result = train(data, args.out, base=base, settings=train_settings, val_data=val_data,
                    resume=not args.no_resume, progress=settings.progress)
     m, u = result.best_metrics, result.untrained_metrics
     print(f"encoder {result.encoder_id} exported to {result.out_dir} (best epoch {result.best_epoch} of "

@@ -133,7 +133,9 @@ def read_dataset(source: Path) -> list[Photo]:
     """Photos of a data folder in any known layout, or of a CSV file given directly.
 
     Looked for in order: ``metadata.csv`` (user_id,image_path), a CSV with ``image_path`` and ``identity``,
-    ``raw/profiles/``, ``profiles/``, then ``<user>_<n>.jpg`` files in the folder itself.
+    a ``mapping.csv`` of generated images (``image_path,source_user``; see :mod:`training.seed_layout`),
+    ``raw/profiles/``, ``profiles/``, then ``<user>_<n>.jpg`` files in the folder itself. Identities read
+    from file names that all give one person (``gen_001.jpg`` -> "gen") are refused, not trained on.
 
     Returns:
         Photos sorted by (identity, path), so that every later random choice depends only on the seed.
@@ -142,6 +144,7 @@ def read_dataset(source: Path) -> list[Photo]:
         InvalidInput: nothing readable is found, or a file or row is bad.
     """
     source = Path(source)
+    from_names = False  # identities parsed from file names rather than read from a CSV
     if source.is_file():
         header, _ = _csv_rows(source)
         photos = read_metadata_csv(source) if "user_id" in header else read_mapping_csv(source)
@@ -151,11 +154,17 @@ def read_dataset(source: Path) -> list[Photo]:
         photos = read_metadata_csv(source / "metadata.csv")
     elif (mapping := _find_mapping_csv(source)) is not None:
         photos = read_mapping_csv(mapping)
+    elif (source / "mapping.csv").is_file():
+        # A generated-images folder (image_path,source_user); imported here: seed_layout builds on this module.
+        from training.seed_layout import read_generated
+
+        photos = read_generated(source, source / "mapping.csv")
     elif (source / "raw" / "profiles").is_dir():
-        photos = read_profiles_dir(source / "raw" / "profiles")
+        photos, from_names = read_profiles_dir(source / "raw" / "profiles"), True
     elif (source / "profiles").is_dir():
-        photos = read_profiles_dir(source / "profiles")
+        photos, from_names = read_profiles_dir(source / "profiles"), True
     else:
+        from_names = True
         try:
             photos = read_profiles_dir(source)
         except InvalidInput as exc:
@@ -164,7 +173,16 @@ def read_dataset(source: Path) -> list[Photo]:
                 f"<user>_<n>.jpg files"
             ) from exc
     photos = sorted(set(photos))
-    log.info("%s: %d photos of %d identities", source, len(photos), len({p.identity for p in photos}))
+    identities = {p.identity for p in photos}
+    if from_names and len(identities) == 1 and len(photos) > 2:
+        # Names like gen_001.jpg parse as "<user>_<n>" with user "gen": one person, which is never meant.
+        raise InvalidInput(
+            f"{source}: all {len(photos)} images read as one person {next(iter(identities))!r} (from names "
+            f"like {photos[0].path.name}); generated images need a mapping file with image_path,identity "
+            f"(or image_path,source_user in augmented/generated/mapping.csv) naming whose photos each "
+            f"was generated from"
+        )
+    log.info("%s: %d photos of %d identities", source, len(photos), len(identities))
     return photos
 
 
