@@ -10,31 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Qwen3-VL's own preprocessing (its hub preprocessor_config.json): patch 16, merge 2, mean = std = 0.5.
-# The Qwen2-VL class defaults differ (patch 14, CLIP mean/std), so these are always written out explicitly.
-QWEN3_VL_PATCH_SIZE = 16
-QWEN3_VL_MERGE_SIZE = 2
-QWEN3_VL_TEMPORAL_PATCH_SIZE = 2
-QWEN3_VL_IMAGE_MEAN = (0.5, 0.5, 0.5)
-QWEN3_VL_IMAGE_STD = (0.5, 0.5, 0.5)
-QWEN3_VL_MIN_PIXELS = 256 * 256
-QWEN3_VL_MAX_PIXELS = 4096 * 4096  # the processor's own default: far too many tokens for an encoder
-
-
-def qwen3_vl_image_processor_config(
-    min_pixels: int = QWEN3_VL_MIN_PIXELS, max_pixels: int = QWEN3_VL_MAX_PIXELS
-) -> dict[str, Any]:
-    """``preprocessor_config.json`` as Qwen/Qwen3-VL-2B-Instruct ships it (defaults: 256² to 4096² pixels)."""
-    return {
-        "size": {"longest_edge": max_pixels, "shortest_edge": min_pixels},
-        "patch_size": QWEN3_VL_PATCH_SIZE,
-        "temporal_patch_size": QWEN3_VL_TEMPORAL_PATCH_SIZE,
-        "merge_size": QWEN3_VL_MERGE_SIZE,
-        "image_mean": list(QWEN3_VL_IMAGE_MEAN),
-        "image_std": list(QWEN3_VL_IMAGE_STD),
-        "processor_class": "Qwen3VLProcessor",
-        "image_processor_type": "Qwen2VLImageProcessorFast",
-    }
+# The constants live with the loader; re-exported here for the builders below and older imports.
+from training.qwen3_vl import (  # noqa: F401
+    QWEN3_VL_IMAGE_MEAN,
+    QWEN3_VL_IMAGE_STD,
+    QWEN3_VL_MAX_PIXELS,
+    QWEN3_VL_MERGE_SIZE,
+    QWEN3_VL_MIN_PIXELS,
+    QWEN3_VL_PATCH_SIZE,
+    QWEN3_VL_TEMPORAL_PATCH_SIZE,
+    qwen3_vl_image_processor_config,
+)
 
 
 def tiny_vision_config_dict() -> dict[str, Any]:

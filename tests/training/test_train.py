@@ -283,12 +283,12 @@ def test_cli_rejects_bad_settings(demo_dir: Path, tmp_path: Path, capsys: pytest
 
 
 def test_cached_views_of_a_repeated_photo_differ() -> None:
-    from training.loop import _feature_batches
+    from training.batches import feature_batches
     from training.samplers import PKBatchSampler
 
     labels = np.array([0, 1, 1, 2, 2, 3])  # identities 0 and 3 have one photo each
     feats = torch.arange(6 * 3, dtype=torch.float32).reshape(6, 3, 1)  # photo i, view v -> 3 i + v
-    (batch,) = list(_feature_batches(PKBatchSampler(labels, 4, 3, seed=0), 0, 0, feats, labels, seed=0))
+    (batch,) = list(feature_batches(PKBatchSampler(labels, 4, 3, seed=0), 0, 0, feats, labels, seed=0))
     x, y = batch
     assert x.shape == (12, 1) and sorted(set(y.tolist())) == [0, 1, 2, 3]
     values = x.flatten().tolist()

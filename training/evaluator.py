@@ -1,0 +1,69 @@
+"""Validation during training: embed the held-out identities and score retrieval on them.
+
+An evaluator is any callable ``(encoder) -> {metric: value}``; the trainer keeps the epoch with the highest
+``map@r`` (its ``monitor``). Two ship here: one that embeds the validation photos through the encoder's own
+``embed`` (what serving does), and head mode's, which runs the head over cached tower features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data import Photo, load_image
+
+if TYPE_CHECKING:
+    from training.encoder import Encoder
+
+
+class Evaluator(Protocol):
+    """``(encoder) -> metrics`` (floats keyed by name; must hold the trainer's monitored metric)."""
+
+    def __call__(self, encoder: Encoder) -> dict[str, float]: ...
+
+
+def retrieval_scores(emb: np.ndarray, labels: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """recall@1/5, MAP@R and mean same/other-person cosine distance of ``emb`` (n, d), L2-normalised."""
+    from training.metrics import retrieval_metrics, scalar_metrics
+
+    metrics = scalar_metrics(retrieval_metrics(emb, labels, ks=(1, 5)))
+    return {k: (v if isinstance(v, int) else float(v)) for k, v in metrics.items()}
+
+
+class PhotoEvaluator:
+    """Embeds ``photos`` (full-size files, eval mode) with ``encoder.embed`` and scores them by ``labels``."""
+
+    def __init__(self, photos: Sequence[Photo], labels: np.ndarray, batch_size: int = 32) -> None:
+        self.photos, self.labels, self.batch_size = list(photos), labels, batch_size
+
+    def __call__(self, encoder: Encoder) -> dict[str, float]:
+        encoder.eval()
+        bs = self.batch_size
+        chunks = [
+            encoder.embed([load_image(p.path) for p in self.photos[i : i + bs]], batch_size=bs)
+            for i in range(0, len(self.photos), bs)
+        ]
+        return retrieval_scores(np.concatenate(chunks), self.labels)
+
+
+class FeatureEvaluator:
+    """Head mode: the head over cached validation features ``feats`` (m, hidden), scored by ``labels``."""
+
+    def __init__(self, feats: torch.Tensor, labels: np.ndarray) -> None:
+        self.feats, self.labels = feats, labels
+
+    def __call__(self, encoder: Encoder) -> dict[str, float]:
+        encoder.eval()
+        with torch.no_grad():
+            emb = F.normalize(encoder.head(self.feats.to(encoder.device)), dim=-1).cpu().numpy()
+        return retrieval_scores(emb, self.labels)
+
+
+def brief(metrics: dict[str, Any]) -> str:
+    """One log line's worth of metrics."""
+    keys = ("recall@1", "recall@5", "map@r", "mean_same_dist", "mean_diff_dist")
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)

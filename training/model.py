@@ -1,0 +1,250 @@
+"""The encoder module itself: Qwen3-VL's vision tower, mean-pooled per image, a projection head, L2 norm.
+
+Loading and export live in :mod:`training.encoder`; Qwen3-VL's loading details in :mod:`training.qwen3_vl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import nn
+
+from engine.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from transformers import Qwen3VLVisionModel
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+log = logging.getLogger(__name__)
+
+# The head of a base checkpoint (no trained head) is drawn from this seed, so one source gives one encoder_id.
+HEAD_SEED = 0
+
+
+class ProjectionHead(nn.Module):
+    """Pooled tower features ``(n, in_dim)`` -> ``(n, dim)`` (not normalised; the encoder normalises).
+
+    ``BatchNorm1d`` first: without it, metric-learning training of the head collapses (see FINDINGS.md).
+    ``hidden_dim > 0`` adds one GELU hidden layer.
+    """
+
+    def __init__(self, in_dim: int, dim: int, hidden_dim: int = 0, batch_norm: bool = True) -> None:
+        super().__init__()
+        if in_dim < 1 or dim < 1 or hidden_dim < 0:
+            raise ValueError(f"bad head sizes: in_dim={in_dim}, dim={dim}, hidden_dim={hidden_dim}")
+        self.in_dim, self.dim, self.hidden_dim, self.batch_norm = in_dim, dim, hidden_dim, batch_norm
+        self.norm: nn.Module = nn.BatchNorm1d(in_dim) if batch_norm else nn.Identity()
+        if hidden_dim:
+            self.proj: nn.Module = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim))
+        else:
+            self.proj = nn.Linear(in_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, as stored in the encoder card."""
+        return {
+            "in_dim": self.in_dim,
+            "dim": self.dim,
+            "hidden_dim": self.hidden_dim,
+            "batch_norm": self.batch_norm,
+        }
+
+    @classmethod
+    def seeded(cls, in_dim: int, dim: int, seed: int = HEAD_SEED, **kwargs: Any) -> ProjectionHead:
+        """A head initialised from ``seed`` without touching the caller's random stream."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(in_dim, dim, **kwargs)
+
+
+class Encoder(nn.Module):
+    """Qwen3-VL vision tower -> per-image mean of merged tokens -> projection head -> L2 normalisation.
+
+    Attributes: ``tower`` (``Qwen3VLVisionModel``), ``head`` (``ProjectionHead``, kept in float32),
+    ``processor`` (Qwen's image processor with the pinned budget), ``encoder_id``, ``dim``, ``device``,
+    ``dtype`` (of the tower), ``source``, ``base_model``, ``pixel_budget``, ``min_pixels``.
+    """
+
+    def __init__(
+        self,
+        tower: Qwen3VLVisionModel,
+        head: ProjectionHead,
+        processor: Qwen2VLImageProcessorPil,
+        *,
+        source: str,
+        base_model: str,
+        pixel_budget: int,
+        min_pixels: int,
+    ) -> None:
+        super().__init__()
+        # Any: a Qwen3VLVisionModel, or a peft model wrapping it while LoRA adapters are trained.
+        self.tower: Any = tower
+        self.head = head
+        self.processor = processor
+        self.source = source
+        self.base_model = base_model
+        self.pixel_budget = pixel_budget
+        self.min_pixels = min_pixels
+        self.dim = head.dim
+        self.merge_size = int(tower.config.spatial_merge_size)
+        self.encoder_id = self.compute_id()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the head (and tower) live; follows ``encoder.to(...)``."""
+        return next(self.head.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The tower's compute dtype (of its first weight, the patch embedding); inputs are cast to it."""
+        return next(self.tower.parameters()).dtype
+
+    # -- identity ---------------------------------------------------------------------------------------
+    def preprocessing_settings(self) -> dict[str, Any]:
+        """Everything in preprocessing that changes the vectors (part of ``encoder_id``)."""
+        p = self.processor
+        return {
+            "patch_size": int(p.patch_size),
+            "merge_size": int(p.merge_size),
+            "temporal_patch_size": int(p.temporal_patch_size),
+            "image_mean": [float(v) for v in p.image_mean],
+            "image_std": [float(v) for v in p.image_std],
+            "resample": int(p.resample),
+            "min_pixels": int(self.min_pixels),
+            "max_pixels": int(self.pixel_budget),
+            "alpha_background": "white",
+        }
+
+    def compute_id(self) -> str:
+        """Short hash of tower + head weights (as float32), preprocessing settings and ``dim``.
+
+        The same weights at the same precision give the same id on every load. Loading float32 weights in
+        bfloat16 rounds them, so that encoder (whose vectors differ) gets another id.
+        """
+        h = hashlib.sha256()  # sha256 over blake2b: ~2.5x faster here (CPU SHA extensions)
+        h.update(json.dumps({"dim": self.dim, "pre": self.preprocessing_settings()}, sort_keys=True).encode())
+        for prefix, module in (("tower.", self.tower), ("head.", self.head)):
+            for name, tensor in sorted(module.state_dict().items()):
+                h.update((prefix + name).encode())
+                h.update(str(tuple(tensor.shape)).encode())
+                # One tensor at a time (a float32 copy only for non-float32 weights), hashed in place.
+                flat = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+                h.update(memoryview(flat.numpy()).cast("B"))
+        return h.hexdigest()[:16]
+
+    # -- preprocessing ----------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """PIL images -> ``(pixel_values (patches, C*T*P*P) float32, image_grid_thw (n, 3) int64)`` on CPU.
+
+        Images are EXIF-rotated and converted to RGB first. Raises ``InvalidInput`` for a non-image or an
+        aspect ratio beyond 200:1.
+        """
+        if len(images) == 0:
+            raise InvalidInput("no images to preprocess")
+        rgb = [to_rgb(im, index=i) for i, im in enumerate(images)]
+        try:
+            batch = self.processor(images=rgb, return_tensors="pt")
+        except (ValueError, OSError) as exc:  # extreme aspect ratio (smart_resize), truncated file data
+            raise InvalidInput(f"image cannot be preprocessed: {exc}") from exc
+        return batch["pixel_values"], batch["image_grid_thw"]
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def pool(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """Tower features mean-pooled per image: ``(n_images, out_hidden)`` float32, with grad.
+
+        The tower returns the merged tokens of all images concatenated (``pooler_output``); image ``i``
+        owns ``t*h*w / merge_size**2`` of them, in order.
+        """
+        grid = image_grid_thw.to(self.device)
+        out = self.tower(pixel_values.to(self.device, self.dtype), grid_thw=grid)
+        tokens = out.pooler_output
+        sizes = (image_grid_thw.prod(-1) // self.merge_size**2).tolist()
+        if sum(sizes) != tokens.shape[0]:
+            raise RuntimeError(f"tower returned {tokens.shape[0]} tokens for grids summing to {sum(sizes)}")
+        return torch.stack([chunk.float().mean(0) for chunk in torch.split(tokens, sizes)])
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """``(n_images, dim)`` float32, L2-normalised, with grad (for training)."""
+        return F.normalize(self.head(self.pool(pixel_values, image_grid_thw)), dim=-1)
+
+    @torch.inference_mode()
+    def embed(
+        self, images: Sequence[Image.Image] | Image.Image, batch_size: int = 8, progress: bool = False
+    ) -> np.ndarray:
+        """Embed PIL images: ``(n, dim)`` float32 numpy, L2-normalised, no grad, in eval mode.
+
+        One image (not in a list) gives one ``(dim,)`` vector, as sentence-transformers' ``encode`` does.
+        Raises ``InvalidInput`` for an unusable image (naming its index in ``images``).
+        """
+        if isinstance(images, Image.Image):
+            return self.embed([images], batch_size=batch_size, progress=progress)[0]
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out: list[np.ndarray] = []
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="embed", unit="batch")  # type: ignore[assignment]
+        with _eval_mode(self):
+            for start in starts:
+                chunk = images[start : start + batch_size]
+                try:
+                    pixel_values, grid = self.preprocess(chunk)
+                except InvalidInput as exc:
+                    raise InvalidInput(f"images[{start}:{start + len(chunk)}]: {exc}") from exc
+                out.append(self(pixel_values, grid).float().cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def to_rgb(image: Image.Image, index: int | None = None) -> Image.Image:
+    """EXIF-rotate and convert to 8-bit RGB; transparency is composited onto white.
+
+    Raises ``InvalidInput`` (naming ``index``) when ``image`` is not a PIL image.
+    """
+    where = f"image {index}" if index is not None else "image"
+    if not isinstance(image, Image.Image):
+        raise InvalidInput(f"{where} is a {type(image).__name__}, not a PIL image")
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError) as exc:
+        # A corrupt EXIF block is common in the wild; the pixels are still good, just unrotated.
+        log.warning("%s: EXIF orientation unreadable (%s); used as stored", where, exc)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit and float greyscale: convert("RGB") would clip, so rescale to 0..255 first.
+        arr = np.asarray(image, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
