@@ -9,8 +9,9 @@ from engine.errors import InvalidInput
 from engine.feedback import delete_feedback_of
 from engine.filters import Filter, HasId, MatchAny
 from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, taste_payload, usable_vector
+from engine.reciprocity import departures, refresh_changed
 from engine.schema import PHOTOS, USERS, user_point_id
-from engine.settings import RecommendSettings, Settings
+from engine.settings import Settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
@@ -25,15 +26,18 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
 
     Every feedback event the user gave or received (``engine.feedback``) is removed too, and counted.
     Returns the number of points removed (0 if the user was not stored). Other users' reciprocity statistics
-    (``kth_sim``: one number per user, computed over the whole population) are refreshed by the next
-    ingestion's ``engine.reciprocity.refresh``. ``settings`` gives ``recommend.taste_blend`` (defaults if
-    None). Raises ``InvalidInput`` for an empty id, and ``StoreUnavailable`` if the store fails.
+    are refreshed at once (``engine.reciprocity.refresh_changed``: those who had the user in their top-K, and
+    those whose taste changed). ``settings`` gives ``recommend`` (``taste_blend``, ``reciprocity_k``; from
+    the environment if None). Raises ``InvalidInput`` for an empty id, and ``StoreUnavailable`` if the
+    store fails.
     """
     user_id = str(user_id).strip()
     if not user_id:
         raise InvalidInput("user_id: empty")
     # By payload and, for the user point, by its id too: a point written without a payload is still found.
     by_payload = MatchAny.of("user_id", [user_id])
+    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
+    gone = departures(store, [user_id])  # what others' statistics were computed with, before it goes
     removed = 0
     for collection in USER_COLLECTIONS:
         flt = Filter(must=(by_payload,))
@@ -53,18 +57,20 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     scrubbed = _forget_likes_of(store, user_id, settings)
     events = delete_feedback_of(store, user_id)  # decisions the user gave and received, every direction
     removed += events
+    if gone or scrubbed:
+        refresh_changed(store, settings, departed=gone, retasted=scrubbed)
     log.info(
         "deleted user %s: %d points (%d feedback events); removed from %d like histories",
-        user_id, removed, events, scrubbed,
+        user_id, removed, events, len(scrubbed),
     )
     return removed
 
 
-def _forget_likes_of(store: Store, user_id: str, settings: Settings | None) -> int:
+def _forget_likes_of(store: Store, user_id: str, settings: Settings) -> list[str]:
     """Drop ``user_id`` from every stored like history and recompute those users' ``taste`` without them
     (a taste vector is partly the liked users' vectors: keeping it would keep a trace of the erased user).
-    Returns how many users' points were rewritten."""
-    blend = (settings.recommend if settings is not None else RecommendSettings()).taste_blend
+    Returns the ids of the users whose points were rewritten."""
+    blend = settings.recommend.taste_blend
     likers = list(store.scroll(USERS, Filter(must=(MatchAny.of(LIKED_FIELD, [user_id]),)), with_vectors=True))
     points: list[Point] = []
     for p in likers:
@@ -82,7 +88,7 @@ def _forget_likes_of(store: Store, user_id: str, settings: Settings | None) -> i
         points.append(Point(id=p.id, vector=p.vector, payload=payload))
     if points:
         store.upsert(USERS, points)
-    return len(points)
+    return [str(p.payload.get("user_id")) for p in points]
 
 
 def store_stats(store: Store) -> dict[str, Any]:

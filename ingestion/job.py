@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, MatchAny
-from engine.reciprocity import refresh
+from engine.reciprocity import STAT_FIELDS, Departed, RefreshReport, departures, refresh, refresh_changed
 from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
@@ -204,6 +204,9 @@ class _Job:
         self.to_write: list[Point] = []
         self.to_update: list[tuple[str, dict[str, Any]]] = []  # (photo point id, new payload)
         self.existing_users: dict[str, dict[str, Any]] = {}  # user point id -> stored payload
+        # Users this run rewrote or deleted, for the incremental reciprocity refresh.
+        self.arrived: list[str] = []
+        self.departed: list[Departed] = []
 
     # -- store calls ---------------------------------------------------------------------------------------
     def retry(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -437,6 +440,7 @@ class _Job:
 
         stale: list[str] = []
         to_delete: list[str] = []
+        deleted_uids: list[str] = []
         for uid in uids:
             state, record = self.users[uid], self.meta.users[uid]
             photo_ids = sorted(pid for pid, _ in state.stored.values())
@@ -445,12 +449,17 @@ class _Job:
                 self.report.users_without_photos.append(uid)
                 if upid in existing:
                     to_delete.append(upid)
+                    deleted_uids.append(uid)
                 continue
             want = self._user_payload(record, photo_ids)
             have = existing.get(upid)
             if have is None or {k: have.get(k) for k in USER_KEYS} != want:
                 stale.append(uid)
         c.users_without_photos = len(self.report.users_without_photos)
+        # As they are before this run changes them: what other users' statistics were computed with.
+        before = [uid for uid in stale if user_point_id(uid) in existing] + deleted_uids
+        self.departed = self.retry("retrieve users", departures, self.store, before)
+        self.arrived = stale
 
         size = self.settings.ingest.write_batch_size
         batch_uids: list[str] = []
@@ -495,9 +504,11 @@ class _Job:
             if norm == 0.0:
                 log.warning("user %s: photo vectors cancel out; no user vector written", uid)
                 continue
-            # Keep what other parts keep in the user's point (the like history); refresh() redoes kth_sim.
+            # Keep what other parts keep in the user's point (the like history). The reciprocity statistics
+            # are dropped: if the run stops before its refresh, the next one finds this user without them
+            # and handles them as new.
             have = self.existing_users.get(user_point_id(uid), {})
-            kept = {k: v for k, v in have.items() if k not in USER_KEYS}
+            kept = {k: v for k, v in have.items() if k not in USER_KEYS and k not in STAT_FIELDS}
             payload = {**kept, **self._user_payload(self.meta.users[uid], [p.id for p in photos])}
             points.append(
                 Point(id=user_point_id(uid), vector=(mean / norm).astype(np.float32), payload=payload)
@@ -507,7 +518,19 @@ class _Job:
             self.report.counts.users_written += len(points)
 
     def _refresh(self) -> None:
-        """Recompute the reciprocity statistics in users' payloads."""
+        """Bring the reciprocity statistics in users' payloads up to date for what this run changed.
+
+        The first try is incremental (``refresh_changed``); a retry after a store failure runs the full
+        pass, because a half-written incremental pass cannot be replayed (its merges are not idempotent)."""
+        tries = 0
+
+        def once() -> RefreshReport:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                return refresh(self.store, self.settings)
+            return refresh_changed(self.store, self.settings, arrived=self.arrived, departed=self.departed)
+
         with _timed(self.report, "reciprocity"):
-            self.retry("refresh reciprocity", refresh, self.store, self.settings)
+            self.retry("refresh reciprocity", once)
         self.report.reciprocity_refreshed = True

@@ -1,4 +1,5 @@
-"""Engine commands: ``recommend``, ``stats``, ``delete-user``, ``feedback`` (thin wrappers over engine functions)."""
+"""Engine commands: ``recommend``, ``stats``, ``delete-user``, ``feedback``, ``refresh`` (thin wrappers over engine
+functions)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     register_stats(sub)
     register_delete_user(sub)
     register_feedback(sub)
+    register_refresh(sub)
 
 
 # -- recommend ----------------------------------------------------------------------------------------------
@@ -142,4 +144,28 @@ def _feedback_command(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         rep = record_feedback(store, events)
     print(f"{args.log}: {rep.received} events: {rep.added} new, {rep.updated} updated, {rep.unchanged} unchanged")
+    return 0
+
+
+# -- refresh ------------------------------------------------------------------------------------------------
+def register_refresh(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """``matcher refresh``."""
+    p = sub.add_parser(
+        "refresh",
+        help="recompute every user's reciprocity statistics (the full batch pass)",
+        description="Recompute kth_sim, kth_top and taste for every user from the stored vectors and like "
+        "histories, exactly, and write the ones that changed. Ingestion and delete-user keep them up to date "
+        "incrementally; run this after changing recommend.reciprocity_k or taste_blend, or to repair statistics "
+        "a stopped run left behind. Its time grows with users x compatible users (docs/scaling.md).",
+    )
+    p.set_defaults(func=_refresh_command)
+
+
+def _refresh_command(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.reciprocity import refresh
+    from engine.store import open_store
+
+    with open_store(settings) as store:
+        rep = refresh(store, settings)
+    print(f"refresh: {rep.users} users, {rep.rewritten} rewritten, {rep.skipped} skipped, in {rep.seconds:.1f} s")
     return 0

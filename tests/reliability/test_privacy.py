@@ -124,7 +124,7 @@ def test_payloads_hold_no_photo_bytes(populated: Settings, demo: Path) -> None:
         points = all_points(store)
     photo_keys = {"user_id", "gender", "age", "photo_sha256", "source_path", "encoder_id"}
     user_keys = {"user_id", "gender", "age", "seeking", "age_min", "age_max", "n_photos", "photo_ids",
-                 "encoder_id", "kth_sim", "kth_k", LIKED_FIELD, TASTE_FIELD}  # fmt: skip
+                 "encoder_id", "kth_sim", "kth_k", "kth_top", LIKED_FIELD, TASTE_FIELD}  # fmt: skip
     dumped = []
     for collection, allowed in ((PHOTOS, photo_keys), (USERS, user_keys)):
         for p in points[collection]:
