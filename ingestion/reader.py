@@ -20,10 +20,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from engine.errors import InvalidInput
 from engine.settings import ImageSettings
 from ingestion.report import Reason
+from training.images import convert
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,8 @@ def sha256(data: bytes) -> str:
 
 def decode_photo(raw: RawPhoto, limits: ImageSettings) -> DecodedPhoto | Refused:
     """Decode ``raw`` to an RGB image: format allow-list, pixel limit checked on the header, full decode
-    (a truncated file fails here, not later in the encoder), EXIF orientation, alpha flattened on white."""
+    (a truncated file fails here, not later in the encoder), then ``training.images.convert`` (EXIF
+    orientation, high bit depth scaled, alpha flattened on white: the rule training and embedding use)."""
     rel = raw.rel_path
     try:
         with warnings.catch_warnings():
@@ -158,7 +161,9 @@ def decode_photo(raw: RawPhoto, limits: ImageSettings) -> DecodedPhoto | Refused
             n_frames = int(getattr(im, "n_frames", 1) or 1)
             im.seek(0)
             im.load()  # decode now: truncation and corrupt data surface here
-            rgb = _to_rgb(ImageOps.exif_transpose(im))
+            rgb = convert(im, where=repr(rel))
+    except InvalidInput as exc:  # pixels that cannot be shown faithfully (a float image outside 0..1, ...)
+        return Refused(Reason.NOT_AN_IMAGE, str(exc))
     except UnidentifiedImageError:
         return Refused(Reason.NOT_AN_IMAGE, f"{rel!r} is not an image Pillow can identify")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -168,17 +173,8 @@ def decode_photo(raw: RawPhoto, limits: ImageSettings) -> DecodedPhoto | Refused
         if "truncat" in msg.lower() or isinstance(exc, EOFError):
             return Refused(Reason.TRUNCATED, f"{rel!r} is truncated ({msg or type(exc).__name__})")
         return Refused(Reason.NOT_AN_IMAGE, f"{rel!r} cannot be decoded ({type(exc).__name__}: {msg})")
-    note = f"animated image ({n_frames} frames): first frame used" if n_frames > 1 else None
-    return DecodedPhoto(image=rgb, width=rgb.width, height=rgb.height, note=note)
+    notes = [f"animated image ({n_frames} frames): first frame used"] if n_frames > 1 else []
+    notes += rgb.notes
+    image = rgb.image
+    return DecodedPhoto(image=image, width=image.width, height=image.height, note="; ".join(notes) or None)
 
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """RGB; transparent pixels become white (a transparent PNG converted naively shows black or noise)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    return im.convert("RGB")

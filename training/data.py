@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from engine.errors import InvalidInput
+from training.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -239,20 +240,6 @@ def check_disjoint(train: Sequence[Photo], val: Sequence[Photo]) -> None:
         raise InvalidInput(
             f"{len(shared)} identities are in both training and validation data: {', '.join(shared[:5])}"
         )
-
-
-def load_image(path: Path) -> Image.Image:
-    """Decode a photo to RGB.
-
-    Raises:
-        InvalidInput: the file cannot be read or decoded (named).
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise InvalidInput(f"{path}: cannot decode image: {exc}") from exc
 
 
 class PhotoDataset:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from engine.errors import EncoderMismatch, EncoderUnavailable, InvalidInput
-from training.model import HEAD_SEED, Encoder, ProjectionHead, to_rgb
+from training.images import to_rgb
+from training.model import HEAD_SEED, Encoder, ProjectionHead
 from training.qwen3_vl import (
     CARD_NAME,
     _check_fp8,

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from engine.errors import InvalidInput
+from training.images import to_rgb
 
 if TYPE_CHECKING:
     from transformers import Qwen3VLVisionModel
@@ -147,12 +148,12 @@ class Encoder(nn.Module):
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """PIL images -> ``(pixel_values (patches, C*T*P*P) float32, image_grid_thw (n, 3) int64)`` on CPU.
 
-        Images are EXIF-rotated and converted to RGB first. Raises ``InvalidInput`` for a non-image or an
-        aspect ratio beyond 200:1.
+        Images are made RGB by ``training.images.to_rgb`` first (the rule ingestion and training use too).
+        Raises ``InvalidInput`` for a non-image, unshowable pixels, or an aspect ratio beyond 200:1.
         """
         if len(images) == 0:
             raise InvalidInput("no images to preprocess")
-        rgb = [to_rgb(im, index=i) for i, im in enumerate(images)]
+        rgb = [to_rgb(im, where=f"image {i}") for i, im in enumerate(images)]
         try:
             batch = self.processor(images=rgb, return_tensors="pt")
         except (ValueError, OSError) as exc:  # extreme aspect ratio (smart_resize), truncated file data
@@ -208,36 +209,6 @@ class Encoder(nn.Module):
                     raise InvalidInput(f"images[{start}:{start + len(chunk)}]: {exc}") from exc
                 out.append(self(pixel_values, grid).float().cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
-
-
-def to_rgb(image: Image.Image, index: int | None = None) -> Image.Image:
-    """EXIF-rotate and convert to 8-bit RGB; transparency is composited onto white.
-
-    Raises ``InvalidInput`` (naming ``index``) when ``image`` is not a PIL image.
-    """
-    where = f"image {index}" if index is not None else "image"
-    if not isinstance(image, Image.Image):
-        raise InvalidInput(f"{where} is a {type(image).__name__}, not a PIL image")
-    try:
-        image = ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError, TypeError, KeyError) as exc:
-        # A corrupt EXIF block is common in the wild; the pixels are still good, just unrotated.
-        log.warning("%s: EXIF orientation unreadable (%s); used as stored", where, exc)
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit and float greyscale: convert("RGB") would clip, so rescale to 0..255 first.
-        arr = np.asarray(image, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 @contextlib.contextmanager

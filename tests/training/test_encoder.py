@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from engine.errors import EncoderMismatch, EncoderUnavailable, InvalidInput
-from training.encoder import Encoder, load_encoder, save_encoder, to_rgb
+from training.encoder import Encoder, load_encoder, save_encoder
+from training.images import to_rgb
 
 TINY = {"device": "cpu", "dtype": "float32", "pixel_budget": 64 * 64, "dim": 32}
 
