@@ -149,6 +149,11 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engine-likes", action="store_true", help="pass each viewer's likes so far to recommend(likes=...)"
     )
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="do not record each round's likes and passes into the learning strategies' stores",
+    )
     p.set_defaults(func=_simulate)
 
 
@@ -169,6 +174,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         world_settings=WorldSettings(gap_penalty=args.gap_penalty),
         n_boot=args.boot,
         engine_likes=args.engine_likes,
+        feedback=not args.no_feedback,
     )
     print(result.table())
     print(f"\nreport: {result.report_path}  ({result.timings['total_s']:.0f} s)")

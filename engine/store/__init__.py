@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.settings import Settings
-from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
+from engine.store.base import Point, Query, RecommendQuery, ScoredPoint, Store, StoreInfo
 
 
 def open_store(settings: Settings) -> Store:
@@ -26,4 +26,4 @@ def open_store(settings: Settings) -> Store:
     return EdgeStore.open(settings)
 
 
-__all__ = ["Point", "Query", "ScoredPoint", "Store", "StoreInfo", "open_store"]
+__all__ = ["Point", "Query", "RecommendQuery", "ScoredPoint", "Store", "StoreInfo", "open_store"]

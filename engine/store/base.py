@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.filters import Filter
+from engine.errors import InvalidInput
+from engine.filters import Filter, HasId
 
 
 @dataclass
@@ -43,6 +44,36 @@ class Query:
     with_payload: bool | tuple[str, ...] = True
     with_vectors: bool = False
     exact: bool = False  # brute force instead of the HNSW index (tests, recall checks)
+
+
+RECOMMEND_STRATEGIES: tuple[str, ...] = ("average_vector", "best_score")
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One query of Qdrant's Recommendation API: points like ``positive`` and unlike ``negative`` (point ids).
+
+    ``average_vector``: a nearest-neighbour search for ``avg(positive) + (avg(positive) - avg(negative))``.
+    ``best_score``: each candidate scored against every example; it ranks by its best positive similarity
+    when that beats its best negative one, else below all those, by minus its best negative similarity
+    (Qdrant's rule; the score itself is squashed by a sigmoid, so only the order is portable).
+    At least one positive is needed for ``average_vector``; ``best_score`` accepts negatives alone.
+    """
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    limit: int
+    strategy: str = "average_vector"
+    filter: Filter | None = None
+    with_payload: bool | tuple[str, ...] = True
+
+
+def average_vector_query(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Qdrant's ``average_vector`` query vector: ``2 · avg(positive) - avg(negative)``; (p, d), (m, d) -> (d,)."""
+    avg_pos = np.asarray(positive, dtype=np.float32).mean(axis=0)
+    if len(negative) == 0:
+        return avg_pos.astype(np.float32)
+    return (2.0 * avg_pos - np.asarray(negative, dtype=np.float32).mean(axis=0)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -103,6 +134,43 @@ class Store(ABC):
     def query_batch(self, collection: str, queries: Sequence[Query]) -> list[list[ScoredPoint]]:
         """Several queries in one round trip (backends override this with a real batch call)."""
         return [self.query(collection, q) for q in queries]
+
+    def recommend(self, collection: str, query: RecommendQuery) -> list[ScoredPoint]:
+        """Qdrant's Recommendation API (see ``RecommendQuery``), best first, never returning an example.
+
+        Raises ``InvalidInput`` for an unknown strategy, no examples at all, or ``average_vector`` without a
+        positive; examples that are not stored are ignored.
+        """
+        if query.strategy not in RECOMMEND_STRATEGIES:
+            raise InvalidInput(
+                f"recommend strategy: {query.strategy!r} is not one of {', '.join(RECOMMEND_STRATEGIES)}"
+            )
+        examples = {
+            p.id: p.vector for p in self.retrieve(collection, [*query.positive, *query.negative], with_vectors=True)
+        }
+        dim = next((int(v.shape[0]) for v in examples.values() if v is not None), 0)
+        pos = np.array([examples[i] for i in query.positive if examples.get(i) is not None], np.float32).reshape(
+            -1, dim
+        )
+        neg = np.array([examples[i] for i in query.negative if examples.get(i) is not None], np.float32).reshape(
+            -1, dim
+        )
+        if len(pos) == 0 and (query.strategy == "average_vector" or len(neg) == 0):
+            raise InvalidInput(f"recommend ({query.strategy}): no stored positive example")
+        skip = HasId.of([*query.positive, *query.negative])
+        flt = query.filter or Filter()
+        flt = Filter(must=flt.must, must_not=(*flt.must_not, skip))
+        return self._recommend_vectors(collection, pos, neg, query, flt)
+
+    def _recommend_vectors(
+        self, collection: str, pos: np.ndarray, neg: np.ndarray, query: RecommendQuery, flt: Filter
+    ) -> list[ScoredPoint]:
+        """``recommend`` from the examples' vectors: ``average_vector`` as one nearest query; backends with
+        a native ``best_score`` override this."""
+        if query.strategy != "average_vector":
+            raise InvalidInput(f"recommend: strategy {query.strategy!r} is not supported by the {self.backend} backend")
+        vec = average_vector_query(pos, neg)
+        return self.query(collection, Query(vector=vec, limit=query.limit, filter=flt, with_payload=query.with_payload))
 
     def set_payload(self, collection: str, changes: Mapping[str, Mapping[str, Any]]) -> None:
         """Change some payload keys of existing points, keeping their vectors and other keys.

@@ -23,7 +23,7 @@ from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, HasId, MatchAny, Range
 from engine.schema import META
 from engine.settings import Settings
-from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
+from engine.store.base import RECOMMEND_STRATEGIES, Point, Query, RecommendQuery, ScoredPoint, Store, StoreInfo
 from engine.store.lock import FolderLock
 from engine.store.meta import (
     AUX_INDEXES,
@@ -467,6 +467,32 @@ class QdrantClientStore(Store):
                 self.name(collection), requests=[self._request(q) for q in queries]
             )
         return [self._scored(r.points, q) for r, q in zip(responses, queries, strict=True)]
+
+    def recommend(self, collection: str, query: RecommendQuery) -> list[ScoredPoint]:
+        """Qdrant's own Recommendation API with point ids as examples (the server averages or scores them)."""
+        if query.strategy not in RECOMMEND_STRATEGIES:
+            known = ", ".join(RECOMMEND_STRATEGIES)
+            raise InvalidInput(f"recommend strategy: {query.strategy!r} is not one of {known}")
+        stored = {p.id for p in self.retrieve(collection, [*query.positive, *query.negative])}
+        pos = [i for i in query.positive if i in stored]
+        neg = [i for i in query.negative if i in stored]
+        if not pos and (query.strategy == "average_vector" or not neg):
+            raise InvalidInput(f"recommend ({query.strategy}): no stored positive example")
+        strategy = (
+            models.RecommendStrategy.AVERAGE_VECTOR
+            if query.strategy == "average_vector"
+            else models.RecommendStrategy.BEST_SCORE
+        )
+        request = models.QueryRequest(
+            query=models.RecommendQuery(recommend=models.RecommendInput(positive=pos, negative=neg, strategy=strategy)),
+            filter=to_qdrant_filter(query.filter),
+            limit=query.limit,
+            with_payload=_with_payload(query.with_payload),
+        )
+        q = Query(vector=np.zeros(1, np.float32), limit=query.limit, with_payload=query.with_payload)
+        with self._calling("query", collection):
+            responses = self._client.query_batch_points(self.name(collection), requests=[request])
+        return self._scored(responses[0].points, q)
 
     def close(self) -> None:
         if self._closed:

@@ -33,7 +33,7 @@ from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, HasId, MatchAny, Range
 from engine.schema import META, PHOTOS
 from engine.settings import Settings
-from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
+from engine.store.base import Point, Query, RecommendQuery, ScoredPoint, Store, StoreInfo
 from engine.store.lock import FolderLock
 from engine.store.meta import (
     AUX_INDEXES,
@@ -476,6 +476,30 @@ class EdgeStore(Store):
         with self._calling("query", collection):
             results = shard.query_batch(qe.QueryBatchRequest([self._request(q) for q in queries]))
         return [self._scored(r, q) for r, q in zip(results, queries, strict=True)]
+
+    def _recommend_vectors(
+        self, collection: str, pos: np.ndarray, neg: np.ndarray, query: RecommendQuery, flt: Filter
+    ) -> list[ScoredPoint]:
+        """``best_score`` through the shard's own ``RecommendBestScore``; ``average_vector`` is a query-side
+        vector in Qdrant too (its collection layer averages, the segments see a nearest query)."""
+        if query.strategy == "average_vector":
+            return super()._recommend_vectors(collection, pos, neg, query, flt)
+        shard = self._shard(collection)
+        rq = qe.RecommendQuery(
+            positives=[np.asarray(v, np.float32).tolist() for v in pos],
+            negatives=[np.asarray(v, np.float32).tolist() for v in neg],
+        )
+        q = Query(vector=np.zeros(1, np.float32), limit=query.limit, filter=flt, with_payload=query.with_payload)
+        request = qe.QueryRequest(
+            limit=query.limit,
+            query=qe.Query.RecommendBestScore(rq),
+            filter=to_edge_filter(flt),
+            with_payload=_with_payload(query.with_payload),
+            with_vector=False,
+        )
+        with self._calling("query", collection):
+            points = shard.query(request)
+        return self._scored(points, q)
 
     def optimize(self) -> None:
         """Merge segments and build HNSW (for segments over Edge's indexing threshold), then flush."""

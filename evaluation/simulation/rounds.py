@@ -85,6 +85,9 @@ def run_rounds(
     ``attention``: each receiver looks at no more than this many incoming likes per round, the first to
     arrive (``Impressions.seen``); None looks at all.
 
+    A strategy with an ``observe(round, viewer, candidate, like)`` method is handed each round's
+    impressions and decisions (likes and passes) when the round ends, before the next one is picked.
+
     Viewers are served in a random order per round (seeded, the same for every strategy), which matters
     only for the exposure cap. Raises ``InvalidInput`` if ``rounds`` or ``k`` is below 1.
     """
@@ -106,15 +109,16 @@ def run_rounds(
             from tqdm import tqdm
 
             steps = tqdm(steps, desc=f"{world.name}/{strat.name}", unit="round")
+        observe = getattr(strat, "observe", None)
         for r in steps:
             strat.start_round(r)
             order = np.random.default_rng([seed, 0x0DE5, r]).permutation(n)
+            first = len(rec_v)
+            round_likes: list[np.ndarray] = []
             for v in order.tolist():
                 picks = strat.pick(v, k, shown[v], liked[v])
                 if len(set(picks)) != len(picks) or shown[v].intersection(picks) or v in picks:
-                    raise InvalidInput(
-                        f"strategy {strat.name}: repeated or self recommendation for viewer {v}"
-                    )
+                    raise InvalidInput(f"strategy {strat.name}: repeated or self recommendation for viewer {v}")
                 shortfall += k - len(picks)
                 if not picks:
                     continue
@@ -125,6 +129,14 @@ def run_rounds(
                 rec_v.extend([v] * len(picks))
                 rec_c.extend(picks)
                 rec_r.extend([r] * len(picks))
+                round_likes.append(likes)
+            if observe is not None:  # the round's likes and passes reach the strategy before the next round
+                observe(
+                    r,
+                    np.asarray(rec_v[first:], dtype=np.int64),
+                    np.asarray(rec_c[first:], dtype=np.int64),
+                    np.concatenate(round_likes) if round_likes else np.zeros(0, dtype=bool),
+                )
         vv, cc = np.asarray(rec_v, dtype=np.int64), np.asarray(rec_c, dtype=np.int64)
         like = pair_uniform(seed, vv, cc) < world.p[vv, cc]
         back = pair_uniform(seed, cc, vv) < world.p[cc, vv]

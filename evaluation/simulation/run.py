@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,15 @@ from engine.schema import USERS
 from engine.settings import Settings
 from engine.store import Store, open_store
 from evaluation.calibration import Calibration, fit_calibration
+from evaluation.simulation.baselines import QdrantRecommend, Recon
+from evaluation.simulation.feedback import FeedbackLog, clone_store
 from evaluation.simulation.market import MarketReference
 from evaluation.simulation.metrics import SimulationResult, WorldResult, evaluate
 from evaluation.simulation.population import Population
 from evaluation.simulation.report import write_simulation_report
 from evaluation.simulation.rounds import run_rounds
 from evaluation.simulation.strategies import (
+    LEARNING,
     STRATEGIES,
     EngineStrategy,
     ExposureCapped,
@@ -125,6 +128,27 @@ def ingest_population(
     return report, stored
 
 
+def strategy_stores(
+    strategies: Sequence[str], store: Store, settings: Settings, out: Path
+) -> dict[str, tuple[Store, Settings]]:
+    """A store of its own for every learning strategy (``LEARNING``): a clone of the ingested ``store``, so
+    the decisions one strategy logs never reach another (an embedded folder ``out/stores/<name>``, or the
+    collection prefix ``<prefix><name>_`` on a server)."""
+    own: dict[str, tuple[Store, Settings]] = {}
+    for name in strategies:
+        if name not in LEARNING:
+            continue
+        if settings.resolved_backend == "server":
+            upd: dict[str, Any] = {"collection_prefix": f"{settings.collection_prefix}{name}_"}
+        else:
+            upd = {"store_path": out / "stores" / name}
+        st_settings = settings.model_copy(update=upd)
+        st = open_store(st_settings)
+        clone_store(store, st)
+        own[name] = (st, st_settings)
+    return own
+
+
 def shared_strategies(
     strategies: Sequence[str],
     store: Store,
@@ -135,20 +159,38 @@ def shared_strategies(
     k: int,
     cap: int,
     engine_likes: bool,
+    own: dict[str, tuple[Store, Settings]] | None = None,
 ) -> dict[str, Strategy]:
-    """The store-backed strategies, built once; those whose picks ignore the decisions are wrapped in ``Memo``
-    so the first world's picks are replayed in the others."""
+    """The store-backed strategies, built once. With ``own`` (``strategy_stores``) the learning ones log
+    every round's decisions into their own store; the strategies whose picks ignore the decisions are
+    wrapped in ``Memo`` so the first world's picks are replayed in the others. Strategies see the users' ids
+    and the store, never the population's hidden traits."""
+    ids = list(pop.user_ids)
+    own = own or {}
     shared: dict[str, Strategy] = {}
     if "similarity" in strategies:
-        shared["similarity"] = Memo(StoreSimilarity(store, pop, depth=rounds * k))
-    if "engine" in strategies:
-        eng = EngineStrategy("engine", store, settings, pop, use_likes=engine_likes)
-        shared["engine"] = eng if engine_likes else Memo(eng)
-    if "engine_capped" in strategies:
-        base = EngineStrategy("engine", store, settings, pop, use_likes=engine_likes)
-        capped = ExposureCapped("engine_capped", base, cap, pop.n)
-        shared["engine_capped"] = capped if engine_likes else Memo(capped)
+        shared["similarity"] = Memo(StoreSimilarity(store, ids, depth=rounds * k))
+    for name in ("engine", "engine_capped"):
+        if name not in strategies:
+            continue
+        st, st_settings = own.get(name, (store, settings))
+        log_ = FeedbackLog(st, ids, after=engine_after_feedback(st_settings)) if name in own else None
+        eng = EngineStrategy("engine", st, st_settings, ids, use_likes=engine_likes, feedback=log_)
+        strat: Strategy = eng if name == "engine" else ExposureCapped("engine_capped", eng, cap, pop.n)
+        shared[name] = strat if (engine_likes or log_ is not None) else Memo(strat)
+    for name, strategy in (("qdrant_average", "average_vector"), ("qdrant_best", "best_score")):
+        if name in strategies:
+            st, _ = own.get(name, (store, settings))
+            shared[name] = QdrantRecommend(name, st, ids, strategy)
+    if "recon" in strategies:
+        st, _ = own.get("recon", (store, settings))
+        shared["recon"] = Recon("recon", st, ids)
     return shared
+
+
+def engine_after_feedback(settings: Settings) -> Callable[[Store], object] | None:
+    """What runs after each round's decisions are stored, for the engine: nothing yet."""
+    return None
 
 
 @dataclass
@@ -240,6 +282,7 @@ def simulate(
     world_settings: WorldSettings | None = None,
     n_boot: int = 1000,
     engine_likes: bool = False,
+    feedback: bool = True,
     tiny_pixel_budget: int = 128 * 128,
     write_report: bool = True,
     attention: int | None = DEFAULT_ATTENTION,
@@ -255,7 +298,10 @@ def simulate(
     ``engine_capped`` (default ``k``: the mean exposure per round). ``engine_likes``: pass each viewer's likes
     so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
     once for all worlds). ``attention``: most incoming likes a receiver looks at per round (the first to
-    arrive; None: all); effective matches count only likes that were looked at. Deterministic per ``seed``.
+    arrive; None: all); effective matches count only likes that were looked at. ``feedback`` (default on):
+    each round's likes and passes are recorded into the store of every learning strategy (the engine,
+    ``qdrant_*``, ``recon``; each on a clone of the ingested store under ``out/stores``) before the next
+    round; off, those strategies never see a decision in the store. Deterministic per ``seed``.
 
     Raises ``InvalidInput`` for bad arguments or an unusable population folder; store and encoder errors pass.
     """
@@ -279,6 +325,7 @@ def simulate(
         update["collection_prefix"] = f"sim_{settings.collection_prefix}"
     sim_settings = settings.model_copy(update=update)
     store = open_store(sim_settings)
+    opened: list[Store] = []
     try:
         report, stored = ingest_population(pop_dir, out, sim_settings, enc, store)
         timings["ingest_s"] = time.perf_counter() - t
@@ -287,8 +334,13 @@ def simulate(
             raise InvalidInput(f"{pop_dir}: fewer than two users made it into the store")
         compat = pop.compatible()
         calib = fit_calibration()
+        if feedback:
+            own = strategy_stores(strategies, store, sim_settings, out)
+            opened.extend(st for st, _ in own.values())
+        else:
+            own = {}
         shared = shared_strategies(
-            strategies, store, sim_settings, pop, rounds=rounds, k=k, cap=cap, engine_likes=engine_likes
+            strategies, store, sim_settings, pop, rounds=rounds, k=k, cap=cap, engine_likes=engine_likes, own=own
         )
         run_world = WorldRun(
             pop=pop,
@@ -310,6 +362,8 @@ def simulate(
             world_results.append(run_world(wname))
             timings[f"world_{wname}_s"] = time.perf_counter() - t
     finally:
+        for st in opened:
+            st.close()
         store.close()
 
     timings["total_s"] = time.perf_counter() - t0
@@ -326,6 +380,7 @@ def simulate(
         "world_settings": asdict(world_settings or WorldSettings()),
         "n_boot": n_boot,
         "engine_likes": engine_likes,
+        "feedback": feedback,
         "population": str(pop_dir),
         "encoder_id": getattr(enc, "encoder_id", "?"),
         "encoder_source": str(getattr(enc, "source", encoder)),

@@ -11,6 +11,7 @@ from engine.compatibility import Profile
 from engine.errors import InvalidInput
 from engine.settings import Settings
 from engine.store import Store
+from evaluation.simulation.feedback import FeedbackLog
 from evaluation.simulation.population import Population
 from evaluation.simulation.worlds import World
 
@@ -20,15 +21,23 @@ STRATEGIES: tuple[str, ...] = (
     "similarity",
     "engine",
     "engine_capped",
+    "qdrant_average",
+    "qdrant_best",
+    "recon",
     "oracle",
     "market",
 )
+# Strategies that learn from the decisions fed back after every round (each on a store of its own).
+LEARNING: frozenset[str] = frozenset({"engine", "engine_capped", "qdrant_average", "qdrant_best", "recon"})
 STRATEGY_LABELS: dict[str, str] = {
     "random": "random (before)",
     "popularity": "most attractive first",
     "similarity": "one-sided similarity (ANN)",
     "engine": "engine (reciprocal rerank)",
     "engine_capped": "engine + exposure cap",
+    "qdrant_average": "Qdrant recommend, average_vector",
+    "qdrant_best": "Qdrant recommend, best_score",
+    "recon": "RECON-style reciprocal content",
     "oracle": "oracle (true P, ceiling)",
     "market": "market reference (true P, attention-aware)",
 }
@@ -120,10 +129,13 @@ class ExposureCapped:
         self._base.start_round(round_index)
         self._count[:] = 0
 
+    def observe(self, round_index: int, viewer: np.ndarray, candidate: np.ndarray, like: np.ndarray) -> None:
+        observe = getattr(self._base, "observe", None)
+        if observe is not None:
+            observe(round_index, viewer, candidate, like)
+
     def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]:
-        out = [
-            j for j in self._base.pick(viewer, self._fetch * k, exclude, liked) if self._count[j] < self._cap
-        ]
+        out = [j for j in self._base.pick(viewer, self._fetch * k, exclude, liked) if self._count[j] < self._cap]
         out = out[:k]
         self._count[out] += 1
         return out
@@ -140,29 +152,27 @@ class StoreSimilarity:
     name = "similarity"
     uses_likes = False
 
-    def __init__(self, store: Store, pop: Population, depth: int = 0) -> None:
+    def __init__(self, store: Store, user_ids: Sequence[str], depth: int = 0) -> None:
         self._depth = depth
         self._ranked: dict[int, list[int]] = {}
         from engine.compatibility import compatible_filter
         from engine.schema import USERS, user_point_id
 
         self._store = store
-        self._pop = pop
-        self._index = {u: i for i, u in enumerate(pop.user_ids)}
+        self._user_ids = list(user_ids)
+        self._index = {u: i for i, u in enumerate(self._user_ids)}
         self._filter = compatible_filter
         self._users = USERS
-        points = store.retrieve(USERS, [user_point_id(u) for u in pop.user_ids], with_vectors=True)
+        points = store.retrieve(USERS, [user_point_id(u) for u in self._user_ids], with_vectors=True)
         self._vec: dict[str, np.ndarray] = {}
         self._profile: dict[str, Profile] = {}
         for pt in points:
             uid = str(pt.payload["user_id"])
             self._vec[uid] = np.asarray(pt.vector, dtype=np.float32)
             self._profile[uid] = Profile.from_payload(pt.payload, where=f"users point of {uid}")
-        missing = [u for u in pop.user_ids if u not in self._vec]
+        missing = [u for u in self._user_ids if u not in self._vec]
         if missing:
-            raise InvalidInput(
-                f"similarity: {len(missing)} users have no vector in the store (e.g. {missing[0]})"
-            )
+            raise InvalidInput(f"similarity: {len(missing)} users have no vector in the store (e.g. {missing[0]})")
 
     def start_round(self, round_index: int) -> None:
         pass
@@ -172,11 +182,9 @@ class StoreSimilarity:
 
         ranked = self._ranked.get(viewer)
         if ranked is None or sum(j not in exclude for j in ranked) < k:
-            uid = self._pop.user_ids[viewer]
-            flt = self._filter(self._profile[uid], exclude=[self._pop.user_ids[j] for j in exclude])
-            query = Query(
-                vector=self._vec[uid], limit=max(k, self._depth), filter=flt, with_payload=("user_id",)
-            )
+            uid = self._user_ids[viewer]
+            flt = self._filter(self._profile[uid], exclude=[self._user_ids[j] for j in exclude])
+            query = Query(vector=self._vec[uid], limit=max(k, self._depth), filter=flt, with_payload=("user_id",))
             hits = self._store.query(self._users, query)
             ranked = [
                 self._index[str(h.payload["user_id"])]
@@ -189,32 +197,47 @@ class StoreSimilarity:
 
 class EngineStrategy:
     """``engine.recommend.recommend()`` against the store; with ``use_likes`` it passes the viewer's likes so
-    far (``likes=``), which blends them into the viewer's taste. Without, it ranks from the photos alone and
-    its picks do not depend on the decision world."""
+    far (``likes=``), which blends them into the viewer's taste. With a ``feedback`` log every round's likes
+    and passes are recorded into the store (and the log's ``after`` hook, e.g. a model rebuild, runs) before
+    the next round; without either it ranks from the photos alone and its picks do not depend on the world."""
 
     def __init__(
-        self, name: str, store: Store, settings: Settings, pop: Population, *, use_likes: bool = False
+        self,
+        name: str,
+        store: Store,
+        settings: Settings,
+        user_ids: Sequence[str],
+        *,
+        use_likes: bool = False,
+        feedback: FeedbackLog | None = None,
     ) -> None:
         from engine.recommend import recommend
 
         self.name = name
-        self.uses_likes = use_likes
+        self.uses_likes = use_likes or feedback is not None
+        self._use_likes = use_likes
         self._recommend = recommend
         self._store = store
         self._settings = settings
-        self._pop = pop
-        self._index = {u: i for i, u in enumerate(pop.user_ids)}
+        self._ids = list(user_ids)
+        self._index = {u: i for i, u in enumerate(self._ids)}
+        self._feedback = feedback
 
     def start_round(self, round_index: int) -> None:
-        pass
+        if round_index == 0 and self._feedback is not None:
+            self._feedback.reset()
+
+    def observe(self, round_index: int, viewer: np.ndarray, candidate: np.ndarray, like: np.ndarray) -> None:
+        if self._feedback is not None:
+            self._feedback.record(round_index, viewer, candidate, like)
 
     def pick(self, viewer: int, k: int, exclude: set[int], liked: Sequence[int]) -> list[int]:
-        ids = self._pop.user_ids
+        ids = self._ids
         matches = self._recommend(
             ids[viewer],
             k=k,
             exclude=[ids[j] for j in exclude],
-            likes=[ids[j] for j in liked] if self.uses_likes else None,
+            likes=[ids[j] for j in liked] if self._use_likes else None,
             store=self._store,
             settings=self._settings,
         )
