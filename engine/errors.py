@@ -1,6 +1,12 @@
-"""One small error hierarchy. The CLI turns any ``MatcherError`` into a one-line message and exit code 2."""
+"""One small error hierarchy. The CLI turns any ``MatcherError`` into a one-line message and exit code 2.
+
+A ``ConfigError`` (bad ``MATCHER_*`` value) exits with 3 instead, so a script can tell a setting to fix
+from a store that does not answer (2) and from ingest's "some input rejected" (1).
+"""
 
 from __future__ import annotations
+
+CONFIG_ERROR_EXIT = 3
 
 
 class MatcherError(Exception):
@@ -35,6 +41,10 @@ class StoreUnavailable(MatcherError):
 
 class StoreLocked(StoreUnavailable):
     """Another process holds the embedded store's folder."""
+
+
+class ConfigError(MatcherError):
+    """A ``MATCHER_*`` setting has a value that is not allowed. The CLI exits with ``CONFIG_ERROR_EXIT`` (3)."""
 
 
 class EncoderMismatch(MatcherError):

@@ -44,7 +44,7 @@ from engine.rerank import (
     taste_vector,
 )
 from engine.schema import PHOTOS, USERS, user_point_id
-from engine.settings import Settings
+from engine.settings import Settings, load_settings
 from engine.store.base import Point, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def _with_logged_replies(
 
 
 def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, Settings, bool]:
-    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]  # env-filled
+    settings = settings if settings is not None else load_settings()
     if store is not None:
         return store, settings, False
     from engine.store import open_store

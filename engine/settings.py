@@ -8,11 +8,17 @@ so every part can be built in a test without environment variables::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.errors import ConfigError
+
+ENV_PREFIX = "MATCHER_"
 
 DEFAULT_GENDERS: tuple[str, ...] = ("female", "male", "nonbinary")
 GENDER_ALIASES: dict[str, str] = {"f": "female", "m": "male", "nb": "nonbinary", "non-binary": "nonbinary"}
@@ -93,8 +99,8 @@ class Settings(BaseSettings):
     collection_prefix: str = Field("", description="Prepended to collection names (several products, one server).")
 
     genders: tuple[str, ...] = DEFAULT_GENDERS
-    min_age: int = 18
-    max_age: int = 120
+    min_age: int = Field(18, ge=18, description="Youngest age accepted anywhere (adults only).")
+    max_age: int = Field(120, ge=18)
 
     images: ImageSettings = ImageSettings()
     encoder: EncoderSettings = EncoderSettings()
@@ -110,8 +116,60 @@ class Settings(BaseSettings):
             return tuple(g.strip().lower() for g in value.replace("|", ",").split(",") if g.strip())
         return value
 
+    @model_validator(mode="after")
+    def _ages_in_order(self) -> Settings:
+        if self.min_age > self.max_age:
+            raise ValueError(
+                f"{ENV_PREFIX}MIN_AGE={self.min_age} is above {ENV_PREFIX}MAX_AGE={self.max_age}: "
+                "the minimum age must be at most the maximum age"
+            )
+        return self
+
     @property
     def resolved_backend(self) -> Literal["edge", "local", "server"]:
         if self.store_backend != "auto":
             return self.store_backend
         return "server" if self.qdrant_url else "edge"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """``Settings`` from the ``MATCHER_*`` environment, with ``overrides`` given as field values.
+
+    Raises ``ConfigError`` with one line per bad value, each naming the environment variable, the value
+    it holds and what is allowed (never pydantic's multi-line report, which names fields, not variables).
+    ``environ`` is only read to name the values; the settings themselves come from ``os.environ``.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        env = os.environ if environ is None else environ
+        raise ConfigError("\n".join(_describe(err, env) for err in exc.errors())) from None
+
+
+# Values of these variables are never echoed (a key would end up on stderr and in logs).
+_SECRET_WORDS = ("KEY", "PASSWORD", "TOKEN", "SECRET")
+
+
+def _describe(err: Any, environ: Mapping[str, str]) -> str:
+    """One line for one pydantic error: ``MATCHER_X='value' is not allowed: must be ...``."""
+    fields = []
+    for part in err["loc"]:
+        if not isinstance(part, str):
+            break  # an index inside a list/tuple value: the variable is the field that holds it
+        fields.append(part)
+    msg = str(err["msg"])
+    if not fields:  # a check across fields (min_age vs max_age): its message names the variables
+        return msg.removeprefix("Value error, ")
+    var = ENV_PREFIX + "__".join(fields).upper()
+    upper = {k.upper(): v for k, v in environ.items()}
+    # A nested field may come from a JSON variable of its parent (MATCHER_RECOMMEND='{"oversample": 0}').
+    candidates = (ENV_PREFIX + "__".join(fields[:n]).upper() for n in range(len(fields), 0, -1))
+    name = next((c for c in candidates if c in upper), var)
+    if name in upper:
+        value = upper[name]
+    else:
+        value = err.get("input")
+    shown = "(hidden)" if any(w in var or w in name for w in _SECRET_WORDS) else repr(value)
+    allowed = msg.removeprefix("Value error, ").replace("Input should be", "it should be")
+    where = var if name == var else f"{var} (from {name})"
+    return f"{where}={shown} is not allowed: {allowed}"

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.errors import MatcherError
-from engine.settings import Settings
+from engine.errors import CONFIG_ERROR_EXIT, ConfigError, MatcherError
+from engine.settings import Settings, load_settings
 from matcher import evaluation_commands, ingest_commands, store_commands, train_commands
 from matcher.service import commands as serve_commands
 
@@ -29,8 +29,11 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by the global flags that were given."""
-    settings = Settings()
+    """Settings from the environment, overridden by the global flags that were given.
+
+    Raises ``ConfigError`` naming each bad ``MATCHER_*`` variable.
+    """
+    settings = load_settings()
     update: dict[str, Any] = {}
     if getattr(args, "store", None):
         update["store_path"] = Path(args.store)
@@ -65,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = build_settings(args)
         handler: Handler = args.func
         return handler(args, settings)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"matcher {args.command}: configuration error: {line}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
     except MatcherError as exc:
         print(f"matcher {args.command}: error: {exc}", file=sys.stderr)
         return 2
