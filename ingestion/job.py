@@ -106,6 +106,9 @@ def run_ingest(
         report.layout = meta.layout
         for r in meta.rejected:
             report.reject(r)
+        report.counts.metadata_lines = meta.lines
+        report.counts.metadata_blank_lines = meta.blank_lines
+        report.counts.rows_accepted = meta.rows_accepted
         with _timed(report, "setup"):
             if store is None:  # before the encoder: a locked or down store fails in seconds, not minutes
                 from engine.store import open_store

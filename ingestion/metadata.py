@@ -19,6 +19,7 @@ import csv
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -88,6 +89,10 @@ class Metadata:
     users: dict[str, UserRecord] = field(default_factory=dict)
     photos: list[PhotoRef] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # Line accounting: lines == 1 (header) + blank_lines + rows_accepted + rows rejected, always.
+    lines: int = 0
+    blank_lines: int = 0
+    rows_accepted: int = 0
 
 
 def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metadata:
@@ -102,7 +107,14 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
         raise InvalidInput(f"{name}: metadata file not found")
     # surrogateescape: a row with non-UTF-8 bytes is rejected on its own instead of failing the whole file.
     with open(csv_path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
-        reader = csv.reader(fh)
+        raw_lines: list[str] = []  # the physical lines the reader pulled for its current record
+
+        def physical_lines() -> Iterator[str]:
+            for text in fh:
+                raw_lines.append(text)
+                yield text
+
+        reader = csv.reader(physical_lines())
         try:
             header = next(reader)
         except StopIteration:
@@ -121,24 +133,78 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
                 f"{name}: missing required column(s) {', '.join(missing)} "
                 f"(found: {', '.join(safe_text(c) for c in columns) or 'none'})"
             )
-        meta = Metadata(file=name, layout=layout)
+        meta = Metadata(file=name, layout=layout, lines=len(raw_lines))
+        raw_lines.clear()
         parser = _RowParser(meta, settings)
-        try:
-            for cells in reader:
-                line = reader.line_num
-                if not any(c.strip() for c in cells):
-                    continue
-                row = {col: (cells[i] if i < len(cells) else "") for i, col in enumerate(columns) if col}
-                parser.add(row, line, extra=len(cells) > len(columns))
-        except csv.Error as exc:
-            raise InvalidInput(f"{name}, line {reader.line_num}: {exc}") from exc
+        while True:
+            try:
+                cells: list[str] | None = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:  # a field over the csv module's limit; the reader starts afresh after it
+                cells = None
+            span = raw_lines.copy()
+            raw_lines.clear()
+            first = meta.lines + 1
+            meta.lines += len(span)
+            if cells is not None and len(span) == 1 and not _odd_quotes(span[0]):
+                _add_cells(parser, meta, columns, cells, first)
+            else:
+                # A record over several lines (a quote opened and not closed on its line swallows the lines
+                # after it), or one that broke the reader: every physical line is judged on its own, so a
+                # stray quote costs its own row only and no row after it goes unreported.
+                for i, text in enumerate(span):
+                    _add_line(parser, meta, columns, text, first + i, len(span))
     if layout == "per_user":
         _scan_per_user(meta, Path(photos_dir), csv_path, parser.rejected_users)
     log.info(
-        "metadata %s (%s layout): %d users, %d photos, %d rows rejected",
-        name, layout, len(meta.users), len(meta.photos), sum(r.kind == "row" for r in meta.rejected),
+        "metadata %s (%s layout): %d lines, %d users, %d photos, %d rows rejected",
+        name, layout, meta.lines, len(meta.users), len(meta.photos), sum(r.kind == "row" for r in meta.rejected),
     )  # fmt: skip
     return meta
+
+
+def _odd_quotes(text: str) -> bool:
+    # Quotes of a well-formed record come in pairs (a quoted field, or "" inside one).
+    return text.count('"') % 2 == 1
+
+
+def _add_cells(parser: _RowParser, meta: Metadata, columns: list[str], cells: list[str], line: int) -> None:
+    if not any(c.strip() for c in cells):
+        meta.blank_lines += 1
+        return
+    row = {col: (cells[i] if i < len(cells) else "") for i, col in enumerate(columns) if col}
+    before = len(meta.rejected)
+    parser.add(row, line, extra=len(cells) > len(columns))
+    if len(meta.rejected) == before:
+        meta.rows_accepted += 1
+
+
+def _add_line(parser: _RowParser, meta: Metadata, columns: list[str], text: str, line: int, span: int) -> None:
+    """Judge one physical line of a record that ran over ``span`` lines or broke the reader."""
+    if not text.strip():
+        meta.blank_lines += 1
+        return
+    try:
+        cells = next(csv.reader([text]))
+    except csv.Error as exc:  # field larger than the csv module's limit: this row only
+        parser.reject(line, Reason.INVALID_FIELD, f"row not readable as CSV: {exc}", None, None)
+        return
+    if _odd_quotes(text) or any("\n" in c or "\r" in c for c in cells):
+        last = line + span - 1 if span > 1 else None
+        where = f" (it ran over lines {line}-{last}, which are read on their own)" if last else ""
+        uid = cells[0].strip() if cells else ""
+        parser.reject(
+            line,
+            Reason.STRAY_QUOTE,
+            f'a quote (") opened on this line is not closed on it{where}; fix the quoting of this row',
+            None,
+            uid or None,
+        )
+        if meta.layout == "per_user" and USER_ID_RE.match(uid) and uid not in meta.users:
+            parser.rejected_users.setdefault(uid, line)
+        return
+    _add_cells(parser, meta, columns, cells, line)
 
 
 class _RowParser:

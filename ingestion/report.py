@@ -63,6 +63,7 @@ class Reason(StrEnum):
     NOT_UTF8 = "not_utf8"
     DUPLICATE_ROW = "duplicate_row"
     CONFLICTING_ROW = "conflicting_row"  # same user, other gender/age/... than an earlier row
+    STRAY_QUOTE = "stray_quote"  # a quote not closed on its line: the field would swallow the lines after it
 
 
 class Rejection(BaseModel):
@@ -107,6 +108,11 @@ class Counts(BaseModel):
     photos_rejected: int = 0
     photos_pruned: int = Field(default=0, description="Deleted by --prune (no longer in the user's input).")
     rows_rejected: int = Field(default=0, description="Metadata rows rejected before any file was read.")
+    metadata_lines: int = Field(
+        default=0, description="Lines of the metadata file: 1 header + blank + rows accepted + rows rejected."
+    )
+    metadata_blank_lines: int = 0
+    rows_accepted: int = Field(default=0, description="Metadata rows that passed every check.")
     users_seen: int = Field(default=0, description="Users with a valid metadata record.")
     users_written: int = Field(default=0, description="User points (re)computed and written.")
     users_deleted: int = Field(
@@ -192,6 +198,8 @@ class IngestReport(BaseModel):
             f"{c.photos_rejected} rejected, {c.photos_pruned} pruned; rows rejected: {c.rows_rejected}",
             f"users: {c.users_written} written, {c.users_deleted} deleted, "
             f"{c.users_without_photos} without photos (of {c.users_seen})",
+            f"metadata: {c.metadata_lines} lines = 1 header + {c.rows_accepted} rows accepted + "
+            f"{c.rows_rejected} rejected + {c.metadata_blank_lines} blank",
             f"time: setup {s.setup:.2f}s, read {s.read:.2f}s, preprocess {s.preprocess:.2f}s, "
             f"encode {s.encode:.2f}s, write {s.write:.2f}s, users {s.users:.2f}s, "
             f"reciprocity {s.reciprocity:.2f}s, optimize {s.optimize:.2f}s; "
