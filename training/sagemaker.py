@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from training.loop import TrainResult, TrainSettings
+    from training.settings import TrainResult, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def parse_hyperparameters(hyperparameters: Mapping[str, Any]) -> tuple[TrainSett
     """
     from pydantic import ValidationError
 
-    from training.loop import TrainSettings
+    from training.settings import TrainSettings
 
     values: dict[str, Any] = {"checkpoint_every": DEFAULT_CHECKPOINT_EVERY}
     base: str | None = None
