@@ -39,6 +39,10 @@ class StoreUnavailable(MatcherError):
     """The vector store cannot be reached or keeps failing."""
 
 
+class StoreNotFound(StoreUnavailable):
+    """A command that only reads (or deletes from) a store was pointed at a folder that does not exist."""
+
+
 class StoreLocked(StoreUnavailable):
     """Another process holds the embedded store's folder."""
 

@@ -317,7 +317,7 @@ def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, 
         return store, settings, False
     from engine.store import open_store
 
-    return open_store(settings), settings, True
+    return open_store(settings, create=False), settings, True
 
 
 def recommend(

@@ -202,7 +202,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from engine.store import open_store
     from evaluation.replay import replay
 
-    with open_store(settings) as store:
+    with open_store(settings, create=False) as store:
         result = replay(args.log, store=store, settings=settings, k=args.k, n_boot=args.boot, seed=args.seed)
     print(result.table())
     if args.out:
@@ -214,11 +214,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job end to end on the embedded store: data, encoder, training, ingest, recommend, simulate",
+        description="Run the whole job offline in a few minutes: write a synthetic population, build a tiny "
+        "encoder, train it, ingest the photos into an embedded store under --out, recommend for a few users, "
+        "evaluate the embeddings and simulate like rates. Prints a short table and where the reports are, "
+        "then the env line that points every other command at the demo store and how to open the review "
+        "page on it.",
     )
     p.add_argument("--out", type=Path, default=Path(".matcher/demo"), help="output folder (default: %(default)s)")
     p.add_argument("--users", type=int, default=120, help="demo population size (default: %(default)s)")
     p.add_argument("--sim-users", type=int, default=200, help="simulated population size (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the data, training and simulation (default: %(default)s)"
+    )
     p.set_defaults(func=_demo)
 
 

@@ -26,10 +26,17 @@ def register_recommend(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
         help="reciprocal matches for one user",
         description="The best reciprocal matches for USER_ID: filtered ANN, then reciprocal reranking.",
     )
-    p.add_argument("user_id", metavar="USER_ID")
+    # USER_ID is optional to argparse only so that ``--exclude a b USER_ID`` works: --exclude takes every
+    # word up to the next flag, and the last of them is the user when none was given before it.
+    p.usage = "%(prog)s USER_ID [--k K] [--exclude ID [ID ...]] [--json]"
+    p.add_argument("user_id", metavar="USER_ID", nargs="?", help="the user to find matches for")
     p.add_argument("--k", type=int, default=20, help="how many matches (default 20)")
     p.add_argument(
-        "--exclude", nargs="*", default=[], metavar="ID", help="user ids never to show (seen, blocked)"
+        "--exclude",
+        nargs="*",
+        default=[],
+        metavar="ID",
+        help="user ids never to show (seen, blocked); space- or comma-separated",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of matches (for scripts)")
     p.set_defaults(func=_recommend_command)
@@ -41,7 +48,8 @@ def _recommend_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.recommend import explain_empty, recommend
     from engine.store import open_store
 
-    with open_store(settings) as store:
+    args.user_id, args.exclude = _user_and_exclude(args.user_id, args.exclude)
+    with open_store(settings, create=False) as store:
         matches = recommend(args.user_id, args.k, exclude=args.exclude, store=store, settings=settings)
         reason = explain_empty(args.user_id, exclude=args.exclude, store=store) if not matches else ""
     if args.json:
@@ -59,6 +67,21 @@ def _recommend_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{m.best_photo_id or '-'}"
         )
     return 0
+
+
+def _user_and_exclude(user_id: str | None, exclude: list[str]) -> tuple[str, list[str]]:
+    """USER_ID and the excluded ids from what argparse saw (see ``register_recommend``).
+
+    Raises ``InvalidInput`` if no user id was given at all.
+    """
+    from engine.errors import InvalidInput
+
+    ids = [part for word in exclude for part in word.split(",") if part]
+    if user_id is None:
+        if not ids:
+            raise InvalidInput("USER_ID: give the user to find matches for (matcher recommend USER_ID)")
+        user_id = ids.pop()
+    return user_id, ids
 
 
 # -- stats, delete-user -------------------------------------------------------------------------------------
@@ -79,7 +102,7 @@ def _stats_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.store import open_store
     from engine.users import store_stats
 
-    with open_store(settings) as store:
+    with open_store(settings, create=False) as store:
         stats = store_stats(store)
         where = getattr(store, "where", store.backend)
     if args.json:
@@ -111,7 +134,7 @@ def _delete_user_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.store import open_store
     from engine.users import delete_user
 
-    with open_store(settings) as store:
+    with open_store(settings, create=False) as store:
         removed = delete_user(store, args.user_id, settings=settings)
     if removed == 0:
         print(f"{args.user_id}: not in the store (nothing removed)")
@@ -141,7 +164,7 @@ def _feedback_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.store import open_store
 
     events = read_feedback_csv(Path(args.log))  # every row checked before the store is opened
-    with open_store(settings) as store:
+    with open_store(settings, create=False) as store:  # feedback is about stored users: no store, no users
         rep = record_feedback(store, events)
     print(f"{args.log}: {rep.received} events: {rep.added} new, {rep.updated} updated, {rep.unchanged} unchanged")
     return 0

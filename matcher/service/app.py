@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.store is None:
-            state.store = open_store(settings)
+            state.store = open_store(settings, create=False)
         try:
             yield
         finally:

@@ -49,6 +49,10 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.photos is not None:
         update["photos_root"] = Path(args.photos)
     serve = settings.serve.model_copy(update=update)
+    if settings.resolved_backend != "server":
+        from engine.store import check_store_exists
+
+        check_store_exists(settings)  # before uvicorn starts: one clear line, not a start-up traceback
     settings = settings.model_copy(update={"serve": serve})
     print(f"matcher serve: http://{serve.host}:{serve.port}/review  (API docs: /docs)", file=sys.stderr)
     uvicorn.run(create_app(settings), host=serve.host, port=serve.port, log_level="info")
