@@ -44,18 +44,39 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="matcher", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--store", metavar="PATH", help="folder of the embedded store (MATCHER_STORE_PATH)")
+DESCRIPTION = (
+    "Reciprocal photo-based match recommendations: ingest photos, train the encoder, recommend, evaluate, "
+    "serve. Global options (--store, --backend, --no-progress, -v) may come before or after the command."
+)
+
+
+def _add_global_flags(parser: argparse._ActionsContainer, *, on_command: bool = False) -> None:
+    """The global flags. On a command's parser they default to ``SUPPRESS``: a flag not given after the
+    command leaves the value given before it (or the default) untouched."""
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if on_command else {}
+    parser.add_argument("--store", metavar="PATH", help="folder of the embedded store (MATCHER_STORE_PATH)", **kw)
     parser.add_argument(
-        "--backend", choices=["auto", "edge", "local", "server"], help="store backend (MATCHER_STORE_BACKEND)"
+        "--backend",
+        choices=["auto", "edge", "local", "server"],
+        help="store backend (MATCHER_STORE_BACKEND)",
+        **kw,
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars", **kw)
+    parser.add_argument(
+        "-v", "--verbose", action="count", help="more logging (-vv for debug)", **(kw or {"default": 0})
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matcher", description=DESCRIPTION)
+    _add_global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in COMMAND_GROUPS:
         group.register(sub)
+    for command_parser in sub.choices.values():
+        group_flags = command_parser.add_argument_group("global options (also accepted before the command)")
+        _add_global_flags(group_flags, on_command=True)
     return parser
 
 

@@ -26,6 +26,11 @@ def _add_build_tiny_encoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build-tiny-encoder",
         help="write a tiny randomly-initialised Qwen3-VL checkpoint (for tests and demos, no download)",
+        description="Write a full Qwen3-VL checkpoint in Hugging Face format, a few MB in size, with random "
+        "weights: the real encoder code path without downloading the 2B model. Its vectors mean nothing "
+        "until it is trained; use it to try ingest, train and serve offline, e.g. "
+        "'matcher build-tiny-encoder .matcher/tiny' then 'matcher ingest PHOTOS --metadata CSV --encoder "
+        ".matcher/tiny'.",
     )
     p.add_argument("out", type=Path, metavar="OUT", help="directory to write (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
@@ -41,7 +46,13 @@ def _build_tiny_encoder(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="embed image files and print each vector's shape and norm")
+    p = sub.add_parser(
+        "embed",
+        help="embed image files and print each vector's shape and norm",
+        description="Embed IMAGE files with the photo encoder (the same loader and limits as ingestion) and "
+        "print each vector's shape and L2 norm, or with --json the vectors themselves. Stores nothing. "
+        "Example: 'matcher embed a.jpg b.jpg --encoder .matcher/tiny --json'.",
+    )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     p.add_argument(
         "--encoder", metavar="SRC", help="hub id, checkpoint or export dir (MATCHER_ENCODER__SOURCE)"
@@ -52,7 +63,9 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pixel-budget", type=int, help="max pixels per image (MATCHER_ENCODER__PIXEL_BUDGET)")
     p.add_argument("--dim", type=int, help="output dimension (MATCHER_ENCODER__DIM)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the vectors")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: encoder_id, dim, each path, norm and vector"
+    )
     p.set_defaults(func=_embed)
 
 
@@ -100,7 +113,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="fine-tune the photo encoder on photos labelled by identity and export it for ingestion",
         description="Metric-learning training (P x K batches, SupCon and/or batch-hard triplet loss), "
         "validated every epoch on held-out identities; the best epoch is exported into --out, which "
-        "`matcher ingest --encoder DIR` reads. Re-running the same command resumes an interrupted run.",
+        "'matcher ingest --encoder DIR' reads. Re-running the same command resumes an interrupted run.",
+        formatter_class=_TrainHelpFormatter,
     )
     p.add_argument("data", nargs="+", type=Path, metavar="DATA_DIR",
                    help="training photos: metadata.csv, a CSV with image_path,identity, raw/profiles/, or a "
@@ -114,11 +128,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", type=Path, action="append", default=[], metavar="DIR",
                    help="validation photos (repeatable); default: hold out identities of DATA_DIR")
     p.add_argument("--config", type=Path, metavar="JSON", help="TrainSettings as JSON; flags override it")
-    p.add_argument("--mode", choices=["head", "last_blocks", "lora", "full"])
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--mode", choices=["head", "last_blocks", "lora", "full"], help="what trains besides the head")
+    p.add_argument("--epochs", type=int, help="epochs at most (early stopping may end sooner)")
     p.add_argument("--p", type=int, dest="p", help="identities per batch")
     p.add_argument("--k", type=int, dest="k", help="photos per identity in a batch")
-    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--grad-accum", type=int, help="batches per optimiser step")
     p.add_argument("--lr", type=float, help="head learning rate")
     p.add_argument("--tower-lr", type=float, help="tower / adapter learning rate")
     p.add_argument("--loss", dest="losses", help="comma-separated: supcon, triplet")
@@ -128,18 +142,46 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-hidden", type=int, help="hidden width of a 2-layer head (0: linear)")
     p.add_argument("--pixel-budget", type=int, help="max pixels per image fed to the tower")
     p.add_argument("--unfreeze-blocks", type=int, help="last_blocks mode: blocks that train")
-    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--lora-rank", type=int, help="lora mode: adapter rank")
     p.add_argument("--cache-views", type=int, help="head mode: augmented views cached per photo")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--val-identities", type=int)
+    p.add_argument("--val-fraction", type=float, help="share of identities held out for validation")
+    p.add_argument("--val-identities", type=int, help="identities held out (instead of --val-fraction)")
     p.add_argument("--patience", type=int, help="epochs without a better MAP@R before stopping")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the split, batches and augmentation")
     p.add_argument("--device", help="auto, cpu, cuda, ...")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--checkpoint-every", type=int, help="also save a resume point every N steps")
     p.add_argument("--no-resume", action="store_true", help="start over even if DIR holds an interrupted run")
     p.set_defaults(func=_train)
+
+
+class _TrainHelpFormatter(argparse.HelpFormatter):
+    """Appends each training flag's default, read from ``TrainSettings`` when help is printed.
+
+    The flags themselves default to None (so that only the flags given override ``--config``); reading the
+    defaults at print time keeps torch out of ``matcher --help``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.dest in _TRAIN_FLAGS:
+            text = f"{text} (default: {_train_default(action.dest)})".lstrip()
+        return text
+
+
+def _train_default(name: str) -> str:
+    """``TrainSettings``' default for the field ``name``, as the flag takes it."""
+    from training.loop import DEFAULT_TOWER_LR, TrainSettings
+
+    if name == "tower_lr":
+        return "by mode: " + ", ".join(f"{mode} {lr:g}" for mode, lr in DEFAULT_TOWER_LR.items())
+    if name == "val_identities":
+        return "none: --val-fraction decides"
+    value = TrainSettings().model_dump()[name]
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 _TRAIN_FLAGS = ("mode", "epochs", "p", "k", "grad_accum", "lr", "tower_lr", "losses", "margin", "temperature",
