@@ -172,7 +172,7 @@ class _TrainHelpFormatter(argparse.HelpFormatter):
 
 def _train_default(name: str) -> str:
     """``TrainSettings``' default for the field ``name``, as the flag takes it."""
-    from training.loop import DEFAULT_TOWER_LR, TrainSettings
+    from training.settings import DEFAULT_TOWER_LR, TrainSettings
 
     if name == "tower_lr":
         return "by mode: " + ", ".join(f"{mode} {lr:g}" for mode, lr in DEFAULT_TOWER_LR.items())

@@ -178,7 +178,7 @@ def test_every_command_has_a_description_and_no_markup(command: str, capsys: pyt
 
 
 def test_train_flags_show_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    from training.loop import TrainSettings
+    from training.settings import TrainSettings
 
     text = _help(["train"], capsys)
     out = " ".join(text[text.index("options:") :].split())  # the flag list, argparse's line breaks undone
