@@ -31,7 +31,9 @@ from engine.compatibility import Profile, age_conditions, compatible_filter, gen
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.feedback import EXCLUDING, LIKE, PASS, decisions_about, decisions_of, has_feedback_collection
 from engine.filters import Filter, HasId, MatchAny
+from engine.learning import PREF_FIELD, PREF_TASTE_FIELD, load_model_global
 from engine.likes import TASTE_FIELD, liked_vectors, usable_vector
+from engine.preference import SideStats, congestion_factor, served_probabilities
 from engine.reciprocity import KTH_FIELD, NO_KTH
 from engine.rerank import (
     RerankInput,
@@ -50,7 +52,7 @@ from engine.store.base import Point, Query, ScoredPoint, Store
 log = logging.getLogger(__name__)
 
 # Payload keys stage 1 fetches per candidate: nothing else crosses into Python.
-CANDIDATE_FIELDS: tuple[str, ...] = ("user_id", "photo_ids", KTH_FIELD, TASTE_FIELD)
+CANDIDATE_FIELDS: tuple[str, ...] = ("user_id", "photo_ids", KTH_FIELD, TASTE_FIELD, PREF_FIELD)
 _QUERY_CHUNK = 64  # stage-1 queries per store round trip in recommend_many
 
 
@@ -85,6 +87,10 @@ class _Asker:
     # Logged feedback (engine.feedback): who decided what about the asker, and who is blocked either way.
     about: dict[str, str] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
+    # The learned preference model (engine.learning), when one is stored and recommend.model is "learned".
+    model: dict[str, Any] | None = None
+    pref: SideStats | None = None
+    pref_taste: np.ndarray | None = None
 
     @property
     def taste_is_own(self) -> bool:
@@ -136,6 +142,8 @@ def _load_askers(
     blend = settings.recommend.taste_blend
     explicit = liked_vectors(store, list(likes), strict=True) if likes else None
     feedback = has_feedback_collection(store)
+    # An explicit like history (likes=) asks for the photo taste of engine.likes, which the model does not use.
+    model = load_model_global(store) if settings.recommend.model == "learned" and likes is None else None
     askers = []
     for u, (p, own) in zip(user_ids, found, strict=True):
         payload = p.payload or {}
@@ -157,6 +165,16 @@ def _load_askers(
                 kth_sim=_kth(payload),
             )
         )
+        if model is not None:
+            a = askers[-1]
+            a.model = model
+            pl = payload.get(PREF_FIELD)
+            a.pref = SideStats.from_payload(pl) if isinstance(pl, dict) else _cold(model)
+            pt = payload.get(PREF_TASTE_FIELD)
+            if pt:
+                t = l2_normalize(np.asarray(pt, dtype=np.float32))
+                if t.shape == own.shape and np.any(t):
+                    a.pref_taste = t
         if feedback:
             about = decisions_about(store, u)
             mine = decisions_of(store, u)
@@ -167,10 +185,20 @@ def _load_askers(
     return askers
 
 
+def _cold(model: dict[str, Any]) -> SideStats:
+    return SideStats.from_payload(model["cold"])
+
+
 def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Settings) -> Query:
+    limit = k * settings.recommend.oversample
+    vector = asker.taste
+    if asker.model is not None:  # the learned taste (likes and passes) picks the candidates the model scores
+        limit = max(limit, settings.recommend.learned_pool)
+        if asker.pref_taste is not None:
+            vector = asker.pref_taste
     return Query(
-        vector=asker.taste,
-        limit=k * settings.recommend.oversample,
+        vector=vector,
+        limit=limit,
         filter=compatible_filter(asker.profile, exclude=[*exclude, *sorted(asker.blocked)]),
         with_payload=CANDIDATE_FIELDS,
         with_vectors=True,  # the reverse direction is scored from them in numpy
@@ -204,6 +232,8 @@ def _rerank_candidates(
     n = len(cands)
     if n == 0:
         return []
+    if asker.model is not None:
+        return _learned_matches(store, asker, cands, k, settings)
     rs = settings.recommend
     payloads = [c.payload or {} for c in cands]
     fwd_mean = np.array([c.score for c in cands], dtype=np.float64)
@@ -289,6 +319,64 @@ def _rerank_candidates(
             )
         )
     return matches
+
+
+def _learned_matches(
+    store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings
+) -> list[Match]:
+    """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the stored statistics
+    (``engine.preference.served_probabilities``), fused (harmonic by default), logged replies applied,
+    then the congestion penalty; the best photo is the candidate's photo nearest the asker's taste."""
+    assert asker.model is not None and asker.pref is not None  # noqa: S101 - set together in _load_askers
+    rs = settings.recommend
+    payloads = [c.payload or {} for c in cands]
+    cold = _cold(asker.model)
+    sides = []
+    for pl in payloads:
+        p = pl.get(PREF_FIELD)
+        sides.append(SideStats.from_payload(p) if isinstance(p, dict) else cold)
+    cand_vecs = _candidate_vectors(cands, asker.vector.shape[0])
+    photo = np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
+    a_to_b, b_to_a = served_probabilities(asker.model, asker.pref, sides, photo)
+    out = RerankResult(score=aggregate(a_to_b, b_to_a, rs.aggregation), a_to_b=a_to_b, b_to_a=b_to_a)
+    out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
+    if rs.congestion_capacity > 0:
+        received = np.array([s.likes_received for s in sides], dtype=np.float64)
+        factor = congestion_factor(
+            received, float(asker.model.get("periods", 1.0)), rs.congestion_capacity, rs.congestion_strength
+        )
+        out = RerankResult(score=out.score * factor, a_to_b=out.a_to_b, b_to_a=out.b_to_a)
+    order = out.order()[:k]
+    best = _best_photos(store, asker, [payloads[i] for i in order])
+    return [
+        Match(
+            user_id=str(payloads[i].get("user_id")),
+            score=float(out.score[i]),
+            score_a_to_b=float(out.a_to_b[i]),
+            score_b_to_a=float(out.b_to_a[i]),
+            best_photo_id=best[j],
+            rank=j + 1,
+        )
+        for j, i in enumerate(order)
+    ]
+
+
+def _best_photos(store: Store, asker: _Asker, payloads: list[dict[str, Any]]) -> list[str | None]:
+    """Each candidate's photo nearest the asker's taste (one exact query restricted to their photos)."""
+    photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in pl.get("photo_ids") or []}
+    best: list[str | None] = [None] * len(payloads)
+    if not photo_owner:
+        return best
+    taste = asker.pref_taste if asker.pref_taste is not None else asker.taste
+    only = Filter(must=(MatchAny.of("user_id", [str(pl.get("user_id")) for pl in payloads]),))
+    res = store.query(
+        PHOTOS, Query(vector=taste, limit=2 * len(photo_owner), filter=only, with_payload=False, exact=True)
+    )
+    for r in res:  # best first: the first photo seen of each owner is its best
+        i = photo_owner.get(r.id)
+        if i is not None and best[i] is None:
+            best[i] = r.id
+    return best
 
 
 def _with_logged_replies(
@@ -392,6 +480,8 @@ def score_candidates(
     Raises ``UserNotFound`` / ``NoUserVector`` for the asker, ``StoreUnavailable``.
     """
     asker = _load_askers(store, [user_id], settings, likes)[0]
+    if not use_stored_tastes:  # the learned model is fitted on the logs too: a replay must not see them again
+        asker.model = None
     uniq = list(dict.fromkeys(str(u) for u in candidate_ids))
     cands: list[ScoredPoint] = []
     for p in store.retrieve(USERS, [user_point_id(u) for u in uniq], with_vectors=True):

@@ -65,6 +65,36 @@ class RecommendSettings(BaseModel):
     reciprocity_weight: float = Field(0.3, ge=0.0, le=1.0, description="Weight of rank reciprocity in each direction.")
     reciprocity_temperature: float = Field(0.05, gt=0.0)
     max_likes: int = Field(200, ge=0, description="Newest likes kept per user in the stored like history.")
+    model: Literal["learned", "photo"] = Field(
+        "learned",
+        description="'learned': the preference model of engine.preference when one is stored "
+        "(matcher rebuild-model), else photos; 'photo': always the photo-only rerank.",
+    )
+    learned_pool: int = Field(
+        200, ge=1, description="Stage-1 candidates scored by the learned model (at least oversample x k)."
+    )
+    congestion_capacity: float = Field(
+        0.0,
+        ge=0.0,
+        description="Exposure control: likes per period a user can answer; candidates receiving more are "
+        "penalised (score x (capacity / likes per period) ** congestion_strength). 0 turns it off.",
+    )
+    congestion_strength: float = Field(1.0, ge=0.0, description="Exponent of the congestion penalty.")
+
+
+class PreferenceSettings(BaseModel):
+    """The learned preference model (engine/preference.py); see its docstring for the meaning."""
+
+    prior_weight: float = Field(10.0, gt=0.0, description="Pseudo-decisions in the smoothed like rates.")
+    taste_shrink: float = Field(10.0, gt=0.0, description="Pseudo-decisions pulling a taste to the population's.")
+    rank: int = Field(16, ge=1, description="Taste coordinates kept per user.")
+    factors: int = Field(16, ge=1, description="Latent factors per user and side.")
+    als_iterations: int = Field(6, ge=1)
+    als_ridge: float = Field(5.0, gt=0.0)
+    holdout: float = Field(0.2, gt=0.0, lt=1.0, description="Share of pairs the weights are fitted on.")
+    l2: float = Field(1e-2, ge=0.0)
+    seed: int = 0
+    period_s: float = Field(86400.0, gt=0.0, description="One period of the log (likes per period), seconds.")
 
 
 class ServeSettings(BaseModel):
@@ -106,6 +136,7 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = EncoderSettings()
     ingest: IngestSettings = IngestSettings()
     recommend: RecommendSettings = RecommendSettings()
+    preference: PreferenceSettings = PreferenceSettings()
     serve: ServeSettings = ServeSettings()
     progress: bool = Field(True, description="Show progress bars.")
 

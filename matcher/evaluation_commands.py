@@ -150,6 +150,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "--engine-likes", action="store_true", help="pass each viewer's likes so far to recommend(likes=...)"
     )
     p.add_argument(
+        "--strategy", action="append", metavar="ID", help="strategy id(s) to run (default all; random and "
+        "oracle are always kept)"
+    )
+    p.add_argument(
         "--no-feedback",
         action="store_true",
         help="do not record each round's likes and passes into the learning strategies' stores",
@@ -158,7 +162,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from evaluation.simulation import WORLDS, WorldSettings, simulate
+    from evaluation.simulation import STRATEGIES, WORLDS, WorldSettings, simulate
+
+    chosen = set(args.strategy or STRATEGIES) | {"random", "oracle"}
 
     result = simulate(
         args.out,
@@ -175,6 +181,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         n_boot=args.boot,
         engine_likes=args.engine_likes,
         feedback=not args.no_feedback,
+        strategies=tuple(s for s in STRATEGIES if s in chosen),
     )
     print(result.table())
     print(f"\nreport: {result.report_path}  ({result.timings['total_s']:.0f} s)")

@@ -1,0 +1,486 @@
+"""A learned, two-sided preference: P(A likes B) from the logged likes and passes (``engine.feedback``).
+
+Each direction is a logistic model over a few signals, every one of them learned from the log::
+
+    logit P(A likes B) = w · z(f(A, B)),   f = [pickiness_A, appeal_B, content(A, B), collab(A, B),
+                                                photo(A, B), appeal_A, appeal_A · appeal_B]
+
+* **pickiness** ``logit`` of A's like rate given, smoothed towards the population rate (``prior_weight``
+  pseudo-decisions): how easily A says yes.
+* **appeal** ``logit`` of B's like rate received, smoothed the same way: the population-level appeal of B,
+  so a preference everyone shares ("more attractive") is learned rather than assumed. ``appeal_A`` and the
+  product ``appeal_A · appeal_B`` let the weights learn that appealing people are choosier (the aspiration
+  world of Bruch & Newman) — or that they are not.
+* **content** A's taste in embedding space from A's likes *and* passes: Rocchio with negatives,
+  ``mean(liked) - mean(passed)``, shrunk towards the population's own ``mean(liked) - mean(passed)`` with
+  ``taste_shrink`` pseudo-decisions, scored as ``taste_A · v_B``. Tastes are kept as coordinates on a
+  ``rank``-dimensional basis of the tastes (the scores are dot products in that span), so a candidate's
+  taste costs ``rank`` floats in its payload, not a full vector.
+* **collab** latent factors trained on the interaction matrix (like = +1, pass = -1) by alternating least
+  squares, one factor per user *as a viewer* and one *as a candidate* (LFRR: a model for each direction of
+  the market; with the viewer/candidate split one factorisation holds both): ``p_A · q_B``. Users with few
+  decisions get factors near 0 (the ridge term), so the weight of this signal grows with history.
+* **photo** ``cos(v_A, v_B)``: the product's similarity hypothesis, and what a cold-start pair falls back to
+  (every other signal of a user without history sits at its population value).
+
+The weights ``w`` (and the standardisation ``z``) are fitted on a held-out fifth of the log (pairs hashed
+out), with the signals computed from the other four fifths, so the model learns how much each signal
+predicts a decision it has not seen; then every statistic is recomputed on the whole log for serving.
+Pure numpy: importable without torch. See ``engine.recommend`` for how it is served (the two directions
+are fused by the harmonic mean, as before).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+FEATURES: tuple[str, ...] = (
+    "pickiness",
+    "appeal",
+    "content",
+    "collab",
+    "photo",
+    "own_appeal",
+    "appeal_x_own",
+)
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """Sizes and priors of the model (mirrors ``PreferenceSettings``)."""
+
+    prior_weight: float = 10.0  # pseudo-decisions at the population rate in the smoothed like rates
+    taste_shrink: float = 10.0  # pseudo-decisions at the population taste in each user's Rocchio taste
+    rank: int = 16  # taste coordinates kept per user
+    factors: int = 16  # latent factors per user and side
+    als_iterations: int = 6
+    als_ridge: float = 5.0
+    holdout: float = 0.2  # share of pairs the weights are fitted on
+    l2: float = 1e-2  # ridge of the logistic weights (per standardised feature)
+    seed: int = 0
+
+
+@dataclass
+class UserSide:
+    """Per-user statistics, (n,) or (n, ·) arrays in the order of ``PreferenceModel.user_ids``."""
+
+    pickiness: np.ndarray  # (n,) logit of the smoothed like rate given
+    appeal: np.ndarray  # (n,) logit of the smoothed like rate received
+    taste: np.ndarray  # (n, rank) taste coordinates on the basis
+    vproj: np.ndarray  # (n, rank) the user's own vector on the basis
+    viewer_f: np.ndarray  # (n, factors)
+    item_f: np.ndarray  # (n, factors)
+    n_given: np.ndarray  # (n,) int decisions given
+    n_received: np.ndarray  # (n,) int decisions received
+    likes_received: np.ndarray  # (n,) int likes received
+    taste_full: np.ndarray  # (n, d) taste in embedding space (the stage-1 query direction)
+
+
+@dataclass
+class PreferenceModel:
+    """What ``fit_preference`` learns: per-user statistics, feature standardisation and weights."""
+
+    user_ids: list[str]
+    users: UserSide
+    mean: np.ndarray  # (F,) feature means
+    scale: np.ndarray  # (F,) feature standard deviations
+    weights: np.ndarray  # (F + 1,) intercept first
+    events: int
+    like_rate: float
+    periods: float = 1.0  # length of the log in periods (for like rates per period)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            self.index = {u: i for i, u in enumerate(self.user_ids)}
+
+    def global_payload(self) -> dict[str, Any]:
+        """The model's shared part as plain JSON values (stored beside the per-user payloads)."""
+        return {
+            "features": list(FEATURES),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "weights": self.weights.tolist(),
+            "events": int(self.events),
+            "like_rate": float(self.like_rate),
+            "periods": float(self.periods),
+            "cold": cold_side(self).as_payload(),
+        }
+
+    def user_payload(self, i: int) -> dict[str, Any]:
+        u = self.users
+        return SideStats(
+            float(u.pickiness[i]), float(u.appeal[i]), u.taste[i], u.vproj[i], u.viewer_f[i], u.item_f[i],
+            int(u.n_given[i]), int(u.n_received[i]), int(u.likes_received[i]),
+        ).as_payload()  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SideStats:
+    """One user's statistics as served (from a payload)."""
+
+    pickiness: float
+    appeal: float
+    taste: np.ndarray
+    vproj: np.ndarray
+    viewer_f: np.ndarray
+    item_f: np.ndarray
+    n_given: int = 0
+    n_received: int = 0
+    likes_received: int = 0
+
+    def as_payload(self) -> dict[str, Any]:
+        return {
+            "b": round(self.pickiness, 5),
+            "a": round(self.appeal, 5),
+            "t": np.round(self.taste, 5).tolist(),
+            "vp": np.round(self.vproj, 5).tolist(),
+            "p": np.round(self.viewer_f, 5).tolist(),
+            "q": np.round(self.item_f, 5).tolist(),
+            "n": [int(self.n_given), int(self.n_received), int(self.likes_received)],
+        }
+
+    @classmethod
+    def from_payload(cls, pl: dict[str, Any]) -> SideStats:
+        n = pl.get("n") or [0, 0, 0]
+        return cls(
+            float(pl["b"]), float(pl["a"]),
+            np.asarray(pl["t"], np.float64), np.asarray(pl["vp"], np.float64),
+            np.asarray(pl["p"], np.float64), np.asarray(pl["q"], np.float64),
+            int(n[0]), int(n[1]), int(n[2]),
+        )  # fmt: skip
+
+
+def cold_side(model: PreferenceModel) -> SideStats:
+    """The statistics of a user without history: population values, zero factors (``vproj`` unknown: 0)."""
+    u = model.users
+    r, f = u.taste.shape[1], u.viewer_f.shape[1]
+    logit0 = float(_logit(np.array([model.like_rate]))[0])
+    cold_taste = u.taste[u.n_given == 0][0] if np.any(u.n_given == 0) else u.taste.mean(axis=0)
+    return SideStats(logit0, logit0, cold_taste, np.zeros(r), np.zeros(f), np.zeros(f))
+
+
+# -- fitting -------------------------------------------------------------------------------------------------
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))
+
+
+def _group_mean(idx: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of ``values`` rows and counts; (n, d), (n,)."""
+    sums = np.zeros((n, values.shape[1]), np.float64)
+    if idx.size:
+        order = np.argsort(idx, kind="stable")
+        s_idx = idx[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(s_idx)) + 1]
+        sums[s_idx[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return sums, np.bincount(idx, minlength=n).astype(np.float64)
+
+
+def _rates(viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, m: float) -> dict[str, np.ndarray]:
+    p0 = float(like.mean()) if like.size else 0.5
+    given = np.bincount(viewer, minlength=n).astype(np.float64)
+    given_like = np.bincount(viewer, weights=like, minlength=n)
+    recv = np.bincount(cand, minlength=n).astype(np.float64)
+    recv_like = np.bincount(cand, weights=like, minlength=n)
+    return {
+        "p0": np.array(p0),
+        "pickiness": _logit((given_like + m * p0) / (given + m)),
+        "appeal": _logit((recv_like + m * p0) / (recv + m)),
+        "given": given,
+        "recv": recv,
+        "recv_like": recv_like,
+    }
+
+
+def _tastes(vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, shrink: float) -> np.ndarray:
+    """Rocchio with negatives, shrunk towards the population's: (n, d)."""
+    n, d = vectors.shape
+    lk = like.astype(bool)
+    vc = vectors[cand].astype(np.float64)
+    s_like, n_like = _group_mean(viewer[lk], vc[lk], n)
+    s_pass, n_pass = _group_mean(viewer[~lk], vc[~lk], n)
+    if lk.any() and (~lk).any():
+        prior = vc[lk].mean(axis=0) - vc[~lk].mean(axis=0)
+    else:
+        prior = np.zeros(d)
+    own = s_like / np.maximum(n_like, 1)[:, None] - s_pass / np.maximum(n_pass, 1)[:, None]
+    eff = np.where((n_like > 0) & (n_pass > 0), 2 * n_like * n_pass / np.maximum(n_like + n_pass, 1), 0.0)
+    return (eff[:, None] * own + shrink * prior[None, :]) / (eff + shrink)[:, None]
+
+
+def _als(
+    viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, cfg: PreferenceConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge-regularised ALS on y = ±1 over the observed (viewer, candidate) cells: (n, f) twice."""
+    f = cfg.factors
+    rng = np.random.default_rng(cfg.seed)
+    p = rng.normal(scale=0.1, size=(n, f))
+    q = rng.normal(scale=0.1, size=(n, f))
+    y = np.where(like, 1.0, -1.0)
+    eye = cfg.als_ridge * np.eye(f)
+
+    def solve(rows: np.ndarray, cols: np.ndarray, other: np.ndarray) -> np.ndarray:
+        out = np.zeros((n, f))
+        if rows.size == 0:
+            return out
+        order = np.argsort(rows, kind="stable")
+        r_s, c_s, y_s = rows[order], cols[order], y[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(r_s)) + 1]
+        users = r_s[starts]
+        gram = np.zeros((users.size, f, f))
+        rhs = np.zeros((users.size, f))
+        chunk = max(1, (1 << 22) // (f * f))  # events per block of outer products (~32 MB)
+        seg = np.repeat(np.arange(users.size), np.diff(np.r_[starts, r_s.size]))
+        for a in range(0, r_s.size, chunk):
+            b = min(r_s.size, a + chunk)
+            o = other[c_s[a:b]]
+            np.add.at(gram, seg[a:b], o[:, :, None] * o[:, None, :])
+            np.add.at(rhs, seg[a:b], o * y_s[a:b, None])
+        out[users] = np.linalg.solve(gram + eye, rhs[:, :, None])[:, :, 0]
+        return out
+
+    for _ in range(cfg.als_iterations):
+        p = solve(viewer, cand, q)
+        q = solve(cand, viewer, p)
+    return p, q
+
+
+def _basis(tastes: np.ndarray, rank: int) -> np.ndarray:
+    """(d, r) orthonormal basis of the tastes' main directions (uncentred: scores are dot products)."""
+    d = tastes.shape[1]
+    r = max(1, min(rank, d))
+    gram = tastes.T @ tastes  # (d, d)
+    w, v = np.linalg.eigh(gram)
+    return v[:, np.argsort(-w)[:r]]
+
+
+def _side(
+    vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, cfg: PreferenceConfig
+) -> UserSide:
+    n = vectors.shape[0]
+    rates = _rates(viewer, cand, like, n, cfg.prior_weight)
+    taste_full = _tastes(vectors, viewer, cand, like, cfg.taste_shrink)
+    basis = _basis(taste_full, cfg.rank)
+    pf, qf = _als(viewer, cand, like, n, cfg)
+    return UserSide(
+        pickiness=rates["pickiness"],
+        appeal=rates["appeal"],
+        taste=taste_full @ basis,
+        vproj=vectors.astype(np.float64) @ basis,
+        viewer_f=pf,
+        item_f=qf,
+        n_given=rates["given"].astype(np.int64),
+        n_received=rates["recv"].astype(np.int64),
+        likes_received=rates["recv_like"].astype(np.int64),
+        taste_full=taste_full.astype(np.float32),
+    )
+
+
+def pair_features(
+    a: UserSide | dict[str, np.ndarray], ia: np.ndarray, b: UserSide | dict[str, np.ndarray], ib: np.ndarray,
+    photo: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """(m, F) features of the pairs (A = ``a`` rows ``ia`` as viewer, B = ``b`` rows ``ib`` as candidate)."""
+
+    def g(s: Any, key: str) -> np.ndarray:
+        return np.asarray(s[key] if isinstance(s, dict) else getattr(s, key), np.float64)
+
+    app_a, app_b = g(a, "appeal")[ia], g(b, "appeal")[ib]
+    return np.column_stack(
+        [
+            g(a, "pickiness")[ia],
+            app_b,
+            np.einsum("ij,ij->i", g(a, "taste")[ia], g(b, "vproj")[ib]),
+            np.einsum("ij,ij->i", g(a, "viewer_f")[ia], g(b, "item_f")[ib]),
+            np.asarray(photo, np.float64),
+            app_a,
+            app_a * app_b,
+        ]
+    )
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iters: int = 25) -> np.ndarray:
+    """Newton's method for an L2-regularised logistic regression with intercept; (F,) -> (F + 1,)."""
+    xb = np.column_stack([np.ones(len(x)), x])
+    w = np.zeros(xb.shape[1])
+    w[0] = float(_logit(np.array([y.mean()]))[0])
+    reg = l2 * len(x) * np.eye(xb.shape[1])
+    reg[0, 0] = 0.0
+    for _ in range(iters):
+        p = _sigmoid(xb @ w)
+        grad = xb.T @ (p - y) + reg @ w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + reg + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-6:
+            break
+    return w
+
+
+def _holdout_mask(viewer: np.ndarray, cand: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A pair's hash puts it in the held-out set (fixed per pair and seed, not per call)."""
+    h = (viewer.astype(np.uint64) * np.uint64(0x9E3779B1) + cand.astype(np.uint64) * np.uint64(0x85EBCA77)) ^ (
+        np.uint64(seed) * np.uint64(0xC2B2AE3D)
+    )
+    h = (h ^ (h >> np.uint64(15))) * np.uint64(0x2C1B3C6D)
+    return (h % np.uint64(10_000)).astype(np.float64) < share * 10_000
+
+
+def fit_preference(
+    user_ids: Sequence[str],
+    vectors: np.ndarray,
+    viewer: np.ndarray,
+    candidate: np.ndarray,
+    like: np.ndarray,
+    *,
+    config: PreferenceConfig | None = None,
+    ts: np.ndarray | None = None,
+    period_s: float = 1.0,
+) -> PreferenceModel:
+    """Learn the model from a log: ``vectors`` (n, d) unit float32 rows of ``user_ids``; ``viewer``,
+    ``candidate`` (m,) int indices into them, ``like`` (m,) bool (False: a pass). ``ts`` (m,) seconds, when
+    given, sets ``periods`` (the log's length in ``period_s``; used by exposure control).
+
+    Raises ``InvalidInput`` for mismatched shapes or indices out of range.
+    """
+    cfg = config or PreferenceConfig()
+    vectors = np.asarray(vectors, np.float32)
+    n = len(user_ids)
+    viewer = np.asarray(viewer, np.int64)
+    candidate = np.asarray(candidate, np.int64)
+    like = np.asarray(like, bool)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise InvalidInput(f"preference: vectors must be ({n}, d), got {vectors.shape}")
+    if not (viewer.shape == candidate.shape == like.shape):
+        raise InvalidInput("preference: viewer, candidate and like must have the same length")
+    if viewer.size and (min(viewer.min(), candidate.min()) < 0 or max(viewer.max(), candidate.max()) >= n):
+        raise InvalidInput("preference: an event names a user index out of range")
+    photo_all = np.einsum("ij,ij->i", vectors[viewer], vectors[candidate]) if viewer.size else np.zeros(0)
+
+    held = _holdout_mask(viewer, candidate, cfg.holdout, cfg.seed)
+    f_count = len(FEATURES)
+    if held.sum() >= 50 and (~held).sum() >= 50 and 0 < like[held].mean() < 1:
+        part = _side(vectors, viewer[~held], candidate[~held], like[~held], cfg)
+        x = pair_features(part, viewer[held], part, candidate[held], photo_all[held])
+        mean, scale = x.mean(axis=0), x.std(axis=0)
+        scale = np.where(scale > 1e-9, scale, 1.0)
+        weights = _fit_logistic((x - mean) / scale, like[held].astype(np.float64), cfg.l2)
+    else:  # too little history to learn weights: the photo alone, as before any log
+        mean, scale = np.zeros(f_count), np.ones(f_count)
+        weights = np.zeros(f_count + 1)
+        weights[1 + FEATURES.index("photo")] = 1.0
+    users = _side(vectors, viewer, candidate, like, cfg)
+    periods = 1.0
+    if ts is not None and len(ts):
+        t = np.asarray(ts, np.float64)
+        periods = float((t.max() - t.min()) / period_s) + 1.0
+    log.info(
+        "preference model: %d users, %d events, weights %s",
+        n, viewer.size, dict(zip(("bias", *FEATURES), np.round(weights, 3).tolist(), strict=True)),
+    )  # fmt: skip
+    return PreferenceModel(
+        list(user_ids), users, mean, scale, weights, int(viewer.size),
+        float(like.mean()) if like.size else 0.5, periods,
+    )  # fmt: skip
+
+
+def probability(features: np.ndarray, mean: np.ndarray, scale: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """P(like) of (m, F) pair features under standardisation ``mean``/``scale`` and ``weights`` (F + 1,)."""
+    z = (np.asarray(features, np.float64) - mean) / scale
+    return _sigmoid(weights[0] + z @ weights[1:])
+
+
+def predict(model: PreferenceModel, ia: np.ndarray, ib: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """P(A likes B) for index pairs (m,), with the users' unit ``vectors`` (n, d) for the photo signal."""
+    ia, ib = np.asarray(ia, np.int64), np.asarray(ib, np.int64)
+    photo = np.einsum("ij,ij->i", vectors[ia], vectors[ib])
+    x = pair_features(model.users, ia, model.users, ib, photo)
+    return probability(x, model.mean, model.scale, model.weights)
+
+
+def _stack(sides: Sequence[SideStats]) -> dict[str, np.ndarray]:
+    return {
+        "pickiness": np.array([s.pickiness for s in sides]),
+        "appeal": np.array([s.appeal for s in sides]),
+        "taste": np.stack([s.taste for s in sides]),
+        "vproj": np.stack([s.vproj for s in sides]),
+        "viewer_f": np.stack([s.viewer_f for s in sides]),
+        "item_f": np.stack([s.item_f for s in sides]),
+    }
+
+
+def served_probabilities(
+    shared: dict[str, Any], asker: SideStats, candidates: Sequence[SideStats], photo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(asker likes B), P(B likes asker)) for n candidates, from stored statistics (``SideStats``) and the
+    model's shared part (``PreferenceModel.global_payload``); ``photo`` (n,) cos(v_asker, v_B)."""
+    n = len(candidates)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    mean, scale = np.asarray(shared["mean"], np.float64), np.asarray(shared["scale"], np.float64)
+    w = np.asarray(shared["weights"], np.float64)
+    a = _stack([asker])
+    b = _stack(list(candidates))
+    zero, idx = np.zeros(n, np.int64), np.arange(n)
+    fwd = probability(pair_features(a, zero, b, idx, photo), mean, scale, w)
+    rev = probability(pair_features(b, idx, a, zero, photo), mean, scale, w)
+    return fwd, rev
+
+
+def congestion_factor(likes_received: np.ndarray, periods: float, capacity: float, strength: float) -> np.ndarray:
+    """Exposure control: ``min(1, capacity / likes per period) ** strength`` per candidate, (n,); all ones
+    when ``capacity`` is 0 (off). A user who already receives more likes than they can answer is shown less,
+    which spreads attention (and matches) over more people."""
+    rate = np.asarray(likes_received, np.float64) / max(periods, 1e-9)
+    if capacity <= 0:
+        return np.ones_like(rate)
+    return np.minimum(1.0, capacity / np.maximum(rate, 1e-9)) ** strength
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN without both classes."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+__all__ = [
+    "FEATURES",
+    "PreferenceConfig",
+    "PreferenceModel",
+    "SideStats",
+    "UserSide",
+    "auc",
+    "congestion_factor",
+    "fit_preference",
+    "pair_features",
+    "predict",
+    "probability",
+    "served_probabilities",
+]
