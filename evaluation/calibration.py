@@ -41,8 +41,7 @@ def speed_dating_path() -> Path:
         dist = importlib.metadata.distribution("peopleanalyticsdata")
     except importlib.metadata.PackageNotFoundError as exc:
         raise InvalidInput(
-            "peopleanalyticsdata is not installed (pip install 'profile-matcher[eval]'); "
-            "it ships speed_dating.csv"
+            "peopleanalyticsdata is not installed (pip install 'profile-matcher[eval]'); it ships speed_dating.csv"
         ) from exc
     path = Path(str(dist.locate_file("peopleanalyticsdata/data/speed_dating.csv")))
     if not path.is_file():
@@ -58,6 +57,17 @@ class SpeedDating:
     attr: np.ndarray  # (n,) float: the rater's 1-10 rating of the partner's attractiveness
     dec: np.ndarray  # (n,) bool: the rater said yes
     match: np.ndarray  # (n,) bool: both said yes
+    rater: np.ndarray | None = None  # (n,) int: the rater's id (``iid``); None when the file has none
+
+    def rater_yes_rates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per rater: the share of their dates they said yes to, and how many dates they had ((r,), (r,)).
+
+        Raises ``InvalidInput`` when the data has no rater ids."""
+        if self.rater is None:
+            raise InvalidInput("speed-dating data: no rater id column (iid)")
+        ids, inverse, counts = np.unique(self.rater, return_inverse=True, return_counts=True)
+        yes = np.bincount(inverse, weights=self.dec.astype(np.float64), minlength=ids.size)
+        return yes / counts, counts
 
 
 def load_speed_dating(path: Path | None = None) -> SpeedDating:
@@ -67,15 +77,19 @@ def load_speed_dating(path: Path | None = None) -> SpeedDating:
     attr: list[float] = []
     dec: list[bool] = []
     match: list[bool] = []
+    rater: list[int] = []
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"gender", "attr", "dec", "match"} - set(reader.fieldnames or ())
         if missing:
             raise InvalidInput(f"{path}: missing columns {sorted(missing)}")
+        has_rater = "iid" in (reader.fieldnames or ())
         for line, row in enumerate(reader, start=2):
             try:
                 g, d, m = int(row["gender"]), int(row["dec"]), int(row["match"])
                 a = float("nan") if row["attr"] in ("", "NA") else float(row["attr"])
+                if has_rater:
+                    rater.append(int(row["iid"]))
             except ValueError as exc:
                 raise InvalidInput(f"{path}:{line}: {exc}") from exc
             if g not in (0, 1) or d not in (0, 1) or m not in (0, 1):
@@ -86,7 +100,9 @@ def load_speed_dating(path: Path | None = None) -> SpeedDating:
             match.append(bool(m))
     if not gender:
         raise InvalidInput(f"{path}: no rows")
-    return SpeedDating(np.array(gender), np.array(attr), np.array(dec), np.array(match))
+    return SpeedDating(
+        np.array(gender), np.array(attr), np.array(dec), np.array(match), np.array(rater) if has_rater else None
+    )
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray:
@@ -119,9 +135,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, iters: int = 50) -> tuple[floa
     return float(beta[0]), float(beta[1])
 
 
-def solve_shift(
-    mean_prob: Callable[[float], float], target: float, *, lo: float = -30.0, hi: float = 30.0
-) -> float:
+def solve_shift(mean_prob: Callable[[float], float], target: float, *, lo: float = -30.0, hi: float = 30.0) -> float:
     """The logit shift ``c`` with ``mean_prob(c) == target``, by bisection (``mean_prob`` increasing in c)."""
     if not 0.0 < target < 1.0:
         raise InvalidInput(f"calibration target must be in (0, 1), got {target}")
@@ -165,6 +179,11 @@ class Calibration:
     pooled: GenderFit
     mutual_rate: float  # share of dates that were a match (both yes)
     n_dates: int
+    # Spread of the per-rater yes rate (sd over raters of the share of their dates they said yes to), and
+    # the mean of 1 / (a rater's number of dates): the binomial part of that spread in a world is
+    # E[m (1 - m)] times this. NaN when the data has no rater ids.
+    rater_yes_sd: float = float("nan")
+    mean_inverse_dates: float = float("nan")
 
     def for_gender(self, gender: str) -> GenderFit:
         # The data has women and men only; raters of any other gender get the pooled fit.
@@ -209,5 +228,9 @@ def fit_calibration(data: SpeedDating | None = None) -> CalibrationData:
         sel = data.gender == code
         fits[name] = _fit_one(name, data.attr[sel], data.dec[sel])
     pooled = _fit_one("pooled", data.attr, data.dec)
-    cal = Calibration(fits, pooled, float(data.match.mean()), int(data.dec.size))
+    rater_sd, inv_dates = float("nan"), float("nan")
+    if data.rater is not None:
+        rates, counts = data.rater_yes_rates()
+        rater_sd, inv_dates = float(rates.std()), float(np.mean(1.0 / counts))
+    cal = Calibration(fits, pooled, float(data.match.mean()), int(data.dec.size), rater_sd, inv_dates)
     return CalibrationData(cal, data)

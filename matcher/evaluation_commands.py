@@ -57,22 +57,16 @@ def _add_evaluate_embeddings(sub: argparse._SubParsersAction) -> None:
         "Writes DIR/report.md, DIR/metrics.json and PNG figures; --compare adds a second encoder beside it.",
     )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="data folder (or a CSV file)")
-    p.add_argument(
-        "--encoder", metavar="SRC", help="encoder A: hub id, checkpoint or export (MATCHER_ENCODER__SOURCE)"
-    )
+    p.add_argument("--encoder", metavar="SRC", help="encoder A: hub id, checkpoint or export (MATCHER_ENCODER__SOURCE)")
     p.add_argument("--compare", metavar="SRC", help="encoder B, reported beside A")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", help="auto, cpu, cuda, ... (MATCHER_ENCODER__DEVICE)")
-    p.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="(MATCHER_ENCODER__DTYPE)"
-    )
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="(MATCHER_ENCODER__DTYPE)")
     p.add_argument("--pixel-budget", type=int, help="max pixels per image (MATCHER_ENCODER__PIXEL_BUDGET)")
     p.add_argument("--dim", type=int, help="output dimension of a base checkpoint (MATCHER_ENCODER__DIM)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (MATCHER_ENCODER__BATCH_SIZE)")
     p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE map (default 0)")
-    p.add_argument(
-        "--max-map-points", type=int, default=2000, help="photos drawn in the t-SNE map (default 2000)"
-    )
+    p.add_argument("--max-map-points", type=int, default=2000, help="photos drawn in the t-SNE map (default 2000)")
     p.set_defaults(func=_evaluate_embeddings)
 
 
@@ -114,10 +108,11 @@ def _evaluate_embeddings(args: argparse.Namespace, settings: Settings) -> int:
     print(f"report: {report.report_md}")
     return 0
 
+
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
-        help="like-rate simulation of the recommender on a synthetic population (two decision worlds)",
+        help="like-rate simulation of the recommender on a synthetic population (three decision worlds)",
         description="Make (or reuse) a synthetic population, ingest its photos with the encoder into a fresh "
         "store under OUT/store, and compare strategies (random, most-attractive-first, one-sided similarity, "
         "the engine, the engine with an exposure cap, the oracle) for R rounds of k recommendations. "
@@ -136,14 +131,26 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         help="encoder to ingest with (default: a tiny random one built in OUT; 'truth': the hidden traits "
         "as vectors, the ceiling of any encoder)",
     )
+    p.add_argument("--exposure-cap", type=int, metavar="C", help="engine_capped: max shows/user/round (k)")
     p.add_argument(
-        "--exposure-cap", type=int, metavar="C", help="engine_capped: max shows/user/round (k)"
+        "--world",
+        action="append",
+        choices=["similarity", "aspiration", "mixed"],
+        help="world(s) (default all three)",
+    )
+    p.add_argument("--gap-penalty", type=float, default=2.0, help="aspiration: log-odds per percentile below aim")
+    p.add_argument(
+        "--mixed-weight",
+        type=float,
+        default=0.5,
+        help="mixed world: weight of the aspiration terms, the rest on similarity (default 0.5)",
     )
     p.add_argument(
-        "--world", action="append", choices=["similarity", "aspiration"], help="world(s) (default both)"
-    )
-    p.add_argument(
-        "--gap-penalty", type=float, default=2.0, help="aspiration: log-odds per percentile below aim"
+        "--attention",
+        type=_attention,
+        default=20,
+        metavar="B",
+        help="incoming likes a receiver looks at per round ('none': all; default 20)",
     )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
     p.add_argument(
@@ -159,6 +166,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         help="do not record each round's likes and passes into the learning strategies' stores",
     )
     p.set_defaults(func=_simulate)
+
+
+def _attention(text: str) -> int | None:
+    if text.strip().lower() in ("none", "all", "unlimited"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"attention: an integer >= 1 or 'none', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"attention: must be at least 1, got {value}")
+    return value
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,11 +196,12 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         encoder=args.encoder,
         exposure_cap=args.exposure_cap,
         worlds=tuple(args.world) if args.world else WORLDS,
-        world_settings=WorldSettings(gap_penalty=args.gap_penalty),
+        world_settings=WorldSettings(gap_penalty=args.gap_penalty, mixed_weight=args.mixed_weight),
         n_boot=args.boot,
         engine_likes=args.engine_likes,
         feedback=not args.no_feedback,
         strategies=tuple(s for s in STRATEGIES if s in chosen),
+        attention=args.attention,
     )
     print(result.table())
     print(f"\nreport: {result.report_path}  ({result.timings['total_s']:.0f} s)")

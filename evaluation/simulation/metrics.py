@@ -141,6 +141,9 @@ class WorldResult:
     random_strategy_like: dict[str, float]  # what the random strategy's viewers of each gender liked
     # The world's P(like | partner rating) on this population, per rater gender: [(rating, mean P, pairs)].
     curve: dict[str, list[tuple[int, float, int]]] = field(default_factory=dict)
+    choosiness: float = 0.0  # sd (log-odds) of each rater's easiness term, fitted to the rater spread
+    coupling: float = 0.0  # log-odds an easier-by-1-sd partner loses, fitted to the mutual rate
+    rater_yes_sd: float = float("nan")  # the world's per-rater yes-rate sd over the data's dates per rater
 
     def by_name(self) -> dict[str, StrategyResult]:
         return {s.strategy: s for s in self.strategies}

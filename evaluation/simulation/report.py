@@ -64,6 +64,18 @@ def write_simulation_report(result: SimulationResult, calib: CalibrationData, ou
                 f"| {w.world} | {g} | {w.data_like_rate[g]:.3f} | {w.random_pair_like[g]:.3f} "
                 f"| {w.random_strategy_like.get(g, float('nan')):.3f} | {w.random_pair_mutual:.3f} |"
             )
+    lines += [
+        "",
+        f"Per-rater terms, fitted per world: data per-rater yes-rate sd {cal.rater_yes_sd:.3f} "
+        "(over each rater's own dates; the world's is the same statistic over as many random compatible "
+        "partners per rater as the data's raters had).",
+        "",
+        "| world | choosiness s (log-odds sd) | coupling κ (log-odds per sd of partner easiness) "
+        "| per-rater yes-rate sd |",
+        "|---|---|---|---|",
+    ]
+    for w in result.worlds:
+        lines.append(f"| {w.world} | {w.choosiness:.3f} | {w.coupling:.3f} | {w.rater_yes_sd:.3f} |")
     for w in result.worlds:
         lines += [
             "",
@@ -98,12 +110,17 @@ def _json_default(o: object) -> object:
 
 
 _METHOD_NOTES = """\
-- Decisions come from the hidden traits in `truth.json` only, never from the vectors. Two worlds:
-  **similarity** (the product's hypothesis: people like looks and attractiveness close to their own) and
+- Decisions come from the hidden traits in `truth.json` only, never from the vectors. Three worlds:
+  **similarity** (the product's hypothesis: people like looks and attractiveness close to their own),
   **aspiration**
   (Bruch & Newman 2018: everyone prefers more attractive partners as in the speed-dating curve, aims ~25 %
-  above their own percentile, and says yes less the further the partner falls below that aim). Each rater
-  gender's intercept is solved so that random compatible pairs like each other at the speed-dating rate.
+  above their own percentile, and says yes less the further the partner falls below that aim) and
+  **mixed** (the two sets of trait terms, weighted by `mixed_weight`). On top of the trait terms every
+  world has each person's hidden easiness e (not in the photos): `+ s·e_i` for the rater (choosy and easy
+  raters) and `− κ·e_j` for the partner (κ > 0: the unselective are less desired, Eastwick et al. 2007).
+  s is solved so that per-rater yes rates spread as in the data (sd 0.256), κ so that random compatible
+  pairs match at the data's 0.165, and each rater gender's intercept so that random compatible pairs like
+  each other at the speed-dating rate; all three hold together (nested solves).
 - Latent attractiveness is put on the data's 1–10 scale by quantile matching: a partner at percentile q of
   their gender gets the rating at quantile q of the ratings raters of the viewer's gender gave.
 - Every user is a viewer; each round each strategy shows each viewer up to k compatible users it has not shown

@@ -220,7 +220,7 @@ class WorldRun:
     def __call__(self, wname: str) -> WorldResult:
         """Build world ``wname``, run every strategy's rounds in it and measure them."""
         pop, compat = self.pop, self.compat
-        world = build_world(wname, pop, compat, self.cal, self.world_settings)
+        world = build_world(wname, pop, compat, self.cal, self.world_settings, seed=self.seed)
         strats: list[Strategy] = []
         for name in self.strategies:
             if name == "random":
@@ -259,6 +259,9 @@ class WorldRun:
             world.random_pair_mutual,
             rnd,
             world_curve(world, pop, compat, self.cal),
+            choosiness=world.choosiness,
+            coupling=world.coupling,
+            rater_yes_sd=world.rater_yes_sd,
         )
 
 

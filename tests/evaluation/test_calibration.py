@@ -105,8 +105,55 @@ def test_worlds_differ_as_designed(calib) -> None:
     assert np.corrcoef(q[j], asp.p[i, j])[0, 1] > 0.5
     assert abs(np.corrcoef(q[j], sim.p[i, j])[0, 1]) < 0.2
     assert np.corrcoef(-np.abs(q[i] - q[j]), sim.p[i, j])[0, 1] > 0.3
-    # Similarity is symmetric in its traits, so likes are correlated across the pair: more mutual matches.
-    assert sim.random_pair_mutual > asp.random_pair_mutual
+    # Similarity's trait terms are symmetric across the pair, aspiration's are not.
+    from evaluation.simulation.worlds import WorldSettings, structural_logits
+
+    ws = WorldSettings()
+    s_sim = structural_logits("similarity", pop, compat, calib.calibration, ws)
+    s_asp = structural_logits("aspiration", pop, compat, calib.calibration, ws)
+    assert np.corrcoef(s_sim[i, j], s_sim[j, i])[0, 1] > 0.9
+    assert np.corrcoef(s_asp[i, j], s_asp[j, i])[0, 1] < 0.3
+    # Without the per-rater terms, the symmetric world over-matches: that is what the calibration fixes.
+    bare = build_world("similarity", pop, compat, calib.calibration, WorldSettings(calibrate_raters=False))
+    assert bare.random_pair_mutual > 0.2
+
+
+def _check_mutual_and_spread(calib, pop: Population, world: str) -> None:
+    compat = pop.compatible()
+    cal = calib.calibration
+    w = build_world(world, pop, compat, cal)
+    # Random compatible pairs: mean P(i→j)·P(j→i) at the data's mutual rate (0.165 ± 0.01) ...
+    assert cal.mutual_rate == pytest.approx(0.165, abs=0.001)
+    assert w.random_pair_mutual == pytest.approx(cal.mutual_rate, abs=0.01)
+    i, j = np.nonzero(compat)
+    assert float((w.p[i, j] * w.p[j, i]).mean()) == pytest.approx(0.165, abs=0.01)
+    # ... each rater gender at its like rate ...
+    for g, rate in (("female", 0.365), ("male", 0.474)):
+        rows = pop.gender == g
+        assert float(w.p[rows][compat[rows]].mean()) == pytest.approx(rate, abs=0.005)
+    # ... and raters as unequally choosy as in the data: per-rater yes rates over ~15 random dates each.
+    assert cal.rater_yes_sd == pytest.approx(0.256, abs=0.001)
+    assert w.rater_yes_sd == pytest.approx(cal.rater_yes_sd, abs=0.01)
+    rng = np.random.default_rng(3)
+    rates, counts = calib.data.rater_yes_rates()
+    sampled = []
+    for v in range(pop.n):
+        cand = np.flatnonzero(compat[v])
+        if cand.size:
+            js = rng.choice(cand, size=int(counts[v % counts.size]))
+            sampled.append(float((rng.random(js.size) < w.p[v, js]).mean()))
+    assert float(np.std(sampled)) == pytest.approx(0.256, abs=0.03)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_random_pairs_match_at_the_data_rate(calib, world: str) -> None:
+    _check_mutual_and_spread(calib, _population(400, seed=7), world)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", WORLDS)
+def test_random_pairs_match_at_the_data_rate_2000_users(calib, world: str) -> None:
+    _check_mutual_and_spread(calib, _population(2000, seed=0), world)
 
 
 def test_a_gender_without_compatible_pairs_is_left_out(calib) -> None:

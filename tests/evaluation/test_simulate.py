@@ -186,7 +186,7 @@ def _run(out: Path, demo_dir: Path, tiny_encoder, engine_likes: bool = False) ->
 def test_simulate_through_the_pipeline(tmp_path: Path, demo_dir: Path, tiny_encoder) -> None:
     """Photos -> encoder -> store -> recommend(likes=...), both worlds, every strategy, and the report."""
     a = _run(tmp_path / "a", demo_dir, tiny_encoder, engine_likes=True)
-    assert [w.world for w in a.worlds] == ["similarity", "aspiration"]
+    assert [w.world for w in a.worlds] == ["similarity", "aspiration", "mixed"]
     n_users = len(json.loads((demo_dir / "truth.json").read_text())["users"])
     assert a.config["users"] == n_users
     assert a.ingest["counts"]["users_written"] == n_users
@@ -199,9 +199,9 @@ def test_simulate_through_the_pipeline(tmp_path: Path, demo_dir: Path, tiny_enco
                 assert 0.0 <= e.value <= (2 * 3 if key in ("matches_per_user", "effective_per_user") else 1.0)
         assert w.random_pair_like["female"] == pytest.approx(0.365, abs=0.005)
     report = (tmp_path / "a" / "report.md").read_text()
-    assert "## World: similarity" in report and "## World: aspiration" in report
+    assert "## World: similarity" in report and "## World: aspiration" in report and "## World: mixed" in report
     assert "engine (reciprocal rerank)" in report
-    for fig in ("calibration.png", "strategies_similarity.png", "strategies_aspiration.png"):
+    for fig in ("calibration.png", "strategies_similarity.png", "strategies_aspiration.png", "strategies_mixed.png"):
         assert (tmp_path / "a" / "figures" / fig).stat().st_size > 1000
     assert "| strategy |" in a.table()
 

@@ -98,3 +98,35 @@ def test_market_reference_never_below_the_oracle(cal: Calibration, pop: Populati
         [oracle_strategy(compat, world), MarketReference(compat, world, None)], world, rounds=2, k=k, seed=0
     )
     assert np.array_equal(same["oracle"].candidate, same["market"].candidate)
+
+
+def test_cli_attention_flag_reaches_simulate(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import evaluation.simulation as sim
+    from engine.settings import Settings
+    from matcher.cli import build_parser
+
+    parser = build_parser()
+    seen: dict[str, object] = {}
+
+    class _Result:
+        report_path = "r.md"
+        timings = {"total_s": 0.0}
+
+        def table(self) -> str:
+            return ""
+
+    def fake_simulate(out: object, **kw: object) -> _Result:
+        seen.update(kw)
+        return _Result()
+
+    monkeypatch.setattr(sim, "simulate", fake_simulate)
+    base = "simulate --out x --world mixed --mixed-weight 0.3".split()
+    for flag, want in ((["--attention", "15"], 15), (["--attention", "none"], None), ([], 20)):
+        args = parser.parse_args(base + flag)
+        assert args.func(args, Settings(progress=False)) == 0  # type: ignore[call-arg]
+        assert seen["attention"] == want
+        assert seen["worlds"] == ("mixed",)
+        assert seen["world_settings"].mixed_weight == 0.3  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--attention", "0"])
+    assert "at least 1" in capsys.readouterr().err
