@@ -260,6 +260,7 @@ class _Job:
         finally:
             bar.close()
         self._apply_updates()
+        self._drop_replaced()
         if self.prune:
             self._prune()
         with _timed(self.report, "users"):
@@ -415,6 +416,24 @@ class _Job:
                 self.retry("upsert photos", self.store.upsert, PHOTOS, fresh)
             for p in fresh:
                 self.users[p.payload["user_id"]].stored[p.payload["photo_sha256"]] = (p.id, p.payload)
+
+    def _drop_replaced(self) -> None:
+        """Delete the stored photo whose file was replaced in place: same user and path, other content.
+
+        Runs after the new content's point is written (and acknowledged), so a kill in between leaves both
+        and the re-run deletes the old one. A replacement that was rejected keeps the old point."""
+        ids: list[str] = []
+        for state in self.users.values():
+            paths = {state.stored[sha][1].get("source_path") for sha in state.kept if sha in state.stored}
+            for sha in sorted(set(state.stored) - state.kept):
+                if state.stored[sha][1].get("source_path") in paths:
+                    ids.append(state.stored.pop(sha)[0])
+        size = self.settings.ingest.write_batch_size
+        for i in range(0, len(ids), size):
+            chunk = ids[i : i + size]
+            with _timed(self.report, "write"):
+                self.retry("delete photos", self.store.delete, PHOTOS, chunk)
+            self.report.counts.photos_replaced += len(chunk)
 
     def _prune(self) -> None:
         """Delete stored photos of metadata users not accepted in this run (left the metadata, now bad)."""

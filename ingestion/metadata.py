@@ -19,8 +19,9 @@ import csv
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -41,6 +42,10 @@ USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 # <user_id>_<n>.<ext>; user ids may contain '_' themselves, so the last '_' splits.
 PER_USER_FILE_RE = re.compile(
     r"^(?P<user>.+)_(?P<n>\d{1,6})\.(?P<ext>jpe?g|png|webp|gif|bmp|tiff?)$", re.IGNORECASE
+)
+# Files the unlisted-photo scan counts as photos (what a phone or a camera writes, accepted by us or not).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
 # A spreadsheet runs a cell that starts with these; '-' is left to the field checks (age -5 is just bad).
 _FORMULA_START = ("=", "+", "@", "\t", "\r")
@@ -157,6 +162,8 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
                     _add_line(parser, meta, columns, text, first + i, len(span))
     if layout == "per_user":
         _scan_per_user(meta, Path(photos_dir), csv_path, parser.rejected_users)
+    else:
+        _scan_per_photo(meta, Path(photos_dir), parser.named)
     log.info(
         "metadata %s (%s layout): %d lines, %d users, %d photos, %d rows rejected",
         name, layout, meta.lines, len(meta.users), len(meta.photos), sum(r.kind == "row" for r in meta.rejected),
@@ -215,6 +222,7 @@ class _RowParser:
         self.settings = settings
         self.seen_paths: dict[str, tuple[str, int]] = {}  # rel_path -> (user_id, line)
         self.rejected_users: dict[str, int] = {}  # user_id -> line of its rejected row (per_user layout)
+        self.named: set[str] = set()  # NFC image_path of every row, accepted or not (per_photo layout)
 
     def reject(self, line: int, reason: Reason, detail: str, fld: str | None, user_id: str | None) -> None:
         self.meta.rejected.append(
@@ -234,6 +242,8 @@ class _RowParser:
         uid_raw = row.get("user_id", "").strip()
         uid = uid_raw if USER_ID_RE.match(uid_raw) else None
         path_given = row.get("image_path")
+        if path_given is not None and check_relative(path_given.strip()) is None:
+            self.named.add(_posix_key(path_given.strip()))
 
         def reject(reason: Reason, detail: str, fld: str | None) -> None:
             self.reject(line, reason, detail, fld, uid_raw or None)
@@ -290,7 +300,7 @@ class _RowParser:
             reject(refused.reason, refused.detail, "image_path")
             return
         rel = PurePosixPath(rel.replace("\\", "/")).as_posix()
-        earlier = self.seen_paths.get(rel)
+        earlier = self.seen_paths.get(_posix_key(rel))
         if earlier is not None:
             owner, first_line = earlier
             if owner == uid:
@@ -317,7 +327,7 @@ class _RowParser:
             return
         if known is None:
             self.meta.users[uid] = record
-        self.seen_paths[rel] = (uid, line)
+        self.seen_paths[_posix_key(rel)] = (uid, line)
         self.meta.photos.append(PhotoRef(user_id=uid, rel_path=rel, row=line))
 
     def _user(self, uid: str, row: dict[str, str], line: int) -> UserRecord:
@@ -355,6 +365,61 @@ def _age(value: str | None, fld: str, lo: int, hi: int, *, default: int | None =
     if not lo <= age <= hi:
         raise _FieldError(Reason.INVALID_AGE, fld, f"{fld}: {age} is not in {lo}-{hi}")
     return age
+
+
+def _posix_key(rel: str) -> str:
+    """``rel`` as compared with names on disk: POSIX separators, Unicode NFC (a name typed on one system and
+    saved by another can be NFD, and the two print alike)."""
+    return unicodedata.normalize("NFC", PurePosixPath(rel.replace("\\", "/")).as_posix())
+
+
+def _scan_per_photo(meta: Metadata, photos_dir: Path, named: set[str]) -> None:
+    """Match names to the files on disk: a listed name that differs from its file only by Unicode
+    normalisation (NFD vs NFC) is read under the file's own name, and every photo file that no row names
+    is reported (``unlisted_file``), so a forgotten row never goes unnoticed.
+
+    The scan covers the folder that holds the listed photos' folders (their grandparent, the deepest one
+    common to all): PHOTOS_DIR itself when photos sit in per-user folders at its top level (``u1/1.jpg``) or
+    at its top level; ``photos/`` in the demo (``photos/<user>/<n>.jpg``), whose ``raw/`` holds the other
+    layout's copies. So a user whose row was forgotten, whose folder sits beside the others, is found.
+    Hidden files and folders (``.name``) are skipped; symlinked folders are not entered.
+    """
+    if not named or not photos_dir.is_dir():
+        return
+    common = os.path.commonprefix([PurePosixPath(p).parts[:-2] for p in named])
+    base = photos_dir.joinpath(*common)
+    on_disk: dict[str, list[str]] = {}  # NFC key -> the names on disk with that key
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(photos_dir).as_posix()
+        for fname in sorted(filenames):
+            if fname.startswith("."):
+                continue
+            rel = fname if rel_dir == "." else f"{rel_dir}/{fname}"
+            on_disk.setdefault(unicodedata.normalize("NFC", rel), []).append(rel)
+    exact = {rel for rels in on_disk.values() for rel in rels}
+    for i, ref in enumerate(meta.photos):
+        if ref.rel_path in exact:
+            continue
+        found = on_disk.get(_posix_key(ref.rel_path), [])
+        if len(found) == 1:  # two files differing only by normalisation: only the exact name is taken
+            log.info("line %s: %r read as %r (same name, other Unicode normalisation)", ref.row, ref.rel_path, found[0])
+            meta.photos[i] = replace(ref, rel_path=found[0])
+    for key, rels in sorted(on_disk.items()):
+        if key in named:
+            continue
+        for rel in rels:
+            if os.path.splitext(rel)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            meta.rejected.append(
+                Rejection(
+                    kind="photo",
+                    reason=Reason.UNLISTED_FILE,
+                    detail=f"{rel!r}: no metadata row names this file, so it was not ingested; add a row for it "
+                    "or move it out of PHOTOS_DIR",
+                    path=rel,
+                )
+            )
 
 
 def _has_surrogates(value: str) -> bool:

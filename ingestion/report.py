@@ -53,6 +53,7 @@ class Reason(StrEnum):
     BAD_FILE_NAME = "bad_file_name"  # not <user_id>_<n>.<ext> (per-user layout) or not UTF-8
     DUPLICATE_PHOTO = "duplicate_photo"  # same bytes as another photo of the same user
     NO_METADATA_ROW = "no_metadata_row"
+    UNLISTED_FILE = "unlisted_file"  # a photo file under PHOTOS_DIR that no metadata row names (not ingested)
     ENCODER_REFUSED = "encoder_refused"  # decoded, but the encoder's preprocessing cannot take it
     # metadata rows
     INVALID_AGE = "invalid_age"
@@ -105,7 +106,13 @@ class Counts(BaseModel):
     photos_updated: int = Field(
         default=0, description="Already stored; payload rewritten (user fields changed)."
     )
+    photos_replaced: int = Field(
+        default=0, description="Old points deleted: their file was replaced in place (the new one is in stored)."
+    )
     photos_rejected: int = 0
+    photos_unlisted: int = Field(
+        default=0, description="Photo files under PHOTOS_DIR that no metadata row names (reason unlisted_file)."
+    )
     photos_pruned: int = Field(default=0, description="Deleted by --prune (no longer in the user's input).")
     rows_rejected: int = Field(default=0, description="Metadata rows rejected before any file was read.")
     metadata_lines: int = Field(
@@ -177,12 +184,20 @@ class IngestReport(BaseModel):
 
     @property
     def any_rejected(self) -> bool:
-        return bool(self.rejected)
+        """True if a row or a photo of the run was rejected (unlisted files are not the run's: see ``unlisted``)."""
+        return any(r.reason != Reason.UNLISTED_FILE for r in self.rejected)
+
+    @property
+    def unlisted(self) -> list[Rejection]:
+        """Photo files under PHOTOS_DIR that no metadata row names (reason ``unlisted_file``)."""
+        return [r for r in self.rejected if r.reason == Reason.UNLISTED_FILE]
 
     def reject(self, rejection: Rejection) -> None:
         """Record a rejection and count it."""
         self.rejected.append(rejection)
-        if rejection.kind == "photo":
+        if rejection.reason == Reason.UNLISTED_FILE:  # not one of the run's photos: a count of its own
+            self.counts.photos_unlisted += 1
+        elif rejection.kind == "photo":
             self.counts.photos_rejected += 1
         else:
             self.counts.rows_rejected += 1
@@ -195,7 +210,8 @@ class IngestReport(BaseModel):
             by_reason[r.reason.value] = by_reason.get(r.reason.value, 0) + 1
         lines = [
             f"photos: {c.photos_stored} stored, {c.photos_skipped} skipped, {c.photos_updated} updated, "
-            f"{c.photos_rejected} rejected, {c.photos_pruned} pruned; rows rejected: {c.rows_rejected}",
+            f"{c.photos_replaced} replaced, {c.photos_rejected} rejected, {c.photos_pruned} pruned; "
+            f"rows rejected: {c.rows_rejected}",
             f"users: {c.users_written} written, {c.users_deleted} deleted, "
             f"{c.users_without_photos} without photos (of {c.users_seen})",
             f"metadata: {c.metadata_lines} lines = 1 header + {c.rows_accepted} rows accepted + "
@@ -205,6 +221,11 @@ class IngestReport(BaseModel):
             f"reciprocity {s.reciprocity:.2f}s, optimize {s.optimize:.2f}s; "
             f"total {s.total:.2f}s ({self.photos_per_second:.1f} photos/s after setup)",
         ]
+        if c.photos_unlisted:
+            lines.append(
+                f"unlisted: {c.photos_unlisted} photo file(s) under PHOTOS_DIR that no metadata row names "
+                "(not ingested; reason unlisted_file)"
+            )
         if by_reason:
             lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())))
         if not self.completed:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from ingestion.report import Rejection
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Read PHOTOS_DIR and its metadata CSV, embed every new photo, write photo and user vectors. "
             "Incremental: photos already stored for the user with the same encoder are skipped. "
-            "Exit status: 0 all input taken, 1 some input rejected (listed in the report), 2 error."
+            "Exit status: 0 all input taken, 1 some input rejected (listed in the report), 2 error, 3 bad "
+            "MATCHER_* setting. Photo files under PHOTOS_DIR that no row names are listed (unlisted_file), "
+            "not counted as rejected."
         ),
     )
     p.add_argument("photos_dir", type=Path, metavar="PHOTOS_DIR")
@@ -46,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
     from ingestion.job import run_ingest
+    from ingestion.report import Reason
 
     if args.encoder:
         settings = settings.model_copy(
@@ -60,13 +67,23 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
         report_path=args.report,
     )
     print(report.summary())
+    where = f"; see {args.report}" if args.report else "; pass --report FILE for the list"
+    unlisted = report.unlisted
+    if unlisted:  # not a rejection of the run's input (exit status unchanged), but never silent
+        n = len(unlisted)
+        print(f"matcher ingest: {n} photo file(s) that no metadata row names, not ingested{where}", file=sys.stderr)
+        _print_some(unlisted)
     if report.any_rejected:
-        where = f"; see {args.report}" if args.report else "; pass --report FILE for the list"
-        print(f"matcher ingest: {len(report.rejected)} input(s) rejected{where}", file=sys.stderr)
-        for r in report.rejected[:10]:
-            loc = r.path or (f"{r.file}:{r.row}" if r.row is not None else r.file or "")
-            print(f"  {r.reason.value}: {loc}: {r.detail}", file=sys.stderr)
-        if len(report.rejected) > 10:
-            print(f"  ... and {len(report.rejected) - 10} more", file=sys.stderr)
+        rejected = [r for r in report.rejected if r.reason != Reason.UNLISTED_FILE]
+        print(f"matcher ingest: {len(rejected)} input(s) rejected{where}", file=sys.stderr)
+        _print_some(rejected)
         return 1
     return 0
+
+
+def _print_some(rejected: list[Rejection], n: int = 10) -> None:
+    for r in rejected[:n]:
+        loc = r.path or (f"{r.file}:{r.row}" if r.row is not None else r.file or "")
+        print(f"  {r.reason.value}: {loc}: {r.detail}", file=sys.stderr)
+    if len(rejected) > n:
+        print(f"  ... and {len(rejected) - n} more", file=sys.stderr)

@@ -104,3 +104,52 @@ def test_stray_quote_in_per_user_layout_names_the_row_for_the_photos(tmp_path: P
     assert photo.path == "u2_1.jpg" and "line 3" in photo.detail
     assert sorted(meta.users) == ["u1", "u3"]
     _accounted(meta, text)
+
+
+def test_photo_files_no_row_names_are_reported_as_unlisted(tmp_path: Path) -> None:
+    for rel in ("u1/1.jpg", "u1/2.JPG", "u2/1.png", "u9/1.webp", "u1/notes.txt", "u1/.hidden.jpg", ".cache/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"not read here")
+    text = HEADER + "u1,u1/1.jpg,female,30\n" + "u2,u2/1.png,male,17\n"  # u2's row is rejected (age)
+    csv = tmp_path / "m.csv"
+    csv.write_text(text)
+    meta = load_metadata(csv, tmp_path, S)
+    unlisted = [r for r in meta.rejected if r.reason == Reason.UNLISTED_FILE]
+    assert [(r.kind, r.path) for r in unlisted] == [("photo", "u1/2.JPG"), ("photo", "u9/1.webp")]
+    assert "no metadata row names this file" in unlisted[0].detail
+    # u2/1.png is named by a row (rejected for its age): reported once, as that row, never as unlisted.
+    assert [(r.row, r.reason) for r in meta.rejected if r.kind == "row"] == [(3, Reason.INVALID_AGE)]
+    _accounted(meta, text)
+
+
+def test_unlisted_scan_covers_the_folder_that_holds_the_listed_photos(tmp_path: Path) -> None:
+    # The demo's layout: photos/<user>/<n>.jpg listed, raw/ holding the other layout's copies.
+    for rel in ("photos/u1/1.jpg", "photos/u2/1.jpg", "raw/profiles/u1_1.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    csv = tmp_path / "m.csv"
+    csv.write_text(HEADER + "u1,photos/u1/1.jpg,female,30\n")
+    meta = load_metadata(csv, tmp_path, S)
+    assert [(r.reason, r.path) for r in meta.rejected] == [(Reason.UNLISTED_FILE, "photos/u2/1.jpg")]
+
+
+def test_nfd_name_in_the_csv_finds_the_nfc_file_and_back(tmp_path: Path) -> None:
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "u1/zoë.jpg")
+    nfd = unicodedata.normalize("NFD", "u2/zoë.jpg")
+    assert nfc.encode() != unicodedata.normalize("NFD", nfc).encode()
+    (tmp_path / "u1").mkdir()
+    (tmp_path / "u2").mkdir()
+    (tmp_path / nfc).write_bytes(b"x")
+    (tmp_path / nfd).write_bytes(b"x")
+    text = (
+        HEADER
+        + f"u1,{unicodedata.normalize('NFD', nfc)},female,30\n"  # CSV in NFD, disk in NFC
+        + f"u2,{unicodedata.normalize('NFC', nfd)},male,30\n"  # and the other way round
+    )
+    csv = tmp_path / "m.csv"
+    csv.write_text(text, encoding="utf-8")
+    meta = load_metadata(csv, tmp_path, S)
+    assert not meta.rejected
+    assert [p.rel_path for p in meta.photos] == [nfc, nfd]  # the names as they are on disk
