@@ -306,10 +306,11 @@ def resolve_sources(
     """The training and validation sources a run reads, with the seed layout's split applied where it fits.
 
     - one seed-layout root and no validation sources: :func:`prepare_seed_sources` on it;
-    - generated-images folders as training data and real photos as validation data (SageMaker's ``train``
-      and ``validation`` channels): :func:`seed_split` of the two, so a validation user's generated images
-      are withheld from training;
-    - anything else: the sources as given (:func:`training.loop.train` reads and splits them).
+    - generated-images folders (or seed roots, which stand for their ``augmented/generated``) as training
+      data and real photos as validation data (SageMaker's ``train`` and ``validation`` channels):
+      :func:`seed_split` of the two, so a validation user's generated images are withheld from training;
+    - anything else: the sources as given (:func:`training.loop.train` reads and splits them); generated
+      images split that way validate on held-out generated people, which is logged as a warning.
 
     Returns (data, val_data); the split, when made, is written into ``out_dir`` (``train.csv``, ``val.csv``,
     ``seed_split.json``).
@@ -323,6 +324,10 @@ def resolve_sources(
             data[0], out_dir, val_users=val_users, val_fraction=val_fraction, seed=seed
         )
         return [train_csv], [val_csv]
+    if val:
+        # A seed root beside separate validation photos trains on its generated images only, never on the
+        # real photos it also holds.
+        data = [d / GENERATED_DIR if is_seed_root(d) else d for d in data]
     if data and val and all(is_generated_dir(d) for d in data):
         from training.data import read_dataset
 
@@ -333,4 +338,9 @@ def resolve_sources(
             split, out_dir, {"generated": [str(d) for d in data], "real": [str(v) for v in val], "seed": seed}
         )
         return [train_csv], [val_csv]
+    if not val and any(is_generated_dir(d) for d in data):
+        log.warning(
+            "training on generated images with no real photos given: validation will hold out "
+            "generated images of some source users, not real photos"
+        )
     return data, val

@@ -10,7 +10,8 @@ The repository (without data, venv or tests) is the job's code; the job runs ``p
 on the PyTorch training image, after installing ``deploy/sagemaker/requirements.txt``. ``--data`` is the
 seed-layout root (``raw/profiles/`` + ``augmented/generated/mapping.csv``), a local folder the SDK uploads,
 or an ``s3://`` URI. The checkpoint URI is fixed per ``--run-name``: launching the same run again (after a
-spot job ran out of wait time, say) carries on from its last resume point.
+spot job ran out of wait time, say) carries on from its last resume point. ``--gpu-check`` runs
+``bench/gpu_check.sh`` on the instance instead (its JSON summary comes back in the job's output.tar.gz).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ IGNORE = [
     "data",
     "tests",
     "docs",
-    "bench",
     ".env",
     ".DS_Store",
 ]
+TRAIN_COMMAND = "python -m training.sagemaker"
+# The GPU check as a job of its own: its JSON lands in output.tar.gz (SM_OUTPUT_DATA_DIR).
+GPU_CHECK_COMMAND = "PYTHON=python bench/gpu_check.sh --out /opt/ml/output/data/gpu_check.json"
 
 
 def job_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,8 +62,10 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
         "image": {"framework": "pytorch", "version": PYTORCH_VERSION, "py_version": PY_VERSION},
         "source_dir": str(REPO),
         "requirements": "deploy/sagemaker/requirements.txt",
-        "command": "python -m training.sagemaker",
-        "channels": {"train": args.data, **({"validation": args.validation} if args.validation else {})},
+        "command": GPU_CHECK_COMMAND if args.gpu_check else TRAIN_COMMAND,
+        "channels": {}
+        if args.gpu_check
+        else {"train": args.data, **({"validation": args.validation} if args.validation else {})},
         "checkpoint_s3_uri": f"{prefix}/checkpoints",
         "output_s3_uri": f"{prefix}/output",
         "hyperparameters": hyperparameters,
@@ -72,8 +77,7 @@ def launch(spec: dict[str, Any], role: str, wait: bool) -> str:
     try:
         from sagemaker.core import image_uris
         from sagemaker.core.helper.session_helper import Session
-        from sagemaker.train import ModelTrainer
-        from sagemaker.train.configs import (
+        from sagemaker.core.training.configs import (
             CheckpointConfig,
             Compute,
             InputData,
@@ -81,6 +85,7 @@ def launch(spec: dict[str, Any], role: str, wait: bool) -> str:
             SourceCode,
             StoppingCondition,
         )
+        from sagemaker.train import ModelTrainer
     except ImportError as exc:
         raise SystemExit(f"the sagemaker SDK is missing ({exc}): pip install -e '.[sagemaker]'") from exc
     session = Session()
@@ -126,7 +131,7 @@ def launch(spec: dict[str, Any], role: str, wait: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="train channel: seed-layout root (local or s3://)")
+    parser.add_argument("--data", help="train channel: seed-layout root (local or s3://)")
     parser.add_argument("--validation", help="validation channel (real users' photos), if kept apart")
     parser.add_argument("--role", help="SageMaker execution role ARN (not needed with --dry-run)")
     parser.add_argument("--bucket", default="my-bucket", help="S3 bucket for checkpoints and the model")
@@ -146,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
     parser.add_argument("--dry-run", action="store_true", help="print the job as JSON and start nothing")
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="run bench/gpu_check.sh on the instance instead of training (about 8 minutes)",
+    )
     args = parser.parse_args(argv)
+    if not args.data and not args.gpu_check:
+        parser.error("--data is required (or --gpu-check)")
     spec = job_spec(args)
     if args.dry_run:
         print(json.dumps(spec, indent=2))

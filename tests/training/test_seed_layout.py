@@ -187,3 +187,21 @@ def test_matcher_train_on_the_seed_root_trains_on_generated_and_validates_on_rea
     assert record["train_generated_images"] == card["data"]["train"]["photos"] == (30 - 5) * 3
     assert record["withheld_generated_images"] == 5 * 3
     assert card["data"]["sources"] == [str(out / "train.csv")]
+
+
+def test_sagemaker_style_channels_split_the_same_way(tmp_path: Path) -> None:
+    """train = the generated folder (or the whole root), validation = the real photos: the generated images
+    of validation users are withheld, and a root's real photos never train."""
+    from training.seed_layout import resolve_sources
+
+    real = {f"user_{i:03d}": 2 for i in range(1, 9)}
+    root = _seed_root(tmp_path / "data", real, {u: 3 for u in real})
+    profiles = root / "raw" / "profiles"
+    for train_source in (root / "augmented" / "generated", root):
+        out = tmp_path / f"run-{train_source.name}"
+        data, val = resolve_sources([train_source], [profiles], out, val_users=3, val_fraction=0.2, seed=0)
+        assert (data, val) == ([out / "train.csv"], [out / "val.csv"])
+        train_photos, val_photos = read_dataset(data[0]), read_dataset(val[0])
+        assert all("generated" in p.path.parts for p in train_photos)
+        assert all("profiles" in p.path.parts for p in val_photos)
+        assert len({p.identity for p in val_photos}) == 3 and len(train_photos) == (8 - 3) * 3
