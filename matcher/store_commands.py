@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
 
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.recommend import Match
+    from engine.store import Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse has no public type for it
@@ -52,21 +57,50 @@ def _recommend_command(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings, create=False) as store:
         matches = recommend(args.user_id, args.k, exclude=args.exclude, store=store, settings=settings)
         reason = explain_empty(args.user_id, exclude=args.exclude, store=store) if not matches else ""
+        rows = _match_rows(store, matches)
+    short = ""
+    if matches and len(matches) < args.k:
+        besides = f" besides the {len(args.exclude)} excluded" if args.exclude else ""
+        short = f"only {len(matches)} compatible users for {args.user_id}{besides} (asked for {args.k})"
     if args.json:
-        print(json.dumps([m.to_dict() for m in matches], indent=2))
+        print(json.dumps(rows, indent=2))
         if reason:
             print(f"matcher recommend: no match: {reason}", file=sys.stderr)
+        if short:
+            print(f"matcher recommend: {short}", file=sys.stderr)
         return 0
     if not matches:
         print(f"no match for {args.user_id}: {reason}")
         return 0
-    print(f"{'rank':>4}  {'user_id':<20} {'score':>6} {'a->b':>6} {'b->a':>6}  best_photo_id")
-    for m in matches:
+    print(f"{'rank':>4}  {'user_id':<20} {'gender':<9} {'age':>3} {'score':>6} {'a->b':>6} {'b->a':>6}  best_photo")
+    for r in rows:
         print(
-            f"{m.rank:>4}  {m.user_id:<20} {m.score:6.3f} {m.score_a_to_b:6.3f} {m.score_b_to_a:6.3f}  "
-            f"{m.best_photo_id or '-'}"
+            f"{r['rank']:>4}  {r['user_id']:<20} {r['gender'] or '-':<9} {r['age'] or '-':>3} {r['score']:6.3f} "
+            f"{r['score_a_to_b']:6.3f} {r['score_b_to_a']:6.3f}  {r['best_photo_path'] or r['best_photo_id'] or '-'}"
         )
+    if short:
+        print(short)
     return 0
+
+
+def _match_rows(store: Store, matches: list[Match]) -> list[dict[str, Any]]:
+    """Each match's fields plus the candidate's gender and age and the best photo's file (``source_path``,
+    relative to the folder it was ingested from; None where the store has none)."""
+    from engine.schema import PHOTOS, USERS, user_point_id
+
+    got = store.retrieve(USERS, [user_point_id(m.user_id) for m in matches])
+    users = {str(p.payload.get("user_id")): p.payload for p in got}
+    photo_ids = [m.best_photo_id for m in matches if m.best_photo_id]
+    paths = {str(p.id): p.payload.get("source_path") for p in store.retrieve(PHOTOS, photo_ids)} if photo_ids else {}
+    return [
+        {
+            **m.to_dict(),
+            "gender": users.get(m.user_id, {}).get("gender"),
+            "age": users.get(m.user_id, {}).get("age"),
+            "best_photo_path": paths.get(m.best_photo_id) if m.best_photo_id else None,
+        }
+        for m in matches
+    ]
 
 
 def _user_and_exclude(user_id: str | None, exclude: list[str]) -> tuple[str, list[str]]:

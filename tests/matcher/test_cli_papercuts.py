@@ -43,7 +43,8 @@ def make_store(path: Path, backend: str = "edge") -> Path:
             pids = [photo_point_id(uid, f"sha{j}") for j in range(2)]
             base = {"user_id": uid, "gender": gender, "age": age, "encoder_id": "enc-cli"}
             photos += [
-                Point(pid, vec.astype(np.float32), {**base, "path": f"{uid}_{j}.jpg"}) for j, pid in enumerate(pids)
+                Point(pid, vec.astype(np.float32), {**base, "source_path": f"{uid}/{uid}_{j}.jpg"})
+                for j, pid in enumerate(pids)
             ]
             users.append(
                 Point(
@@ -150,6 +151,39 @@ def test_exclude_before_the_user_id_does_not_swallow_it(tmp_path: Path, capsys: 
     assert [m["user_id"] for m in json.loads(capsys.readouterr().out)] == ["carl"]
     assert main(["recommend", *flags]) == 2
     assert "USER_ID" in capsys.readouterr().err
+
+
+# -- 5. recommend shows who the matches are, and says when fewer are compatible than asked for --------------
+def test_recommend_shows_gender_age_and_photo_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_store(tmp_path / "store")
+    assert main(["--store", str(path), "recommend", "ann", "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "user_id", "gender", "age", "score", "a->b", "b->a", "best_photo"]
+    rows = {line.split()[1]: line.split() for line in lines[1:]}
+    assert set(rows) == {"bob", "carl", "dan"} and len(lines) == 4  # no "only N" line: 3 asked, 3 found
+    for uid, age in (("bob", "31"), ("carl", "33"), ("dan", "35")):
+        assert rows[uid][2:4] == ["male", age]
+        assert rows[uid][-1] in (f"{uid}/{uid}_0.jpg", f"{uid}/{uid}_1.jpg")
+
+    assert main(["--store", str(path), "recommend", "ann", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert {(m["user_id"], m["gender"], m["age"]) for m in got} == {
+        ("bob", "male", 31),
+        ("carl", "male", 33),
+        ("dan", "male", 35),
+    }
+    assert all(m["best_photo_path"].startswith(m["user_id"] + "/") for m in got)
+
+
+def test_recommend_says_when_only_n_users_are_compatible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_store(tmp_path / "store")
+    assert main(["--store", str(path), "recommend", "ann", "--k", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "only 3 compatible users for ann (asked for 1000)"
+    assert main(["--store", str(path), "recommend", "ann", "--k", "1000", "--exclude", "bob", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 2
+    assert "only 2 compatible users for ann besides the 1 excluded (asked for 1000)" in captured.err
 
 
 # -- 6. help texts -------------------------------------------------------------------------------------------
