@@ -80,11 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: int) -> None:
+    """Our log lines on stderr, at WARNING (``-v`` INFO, ``-vv`` DEBUG), each record printed once.
+
+    huggingface_hub puts a handler of its own on its logger when it is imported; a record that also reached
+    ours printed every retry warning twice, so its records stay with its handler.
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("huggingface_hub").propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         settings = build_settings(args)
         handler: Handler = args.func

@@ -162,8 +162,9 @@ def build_encoder(
 def _load_base(
     source: str, dev: torch.device, dtype: torch.dtype, pixel_budget: int | None, dim: int | None
 ) -> Encoder:
-    path, config, is_local = _tower_path_and_config(source)  # reads nothing from the network
-    _check_fp8(source, config, dev)  # before transformers fails deep inside
+    _check_fp8(source, None, dev)  # by name, before any download or hub check
+    path, config, is_local = _tower_path_and_config(source)  # at most one quick hub request
+    _check_fp8(source, config, dev)  # by config, before transformers fails deep inside
     tower = _load_tower(path, dtype, dev)
     budget = pixel_budget or DEFAULT_PIXEL_BUDGET
     processor, min_pixels = _load_processor(path, tower, budget)

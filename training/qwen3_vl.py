@@ -245,4 +245,48 @@ def _tower_path_and_config(source: str) -> tuple[str, dict[str, Any] | None, boo
         raise EncoderUnavailable(f"{path} is a file; give the checkpoint's directory")
     if not HUB_ID.match(source):
         raise EncoderUnavailable(f"{source!r} is neither a directory nor a hub id like 'Qwen/Qwen3-VL-2B-Instruct'")
+    cached = _hub_source(source)
+    if cached is not None:
+        return str(cached), _read_json(cached / "config.json"), False
     return source, None, False
+
+
+def _hub_source(repo_id: str) -> Path | None:
+    """Check a hub id once, before transformers' loaders retry each file for ~25 s when the hub is down.
+
+    Returns None to load ``repo_id`` from the hub (it answered, or HF_HUB_OFFLINE is set and the cache has
+    it), or the cached snapshot folder when the hub cannot be reached but the cache has the model.
+    Raises ``EncoderUnavailable`` at once for a model the hub does not have (a mistyped id) or one neither
+    reachable nor cached.
+    """
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cached_config = try_to_load_from_cache(repo_id, "config.json")
+    snapshot = Path(cached_config).parent if isinstance(cached_config, str) else None
+    where = f"the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.HF_HUB_OFFLINE:
+        if snapshot is None:
+            raise EncoderUnavailable(
+                f"{repo_id!r} is not in {where} and HF_HUB_OFFLINE is set: check the id, or download it where "
+                f"there is internet (hf download {repo_id}), or give a checkpoint directory"
+            )
+        return None
+    try:
+        model_info(repo_id, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except GatedRepoError as exc:
+        raise EncoderUnavailable(f"{repo_id!r} is gated on the hub: accept its terms and set HF_TOKEN") from exc
+    except RepositoryNotFoundError as exc:
+        raise EncoderUnavailable(
+            f"the Hugging Face hub has no model {repo_id!r} (mistyped? the default is "
+            "'Qwen/Qwen3-VL-2B-Instruct'; a private model needs HF_TOKEN)"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any transport or server error: the hub cannot be used now
+        if snapshot is not None:
+            log.warning("the Hugging Face hub cannot be reached (%s); using the cached copy of %s", exc, repo_id)
+            return snapshot
+        raise EncoderUnavailable(
+            f"{repo_id!r} is not in {where} and the hub at {constants.ENDPOINT} cannot be reached "
+            f"({type(exc).__name__}: {exc}): check the id and the network, or give a checkpoint directory"
+        ) from exc
+    return None
