@@ -1,4 +1,4 @@
-"""Metrics of the impressions, with viewer-bootstrap intervals, and the result records of a run."""
+"""Metrics of the impressions, with two-way (viewer × candidate) bootstrap intervals, and run records."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import InvalidInput
 from evaluation.simulation.rounds import Impressions
 from evaluation.simulation.strategies import STRATEGY_LABELS
 from evaluation.stats import Estimate, bootstrap_weights, gini_rows, percentile_interval
@@ -39,7 +40,7 @@ METRIC_LABELS: dict[str, str] = {
 
 @dataclass
 class StrategyResult:
-    """One strategy's metrics in one world; every ``Estimate`` has a 95 % viewer-bootstrap interval."""
+    """One strategy's metrics in one world; every ``Estimate`` has a 95 % bootstrap interval (two-way by default)."""
 
     strategy: str
     n_impressions: int
@@ -50,15 +51,42 @@ class StrategyResult:
     oracle_share: dict[str, Estimate]  # (s - random) / (oracle - random), for like_rate and mutual_rate
 
 
+BOOTSTRAPS: tuple[str, ...] = ("two_way", "viewer")
+
+
+def _candidate_weighted_sums(imp: Impressions, values: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(K, b, n) per draw and viewer, sums of ``u[b, candidate] · values[:, k]`` over the viewer's impressions.
+
+    ``values`` (m, K); ``u`` (b, n) candidate draw counts. As ``u @ X_k.T`` with ``X_k`` the dense (n, n)
+    viewer × candidate matrix of column k: a matrix product is far faster than gathering ``u`` per
+    impression. float32 is exact here (small integer counts times 0/1 values).
+    """
+    n = u.shape[1]
+    uf = u.astype(np.float32)
+    out = np.empty((values.shape[1], u.shape[0], n), dtype=np.float32)
+    x = np.zeros((n, n), dtype=np.float32)
+    for k in range(values.shape[1]):
+        x[:] = 0.0
+        np.add.at(x, (imp.viewer, imp.candidate), values[:, k].astype(np.float32))
+        out[k] = uf @ x.T
+    return out
+
+
 def _draws(
-    imp: Impressions, n: int, weights: np.ndarray, exposure_idx: np.ndarray
+    imp: Impressions,
+    n: int,
+    weights: np.ndarray,
+    exposure_idx: np.ndarray,
+    candidate_weights: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Point values and bootstrap draws (b,) of every metric.
 
     Rates and precisions resample viewers (``weights``, (b, n) counts): one viewer's impressions are
-    correlated. Coverage and Gini describe how exposure is spread over the users shown, so they resample
-    users as the exposed unit (``exposure_idx``, (b, n) indices): resampling viewers instead would drop a
-    third of the viewers from every draw and bias both downward.
+    correlated. With ``candidate_weights`` ((b, n) counts, drawn independently) they also resample the
+    candidates (a two-way bootstrap: each impression weighs its viewer's count times its candidate's), since
+    one candidate's decisions recur in many viewers' rows. Coverage and Gini describe how exposure is spread
+    over the users shown, so they resample users as the exposed unit (``exposure_idx``, (b, n) indices):
+    resampling viewers instead would drop a third of the viewers from every draw and bias both downward.
     """
     shown = np.bincount(imp.viewer, minlength=n).astype(np.float64)
     likes = np.bincount(imp.viewer, weights=imp.like, minlength=n)
@@ -70,6 +98,28 @@ def _draws(
     prec_c = np.where(shown > 0, backs / np.maximum(shown, 1), 0.0)
     point: dict[str, float] = {}
     draws: dict[str, np.ndarray] = {}
+    cw = candidate_weights if imp.viewer.size else None
+    tw: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if cw is not None:
+        cols = np.column_stack([np.ones(imp.viewer.size), imp.like, imp.back, imp.mutual, imp.effective])
+        per = _candidate_weighted_sums(imp, cols.astype(np.float64), cw).astype(np.float64)  # (5, b, n)
+        tot, like_s, back_s, mut_s, eff_s = ((weights * per[k]).sum(axis=1) for k in range(5))
+        users = weights.sum(axis=1)
+        tw = {
+            "like_rate": (like_s, tot),
+            "mutual_rate": (mut_s, tot),
+            "matches_per_user": (mut_s, users),
+            "effective_rate": (eff_s, tot),
+            "effective_per_user": (eff_s, users),
+        }
+        # Precision per viewer, then averaged over the drawn viewers; a viewer whose candidates all drew
+        # 0 sits that draw out.
+        ok = per[0] > 0
+        wok = weights * ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for key, k in (("precision_viewer", 1), ("precision_candidate", 2)):
+                prec = np.where(ok, per[k] / np.where(ok, per[0], 1.0), 0.0)
+                tw[key] = ((wok * prec).sum(axis=1), wok.sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         for key, num, den in (
             ("like_rate", likes, shown),
@@ -81,7 +131,10 @@ def _draws(
             ("precision_candidate", prec_c * has, has),
         ):
             point[key] = float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
-            draws[key] = (weights @ num) / (weights @ den)
+            if key in tw:
+                draws[key] = tw[key][0] / tw[key][1]
+            else:
+                draws[key] = (weights @ num) / (weights @ den)
     exposure = np.bincount(imp.candidate, minlength=n).astype(np.float64)
     point["coverage"] = float((exposure > 0).mean())
     point["gini"] = float(gini_rows(exposure[None, :])[0])
@@ -92,15 +145,27 @@ def _draws(
 
 
 def evaluate(
-    impressions: dict[str, Impressions], n: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    impressions: dict[str, Impressions],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    bootstrap: str = "two_way",
 ) -> list[StrategyResult]:
     """Metrics, intervals, lift over ``random`` and share of the ``oracle``'s lift, for every strategy.
 
-    One set of viewer-bootstrap weights serves all strategies, so lifts and shares have paired intervals.
+    ``bootstrap``: ``"two_way"`` resamples viewers and candidates independently (default), ``"viewer"``
+    viewers only (narrower: it ignores that a candidate's decisions recur across viewers). One set of
+    bootstrap weights serves all strategies, so lifts and shares have paired intervals. Raises
+    ``InvalidInput`` for an unknown ``bootstrap``.
     """
+    if bootstrap not in BOOTSTRAPS:
+        raise InvalidInput(f"bootstrap: {bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
     weights = bootstrap_weights(n, n_boot, seed)
+    cand_weights = bootstrap_weights(n, n_boot, seed + 0x7A0) if bootstrap == "two_way" else None
     exposure_idx = np.random.default_rng([seed, 0xE7]).integers(0, n, size=(n_boot, n))
-    computed = {name: _draws(imp, n, weights, exposure_idx) for name, imp in impressions.items()}
+    computed = {name: _draws(imp, n, weights, exposure_idx, cand_weights) for name, imp in impressions.items()}
     results = []
     for name, imp in impressions.items():
         point, draws = computed[name]

@@ -130,3 +130,48 @@ def test_cli_attention_flag_reaches_simulate(monkeypatch: pytest.MonkeyPatch, ca
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--attention", "0"])
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_two_way_intervals_cover_the_seed_to_seed_spread(cal: Calibration) -> None:
+    """Eight seeds (population, easiness, decisions) at 300 users: the spread of each strategy's result over
+    the seeds is what an interval from one seed must cover. Resampling viewers only is too narrow for the
+    congested strategies; resampling viewers and candidates is not."""
+    keys = ("mutual_rate", "effective_per_user")
+    got: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
+    for seed in range(8):
+        pop = _population(300, seed)
+        compat = pop.compatible()
+        world = build_world("aspiration", pop, compat, cal, seed=seed)
+        strats: list[Strategy] = [
+            random_strategy(compat, seed),
+            popularity_strategy(compat, pop),
+            oracle_strategy(compat, world),
+        ]
+        imps = run_rounds(strats, world, rounds=3, k=5, seed=seed, compat=compat, attention=5)
+        for boot in ("two_way", "viewer"):
+            for s in evaluate(imps, pop.n, n_boot=300, seed=seed, bootstrap=boot):
+                if s.strategy == "random":
+                    continue
+                for key in keys:
+                    e = s.metrics[key]
+                    got.setdefault((boot, s.strategy, key), []).append((e.value, e.lo, e.hi))
+                e = s.lift["mutual_rate"]
+                got.setdefault((boot, s.strategy, "lift"), []).append((e.value, e.lo, e.hi))
+    ratio: dict[tuple[str, str, str], float] = {}
+    for (boot, strat, key), rows in got.items():
+        a = np.array(rows)
+        seed_sd = float(a[:, 0].std(ddof=1))
+        se = float(((a[:, 2] - a[:, 1]) / (2 * 1.96)).mean())
+        ratio[(boot, strat, key)] = se / seed_sd
+        if boot == "two_way":
+            assert se >= 0.9 * seed_sd, (strat, key, se, seed_sd)
+            # Each seed's 95 % interval holds the mean over the seeds (7 of 8 at least).
+            inside = (a[:, 1] <= a[:, 0].mean()) & (a[:, 0].mean() <= a[:, 2])
+            assert inside.sum() >= 7, (strat, key, inside)
+    # Viewer-only intervals are narrower everywhere, and too narrow for most-attractive-first.
+    for strat in ("popularity", "oracle"):
+        for key in (*keys, "lift"):
+            assert ratio[("viewer", strat, key)] < ratio[("two_way", strat, key)]
+    assert ratio[("viewer", "popularity", "effective_per_user")] < 0.9
+    with pytest.raises(InvalidInput, match="bootstrap"):
+        evaluate(imps, 300, n_boot=10, bootstrap="impressions")
