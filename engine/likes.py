@@ -21,24 +21,14 @@ import numpy as np
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.rerank import taste_vector
-from engine.schema import USERS, user_point_id
+from engine.schema import LIKED_IDS, TASTE, USER_ID, USERS, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
-LIKED_FIELD = "liked_ids"
-TASTE_FIELD = "taste"
-
-
-def usable_vector(point: Point) -> np.ndarray | None:
-    """The point's vector as float32, or None when it has none (or an all-zero one: no valid photo)."""
-    if point.vector is None:
-        return None
-    v = np.asarray(point.vector, dtype=np.float32)
-    if v.size == 0 or not np.any(v) or not np.all(np.isfinite(v)):
-        return None
-    return v
+LIKED_FIELD = LIKED_IDS
+TASTE_FIELD = TASTE
 
 
 def liked_vectors(store: Store, liked_ids: Sequence[str], *, strict: bool) -> np.ndarray | None:
@@ -51,7 +41,7 @@ def liked_vectors(store: Store, liked_ids: Sequence[str], *, strict: bool) -> np
         return None
     points = store.retrieve(USERS, [user_point_id(u) for u in liked_ids], with_vectors=True)
     if strict and len(points) < len(set(liked_ids)):
-        found = {str((p.payload or {}).get("user_id")) for p in points}
+        found = {str((p.payload or {}).get(USER_ID)) for p in points}
         missing = [u for u in liked_ids if u not in found]
         raise UserNotFound(missing[0])
     vecs = [v for v in (usable_vector(p) for p in points) if v is not None]

@@ -41,19 +41,29 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engine.compatibility import Profile
 from engine.errors import InvalidInput
-from engine.likes import LIKED_FIELD, TASTE_FIELD, taste_payload, usable_vector
-from engine.schema import USERS, user_point_id
+from engine.likes import taste_payload
+from engine.schema import (
+    KTH_K,
+    KTH_SIM,
+    KTH_TOP,
+    LIKED_IDS,
+    STAT_FIELDS,
+    TASTE,
+    USERS,
+    Profile,
+    usable_vector,
+    user_point_id,
+)
 from engine.settings import Settings
 from engine.store.base import Point, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
-KTH_FIELD = "kth_sim"
-KTH_K_FIELD = "kth_k"  # the K the stored kth_sim was computed with (a changed setting makes it stale)
-TOP_FIELD = "kth_top"  # the K best similarities, best first: what an incremental refresh merges into
-STAT_FIELDS: tuple[str, ...] = (KTH_FIELD, KTH_K_FIELD, TOP_FIELD)  # written together by every pass
+# The payload keys this module writes (engine.schema documents them); older names, kept for callers.
+KTH_FIELD, KTH_K_FIELD, TOP_FIELD = KTH_SIM, KTH_K, KTH_TOP
+LIKED_FIELD, TASTE_FIELD = LIKED_IDS, TASTE
+__all__ = ["KTH_FIELD", "KTH_K_FIELD", "NO_KTH", "STAT_FIELDS", "TOP_FIELD"]
 NO_KTH = -1.0
 _BLOCK_ENTRIES = 1 << 24  # similarities per block in compatible_topk (64 MB of float32)
 # A departed user counts as having been in B's top-K when their similarity is this close to B's last entry

@@ -27,12 +27,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from engine.compatibility import Profile, age_conditions, compatible_filter, gender_conditions
+from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.feedback import EXCLUDING, LIKE, PASS, decisions_about, decisions_of, has_feedback_collection
 from engine.filters import Filter, HasId, MatchAny
 from engine.learning import PREF_FIELD, PREF_TASTE_FIELD, load_model_global
-from engine.likes import TASTE_FIELD, liked_vectors, usable_vector
+from engine.likes import TASTE_FIELD, liked_vectors
 from engine.preference import SideStats, congestion_factor, served_probabilities
 from engine.reciprocity import KTH_FIELD, NO_KTH
 from engine.rerank import (
@@ -45,14 +45,14 @@ from engine.rerank import (
     rerank,
     taste_vector,
 )
-from engine.schema import PHOTOS, USERS, user_point_id
+from engine.schema import PHOTO_IDS, PHOTOS, USER_ID, USERS, Profile, photo_ids_of, usable_vector, user_point_id
 from engine.settings import Settings, load_settings
 from engine.store.base import Point, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
 # Payload keys stage 1 fetches per candidate: nothing else crosses into Python.
-CANDIDATE_FIELDS: tuple[str, ...] = ("user_id", "photo_ids", KTH_FIELD, TASTE_FIELD, PREF_FIELD)
+CANDIDATE_FIELDS: tuple[str, ...] = (USER_ID, PHOTO_IDS, KTH_FIELD, TASTE_FIELD, PREF_FIELD)
 _QUERY_CHUNK = 64  # stage-1 queries per store round trip in recommend_many
 
 
@@ -113,7 +113,7 @@ def _raise_missing(store: Store, user_id: str) -> NoReturn:
     (Ingestion writes no users point for a user without a valid photo; photos whose vectors cancel out are
     the one way to have photos but no user vector.)
     """
-    if store.count(PHOTOS, Filter(must=(MatchAny.of("user_id", [user_id]),))) > 0:
+    if store.count(PHOTOS, Filter(must=(MatchAny.of(USER_ID, [user_id]),))) > 0:
         raise NoUserVector(f"user {user_id!r} has photos stored but no user vector; nothing to match on")
     raise UserNotFound(user_id)
 
@@ -137,7 +137,7 @@ def _load_askers(
         if own is None:
             raise NoUserVector(f"user {u!r} has no vector (no valid photo was stored); nothing to match on")
         found.append((p, own))
-        photo_ids.extend(str(x) for x in (p.payload or {}).get("photo_ids") or [])
+        photo_ids.extend(photo_ids_of(p.payload))
     photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
     blend = settings.recommend.taste_blend
     explicit = liked_vectors(store, list(likes), strict=True) if likes else None
@@ -153,7 +153,7 @@ def _load_askers(
             taste = l2_normalize(np.asarray(payload[TASTE_FIELD], dtype=np.float32))
         else:
             taste = l2_normalize(own)
-        pv = [usable_vector(photos[i]) for i in payload.get("photo_ids") or [] if i in photos]
+        pv = [usable_vector(photos[i]) for i in photo_ids_of(payload) if i in photos]
         kept = [v for v in pv if v is not None]
         askers.append(
             _Asker(
@@ -242,11 +242,11 @@ def _rerank_candidates(
     # Restricting by the indexed user_id keyword is cheaper than by a few hundred point ids (HasId):
     # measured on Edge at 10,000 users, ~40 % less time per lookup. Owners come from the users'
     # photo_ids, so a photo point not listed there (stale) is ignored.
-    photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in pl.get("photo_ids") or []}
+    photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in photo_ids_of(pl)}
     photo_ids_scored: list[str] = []
     photo_scores: list[float] = []
     if photo_owner:
-        only_cands = Filter(must=(MatchAny.of("user_id", [str(pl.get("user_id")) for pl in payloads]),))
+        only_cands = Filter(must=(MatchAny.of(USER_ID, [str(pl.get(USER_ID)) for pl in payloads]),))
         res = store.query(
             PHOTOS,
             Query(
@@ -310,7 +310,7 @@ def _rerank_candidates(
         b = int(best_idx[i])
         matches.append(
             Match(
-                user_id=str(payloads[i].get("user_id")),
+                user_id=str(payloads[i].get(USER_ID)),
                 score=float(out.score[i]),
                 score_a_to_b=float(out.a_to_b[i]),
                 score_b_to_a=float(out.b_to_a[i]),
@@ -350,7 +350,7 @@ def _learned_matches(
     best = _best_photos(store, asker, [payloads[i] for i in order])
     return [
         Match(
-            user_id=str(payloads[i].get("user_id")),
+            user_id=str(payloads[i].get(USER_ID)),
             score=float(out.score[i]),
             score_a_to_b=float(out.a_to_b[i]),
             score_b_to_a=float(out.b_to_a[i]),
@@ -363,12 +363,12 @@ def _learned_matches(
 
 def _best_photos(store: Store, asker: _Asker, payloads: list[dict[str, Any]]) -> list[str | None]:
     """Each candidate's photo nearest the asker's taste (one exact query restricted to their photos)."""
-    photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in pl.get("photo_ids") or []}
+    photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in photo_ids_of(pl)}
     best: list[str | None] = [None] * len(payloads)
     if not photo_owner:
         return best
     taste = asker.pref_taste if asker.pref_taste is not None else asker.taste
-    only = Filter(must=(MatchAny.of("user_id", [str(pl.get("user_id")) for pl in payloads]),))
+    only = Filter(must=(MatchAny.of(USER_ID, [str(pl.get(USER_ID)) for pl in payloads]),))
     res = store.query(
         PHOTOS, Query(vector=taste, limit=2 * len(photo_owner), filter=only, with_payload=False, exact=True)
     )
@@ -389,7 +389,7 @@ def _with_logged_replies(
     b_to_a = out.b_to_a.copy()
     known = False
     for i, pl in enumerate(payloads):
-        d = about.get(str(pl.get("user_id")))
+        d = about.get(str(pl.get(USER_ID)))
         if d == LIKE:
             b_to_a[i], known = 1.0, True
         elif d == PASS:

@@ -8,9 +8,9 @@ from typing import Any
 from engine.errors import InvalidInput
 from engine.feedback import delete_feedback_of
 from engine.filters import Filter, HasId, MatchAny
-from engine.likes import LIKED_FIELD, TASTE_FIELD, liked_vectors, taste_payload, usable_vector
+from engine.likes import liked_vectors, taste_payload
 from engine.reciprocity import departures, refresh_changed
-from engine.schema import PHOTOS, USERS, user_point_id
+from engine.schema import LIKED_IDS, PHOTOS, TASTE, USER_ID, USERS, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
@@ -35,7 +35,7 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     if not user_id:
         raise InvalidInput("user_id: empty")
     # By payload and, for the user point, by its id too: a point written without a payload is still found.
-    by_payload = MatchAny.of("user_id", [user_id])
+    by_payload = MatchAny.of(USER_ID, [user_id])
     settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
     gone = departures(store, [user_id])  # what others' statistics were computed with, before it goes
     removed = 0
@@ -71,24 +71,24 @@ def _forget_likes_of(store: Store, user_id: str, settings: Settings) -> list[str
     (a taste vector is partly the liked users' vectors: keeping it would keep a trace of the erased user).
     Returns the ids of the users whose points were rewritten."""
     blend = settings.recommend.taste_blend
-    likers = list(store.scroll(USERS, Filter(must=(MatchAny.of(LIKED_FIELD, [user_id]),)), with_vectors=True))
+    likers = list(store.scroll(USERS, Filter(must=(MatchAny.of(LIKED_IDS, [user_id]),)), with_vectors=True))
     points: list[Point] = []
     for p in likers:
         if p.vector is None:
             continue
         payload = dict(p.payload or {})
-        history = [u for u in payload.get(LIKED_FIELD) or [] if str(u) != user_id]
-        payload[LIKED_FIELD] = history
+        history = [u for u in payload.get(LIKED_IDS) or [] if str(u) != user_id]
+        payload[LIKED_IDS] = history
         own = usable_vector(p)
         taste = None if own is None else taste_payload(own, liked_vectors(store, history, strict=False), blend)
         if taste is None:
-            payload.pop(TASTE_FIELD, None)
+            payload.pop(TASTE, None)
         else:
-            payload[TASTE_FIELD] = taste
+            payload[TASTE] = taste
         points.append(Point(id=p.id, vector=p.vector, payload=payload))
     if points:
         store.upsert(USERS, points)
-    return [str(p.payload.get("user_id")) for p in points]
+    return [str(p.payload.get(USER_ID)) for p in points]
 
 
 def store_stats(store: Store) -> dict[str, Any]:

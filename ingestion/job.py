@@ -30,8 +30,21 @@ from tqdm import tqdm
 
 from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, MatchAny
-from engine.reciprocity import STAT_FIELDS, Departed, RefreshReport, departures, refresh, refresh_changed
-from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.reciprocity import Departed, RefreshReport, departures, refresh, refresh_changed
+from engine.schema import (
+    ENCODER_ID,
+    PHOTO_FIELDS,
+    PHOTO_SHA256,
+    PHOTOS,
+    STAT_FIELDS,
+    USER_FIELDS,
+    USER_ID,
+    USERS,
+    photo_payload,
+    photo_point_id,
+    user_payload,
+    user_point_id,
+)
 from engine.settings import Settings
 from engine.store.base import Point, Store
 from ingestion.metadata import Metadata, PhotoRef, UserRecord, load_metadata
@@ -42,20 +55,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Payload keys the job owns on each collection; anything else (e.g. reciprocity's statistics) is left alone
-# when deciding whether a point is up to date.
-PHOTO_KEYS = ("user_id", "gender", "age", "photo_sha256", "source_path", "encoder_id")
-USER_KEYS = (
-    "user_id",
-    "gender",
-    "age",
-    "seeking",
-    "age_min",
-    "age_max",
-    "n_photos",
-    "photo_ids",
-    "encoder_id",
-)
 # User ids per MatchAny filter when listing stored photos (keeps each filter small).
 _USERS_PER_SCROLL = 256
 
@@ -276,22 +275,15 @@ class _Job:
         with _timed(self.report, "read"):
             for i in range(0, len(uids), _USERS_PER_SCROLL):
                 chunk = uids[i : i + _USERS_PER_SCROLL]
-                flt = Filter(must=(MatchAny.of("user_id", chunk),))
+                flt = Filter(must=(MatchAny.of(USER_ID, chunk),))
                 points = self.retry("scroll photos", _scroll_all, self.store, PHOTOS, flt)
                 for p in points:
-                    uid, sha = p.payload.get("user_id"), p.payload.get("photo_sha256")
+                    uid, sha = p.payload.get(USER_ID), p.payload.get(PHOTO_SHA256)
                     if isinstance(uid, str) and isinstance(sha, str) and uid in self.users:
                         self.users[uid].stored[sha] = (p.id, dict(p.payload))
 
     def _photo_payload(self, user: UserRecord, sha: str, rel: str) -> dict[str, Any]:
-        return {
-            "user_id": user.user_id,
-            "gender": user.gender,
-            "age": user.age,
-            "photo_sha256": sha,
-            "source_path": rel,  # relative to PHOTOS_DIR; never the bytes
-            "encoder_id": self.encoder.encoder_id,
-        }
+        return dict(photo_payload(user, sha, rel, self.encoder.encoder_id))
 
     def _reject_photo(self, ref: PhotoRef, refused: Refused) -> None:
         self.report.reject(
@@ -324,9 +316,9 @@ class _Job:
         state.first_path[raw.sha256] = ref.rel_path
         want = self._photo_payload(user, raw.sha256, ref.rel_path)
         stored = state.stored.get(raw.sha256)
-        if stored is not None and stored[1].get("encoder_id") == self.encoder.encoder_id:
+        if stored is not None and stored[1].get(ENCODER_ID) == self.encoder.encoder_id:
             state.kept.add(raw.sha256)
-            if {k: stored[1].get(k) for k in PHOTO_KEYS} != want:
+            if {k: stored[1].get(k) for k in PHOTO_FIELDS} != want:
                 self.to_update.append((stored[0], want))
                 c.photos_updated += 1
             else:
@@ -392,7 +384,7 @@ class _Job:
                 self.retry("upsert photos", self.store.upsert, PHOTOS, chunk)
             # Counted only once acknowledged: the report never claims a photo the store does not hold.
             for p in chunk:
-                uid, sha = p.payload["user_id"], p.payload["photo_sha256"]
+                uid, sha = p.payload[USER_ID], p.payload[PHOTO_SHA256]
                 state = self.users[uid]
                 state.stored[sha] = (p.id, p.payload)
                 state.kept.add(sha)
@@ -405,17 +397,10 @@ class _Job:
         for i in range(0, len(self.to_update), size):
             chunk = dict(self.to_update[i : i + size])
             with _timed(self.report, "write"):
-                points = self.retry(
-                    "retrieve photos", self.store.retrieve, PHOTOS, list(chunk), with_vectors=True
-                )
-                fresh = [
-                    Point(id=p.id, vector=p.vector, payload=chunk[p.id])
-                    for p in points
-                    if p.vector is not None
-                ]
-                self.retry("upsert photos", self.store.upsert, PHOTOS, fresh)
-            for p in fresh:
-                self.users[p.payload["user_id"]].stored[p.payload["photo_sha256"]] = (p.id, p.payload)
+                # A photos point holds the job's keys only, so setting them all is the whole new payload.
+                self.retry("update photos", self.store.set_payload, PHOTOS, chunk)
+            for pid, payload in chunk.items():
+                self.users[payload[USER_ID]].stored[payload[PHOTO_SHA256]] = (pid, payload)
 
     def _drop_replaced(self) -> None:
         """Delete the stored photo whose file was replaced in place: same user and path, other content.
@@ -475,7 +460,7 @@ class _Job:
                 continue
             want = self._user_payload(record, photo_ids)
             have = existing.get(upid)
-            if have is None or {k: have.get(k) for k in USER_KEYS} != want:
+            if have is None or {k: have.get(k) for k in USER_FIELDS} != want:
                 stale.append(uid)
         c.users_without_photos = len(self.report.users_without_photos)
         # As they are before this run changes them: what other users' statistics were computed with.
@@ -499,12 +484,7 @@ class _Job:
             c.users_deleted += len(chunk)
 
     def _user_payload(self, record: UserRecord, photo_ids: list[str]) -> dict[str, Any]:
-        return {
-            **record.fields(),
-            "n_photos": len(photo_ids),
-            "photo_ids": photo_ids,
-            "encoder_id": self.encoder.encoder_id,
-        }
+        return dict(user_payload(record, photo_ids, self.encoder.encoder_id))
 
     def _write_user_batch(self, uids: list[str]) -> None:
         if not uids:
@@ -514,7 +494,7 @@ class _Job:
         by_user: dict[str, list[Point]] = {}
         for p in got:
             if p.vector is not None:
-                by_user.setdefault(str(p.payload.get("user_id")), []).append(p)
+                by_user.setdefault(str(p.payload.get(USER_ID)), []).append(p)
         points: list[Point] = []
         for uid in uids:
             # Sorted by id: the float sum, hence the vector, is the same on every run.
@@ -530,7 +510,7 @@ class _Job:
             # are dropped: if the run stops before its refresh, the next one finds this user without them
             # and handles them as new.
             have = self.existing_users.get(user_point_id(uid), {})
-            kept = {k: v for k, v in have.items() if k not in USER_KEYS and k not in STAT_FIELDS}
+            kept = {k: v for k, v in have.items() if k not in USER_FIELDS and k not in STAT_FIELDS}
             payload = {**kept, **self._user_payload(self.meta.users[uid], [p.id for p in photos])}
             points.append(
                 Point(id=user_point_id(uid), vector=(mean / norm).astype(np.float32), payload=payload)

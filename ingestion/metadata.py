@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from engine.errors import InvalidInput
-from engine.schema import parse_gender, parse_seeking
+from engine.schema import Profile, parse_gender, parse_seeking
 from engine.settings import Settings
 from ingestion.reader import check_relative
 from ingestion.report import Reason, Rejection, safe_text
@@ -52,30 +52,10 @@ _FORMULA_START = ("=", "+", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
-class UserRecord:
-    """A user's validated metadata; the user point's payload is built from it."""
+class UserRecord(Profile):
+    """A user's validated metadata: their profile (``seeking`` sorted) and the line that defined it."""
 
-    user_id: str
-    gender: str
-    age: int
-    seeking: tuple[str, ...]
-    age_min: int
-    age_max: int
     row: int  # line of the (first) row that defined it
-
-    def fields(self) -> dict[str, object]:
-        """The user fields as stored in payloads (``seeking`` as a sorted list)."""
-        return {
-            "user_id": self.user_id,
-            "gender": self.gender,
-            "age": self.age,
-            "seeking": list(self.seeking),
-            "age_min": self.age_min,
-            "age_max": self.age_max,
-        }
-
-    def same_profile(self, other: UserRecord) -> bool:
-        return self.fields() == other.fields()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from engine.errors import InvalidInput, MatcherError, UserNotFound
 from engine.recommend import explain_empty, recommend
-from engine.schema import PHOTOS, USERS, user_point_id
+from engine.schema import PHOTOS, SOURCE_PATH, TASTE, USERS, photo_ids_of, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.users import store_stats
@@ -164,8 +164,8 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         if not got:
             raise UserNotFound(user_id)
         pl = dict(got[0].payload)
-        pl.pop("taste", None)
-        photo_ids = [str(p) for p in pl.get("photo_ids", [])]
+        pl.pop(TASTE, None)
+        photo_ids = photo_ids_of(pl)
         pl["photo_urls"] = [f"/photos/{p}" for p in photo_ids]
         return pl
 
@@ -210,7 +210,7 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
             got = the_store().retrieve(PHOTOS, [point_id])
         if not got:
             raise _PhotoNotFound(f"photo {point_id!r} is not in the store")
-        rel = str(got[0].payload.get("source_path", ""))
+        rel = str(got[0].payload.get(SOURCE_PATH, ""))
         return Response(content=thumbnail(Path(root), rel, settings), media_type="image/jpeg")
 
     async def _photo_missing(request: Any, exc: Exception) -> JSONResponse:

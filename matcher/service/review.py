@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from engine.errors import InvalidInput
-from engine.schema import PHOTOS, USERS
+from engine.schema import AGE, GENDER, N_PHOTOS, PHOTOS, USER_ID, USERS
 from engine.store import Store
 from engine.store.base import Query as StoreQuery
 
@@ -27,7 +27,7 @@ def review_html() -> str:
 
 def list_users(store: Store, limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` stored users, sorted by id: ``{"user_id", "gender", "age", "n_photos"}``."""
-    rows = [{k: p.payload.get(k) for k in ("user_id", "gender", "age", "n_photos")} for p in store.scroll(USERS)]
+    rows = [{k: p.payload.get(k) for k in (USER_ID, GENDER, AGE, N_PHOTOS)} for p in store.scroll(USERS)]
     return sorted(rows, key=lambda r: str(r["user_id"]))[:limit]
 
 
