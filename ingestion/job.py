@@ -103,6 +103,7 @@ def run_ingest(
                 raise InvalidInput(f"{photos_dir}: PHOTOS_DIR is not a folder")
             meta = load_metadata(Path(metadata_csv), photos_dir, settings)
         report.layout = meta.layout
+        report.layout_reason = meta.layout_reason
         for r in meta.rejected:
             report.reject(r)
         report.counts.metadata_lines = meta.lines

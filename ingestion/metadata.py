@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 PER_PHOTO_REQUIRED = ("user_id", "image_path", "gender", "age")
 PER_USER_REQUIRED = ("user_id", "gender", "age")
 OPTIONAL = ("seeking", "age_min", "age_max")
+# Header names that usually hold a photo's path: a per-photo file whose path column is named one of these
+# would otherwise be read in the per-user layout without a word.
+PATH_LIKE_COLUMNS = ("image", "img", "photo", "picture", "path", "file", "filename", "file_name", "photo_path",
+                     "image_file", "imagepath", "image path", "img_path", "photo_file", "url")
 
 # Letters, digits and a few separators; starting with a letter or digit, so no id can be a formula.
 USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
@@ -71,6 +75,7 @@ class PhotoRef:
 class Metadata:
     file: str
     layout: Literal["per_photo", "per_user"]
+    layout_reason: str = ""  # which layout was chosen and why, for the report and the terminal
     users: dict[str, UserRecord] = field(default_factory=dict)
     photos: list[PhotoRef] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
@@ -118,7 +123,7 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
                 f"{name}: missing required column(s) {', '.join(missing)} "
                 f"(found: {', '.join(safe_text(c) for c in columns) or 'none'})"
             )
-        meta = Metadata(file=name, layout=layout, lines=len(raw_lines))
+        meta = Metadata(file=name, layout=layout, layout_reason=layout_reason(columns), lines=len(raw_lines))
         raw_lines.clear()
         parser = _RowParser(meta, settings)
         while True:
@@ -140,6 +145,9 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
                 # stray quote costs its own row only and no row after it goes unreported.
                 for i, text in enumerate(span):
                     _add_line(parser, meta, columns, text, first + i, len(span))
+    repeats = sum(r.reason in (Reason.DUPLICATE_ROW, Reason.CONFLICTING_ROW) for r in meta.rejected)
+    if layout == "per_user" and repeats:
+        log.warning("%s: %d row(s) repeat a user_id and were rejected: %s", name, repeats, meta.layout_reason)
     if layout == "per_user":
         _scan_per_user(meta, Path(photos_dir), csv_path, parser.rejected_users)
     else:
@@ -149,6 +157,21 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
         name, layout, meta.lines, len(meta.users), len(meta.photos), sum(r.kind == "row" for r in meta.rejected),
     )  # fmt: skip
     return meta
+
+
+def layout_reason(columns: list[str]) -> str:
+    """Which layout a header selects and why, in words (names a column that looks like a misnamed path)."""
+    if "image_path" in columns:
+        return "per-photo layout: the header has an image_path column (one row per photo)"
+    found = ", ".join(safe_text(c) for c in columns if c) or "none"
+    reason = (
+        f"per-user layout: the header has no image_path column (found: {found}), so each row is one user and "
+        "the photos are the files <user_id>_<n>.<ext> at the top level of PHOTOS_DIR"
+    )
+    path_like = [c for c in columns if c in PATH_LIKE_COLUMNS]
+    if path_like:
+        reason += f"; if column {safe_text(path_like[0])!r} holds photo paths, rename it image_path"
+    return reason
 
 
 def _odd_quotes(text: str) -> bool:
@@ -264,11 +287,15 @@ class _RowParser:
         if self.meta.layout == "per_user":
             known = self.meta.users.get(uid)
             if known is not None:
+                # Said on the row too: a per-photo file without image_path lands here on its second row.
+                why = "one row per user in the per-user layout (no image_path column)"
                 if known.same_profile(record):
-                    reject(Reason.DUPLICATE_ROW, f"user {uid} repeats line {known.row}", "user_id")
+                    reject(Reason.DUPLICATE_ROW, f"user {uid} repeats line {known.row}: {why}", "user_id")
                 else:
                     reject(
-                        Reason.CONFLICTING_ROW, f"user {uid} already defined at line {known.row}", "user_id"
+                        Reason.CONFLICTING_ROW,
+                        f"user {uid} already defined at line {known.row}: {why}",
+                        "user_id",
                     )
                 return
             self.meta.users[uid] = record

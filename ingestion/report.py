@@ -156,6 +156,7 @@ class IngestReport(BaseModel):
     photos_dir: str
     metadata: str
     layout: Literal["per_photo", "per_user"] | None = None
+    layout_reason: str | None = Field(default=None, description="Why the metadata was read in that layout.")
     encoder_id: str | None = None
     dim: int | None = None
     store_backend: str | None = None
@@ -208,7 +209,8 @@ class IngestReport(BaseModel):
         by_reason: dict[str, int] = {}
         for r in self.rejected:
             by_reason[r.reason.value] = by_reason.get(r.reason.value, 0) + 1
-        lines = [
+        lines = [f"metadata {self.layout_reason}"] if self.layout_reason else []
+        lines += [
             f"photos: {c.photos_stored} stored, {c.photos_skipped} skipped, {c.photos_updated} updated, "
             f"{c.photos_replaced} replaced, {c.photos_rejected} rejected, {c.photos_pruned} pruned; "
             f"rows rejected: {c.rows_rejected}",
