@@ -205,3 +205,20 @@ def test_sagemaker_style_channels_split_the_same_way(tmp_path: Path) -> None:
         assert all("generated" in p.path.parts for p in train_photos)
         assert all("profiles" in p.path.parts for p in val_photos)
         assert len({p.identity for p in val_photos}) == 3 and len(train_photos) == (8 - 3) * 3
+
+
+def test_real_users_can_come_from_metadata_csv(tmp_path: Path) -> None:
+    """A root with metadata.csv (user_id,image_path,...) and no raw/profiles is a seed root too."""
+    root = tmp_path / "data"
+    rows = ["user_id,image_path,gender,age"]
+    for i in range(1, 6):
+        for n in (1, 2):
+            _img(root / "photos" / f"u{i}" / f"{n}.jpg")
+            rows.append(f"u{i},photos/u{i}/{n}.jpg,f,30")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    _seed_root(root, {}, {f"u{i}": 2 for i in range(1, 6)})
+    assert is_seed_root(root)
+    split = read_seed_layout(root, val_users=2, seed=0)
+    assert {p.identity for p in split.val} <= {f"u{i}" for i in range(1, 6)}
+    assert all("photos" in p.path.parts for p in split.val) and len(split.val) == 4
+    assert len(split.train) == 3 * 2
