@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from engine.errors import InvalidInput
+from engine.schema import Profile
+from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +67,21 @@ _METALS = ((212, 175, 55), (192, 192, 200), (183, 110, 121))
 _HAIR_STYLES = ("short", "long", "bald", "curly", "bun", "side_part")
 
 
-@dataclass(frozen=True)
-class DemoUser:
-    """One synthetic user: latents, demographics and the per-user constants its photos share."""
+# An age bound left blank in the CSV is filled by ingestion with the settings' bounds; these are their defaults.
+_DEFAULT_MIN_AGE = int(Settings.model_fields["min_age"].default)
+_DEFAULT_MAX_AGE = int(Settings.model_fields["max_age"].default)
 
-    user_id: str
-    gender: str
-    age: int
-    seeking: tuple[str, ...]
-    age_min: int | None
-    age_max: int | None
+
+@dataclass(frozen=True)
+class DemoUser(Profile):
+    """One synthetic user: their profile (the engine's ``Profile``), latents and the per-user constants its
+    photos share.
+
+    ``window_given`` says which of ``age_min``/``age_max`` the metadata CSV states; a bound not given is
+    written blank (ingestion fills it from ``MATCHER_MIN_AGE``/``MAX_AGE``) and holds that setting's default here.
+    """
+
+    window_given: tuple[bool, bool]
     attractiveness: float
     looks: np.ndarray  # (LOOK_DIM,) float64, unit norm
     n_photos: int
@@ -155,8 +162,8 @@ def _demographic_fields(u: DemoUser) -> list[str]:
         u.gender,
         str(u.age),
         "|".join(u.seeking),
-        "" if u.age_min is None else str(u.age_min),
-        "" if u.age_max is None else str(u.age_max),
+        str(u.age_min) if u.window_given[0] else "",
+        str(u.age_max) if u.window_given[1] else "",
     ]
 
 
@@ -177,12 +184,9 @@ def make_user(seed: int, index: int, width: int = 3) -> DemoUser:
         other = "male" if gender == "female" else "female"
         s = rng.random()
         seeking = (other,) if s < 0.85 else ((gender,) if s < 0.92 else ("female", "male"))
-    age_min: int | None = max(MIN_AGE, age - int(rng.integers(2, 11)))
-    age_max: int | None = age + int(rng.integers(2, 13))
-    if rng.random() < 0.12:
-        age_min = None
-    if rng.random() < 0.12:
-        age_max = None
+    age_min = max(MIN_AGE, age - int(rng.integers(2, 11)))
+    age_max = age + int(rng.integers(2, 13))
+    min_given, max_given = rng.random() >= 0.12, rng.random() >= 0.12
     looks = rng.standard_normal(LOOK_DIM)
     looks /= np.linalg.norm(looks)
     attractiveness = float(rng.beta(2.2, 2.2))
@@ -196,8 +200,9 @@ def make_user(seed: int, index: int, width: int = 3) -> DemoUser:
         gender=gender,
         age=age,
         seeking=seeking,
-        age_min=age_min,
-        age_max=age_max,
+        age_min=age_min if min_given else _DEFAULT_MIN_AGE,
+        age_max=age_max if max_given else _DEFAULT_MAX_AGE,
+        window_given=(min_given, max_given),
         attractiveness=attractiveness,
         looks=looks,
         n_photos=int(rng.choice([1, 2, 3, 4], p=[0.15, 0.3, 0.3, 0.25])),

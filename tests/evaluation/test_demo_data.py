@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import InvalidInput
+from engine.schema import Profile
 from evaluation.demo_data import LOOK_DIM, METADATA_COLUMNS, USERS_COLUMNS, make_demo_data
 from matcher.cli import main
 
@@ -194,7 +195,8 @@ def test_population_statistics_are_plausible() -> None:
     other = sum(u.seeking == (("male",) if u.gender == "female" else ("female",)) for u in binary)
     assert 0.75 < other / len(binary) < 0.95
     assert all(u.seeking == ("female", "male", "nonbinary") for u in users if u.gender == "nonbinary")
-    assert any(u.age_min is None for u in users) and any(u.age_max is None for u in users)
+    assert any(not u.window_given[0] for u in users) and any(not u.window_given[1] for u in users)
+    assert all(isinstance(u, Profile) for u in users)  # the one profile type the engine and ingestion use
 
 
 def test_attractiveness_changes_the_face_not_the_scene() -> None:

@@ -44,8 +44,8 @@ def _population(n: int, seed: int) -> Population:
         gender=np.array([u.gender for u in us], dtype=object),
         age=np.array([u.age for u in us]),
         seeking=[u.seeking for u in us],
-        age_min=np.array([s.min_age if u.age_min is None else u.age_min for u in us]),
-        age_max=np.array([s.max_age if u.age_max is None else u.age_max for u in us]),
+        age_min=np.array([u.age_min if u.window_given[0] else s.min_age for u in us]),
+        age_max=np.array([u.age_max if u.window_given[1] else s.max_age for u in us]),
         attractiveness=np.array([u.attractiveness for u in us]),
         looks=np.vstack([u.looks for u in us]),
     )
