@@ -152,13 +152,25 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         metavar="B",
         help="incoming likes a receiver looks at per round ('none': all; default 20)",
     )
+    p.add_argument(
+        "--newcomers",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="share of users who arrive late, with no history (default 0.1; 0: none)",
+    )
+    p.add_argument(
+        "--newcomer-round", type=int, default=3, metavar="R", help="round (from 1) the newcomers arrive in (3)"
+    )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
     p.add_argument(
         "--engine-likes", action="store_true", help="pass each viewer's likes so far to recommend(likes=...)"
     )
     p.add_argument(
-        "--strategy", action="append", metavar="ID", help="strategy id(s) to run (default all; random and "
-        "oracle are always kept)"
+        "--strategy",
+        action="append",
+        metavar="ID",
+        help="strategy id(s) to run (default all; random and oracle are always kept)",
     )
     p.add_argument(
         "--no-feedback",
@@ -202,6 +214,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         feedback=not args.no_feedback,
         strategies=tuple(s for s in STRATEGIES if s in chosen),
         attention=args.attention,
+        newcomer_share=args.newcomers,
+        newcomer_round=args.newcomer_round,
     )
     print(result.table())
     print(f"\nreport: {result.report_path}  ({result.timings['total_s']:.0f} s)")
@@ -220,6 +234,16 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("log", type=Path, metavar="LOG.csv", help="like log")
     p.add_argument("--k", type=int, default=10, help="top-k logged impressions per viewer (default 10)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument(
+        "--newcomers",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="share of users who arrive late, with no history (default 0.1; 0: none)",
+    )
+    p.add_argument(
+        "--newcomer-round", type=int, default=3, metavar="R", help="round (from 1) the newcomers arrive in (3)"
+    )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the results as JSON here")
     p.set_defaults(func=_replay)

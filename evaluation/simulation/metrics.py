@@ -49,9 +49,57 @@ class StrategyResult:
     metrics: dict[str, Estimate]
     lift: dict[str, Estimate]  # like_rate and mutual_rate over random's
     oracle_share: dict[str, Estimate]  # (s - random) / (oracle - random), for like_rate and mutual_rate
+    newcomers: dict[str, float] = field(default_factory=dict)  # ``newcomer_stats``; empty without newcomers
 
 
 BOOTSTRAPS: tuple[str, ...] = ("two_way", "viewer")
+
+NEWCOMER_LABELS: dict[str, str] = {
+    "newcomers": "newcomers",
+    "first_round_exposure": "times shown, first round (newcomers)",
+    "first_round_exposure_established": "times shown, same round (established)",
+    "shown_k_share": "newcomers shown ≥ k times in their first round",
+    "first_round_recommendations": "recommendations received, first round (newcomers)",
+    "matches_since_arrival": "effective matches since arrival (newcomers)",
+    "matches_since_arrival_established": "effective matches, same rounds (established)",
+    "success_ratio": "newcomers / established",
+}
+
+
+def newcomer_stats(imp: Impressions, joins: np.ndarray, k: int) -> dict[str, float]:
+    """How the users who arrive late fare against those there from the start (empty dict if none do).
+
+    ``joins`` (n,) each user's arrival round (0-based; one cohort of newcomers, arriving in round r0).
+    First round: how often each newcomer is shown to others in r0 (beside the established users' mean in
+    r0), the share shown at least ``k`` times, and the recommendations they receive. Success: effective
+    matches a user takes part in (as viewer or candidate) from r0 on, per user, and the newcomers' mean
+    over the established users' mean.
+    """
+    joins = np.asarray(joins)
+    late = joins > 0
+    if not late.any():
+        return {}
+    n = joins.size
+    r0 = int(joins[late].min())
+    first = imp.round == r0
+    exposure = np.bincount(imp.candidate[first], minlength=n).astype(np.float64)
+    recs = np.bincount(imp.viewer[first], minlength=n).astype(np.float64)
+    since = imp.effective & (imp.round >= r0)
+    matches = (np.bincount(imp.viewer[since], minlength=n) + np.bincount(imp.candidate[since], minlength=n)).astype(
+        np.float64
+    )
+    est = ~late
+    new_m, est_m = float(matches[late].mean()), float(matches[est].mean()) if est.any() else float("nan")
+    return {
+        "newcomers": float(late.sum()),
+        "first_round_exposure": float(exposure[late].mean()),
+        "first_round_exposure_established": float(exposure[est].mean()) if est.any() else float("nan"),
+        "shown_k_share": float((exposure[late] >= k).mean()),
+        "first_round_recommendations": float(recs[late].mean()),
+        "matches_since_arrival": new_m,
+        "matches_since_arrival_established": est_m,
+        "success_ratio": new_m / est_m if est_m > 0 else float("nan"),
+    }
 
 
 def _candidate_weighted_sums(imp: Impressions, values: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -152,11 +200,14 @@ def evaluate(
     seed: int = 0,
     level: float = 0.95,
     bootstrap: str = "two_way",
+    joins: np.ndarray | None = None,
+    k: int = 0,
 ) -> list[StrategyResult]:
     """Metrics, intervals, lift over ``random`` and share of the ``oracle``'s lift, for every strategy.
 
     ``bootstrap``: ``"two_way"`` resamples viewers and candidates independently (default), ``"viewer"``
-    viewers only (narrower: it ignores that a candidate's decisions recur across viewers). One set of
+    viewers only (narrower: it ignores that a candidate's decisions recur across viewers). ``joins`` (n,),
+    each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round). One set of
     bootstrap weights serves all strategies, so lifts and shares have paired intervals. Raises
     ``InvalidInput`` for an unknown ``bootstrap``.
     """
@@ -188,7 +239,16 @@ def evaluate(
                         pv = (point[key] - rp) / (op - rp) if op != rp else float("nan")
                         share[key] = Estimate(pv, *percentile_interval((draws[key] - rd) / (od - rd), level))
         results.append(
-            StrategyResult(name, int(imp.viewer.size), imp.shortfall, imp.incompatible, metrics, lift, share)
+            StrategyResult(
+                name,
+                int(imp.viewer.size),
+                imp.shortfall,
+                imp.incompatible,
+                metrics,
+                lift,
+                share,
+                newcomer_stats(imp, joins, k) if joins is not None else {},
+            )
         )
     return results
 
@@ -238,6 +298,22 @@ class SimulationResult:
         d = asdict(self)
         d["report_path"] = str(self.report_path) if self.report_path else None
         return d
+
+
+def newcomer_table(w: WorldResult) -> str:
+    """Markdown table of ``newcomer_stats`` per strategy ('' when no one arrived late)."""
+    rows = [s for s in w.strategies if s.newcomers]
+    if not rows:
+        return ""
+    keys = [key for key in NEWCOMER_LABELS if key != "newcomers"]
+    lines = [
+        "| strategy | " + " | ".join(NEWCOMER_LABELS[key] for key in keys) + " |",
+        "|" + "---|" * (len(keys) + 1),
+    ]
+    for s in rows:
+        cells = [f"{s.newcomers[key]:.2f}" for key in keys]
+        lines.append(f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def strategy_table(w: WorldResult) -> str:

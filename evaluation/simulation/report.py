@@ -9,7 +9,7 @@ import numpy as np
 
 from evaluation.calibration import CalibrationData
 from evaluation.simulation.figures import plot_calibration, plot_oracle_share, plot_strategies
-from evaluation.simulation.metrics import SimulationResult, strategy_table
+from evaluation.simulation.metrics import SimulationResult, newcomer_table, strategy_table
 
 
 def write_simulation_report(result: SimulationResult, calib: CalibrationData, out: Path) -> Path:
@@ -85,6 +85,16 @@ def write_simulation_report(result: SimulationResult, calib: CalibrationData, ou
             "",
             f"![{w.world}](figures/strategies_{w.world}.png)",
         ]
+        newcomers = newcomer_table(w)
+        if newcomers:
+            lines += [
+                "",
+                f"Newcomers: {c.get('newcomers')} users arrive in round {c.get('newcomer_round')} with no history "
+                "(target: every newcomer shown k times in their first round; success at least 0.85x the "
+                "established users'):",
+                "",
+                newcomers,
+            ]
         short = [s for s in w.strategies if s.shortfall]
         if short:
             lines += [

@@ -68,6 +68,30 @@ def attention_seen(
     return seen
 
 
+def _absent(joins: np.ndarray | None, round_index: int) -> set[int]:
+    """Users who have not arrived by ``round_index`` (``joins``: each user's arrival round)."""
+    if joins is None:
+        return set()
+    return set(np.flatnonzero(np.asarray(joins) > round_index).tolist())
+
+
+def newcomer_joins(n: int, share: float, join_round: int, rounds: int, seed: int) -> np.ndarray | None:
+    """(n,) arrival round (0-based) per user: a seeded ``share`` of them arrive in round ``join_round``
+    (1-based, as a person counts rounds), the rest from the start. None when no one arrives late (share 0,
+    or fewer rounds than ``join_round``). Raises ``InvalidInput`` for a share outside [0, 1) or a round < 1.
+    """
+    if not 0.0 <= share < 1.0:
+        raise InvalidInput(f"newcomer share: must be in [0, 1), got {share}")
+    if join_round < 1:
+        raise InvalidInput(f"newcomer round: rounds count from 1, got {join_round}")
+    count = int(round(share * n))
+    if count == 0 or join_round == 1 or join_round > rounds:
+        return None
+    joins = np.zeros(n, dtype=np.int64)
+    joins[np.random.default_rng([seed, 0x4E3C]).choice(n, size=count, replace=False)] = join_round - 1
+    return joins
+
+
 def run_rounds(
     strategies: Sequence[Strategy],
     world: World,
@@ -78,6 +102,7 @@ def run_rounds(
     compat: np.ndarray | None = None,
     attention: int | None = None,
     progress: bool = False,
+    joins: np.ndarray | None = None,
 ) -> dict[str, Impressions]:
     """Each round every user gets up to ``k`` not-yet-shown candidates from each strategy; decisions follow.
 
@@ -88,6 +113,9 @@ def run_rounds(
     A strategy with an ``observe(round, viewer, candidate, like)`` method is handed each round's
     impressions and decisions (likes and passes) when the round ends, before the next one is picked.
 
+    ``joins`` (n,) int: the round (0-based) each user arrives in; before it they are neither served nor
+    shown to anyone (None: everyone from round 0). Newcomers enter with no history.
+
     Viewers are served in a random order per round (seeded, the same for every strategy), which matters
     only for the exposure cap. Raises ``InvalidInput`` if ``rounds`` or ``k`` is below 1.
     """
@@ -96,6 +124,8 @@ def run_rounds(
     if attention is not None and attention < 1:
         raise InvalidInput(f"attention: must be at least 1 like per receiver per round, got {attention}")
     n = world.p.shape[0]
+    if joins is not None and np.asarray(joins).shape != (n,):
+        raise InvalidInput(f"joins: one arrival round per user expected ({n}), got shape {np.shape(joins)}")
     out: dict[str, Impressions] = {}
     for strat in strategies:
         shown: list[set[int]] = [set() for _ in range(n)]
@@ -115,10 +145,16 @@ def run_rounds(
             order = np.random.default_rng([seed, 0x0DE5, r]).permutation(n)
             first = len(rec_v)
             round_likes: list[np.ndarray] = []
+            absent = _absent(joins, r)
             for v in order.tolist():
-                picks = strat.pick(v, k, shown[v], liked[v])
-                if len(set(picks)) != len(picks) or shown[v].intersection(picks) or v in picks:
-                    raise InvalidInput(f"strategy {strat.name}: repeated or self recommendation for viewer {v}")
+                if v in absent:
+                    continue
+                exclude = shown[v] | absent if absent else shown[v]
+                picks = strat.pick(v, k, exclude, liked[v])
+                if len(set(picks)) != len(picks) or exclude.intersection(picks) or v in picks:
+                    raise InvalidInput(
+                        f"strategy {strat.name}: repeated, self or not-yet-arrived recommendation for viewer {v}"
+                    )
                 shortfall += k - len(picks)
                 if not picks:
                     continue

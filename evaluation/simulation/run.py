@@ -27,7 +27,7 @@ from evaluation.simulation.market import MarketReference
 from evaluation.simulation.metrics import SimulationResult, WorldResult, evaluate
 from evaluation.simulation.population import Population
 from evaluation.simulation.report import write_simulation_report
-from evaluation.simulation.rounds import run_rounds
+from evaluation.simulation.rounds import newcomer_joins, run_rounds
 from evaluation.simulation.strategies import (
     LEARNING,
     STRATEGIES,
@@ -46,6 +46,10 @@ from ingestion.job import Embedder, run_ingest
 from ingestion.report import IngestReport
 
 log = logging.getLogger(__name__)
+
+# A share of the users arrives late, with no history: in this round (1-based), if the run has that many.
+DEFAULT_NEWCOMER_SHARE = 0.1
+DEFAULT_NEWCOMER_ROUND = 3
 
 # Incoming likes a receiver looks at per round: a plausible app's daily attention (the issue's 10-30).
 DEFAULT_ATTENTION = 20
@@ -216,6 +220,7 @@ class WorldRun:
     world_settings: WorldSettings | None
     progress: bool
     attention: int | None = DEFAULT_ATTENTION
+    joins: np.ndarray | None = None  # (n,) each user's arrival round (0-based); None: all from the start
 
     def __call__(self, wname: str) -> WorldResult:
         """Build world ``wname``, run every strategy's rounds in it and measure them."""
@@ -242,8 +247,9 @@ class WorldRun:
             compat=compat,
             attention=self.attention,
             progress=self.progress,
+            joins=self.joins,
         )
-        results = evaluate(imps, pop.n, n_boot=self.n_boot, seed=self.seed)
+        results = evaluate(imps, pop.n, n_boot=self.n_boot, seed=self.seed, joins=self.joins, k=self.k)
         rnd: dict[str, float] = {}
         if "random" in imps:
             imp = imps["random"]
@@ -296,6 +302,8 @@ def simulate(
     tiny_pixel_budget: int = 128 * 128,
     write_report: bool = True,
     attention: int | None = DEFAULT_ATTENTION,
+    newcomer_share: float = DEFAULT_NEWCOMER_SHARE,
+    newcomer_round: int = DEFAULT_NEWCOMER_ROUND,
 ) -> SimulationResult:
     """Run the like-rate simulation through the real pipeline; write ``out/report.md``, ``out/results.json``.
 
@@ -308,7 +316,9 @@ def simulate(
     ``engine_capped`` (default ``k``: the mean exposure per round). ``engine_likes``: pass each viewer's likes
     so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
     once for all worlds). ``attention``: most incoming likes a receiver looks at per round (the first to
-    arrive; None: all); effective matches count only likes that were looked at. ``feedback`` (default on):
+    arrive; None: all); effective matches count only likes that were looked at. ``newcomer_share`` of the users
+    (seeded) arrive in round ``newcomer_round`` (1-based) instead of the first, with no history; none arrive
+    late when the run has fewer rounds. ``feedback`` (default on):
     each round's likes and passes are recorded into the store of every learning strategy (the engine,
     ``qdrant_*``, ``recon``; each on a clone of the ingested store under ``out/stores``) before the next
     round; off, those strategies never see a decision in the store. Deterministic per ``seed``.
@@ -365,6 +375,7 @@ def simulate(
             world_settings=world_settings,
             progress=settings.progress,
             attention=attention,
+            joins=newcomer_joins(pop.n, newcomer_share, newcomer_round, rounds, seed),
         )
         world_results = []
         for wname in worlds:
@@ -385,6 +396,8 @@ def simulate(
         "seed": seed,
         "exposure_cap": cap,
         "attention": attention,
+        "newcomers": int((run_world.joins > 0).sum()) if run_world.joins is not None else 0,
+        "newcomer_round": newcomer_round,
         "worlds": list(worlds),
         "strategies": list(strategies),
         "world_settings": asdict(world_settings or WorldSettings()),

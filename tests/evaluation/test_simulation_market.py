@@ -126,6 +126,7 @@ def test_cli_attention_flag_reaches_simulate(monkeypatch: pytest.MonkeyPatch, ca
         assert args.func(args, Settings(progress=False)) == 0  # type: ignore[call-arg]
         assert seen["attention"] == want
         assert seen["worlds"] == ("mixed",)
+        assert (seen["newcomer_share"], seen["newcomer_round"]) == (0.1, 3)
         assert seen["world_settings"].mixed_weight == 0.3  # type: ignore[attr-defined]
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--attention", "0"])
@@ -175,3 +176,44 @@ def test_two_way_intervals_cover_the_seed_to_seed_spread(cal: Calibration) -> No
     assert ratio[("viewer", "popularity", "effective_per_user")] < 0.9
     with pytest.raises(InvalidInput, match="bootstrap"):
         evaluate(imps, 300, n_boot=10, bootstrap="impressions")
+
+
+def test_newcomers_enter_at_the_round_asked(cal: Calibration, pop: Population) -> None:
+    from evaluation.simulation.metrics import newcomer_stats
+    from evaluation.simulation.rounds import newcomer_joins
+
+    compat = pop.compatible()
+    world = build_world("similarity", pop, compat, cal)
+    joins = newcomer_joins(pop.n, 0.1, 3, rounds=5, seed=0)
+    assert joins is not None
+    late = np.flatnonzero(joins > 0)
+    assert late.size == 30 and set(joins[late].tolist()) == {2}  # round 3 counted from 1
+    k = 6
+    strats: list[Strategy] = [random_strategy(compat, 0), oracle_strategy(compat, world)]
+    imps = run_rounds(strats, world, rounds=5, k=k, seed=0, compat=compat, attention=20, joins=joins)
+    for imp in imps.values():
+        is_late_v, is_late_c = joins[imp.viewer] > 0, joins[imp.candidate] > 0
+        # Nobody sees or is shown a newcomer before round index 2, and newcomers are served from it on.
+        assert not np.any((is_late_v | is_late_c) & (imp.round < 2))
+        first = (imp.round == 2) & is_late_v
+        with_pool = late[compat[late].sum(axis=1) >= k]  # (one newcomer here has no compatible user)
+        assert set(with_pool.tolist()) <= set(imp.viewer[first].tolist()) <= set(late.tolist())
+        assert np.all(np.bincount(imp.viewer[first], minlength=pop.n)[with_pool] == k)
+        assert np.any(is_late_c & (imp.round == 2))
+        stats = newcomer_stats(imp, joins, k)
+        assert stats["newcomers"] == 30
+        recs = np.bincount(imp.viewer[first], minlength=pop.n)[late]
+        assert stats["first_round_recommendations"] == pytest.approx(float(recs.mean()))
+        exposure = np.bincount(imp.candidate[(imp.round == 2)], minlength=pop.n)[late]
+        assert stats["shown_k_share"] == pytest.approx(float((exposure >= k).mean()))
+        assert stats["success_ratio"] == pytest.approx(
+            stats["matches_since_arrival"] / stats["matches_since_arrival_established"]
+        )
+    # Without the arrivals the same run shows the newcomers from round 0.
+    everyone = run_rounds(strats, world, rounds=3, k=k, seed=0, compat=compat)["random"]
+    assert np.any(np.isin(everyone.viewer[everyone.round == 0], late))
+    assert newcomer_joins(pop.n, 0.1, 3, rounds=2, seed=0) is None  # the run ends before they would arrive
+    with pytest.raises(InvalidInput, match="newcomer share"):
+        newcomer_joins(pop.n, 1.5, 3, rounds=5, seed=0)
+    with pytest.raises(InvalidInput, match="joins"):
+        run_rounds(strats, world, rounds=1, k=k, seed=0, joins=joins[:-1])
