@@ -45,7 +45,19 @@ from engine.rerank import (
     rerank,
     taste_vector,
 )
-from engine.schema import PHOTO_IDS, PHOTOS, USER_ID, USERS, Profile, photo_ids_of, usable_vector, user_point_id
+from engine.schema import (
+    META,
+    NO_PHOTOS_KIND,
+    PHOTO_IDS,
+    PHOTOS,
+    USER_ID,
+    USERS,
+    Profile,
+    no_photos_point_id,
+    photo_ids_of,
+    usable_vector,
+    user_point_id,
+)
 from engine.settings import Settings, load_settings
 from engine.store.base import Point, Query, ScoredPoint, Store
 
@@ -115,6 +127,16 @@ def _raise_missing(store: Store, user_id: str) -> NoReturn:
     """
     if store.count(PHOTOS, Filter(must=(MatchAny.of(USER_ID, [user_id]),))) > 0:
         raise NoUserVector(f"user {user_id!r} has photos stored but no user vector; nothing to match on")
+    try:
+        record = store.retrieve(META, [no_photos_point_id(user_id)])
+    except InvalidInput:  # no META collection: a store never set up
+        record = []
+    if record and record[0].payload.get("kind") == NO_PHOTOS_KIND:
+        why = ", ".join(record[0].payload.get("reasons") or []) or "none stored"
+        raise NoUserVector(
+            f"user {user_id!r} is in the metadata, but none of their photos was stored (rejected at the last "
+            f"ingestion: {why}; see its report); fix or add photos and run the ingestion again"
+        )
     raise UserNotFound(user_id)
 
 

@@ -100,6 +100,15 @@ def user_point_id(user_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"user:{user_id}"))
 
 
+def no_photos_point_id(user_id: str) -> str:
+    """The id of the record in ``matcher_meta`` saying ``user_id`` has valid metadata but no stored photo
+    (every photo rejected), so ``recommend`` can say so instead of "not in the store"."""
+    return str(uuid.uuid5(_NAMESPACE, f"no-photos:{user_id}"))
+
+
+NO_PHOTOS_KIND = "user_without_photos"  # ``kind`` of those records' payload
+
+
 def photo_point_id(user_id: str, photo_sha256: str) -> str:
     """The id of a photo's point in ``photos``: uuid5 of user id + the photo's content hash."""
     return str(uuid.uuid5(_NAMESPACE, f"photo:{user_id}:{photo_sha256}"))

@@ -10,7 +10,17 @@ from engine.feedback import delete_feedback_of
 from engine.filters import Filter, HasId, MatchAny
 from engine.likes import liked_vectors, taste_payload
 from engine.reciprocity import departures, refresh_changed
-from engine.schema import LIKED_IDS, PHOTOS, TASTE, USER_ID, USERS, usable_vector, user_point_id
+from engine.schema import (
+    LIKED_IDS,
+    META,
+    PHOTOS,
+    TASTE,
+    USER_ID,
+    USERS,
+    no_photos_point_id,
+    usable_vector,
+    user_point_id,
+)
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
@@ -54,6 +64,11 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
             if n:
                 store.delete_by_filter(collection, flt)
         removed += n
+    # The "valid metadata, every photo rejected" record names the user too.
+    record = [no_photos_point_id(user_id)]
+    if store.retrieve(META, record):
+        store.delete(META, record)
+        removed += 1
     scrubbed = _forget_likes_of(store, user_id, settings)
     events = delete_feedback_of(store, user_id)  # decisions the user gave and received, every direction
     removed += events

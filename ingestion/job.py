@@ -33,6 +33,8 @@ from engine.filters import Filter, MatchAny
 from engine.reciprocity import Departed, RefreshReport, departures, refresh, refresh_changed
 from engine.schema import (
     ENCODER_ID,
+    META,
+    NO_PHOTOS_KIND,
     PHOTO_FIELDS,
     PHOTO_SHA256,
     PHOTOS,
@@ -40,6 +42,7 @@ from engine.schema import (
     USER_FIELDS,
     USER_ID,
     USERS,
+    no_photos_point_id,
     photo_payload,
     photo_point_id,
     user_payload,
@@ -47,6 +50,7 @@ from engine.schema import (
 )
 from engine.settings import Settings
 from engine.store.base import Point, Store
+from engine.store.meta import META_VECTOR
 from ingestion.metadata import Metadata, PhotoRef, UserRecord, load_metadata
 from ingestion.reader import Refused, decode_photo, read_photo
 from ingestion.report import IngestReport, Notice, Reason, Rejection
@@ -265,6 +269,7 @@ class _Job:
             self._prune()
         with _timed(self.report, "users"):
             self._write_users()
+            self._record_users_without_photos()
         self._refresh()
         with _timed(self.report, "optimize"):
             self.retry("optimize", self.store.optimize)
@@ -483,6 +488,34 @@ class _Job:
             chunk = to_delete[i : i + size]
             self.retry("delete users", self.store.delete, USERS, chunk)
             c.users_deleted += len(chunk)
+
+    def _record_users_without_photos(self) -> None:
+        """A record in META for each metadata user with no stored photo (with this run's reasons), removed
+        once the user has one: ``recommend`` then says "all photos rejected", not "not in the store"."""
+        without = set(self.report.users_without_photos)
+        reasons: dict[str, set[str]] = {}
+        for r in self.report.rejected:
+            if r.kind == "photo" and r.user_id in without:
+                reasons.setdefault(r.user_id, set()).add(r.reason.value)
+        uids = sorted(self.users)
+        have: set[str] = set()
+        for i in range(0, len(uids), _USERS_PER_SCROLL):
+            ids = [no_photos_point_id(u) for u in uids[i : i + _USERS_PER_SCROLL]]
+            have.update(p.id for p in self.retry("retrieve meta", self.store.retrieve, META, ids))
+        points = [
+            Point(
+                id=no_photos_point_id(uid),
+                vector=META_VECTOR,
+                payload={"kind": NO_PHOTOS_KIND, "user_id": uid, "reasons": sorted(reasons.get(uid, ()))},
+            )
+            for uid in sorted(without)
+        ]
+        gone = sorted(no_photos_point_id(u) for u in uids if u not in without and no_photos_point_id(u) in have)
+        size = self.settings.ingest.write_batch_size
+        for i in range(0, len(points), size):
+            self.retry("upsert meta", self.store.upsert, META, points[i : i + size])
+        for i in range(0, len(gone), size):
+            self.retry("delete meta", self.store.delete, META, gone[i : i + size])
 
     def _user_payload(self, record: UserRecord, photo_ids: list[str]) -> dict[str, Any]:
         return dict(user_payload(record, photo_ids, self.encoder.encoder_id))

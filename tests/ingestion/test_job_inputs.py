@@ -132,3 +132,54 @@ def test_cli_lists_unlisted_files_on_stderr_and_exits_0(
     assert "matcher ingest: 1 photo file(s) that no metadata row names, not ingested" in captured.err
     assert "unlisted_file: u2/1.jpg:" in captured.err
     assert "unlisted: 1 photo file(s) under PHOTOS_DIR" in captured.out
+
+
+def test_user_whose_photos_were_all_rejected_is_reported_as_such(demo_copy: Path, tiny_encoder, ing_settings) -> None:
+    import pytest
+
+    from engine.errors import NoUserVector, UserNotFound
+    from engine.recommend import recommend
+    from engine.store import open_store
+    from engine.users import delete_user
+
+    meta = demo_copy / "metadata.csv"
+    lines = meta.read_text(encoding="utf-8").splitlines()
+    uid = lines[1].split(",")[0]
+    for line in lines[1:]:
+        if line.split(",")[0] == uid:
+            (demo_copy / line.split(",")[1]).write_bytes(b"")  # every photo of this user: zero bytes
+    report = run_ingest(demo_copy, meta, settings=ing_settings, encoder=tiny_encoder)
+    assert uid in report.users_without_photos
+    with open_store(ing_settings) as store:
+        with pytest.raises(NoUserVector) as info:
+            recommend(uid, store=store, settings=ing_settings)
+        assert "none of their photos was stored" in str(info.value) and "zero_bytes" in str(info.value)
+        with pytest.raises(UserNotFound):  # a user that was never in the metadata stays "not in the store"
+            recommend("nobody_at_all", store=store, settings=ing_settings)
+        assert delete_user(store, uid, settings=ing_settings) == 1  # the record names the user: erased too
+        with pytest.raises(UserNotFound):
+            recommend(uid, store=store, settings=ing_settings)
+
+
+def test_the_no_photos_record_goes_once_a_photo_is_stored(demo_copy: Path, tiny_encoder, ing_settings, images) -> None:
+    import pytest
+
+    from engine.errors import NoUserVector
+    from engine.recommend import recommend
+    from engine.store import open_store
+
+    meta = demo_copy / "metadata.csv"
+    lines = meta.read_text(encoding="utf-8").splitlines()
+    uid = lines[1].split(",")[0]
+    mine = [line.split(",")[1] for line in lines[1:] if line.split(",")[0] == uid]
+    saved = {rel: (demo_copy / rel).read_bytes() for rel in mine}
+    for rel in mine:
+        (demo_copy / rel).write_bytes(b"")
+    run_ingest(demo_copy, meta, settings=ing_settings, encoder=tiny_encoder)
+    with open_store(ing_settings) as store, pytest.raises(NoUserVector):
+        recommend(uid, store=store, settings=ing_settings)
+    for rel, data in saved.items():
+        (demo_copy / rel).write_bytes(data)
+    run_ingest(demo_copy, meta, settings=ing_settings, encoder=tiny_encoder)
+    with open_store(ing_settings) as store:
+        assert recommend(uid, store=store, settings=ing_settings)  # a match list now
