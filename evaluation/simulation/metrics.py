@@ -294,6 +294,27 @@ class SimulationResult:
             parts.append(f"World: {w.world}\n\n" + strategy_table(w))
         return "\n\n".join(parts)
 
+    def compact_table(self) -> str:
+        """A few columns per world that fit a terminal (< 90 characters a line): like and mutual rate,
+        matches per user, mutual lift over random. Point values only; ``table()`` has the intervals."""
+        parts = []
+        for w in self.worlds:
+            head = f"  {'strategy':<42} {'like':>6} {'mutual':>7} {'matches/user':>12} {'lift':>5}"
+            lines = [f"world: {w.world}", head]
+            for s in w.strategies:
+                m = s.metrics
+
+                def num(e: Estimate | None, d: int = 3) -> str:
+                    return "-" if e is None or not math.isfinite(e.value) else f"{e.value:.{d}f}"
+
+                label = STRATEGY_LABELS.get(s.strategy, s.strategy)[:42]
+                lines.append(
+                    f"  {label:<42} {num(m.get('like_rate')):>6} {num(m.get('mutual_rate')):>7} "
+                    f"{num(m.get('matches_per_user'), 2):>12} {num(s.lift.get('mutual_rate'), 2):>5}"
+                )
+            parts.append("\n".join(lines))
+        return "\n".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["report_path"] = str(self.report_path) if self.report_path else None

@@ -51,3 +51,45 @@ def test_demo_ends_with_the_commands_that_query_its_store_and_open_the_review_pa
     assert f"MATCHER_STORE_PATH={out / 'qdrant'} matcher recommend user_007" in text
     assert f"MATCHER_STORE_PATH={out / 'qdrant'} matcher serve --photos {out / 'data'}" in text
     assert "http://127.0.0.1:8000/review?user=user_007" in text
+
+
+def test_demo_prints_a_compact_simulation_table_and_points_to_the_full_one(tmp_path: Path) -> None:
+    from evaluation.simulation.metrics import SimulationResult, StrategyResult, WorldResult, strategy_table
+    from evaluation.stats import Estimate
+    from matcher.demo import simulation_summary
+
+    def est(v: float) -> Estimate:
+        return Estimate(v, v - 0.01, v + 0.01)
+
+    keys = (
+        "like_rate",
+        "mutual_rate",
+        "matches_per_user",
+        "effective_rate",
+        "effective_per_user",
+        "precision_viewer",
+        "precision_candidate",
+        "coverage",
+        "gini",
+    )
+    strategies = [
+        StrategyResult(
+            name,
+            100,
+            0,
+            0,
+            {k: est(base + i / 100) for i, k in enumerate(keys)},
+            {"like_rate": est(1.5), "mutual_rate": est(lift)},
+            {"mutual_rate": est(0.4)},
+        )
+        for name, base, lift in (("random", 0.2, 1.0), ("engine", 0.3, 2.25), ("market", 0.4, 3.5))
+    ]
+    world = WorldResult("similarity", strategies, {}, {}, {}, 0.0, {})
+    sim = SimulationResult({}, [world], 0.165, report_path=tmp_path / "simulation" / "report.md")
+    lines = "\n".join(simulation_summary(sim)).splitlines()
+    assert max(len(line) for line in lines[:-1]) < 110  # the last line names the report's path
+    assert max(len(line) for line in strategy_table(world).splitlines()) > 250  # the one that stays in the report
+    rows = {line.split()[0]: line.split() for line in lines if line.strip().startswith(("random", "engine", "market"))}
+    assert rows["engine"][-4:] == ["0.300", "0.310", "0.32", "2.25"]  # like, mutual, matches/user, mutual lift
+    assert rows["market"][-1] == "3.50"
+    assert str(tmp_path / "simulation" / "report.md") in lines[-1]
