@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 # "<user>_<n>.jpg": the user id may itself contain underscores (user_001_2.jpg -> user_001).
 _PROFILE_NAME = re.compile(r"^(?P<identity>.+)_(?P<n>\d+)$")
+# Names the seed gives generated images (gen_001.jpg): never read as a person's id.
+GENERATED_PREFIXES = frozenset({"gen", "generated"})
 
 
 @dataclass(frozen=True, order=True)
@@ -111,6 +113,12 @@ def read_profiles_dir(folder: Path) -> list[Photo]:
         match = _PROFILE_NAME.match(file.stem)
         if match is None:
             raise InvalidInput(f"{file}: name is not '<user>_<n>{file.suffix}', so its identity is unknown")
+        if match["identity"].lower() in GENERATED_PREFIXES:
+            # gen_001.jpg is the seed's name for a generated image, not photo 1 of a person called "gen".
+            raise InvalidInput(
+                f"{file}: a generated image's name says nothing about whose photos it was made from; keep "
+                f"generated images in augmented/generated/ with a mapping.csv (image_path,source_user)"
+            )
         photos.append(Photo(identity=match["identity"], path=file))
     if not photos:
         raise InvalidInput(f"{folder}: no images named <user>_<n>.jpg")
@@ -166,9 +174,12 @@ def read_dataset(source: Path) -> list[Photo]:
         photos, from_names = read_profiles_dir(source / "profiles"), True
     else:
         from_names = True
+        has_images = any(f.suffix.lower() in IMAGE_SUFFIXES for f in source.iterdir() if f.is_file())
         try:
             photos = read_profiles_dir(source)
         except InvalidInput as exc:
+            if has_images:
+                raise  # it names the image whose name gives no identity
             raise InvalidInput(
                 f"{source}: no metadata.csv, no CSV with image_path,identity, no raw/profiles/ and no "
                 f"<user>_<n>.jpg files"

@@ -61,8 +61,13 @@ def test_generated_images_take_their_identity_from_the_mapping_not_the_name(tmp_
 
 def test_generated_folder_without_mapping_is_an_error_not_one_person_named_gen(tmp_path: Path) -> None:
     gen = _seed_root(tmp_path, {}, {"user_001": 2, "user_002": 2}, mapping=False) / "augmented" / "generated"
-    with pytest.raises(InvalidInput, match=r"one person 'gen'.*mapping"):
+    with pytest.raises(InvalidInput, match=r"gen_001\.jpg: a generated image.*mapping\.csv"):
         read_dataset(gen)
+    # Any other one-prefix folder (img_001.jpg, img_002.jpg, ...) is refused as one person too.
+    for i in range(1, 4):
+        _img(tmp_path / "other" / f"img_{i:03d}.jpg")
+    with pytest.raises(InvalidInput, match=r"all 3 images read as one person 'img'.*mapping"):
+        read_dataset(tmp_path / "other")
     with pytest.raises(InvalidInput, match=r"4 generated images \(gen_001\.jpg.*no mapping\.csv.*source_user"):
         read_generated(gen)
 
@@ -222,3 +227,11 @@ def test_real_users_can_come_from_metadata_csv(tmp_path: Path) -> None:
     assert {p.identity for p in split.val} <= {f"u{i}" for i in range(1, 6)}
     assert all("photos" in p.path.parts for p in split.val) and len(split.val) == 4
     assert len(split.train) == 3 * 2
+
+
+def test_a_generated_image_among_real_profiles_is_refused(tmp_path: Path) -> None:
+    profiles = tmp_path / "raw" / "profiles"
+    for name in ("user_001_1.jpg", "user_001_2.jpg", "gen_001.jpg"):
+        _img(profiles / name)
+    with pytest.raises(InvalidInput, match=r"gen_001\.jpg: a generated image.*mapping\.csv"):
+        read_dataset(tmp_path)
