@@ -119,7 +119,8 @@ def embedding_map(
     ax = axes[0]
     names = sorted(set(ids))
     code = {p: i for i, p in enumerate(names)}
-    colours = [f"C{code[p] % 10}" if len(names) <= 10 else _tab20(code[p]) for p in ids]
+    palette = identity_colours(len(names))
+    colours = [palette[code[p]] for p in ids]
     groups: dict[str, list[int]] = {}
     for j, p in enumerate(ids):
         groups.setdefault(p, []).append(j)
@@ -146,10 +147,25 @@ def embedding_map(
     return _save(fig, path)
 
 
-def _tab20(i: int) -> tuple[float, float, float, float]:
-    from matplotlib import colormaps
+def identity_colours(n: int) -> list[tuple[float, float, float]]:
+    """``n`` distinct RGB colours, one per person in a map.
 
-    return colormaps["tab20"](i % 20)  # type: ignore[no-any-return]
+    Up to 10: matplotlib's default cycle. Beyond: hues a golden-ratio turn apart (never the same hue twice,
+    neighbours far apart) at three lightness levels, where a 20-colour map repeated every 20 people and
+    made two people look like one.
+    """
+    from matplotlib import colors as mcolors
+
+    if n <= 10:
+        return [mcolors.to_rgb(f"C{i}") for i in range(n)]
+    levels = ((0.85, 0.90), (0.55, 0.75), (0.95, 0.55))  # (saturation, value)
+    out = []
+    for i in range(n):
+        sat, val = levels[i % len(levels)]
+        hue = (i * 0.6180339887498949) % 1.0
+        r, g, b = mcolors.hsv_to_rgb((hue, sat, val))
+        out.append((float(r), float(g), float(b)))
+    return out
 
 
 def neighbour_grid(

@@ -282,6 +282,56 @@ def attribute_probes(
     return out
 
 
+# Vectors of one model run twice differ by float noise only; two models that trained apart differ far more.
+SAME_MODEL_ATOL = 1e-5
+
+
+def same_model_notes(results: Sequence[EncoderResult]) -> list[str]:
+    """One sentence per pair of encoders that give every photo the same vector: they are one model.
+
+    The demo's "untrained vs trained" is such a pair when training kept its starting weights; the export's
+    card (``validation.best_epoch`` 0: no epoch beat the untrained validation score) says so when it can.
+    """
+    notes = []
+    for j, b in enumerate(results):
+        for i, a in enumerate(results[:j]):
+            if a.embeddings.shape != b.embeddings.shape or not a.embeddings.size:
+                continue
+            diff = float(np.max(np.abs(a.embeddings - b.embeddings)))
+            if diff > SAME_MODEL_ATOL:
+                continue
+            note = (
+                f"{_name(i, a)} and {_name(j, b)} give the same vector for every photo (largest difference "
+                f"{diff:.1e}): they are one model, so their figures are the same."
+            )
+            kept = [(k, r) for k, r in ((i, a), (j, b)) if _card_best_epoch(r.source) == 0]
+            if kept:
+                k, r = kept[-1]
+                note += (
+                    f" {_name(k, r)} is a training export whose card says best epoch 0: no epoch beat the "
+                    "untrained validation score, so the export kept the untrained weights. Train longer, on "
+                    "more people, or with another learning rate."
+                )
+            else:
+                note += (
+                    " If one of them is a training export, the export kept the untrained weights "
+                    "(its encoder_card.json's validation.best_epoch says which epoch it kept)."
+                )
+            notes.append(note)
+    return notes
+
+
+def _card_best_epoch(source: str) -> int | None:
+    from training.qwen3_vl import CARD_NAME  # torch is loaded by now: the encoders were run
+
+    card = Path(source) / CARD_NAME
+    try:
+        epoch = json.loads(card.read_text(encoding="utf-8")).get("validation", {}).get("best_epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
 def encoder_labels(sources: Sequence[str]) -> list[str]:
     """Short distinct labels for encoders: the last path part of each source, de-duplicated with a suffix."""
     out: list[str] = []
@@ -450,6 +500,7 @@ def write_report(
             for i, r in enumerate(results)
             if r.trained_on
         ],
+        *[f"\n**Note:** {note}" for note in same_model_notes(results)],
         "",
         "## Metrics",
         "",
@@ -513,4 +564,6 @@ def evaluate_embeddings(
         for e, lab in zip(encoders, labels, strict=True)
     ]
     report = write_report(data, results, out, seed=seed, max_map_points=max_map_points)
+    for note in same_model_notes(results):
+        log.warning("%s", note)
     return report, results
