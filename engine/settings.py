@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.errors import ConfigError
+from engine.redaction import register_secret, register_url_secrets
 
 ENV_PREFIX = "MATCHER_"
 
@@ -171,10 +172,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     ``environ`` is only read to name the values; the settings themselves come from ``os.environ``.
     """
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         env = os.environ if environ is None else environ
         raise ConfigError("\n".join(_describe(err, env) for err in exc.errors())) from None
+    # Every secret the settings hold is scrubbed from log records from here on (engine/redaction.py).
+    for key in (settings.qdrant_api_key, settings.serve.api_key):
+        register_secret(key.get_secret_value() if key is not None else None)
+    register_url_secrets(settings.qdrant_url)
+    return settings
 
 
 # Values of these variables are never echoed (a key would end up on stderr and in logs).

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from engine.errors import CONFIG_ERROR_EXIT, ConfigError, MatcherError
+from engine.redaction import redact
 from engine.settings import Settings, load_settings
 from matcher import evaluation_commands, ingest_commands, store_commands, train_commands
 from matcher.service import commands as serve_commands
@@ -91,7 +94,13 @@ def configure_logging(verbose: int) -> None:
     logging.getLogger("huggingface_hub").propagate = False
 
 
+def _redacting_excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    # A bug's traceback may quote a URL or a header: scrubbed like every log record (engine/redaction.py).
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    sys.excepthook = _redacting_excepthook
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -104,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"matcher {args.command}: configuration error: {line}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     except MatcherError as exc:
-        print(f"matcher {args.command}: error: {exc}", file=sys.stderr)
+        print(f"matcher {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"matcher {args.command}: interrupted", file=sys.stderr)

@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -21,6 +20,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, HasId, MatchAny, Range
+from engine.redaction import redact_url, register_secret, register_url_secrets
 from engine.schema import META
 from engine.settings import Settings
 from engine.store.base import RECOMMEND_STRATEGIES, Point, Query, RecommendQuery, ScoredPoint, Store, StoreInfo
@@ -45,13 +45,8 @@ _SCHEMA_TYPES: dict[str, models.PayloadSchemaType] = {
 
 
 def _redact(url: str) -> str:
-    """The URL without any ``user:password@`` part (safe to log or show)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL without any ``user:password@`` part and with every query value masked (safe to log or show)."""
+    return redact_url(url)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -140,6 +135,9 @@ class QdrantClientStore(Store):
             raise InvalidInput("qdrant_url: no Qdrant server URL is set (MATCHER_QDRANT_URL)")
         url = _redact(settings.qdrant_url)
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        # Before the client exists: its httpx/httpcore debug records (headers, URLs) are scrubbed from the start.
+        register_secret(api_key)
+        register_url_secrets(settings.qdrant_url)
         try:
             client = QdrantClient(
                 url=settings.qdrant_url,
