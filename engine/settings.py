@@ -111,6 +111,11 @@ class ServeSettings(BaseModel):
         10_000_000, ge=1, description="Largest image POST /embed accepts (the ingestion limits apply too)."
     )
     thumbnail_px: int = Field(256, ge=16, description="Longest side of a /photos thumbnail.")
+    compare_store_path: Path | None = Field(
+        None,
+        description="A second embedded store of the same photos made with another encoder (e.g. the untrained "
+        "one); the review page shows it beside the main store. Routes take ?store=compare.",
+    )
 
 
 class Settings(BaseSettings):

@@ -33,6 +33,8 @@ from matcher.service.errors import install_error_handlers
 from matcher.service.review import review_router
 
 Aggregation = Literal["harmonic", "geometric", "min", "arithmetic"]
+StoreName = Literal["main", "compare"]
+STORE_QUERY = Query("main", description="'compare': the second store (serve.compare_store_path), if one is set.")
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class _State:
     def __init__(self, settings: Settings, store: Store | None, encoder: Embedder | None) -> None:
         self.settings = settings
         self.store = store
+        self.compare: Store | None = None
         self.encoder = encoder
         self.lock = threading.Lock()  # the embedded store and the encoder are used one request at a time
 
@@ -61,21 +64,45 @@ class _State:
         return self.encoder
 
 
-def create_app(settings: Settings, *, store: Store | None = None, encoder: Embedder | None = None) -> FastAPI:
+def compare_settings(settings: Settings) -> Settings | None:
+    """Settings of the compare store (always embedded, in ``serve.compare_store_path``), or None."""
+    path = settings.serve.compare_store_path
+    if path is None:
+        return None
+    backend = settings.store_backend if settings.store_backend in ("edge", "local") else "edge"
+    return settings.model_copy(update={"store_path": Path(path), "store_backend": backend, "qdrant_url": None})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    encoder: Embedder | None = None,
+    compare_store: Store | None = None,
+) -> FastAPI:
     """The service over ``store`` (default: ``open_store(settings)``, opened at start-up, closed at shutdown).
 
     ``encoder``: used by ``POST /embed`` (default: loaded from ``settings.encoder`` on first use).
+    ``compare_store``: a second store routes serve with ``?store=compare`` (default: opened from
+    ``serve.compare_store_path`` when that is set, else none).
     """
     state = _State(settings, store, encoder)
-    own_store = store is None
+    state.compare = compare_store
+    own_store, own_compare = store is None, compare_store is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.store is None:
             state.store = open_store(settings, create=False)
+        compare = compare_settings(settings)
         try:
+            if state.compare is None and compare is not None:
+                state.compare = open_store(compare, create=False)
             yield
         finally:
+            if own_compare and state.compare is not None:
+                state.compare.close()
+                state.compare = None
             if own_store and state.store is not None:
                 state.store.close()
                 state.store = None
@@ -103,21 +130,33 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
             raise StoreUnavailable("the store is not open")
         return state.store
 
+    def pick(name: StoreName) -> Store:
+        if name == "main":
+            return the_store()
+        if state.compare is None:
+            raise InvalidInput(
+                "store=compare: no compare store is open (start matcher serve with --compare-store PATH, "
+                "or set MATCHER_SERVE__COMPARE_STORE_PATH)"
+            )
+        return state.compare
+
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         """Store reachable, the encoder that made its vectors, and its counts."""
         try:
             with state.lock:
                 stats = store_stats(the_store())
+                compare = store_stats(state.compare) if state.compare is not None else None
         except MatcherError as exc:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
-        return JSONResponse({"ok": True, "store": settings.resolved_backend, **stats})
+        return JSONResponse({"ok": True, "store": settings.resolved_backend, **stats, "compare": compare})
 
     @app.get("/users/{user_id}/recommendations", dependencies=guarded)
     def recommendations(
         user_id: str,
         k: int = Query(20, ge=1, le=1000),
         aggregation: Aggregation | None = Query(None, description="How the two directions combine."),  # noqa: B008
+        store: StoreName = STORE_QUERY,
     ) -> dict[str, Any]:
         """The ``Match`` fields of ``engine.recommend`` plus gender, age and the best photo's URL."""
         s = settings
@@ -126,7 +165,7 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
                 update={"recommend": settings.recommend.model_copy(update={"aggregation": aggregation})}
             )
         with state.lock:
-            st = the_store()
+            st = pick(store)
             matches = recommend(user_id, k, store=st, settings=s)
             payloads = {
                 str(p.payload.get("user_id")): p.payload
@@ -146,6 +185,7 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
             )
         out: dict[str, Any] = {
             "user_id": user_id,
+            "store": store,
             "k": k,
             "aggregation": s.recommend.aggregation,
             "matches": rows,
@@ -157,10 +197,10 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         return out
 
     @app.get("/users/{user_id}", dependencies=guarded)
-    def user(user_id: str) -> dict[str, Any]:
+    def user(user_id: str, store: StoreName = STORE_QUERY) -> dict[str, Any]:
         """A user's stored fields and photo URLs."""
         with state.lock:
-            got = the_store().retrieve(USERS, [user_point_id(user_id)])
+            got = pick(store).retrieve(USERS, [user_point_id(user_id)])
         if not got:
             raise UserNotFound(user_id)
         pl = dict(got[0].payload)
@@ -201,13 +241,13 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         return {"encoder_id": enc.encoder_id, "dim": int(vec.shape[0]), "vector": [float(x) for x in vec]}
 
     @app.get("/photos/{point_id}", dependencies=guarded)
-    def photo(point_id: str) -> Response:
+    def photo(point_id: str, store: StoreName = STORE_QUERY) -> Response:
         """A JPEG thumbnail of a stored photo, read from ``serve.photos_root`` only (never outside it)."""
         root = settings.serve.photos_root
         if root is None:
             raise InvalidInput("serve.photos_root is not set (MATCHER_SERVE__PHOTOS_ROOT): no photos to serve")
         with state.lock:
-            got = the_store().retrieve(PHOTOS, [point_id])
+            got = pick(store).retrieve(PHOTOS, [point_id])
         if not got:
             raise _PhotoNotFound(f"photo {point_id!r} is not in the store")
         rel = str(got[0].payload.get(SOURCE_PATH, ""))
@@ -217,7 +257,7 @@ def create_app(settings: Settings, *, store: Store | None = None, encoder: Embed
         return JSONResponse({"error": str(exc)}, status_code=404)
 
     app.add_exception_handler(_PhotoNotFound, _photo_missing)
-    app.include_router(review_router(the_store, state.lock, guarded))
+    app.include_router(review_router(pick, state.lock, guarded))
     return app
 
 

@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
         default=None,
         help="folder the photos were ingested from (MATCHER_SERVE__PHOTOS_ROOT)",
     )
+    p.add_argument(
+        "--compare-store",
+        metavar="PATH",
+        default=None,
+        help="a second embedded store of the same photos made with another encoder (e.g. the untrained one), "
+        "shown beside the main store on the review page (MATCHER_SERVE__COMPARE_STORE_PATH)",
+    )
     p.set_defaults(func=serve_command)
 
 
@@ -48,12 +55,19 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         update["port"] = args.port
     if args.photos is not None:
         update["photos_root"] = Path(args.photos)
+    if args.compare_store is not None:
+        update["compare_store_path"] = Path(args.compare_store)
     serve = settings.serve.model_copy(update=update)
-    if settings.resolved_backend != "server":
-        from engine.store import check_store_exists
-
-        check_store_exists(settings)  # before uvicorn starts: one clear line, not a start-up traceback
     settings = settings.model_copy(update={"serve": serve})
+    # Before uvicorn starts: a missing store is one clear line, not a start-up traceback.
+    from engine.store import check_store_exists
+    from matcher.service.app import compare_settings
+
+    if settings.resolved_backend != "server":
+        check_store_exists(settings)
+    compare = compare_settings(settings)
+    if compare is not None:
+        check_store_exists(compare)
     print(f"matcher serve: http://{serve.host}:{serve.port}/review  (API docs: /docs)", file=sys.stderr)
     uvicorn.run(create_app(settings), host=serve.host, port=serve.port, log_level="info")
     return 0

@@ -7,7 +7,7 @@ service, so what it shows is what a client gets.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
@@ -57,7 +57,8 @@ def neighbours(store: Store, point_id: str, k: int) -> dict[str, Any]:
 
 
 def review_router(get_store: Any, lock: Any, guarded: list[Any]) -> APIRouter:
-    """Routes ``/review``, ``/users`` and ``/photos/{point_id}/neighbours`` over ``get_store()``."""
+    """Routes ``/review``, ``/users`` and ``/photos/{point_id}/neighbours`` over ``get_store(name)``
+    (``name``: "main", or "compare" for the second store)."""
     router = APIRouter()
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -67,15 +68,19 @@ def review_router(get_store: Any, lock: Any, guarded: list[Any]) -> APIRouter:
         return review_html()
 
     @router.get("/users", dependencies=guarded)
-    def users(limit: int = Query(1000, ge=1, le=100_000)) -> dict[str, Any]:
+    def users(
+        limit: int = Query(1000, ge=1, le=100_000), store: Literal["main", "compare"] = Query("main")
+    ) -> dict[str, Any]:
         """Stored users (id, gender, age, photo count), sorted by id."""
         with lock:
-            return {"users": list_users(get_store(), limit)}
+            return {"users": list_users(get_store(store), limit)}
 
     @router.get("/photos/{point_id}/neighbours", dependencies=guarded)
-    def photo_neighbours(point_id: str, k: int = Query(8, ge=1, le=100)) -> dict[str, Any]:
-        """A photo's nearest stored photos, with their owners' ids."""
+    def photo_neighbours(
+        point_id: str, k: int = Query(8, ge=1, le=100), store: Literal["main", "compare"] = Query("main")
+    ) -> dict[str, Any]:
+        """A photo's nearest stored photos (in ``store``), with their owners' ids."""
         with lock:
-            return neighbours(get_store(), point_id, k)
+            return {**neighbours(get_store(store), point_id, k), "store": store}
 
     return router

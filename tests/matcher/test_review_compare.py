@@ -1,0 +1,206 @@
+"""Two encoders side by side: ``matcher serve --compare-store`` opens a second store of the same photos made
+with another encoder (e.g. the untrained one), every review route takes ``?store=compare``, and the review
+page shows either store in either column, with a neighbour view in the store of the column clicked."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed (pip install -e '.[serve]')")
+pytest.importorskip("httpx", reason="httpx (FastAPI's TestClient) is not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from engine.settings import Settings  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".matcher" / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def other_encoder(tiny_checkpoint: Path) -> Any:
+    """The tiny tower with a 16-d head: another encoder id, other vectors (plays 'untrained vs trained')."""
+    from training.encoder import load_encoder
+
+    return load_encoder(tiny_checkpoint, device="cpu", dtype="float32", pixel_budget=64 * 64, dim=16)
+
+
+@pytest.fixture(scope="module")
+def paired(served: Settings, demo_dir: Path, other_encoder: Any, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """``served`` with a compare store: the same demo photos ingested with ``other_encoder``."""
+    from ingestion.job import run_ingest
+
+    compare = served.model_copy(update={"store_path": tmp_path_factory.mktemp("compare") / "qdrant"})
+    report = run_ingest(demo_dir, demo_dir / "metadata.csv", settings=compare, encoder=other_encoder)
+    assert report.counts.users_written > 0
+    return served.model_copy(
+        update={"serve": served.serve.model_copy(update={"compare_store_path": compare.store_path})}
+    )
+
+
+@pytest.fixture
+def client(paired: Settings, tiny_encoder: Any) -> Iterator[TestClient]:
+    from matcher.service.app import create_app
+
+    with TestClient(create_app(paired, encoder=tiny_encoder)) as c:
+        yield c
+
+
+def first_user(settings: Settings) -> str:
+    root = settings.serve.photos_root
+    assert root is not None
+    with open(root / "metadata.csv", newline="") as fh:
+        return next(csv.DictReader(fh))["user_id"]
+
+
+def test_healthz_names_both_encoders(client: TestClient, tiny_encoder: Any, other_encoder: Any) -> None:
+    body = client.get("/healthz").json()
+    assert body["encoder_id"] == tiny_encoder.encoder_id
+    assert body["compare"]["encoder_id"] == other_encoder.encoder_id != tiny_encoder.encoder_id
+    assert body["compare"]["users"] == body["users"]
+
+
+def test_recommendations_and_neighbours_come_from_the_store_asked_for(client: TestClient, paired: Settings) -> None:
+    uid = first_user(paired)
+    main = client.get(f"/users/{uid}/recommendations", params={"k": 5}).json()
+    other = client.get(f"/users/{uid}/recommendations", params={"k": 5, "store": "compare"}).json()
+    assert (main["store"], other["store"]) == ("main", "compare")
+    assert main["matches"] and other["matches"]
+    assert [m["score"] for m in main["matches"]] != [m["score"] for m in other["matches"]]
+    photo = other["matches"][0]["best_photo_id"]
+    r = client.get(f"/photos/{photo}", params={"store": "compare"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    nb_main = client.get(f"/photos/{photo}/neighbours", params={"k": 4}).json()
+    nb_other = client.get(f"/photos/{photo}/neighbours", params={"k": 4, "store": "compare"}).json()
+    assert nb_other["store"] == "compare" and len(nb_other["neighbours"]) == 4
+    assert all(n["user_id"] for n in nb_other["neighbours"])
+    assert [n["score"] for n in nb_main["neighbours"]] != [n["score"] for n in nb_other["neighbours"]]
+    user = client.get(f"/users/{uid}", params={"store": "compare"}).json()
+    assert user["user_id"] == uid and user["photo_urls"]
+
+
+def test_store_compare_without_a_compare_store_is_a_clear_400(served: Settings, tiny_encoder: Any) -> None:
+    from matcher.service.app import create_app
+
+    with TestClient(create_app(served, encoder=tiny_encoder)) as c:
+        assert c.get("/healthz").json()["compare"] is None
+        r = c.get(f"/users/{first_user(served)}/recommendations", params={"store": "compare"})
+    assert r.status_code == 400
+    assert "no compare store is open (start matcher serve with --compare-store PATH" in r.json()["error"]
+
+
+def test_serve_refuses_a_missing_compare_store(
+    served: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    from matcher.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server was started"))
+    missing = tmp_path / "untrained-store"
+    assert main(["serve", "--store", str(served.store_path), "--compare-store", str(missing)]) == 2
+    assert f"no store at {missing}: the folder does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_pair(paired: Settings) -> Iterator[str]:
+    """``matcher serve --compare-store`` as a real uvicorn process; yields its base URL."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "MATCHER_STORE_PATH": str(paired.store_path), "MATCHER_PROGRESS": "false"}
+    cmd = [sys.executable, "-m", "matcher.cli", "serve", "--port", str(port), "--photos",
+           str(paired.serve.photos_root), "--compare-store", str(paired.serve.compare_store_path)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"matcher serve exited with {proc.returncode}: {out}")
+            try:
+                httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    pytest.fail("matcher serve did not answer within 60 s")
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_live_server_serves_both_stores(live_pair: str, paired: Settings, other_encoder: Any) -> None:
+    import httpx
+
+    assert httpx.get(f"{live_pair}/healthz").json()["compare"]["encoder_id"] == other_encoder.encoder_id
+    r = httpx.get(f"{live_pair}/users/{first_user(paired)}/recommendations", params={"store": "compare"})
+    assert r.status_code == 200 and r.json()["matches"]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="no headless browser here: install Debian's chromium and chromium-driver (apt-get install -y chromium "
+    "chromium-driver)",
+)
+def test_review_page_shows_two_encoders_side_by_side(live_pair: str, paired: Settings, other_encoder: Any) -> None:
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    uid = first_user(paired)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1400"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        driver.get(f"{live_pair}/review?user={uid}")
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", driver.find_element(
+            By.ID, "status"
+        ).text
+        # Column B starts on the compare store: untrained vs trained at a glance.
+        assert Select(driver.find_element(By.ID, "view-b")).first_selected_option.get_attribute("value") == (
+            "compare|harmonic"
+        )
+        driver.find_element(By.ID, "compare").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#matches-b .match"))
+        assert other_encoder.encoder_id in driver.find_element(By.ID, "encoder-b").text
+        assert driver.find_element(By.ID, "matches-b").get_attribute("data-store") == "compare"
+        photo_b = driver.find_element(By.CSS_SELECTOR, "#matches-b .match img")
+        assert driver.execute_script("return arguments[0].naturalWidth", photo_b) > 0
+        # Neighbour view in the compare store: click column B's first best photo.
+        photo_b.click()
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#neighbours .nb")) > 1)
+        assert driver.find_element(By.ID, "neighbours").get_attribute("data-store") == "compare"
+        owners = [e.get_attribute("data-user-id") for e in driver.find_elements(By.CSS_SELECTOR, "#neighbours .nb")]
+        assert all(owners[1:])
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "review-page-compare.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+    finally:
+        driver.quit()
