@@ -40,6 +40,12 @@ IGNORE = [
     ".DS_Store",
 ]
 TRAIN_COMMAND = "python -m training.sagemaker"
+# What the console plots per epoch, read off the job's log lines ("epoch 3/20: loss 5.1234, recall@1 ...").
+METRIC_DEFINITIONS = {
+    "train:loss": r"epoch \d+/\d+: loss ([0-9.]+)",
+    "validation:recall_at_1": r"epoch \d+/\d+: .*?recall@1 ([0-9.]+)",
+    "validation:map_at_r": r"epoch \d+/\d+: .*?map@r ([0-9.]+)",
+}
 # The GPU check as a job of its own: its JSON lands in output.tar.gz (SM_OUTPUT_DATA_DIR).
 GPU_CHECK_COMMAND = "PYTHON=python bench/gpu_check.sh --out /opt/ml/output/data/gpu_check.json"
 
@@ -81,6 +87,7 @@ def launch(spec: dict[str, Any], role: str, wait: bool) -> str:
             CheckpointConfig,
             Compute,
             InputData,
+            MetricDefinition,
             OutputDataConfig,
             SourceCode,
             StoppingCondition,
@@ -119,6 +126,10 @@ def launch(spec: dict[str, Any], role: str, wait: bool) -> str:
         output_data_config=OutputDataConfig(s3_output_path=spec["output_s3_uri"]),
         hyperparameters=spec["hyperparameters"],
     )
+    if spec["command"] == TRAIN_COMMAND:
+        trainer = trainer.with_metric_definitions(
+            [MetricDefinition(name=name, regex=regex) for name, regex in METRIC_DEFINITIONS.items()]
+        )
     trainer.train(
         input_data_config=[
             InputData(channel_name=name, data_source=source) for name, source in spec["channels"].items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,14 +111,15 @@ def test_channels_come_from_variables_or_the_opt_ml_folders(tmp_path: Path) -> N
 
 
 def test_a_job_writes_the_model_to_sm_model_dir_and_it_ingests(
-    seed_data: Path, tiny_checkpoint: Path, tmp_path: Path
+    seed_data: Path, tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from matcher.cli import main as matcher_main
     from training.encoder import load_encoder
 
     root = tmp_path / "opt_ml"
     env = _job(root, seed_data, tiny_checkpoint, {**FAST_HPS, "epochs": "2"})
-    assert main([], env, root) == 0
+    with caplog.at_level(logging.INFO):
+        assert main([], env, root) == 0
     model = root / "model"
     card = json.loads((model / "encoder_card.json").read_text())
     assert {"tower", "head.safetensors", "preprocessor_config.json", "metrics.jsonl", "seed_split.json"} <= {
@@ -129,6 +131,18 @@ def test_a_job_writes_the_model_to_sm_model_dir_and_it_ingests(
     assert (root / "checkpoints" / "run" / "checkpoints" / "last.pt").is_file()
     summary = json.loads((root / "output" / "data" / "summary.json").read_text())
     assert summary["resumed"] is False and summary["encoder_id"] == card["encoder_id"]
+    # The launcher's metric definitions read each epoch's numbers off the job's log.
+    sys.path.insert(0, str(ROOT / "deploy" / "sagemaker"))
+    from launch import METRIC_DEFINITIONS
+
+    log_text = "\n".join(r.getMessage() for r in caplog.records)
+    metrics = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+    for name, regex in METRIC_DEFINITIONS.items():
+        found = [float(v) for v in re.findall(regex, log_text)]
+        assert len(found) == 2, name  # one per epoch
+        key = {"train:loss": "train_loss", "validation:recall_at_1": "recall@1", "validation:map_at_r": "map@r"}[name]
+        logged = [e["train_loss"] if key == "train_loss" else e["val"][key] for e in metrics[1:]]
+        assert found == pytest.approx(logged, abs=1e-3), name
     encoder = load_encoder(model, device="cpu")
     assert encoder.encoder_id == card["encoder_id"] and encoder.dim == 16
     # The model artefact, as downloaded from S3 and unpacked, is what `matcher ingest --encoder` takes.
