@@ -46,6 +46,7 @@ import numpy as np
 
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
+from engine.learning import PREF_TASTE_FIELD
 from engine.reciprocity import KTH_FIELD, KTH_K_FIELD, compatible_kth, refresh
 from engine.recommend import recommend
 from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
@@ -131,8 +132,9 @@ class Exact:
         self.lo = np.array([p.age_min for p in pop.profiles])
         self.hi = np.array([p.age_max for p in pop.profiles])
 
-    def top(self, i: int, limit: int) -> np.ndarray:
-        """Indices of ``i``'s ``limit`` most similar compatible users, best first."""
+    def top(self, i: int, limit: int, query: np.ndarray | None = None) -> np.ndarray:
+        """Indices of ``i``'s ``limit`` most similar compatible users (to ``query``, default ``i``'s own
+        vector), best first."""
         ok = (
             self.seeks[i, self.gender]
             & self.seeks[:, self.gender[i]]
@@ -143,7 +145,7 @@ class Exact:
         )
         ok[i] = False
         idx = np.flatnonzero(ok)
-        sims = self.v[idx] @ self.v[i]
+        sims = self.v[idx] @ (self.v[i] if query is None else query)
         if len(idx) > limit:
             part = np.argpartition(-sims, limit - 1)[:limit]
             idx, sims = idx[part], sims[part]
@@ -202,6 +204,28 @@ def _write(store: Store, pop: Population, batch: int) -> tuple[float, float]:
         store.upsert(USERS, users[b : b + batch])
     t_users = time.perf_counter() - t0
     return n * PHOTOS_PER_USER / t_photos, n / t_users
+
+
+def _write_model(store: Store, pop: Population, settings: Settings, args: argparse.Namespace) -> tuple[float, float]:
+    """A learned model fitted on a synthetic log (``--decisions`` per user: random compatible-or-not pairs,
+    like odds from a hidden appeal per user) and written into the store, as ``matcher rebuild-model``
+    would; returns (fit seconds, write seconds)."""
+    from engine.learning import write_model
+    from engine.preference import fit_preference
+
+    n = len(pop.ids)
+    rng = np.random.default_rng(args.seed + 7)
+    m = n * args.decisions
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    b = np.where(a == b, (b + 1) % n, b)
+    appeal = rng.normal(size=n)
+    like = rng.random(m) < 1 / (1 + np.exp(-(appeal[b] - 0.3)))
+    t0 = time.perf_counter()
+    model = fit_preference(pop.ids, pop.vectors, a, b, like)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_model(store, model, [user_point_id(u) for u in pop.ids], settings=settings)
+    return round(fit_s, 2), round(time.perf_counter() - t0, 2)
 
 
 def _local_in_memory() -> Store:
@@ -271,9 +295,15 @@ def run_backend(
             store.optimize()  # refresh rewrote the users points
             row["optimize_after_refresh_s"] = round(time.perf_counter() - t0, 2)
 
+        row["model"] = "photo"
+        if args.model:
+            row["model"] = "learned"
+            row["model_fit_s"], row["model_write_s"] = _write_model(store, pop, settings, args)
         rng = np.random.default_rng(args.seed + 1)
         askers = rng.choice(n, size=min(queries, n), replace=False)
         k, limit = args.k, args.k * settings.recommend.oversample
+        if args.model:
+            limit = max(limit, settings.recommend.learned_pool)
         for i in askers[: min(5, len(askers))]:  # warm-up: page in the segments
             recommend(pop.ids[i], k, store=store, settings=settings)
         lat, cand_lat, exact_lat, rec20, rec20_cand = [], [], [], [], []
@@ -283,12 +313,16 @@ def run_backend(
             matches = recommend(pop.ids[i], k, store=store, settings=settings)
             lat.append((time.perf_counter() - t0) * 1000)
             flt = compatible_filter(pop.profiles[i])
-            q = Query(vector=pop.vectors[i], limit=limit, filter=flt, with_payload=False)
+            qvec = pop.vectors[i]
+            if args.model:  # stage 1 of the learned engine queries with the stored learned taste
+                (pt,) = store.retrieve(USERS, [user_point_id(pop.ids[i])])
+                qvec = _unit(np.asarray(pt.payload[PREF_TASTE_FIELD], dtype=np.float32))
+            q = Query(vector=qvec, limit=limit, filter=flt, with_payload=False)
             t0 = time.perf_counter()
             ann = store.query(USERS, q)
             cand_lat.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
-            ex = exact.top(int(i), limit)
+            ex = exact.top(int(i), limit, qvec)
             exact_lat.append((time.perf_counter() - t0) * 1000)
             truth = {user_point_id(pop.ids[j]) for j in ex[:20]}
             if truth:
@@ -340,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         "--local-disk", action="store_true", help="local mode on disk as the product opens it (slow writes)"
     )
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--model", action="store_true", help="serve a learned preference model (engine.learning)")
+    ap.add_argument("--decisions", type=int, default=30, help="--model: logged decisions per user")
     ap.add_argument("--oversample", type=int, default=None, help="override recommend.oversample")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)

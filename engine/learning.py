@@ -62,6 +62,8 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = 5
     Users without a usable vector are left out (they cannot be recommended). Raises ``StoreUnavailable``.
     """
     seconds: dict[str, float] = {}
+    stages = tqdm(total=3, desc="model rebuild", unit="stage", disable=not settings.progress)
+    stages.set_postfix_str("reading users and feedback")
     t = time.perf_counter()
     ids: list[str] = []
     pids: list[str] = []
@@ -75,6 +77,7 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = 5
         vecs.append(v)
     n = len(ids)
     if n == 0:
+        stages.close()
         return RebuildReport(0, 0, {"read_s": time.perf_counter() - t}, {})
     vectors = np.stack(vecs).astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -87,6 +90,8 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = 5
     ]
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
     seconds["read_s"] = time.perf_counter() - t
+    stages.update()
+    stages.set_postfix_str(f"fitting on {arr.shape[0]} decisions")
 
     t = time.perf_counter()
     model = fit_preference(
@@ -94,10 +99,14 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = 5
         config=_config(settings), ts=arr[:, 3], period_s=settings.preference.period_s,
     )  # fmt: skip
     seconds["fit_s"] = time.perf_counter() - t
+    stages.update()
+    stages.set_postfix_str(f"writing {n} users")
 
     t = time.perf_counter()
     write_model(store, model, pids, settings=settings, batch_size=batch_size)
     seconds["write_s"] = time.perf_counter() - t
+    stages.update()
+    stages.close()
     weights = dict(zip(("bias", *model_features()), model.weights.round(4).tolist(), strict=True))
     return RebuildReport(n, int(arr.shape[0]), seconds, weights)
 
@@ -127,7 +136,11 @@ def write_model(
         )
     from engine.store.meta import META_VECTOR
 
-    store.upsert(META, [Point(id=MODEL_POINT_ID, vector=META_VECTOR, payload={MODEL_KEY: model.global_payload()})])
+    shared = model.global_payload()
+    # The users the log finds most appealing (received likes, smoothed): stage 1's second, restricted query.
+    top = np.argsort(-model.users.appeal, kind="stable")[: settings.preference.popular]
+    shared["popular_ids"] = [point_ids[i] for i in top.tolist() if model.users.n_received[i] > 0]
+    store.upsert(META, [Point(id=MODEL_POINT_ID, vector=META_VECTOR, payload={MODEL_KEY: shared})])
 
 
 def load_model_global(store: Store) -> dict[str, Any] | None:

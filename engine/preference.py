@@ -13,13 +13,15 @@ Each direction is a logistic model over a few signals, every one of them learned
   world of Bruch & Newman) — or that they are not.
 * **content** A's taste in embedding space from A's likes *and* passes: Rocchio with negatives,
   ``mean(liked) - mean(passed)``, shrunk towards the population's own ``mean(liked) - mean(passed)`` with
-  ``taste_shrink`` pseudo-decisions, scored as ``taste_A · v_B``. Tastes are kept as coordinates on a
+  ``taste_shrink`` pseudo-decisions, scored as ``taste_A · v_B`` (computed in the ``taste_dims`` main
+  directions of the users' vectors, which bounds the rebuild's cost at 512-d). Tastes are kept as coordinates on a
   ``rank``-dimensional basis of the tastes (the scores are dot products in that span), so a candidate's
   taste costs ``rank`` floats in its payload, not a full vector.
-* **collab** latent factors trained on the interaction matrix (like = +1, pass = -1) by alternating least
-  squares, one factor per user *as a viewer* and one *as a candidate* (LFRR: a model for each direction of
-  the market; with the viewer/candidate split one factorisation holds both): ``p_A · q_B``. Users with few
-  decisions get factors near 0 (the ridge term), so the weight of this signal grows with history.
+* **collab** latent factors of the interaction matrix (like = +1, pass = -1, unobserved 0) by a truncated
+  SVD (randomised power iteration, PureSVD), one factor per user *as a viewer* and one *as a candidate*
+  (LFRR: a model for each direction of the market; with the viewer/candidate split one factorisation holds
+  both): ``p_A · q_B``, high when the people who decided like A liked B. Users with few decisions get small
+  factors, so the weight of this signal grows with history.
 * **photo** ``cos(v_A, v_B)``: the product's similarity hypothesis, and what a cold-start pair falls back to
   (every other signal of a user without history sits at its population value).
 
@@ -62,8 +64,9 @@ class PreferenceConfig:
     taste_shrink: float = 10.0  # pseudo-decisions at the population taste in each user's Rocchio taste
     rank: int = 16  # taste coordinates kept per user
     factors: int = 16  # latent factors per user and side
-    als_iterations: int = 6
-    als_ridge: float = 5.0
+    als_iterations: int = 6  # products with the interaction matrix in the power iteration (two per round)
+    als_ridge: float = 5.0  # unused by the SVD (kept for settings compatibility)
+    taste_dims: int = 64  # main directions of the users' vectors the tastes are computed in
     holdout: float = 0.2  # share of pairs the weights are fitted on
     l2: float = 1e-2  # ridge of the logistic weights (per standardised feature)
     seed: int = 0
@@ -181,15 +184,31 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))
 
 
-def _group_mean(idx: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group sums of ``values`` rows and counts; (n, d), (n,)."""
-    sums = np.zeros((n, values.shape[1]), np.float64)
-    if idx.size:
-        order = np.argsort(idx, kind="stable")
-        s_idx = idx[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(s_idx)) + 1]
-        sums[s_idx[starts]] = np.add.reduceat(values[order], starts, axis=0)
-    return sums, np.bincount(idx, minlength=n).astype(np.float64)
+_CHUNK = 1 << 16  # events per block in the segment sums (bounds memory at 10 M events and 512-d vectors)
+
+
+class _Sorted:
+    """Events sorted by one key (viewer or candidate), for chunked per-user sums without ``np.add.at``."""
+
+    def __init__(self, rows: np.ndarray, n: int) -> None:
+        self.order = np.argsort(rows, kind="stable")
+        self.rows = rows[self.order]
+        self.n = n
+
+    def sums(self, gather: Any, width: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """``out[r] = sum of gather(event indices)`` rows over the events of ``r`` (optionally where
+        ``mask``); ``gather`` maps (c,) event indices to (c, width) values."""
+        out = np.zeros((self.n, width), np.float64)
+        order, rows = self.order, self.rows
+        if mask is not None:
+            keep = mask[order]
+            order, rows = order[keep], rows[keep]
+        for a in range(0, rows.size, _CHUNK):
+            rr = rows[a : a + _CHUNK]
+            vals = np.asarray(gather(order[a : a + _CHUNK]), np.float64).reshape(rr.size, width)
+            starts = np.r_[0, np.flatnonzero(np.diff(rr)) + 1]
+            out[rr[starts]] += np.add.reduceat(vals, starts, axis=0)
+        return out
 
 
 def _rates(viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, m: float) -> dict[str, np.ndarray]:
@@ -208,15 +227,31 @@ def _rates(viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, m: fl
     }
 
 
-def _tastes(vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, shrink: float) -> np.ndarray:
-    """Rocchio with negatives, shrunk towards the population's: (n, d)."""
+def _reduce(vectors: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    """(d, r) orthonormal basis of the users' vectors' main directions (r = min(dims, d)): tastes are sums
+    of vectors, computed in this space (a 512-d gather per event would dominate the rebuild at 10 M events)."""
+    n, d = vectors.shape
+    if d <= dims:
+        return np.eye(d)
+    rng = np.random.default_rng(seed)
+    sample = vectors[rng.choice(n, size=min(n, 20_000), replace=False)].astype(np.float64)
+    w, v = np.linalg.eigh(sample.T @ sample)
+    return v[:, np.argsort(-w)[:dims]]
+
+
+def _tastes(
+    vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, shrink: float
+) -> np.ndarray:
+    """Rocchio with negatives, shrunk towards the population's: (n, d) for (n, d) ``vectors``."""
     n, d = vectors.shape
     lk = like.astype(bool)
-    vc = vectors[cand].astype(np.float64)
-    s_like, n_like = _group_mean(viewer[lk], vc[lk], n)
-    s_pass, n_pass = _group_mean(viewer[~lk], vc[~lk], n)
+    by_viewer = _Sorted(viewer, n)
+    s_like = by_viewer.sums(lambda e: vectors[cand[e]], d, lk)
+    s_pass = by_viewer.sums(lambda e: vectors[cand[e]], d, ~lk)
+    n_like = np.bincount(viewer[lk], minlength=n).astype(np.float64)
+    n_pass = np.bincount(viewer[~lk], minlength=n).astype(np.float64)
     if lk.any() and (~lk).any():
-        prior = vc[lk].mean(axis=0) - vc[~lk].mean(axis=0)
+        prior = s_like.sum(axis=0) / n_like.sum() - s_pass.sum(axis=0) / n_pass.sum()
     else:
         prior = np.zeros(d)
     own = s_like / np.maximum(n_like, 1)[:, None] - s_pass / np.maximum(n_pass, 1)[:, None]
@@ -224,40 +259,39 @@ def _tastes(vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.
     return (eff[:, None] * own + shrink * prior[None, :]) / (eff + shrink)[:, None]
 
 
-def _als(
+def _factors(
     viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, cfg: PreferenceConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge-regularised ALS on y = ±1 over the observed (viewer, candidate) cells: (n, f) twice."""
+    """Latent factors of the interaction matrix M (like = +1, pass = -1, unobserved 0): a truncated SVD
+    by randomised power iteration (PureSVD), ``p = U √S``, ``q = V √S`` so ``p_A · q_B`` approximates
+    M[A, B]; (n, f) twice. Each product with M is a chunked segment sum over the log, so the cost is
+    (events × f) per product; users with few decisions get small factors."""
     f = cfg.factors
-    rng = np.random.default_rng(cfg.seed)
-    p = rng.normal(scale=0.1, size=(n, f))
-    q = rng.normal(scale=0.1, size=(n, f))
     y = np.where(like, 1.0, -1.0)
-    eye = cfg.als_ridge * np.eye(f)
+    if viewer.size == 0:
+        return np.zeros((n, f)), np.zeros((n, f))
+    by_viewer, by_cand = _Sorted(viewer, n), _Sorted(cand, n)
+    width = min(n, f + 8)  # oversampling of the randomised range finder
 
-    def solve(rows: np.ndarray, cols: np.ndarray, other: np.ndarray) -> np.ndarray:
-        out = np.zeros((n, f))
-        if rows.size == 0:
-            return out
-        order = np.argsort(rows, kind="stable")
-        r_s, c_s, y_s = rows[order], cols[order], y[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(r_s)) + 1]
-        users = r_s[starts]
-        gram = np.zeros((users.size, f, f))
-        rhs = np.zeros((users.size, f))
-        chunk = max(1, (1 << 22) // (f * f))  # events per block of outer products (~32 MB)
-        seg = np.repeat(np.arange(users.size), np.diff(np.r_[starts, r_s.size]))
-        for a in range(0, r_s.size, chunk):
-            b = min(r_s.size, a + chunk)
-            o = other[c_s[a:b]]
-            np.add.at(gram, seg[a:b], o[:, :, None] * o[:, None, :])
-            np.add.at(rhs, seg[a:b], o * y_s[a:b, None])
-        out[users] = np.linalg.solve(gram + eye, rhs[:, :, None])[:, :, 0]
-        return out
+    def m_times(x: np.ndarray) -> np.ndarray:  # M @ x, x (n, w)
+        return by_viewer.sums(lambda e: x[cand[e]] * y[e, None], x.shape[1])
 
-    for _ in range(cfg.als_iterations):
-        p = solve(viewer, cand, q)
-        q = solve(cand, viewer, p)
+    def mt_times(x: np.ndarray) -> np.ndarray:  # M.T @ x
+        return by_cand.sums(lambda e: x[viewer[e]] * y[e, None], x.shape[1])
+
+    rng = np.random.default_rng(cfg.seed)
+    q_basis, _ = np.linalg.qr(m_times(rng.standard_normal((n, width))))
+    for _ in range(max(1, cfg.als_iterations // 2)):
+        z, _ = np.linalg.qr(mt_times(q_basis))
+        q_basis, _ = np.linalg.qr(m_times(z))
+    bt = mt_times(q_basis)  # (n, w) = (Q.T M).T
+    u_small, sing, vt = np.linalg.svd(bt.T, full_matrices=False)  # Q.T M = u_small diag(sing) vt
+    k = min(f, sing.size)
+    p = np.zeros((n, f))
+    q = np.zeros((n, f))
+    root = np.sqrt(sing[:k])
+    p[:, :k] = (q_basis @ u_small[:, :k]) * root
+    q[:, :k] = vt[:k].T * root
     return p, q
 
 
@@ -275,20 +309,22 @@ def _side(
 ) -> UserSide:
     n = vectors.shape[0]
     rates = _rates(viewer, cand, like, n, cfg.prior_weight)
-    taste_full = _tastes(vectors, viewer, cand, like, cfg.taste_shrink)
-    basis = _basis(taste_full, cfg.rank)
-    pf, qf = _als(viewer, cand, like, n, cfg)
+    space = _reduce(vectors, cfg.taste_dims, cfg.seed)  # (d, r0)
+    reduced = (vectors.astype(np.float64) @ space).astype(np.float32)
+    taste_r = _tastes(reduced, viewer, cand, like, cfg.taste_shrink)
+    basis = _basis(taste_r, cfg.rank)
+    pf, qf = _factors(viewer, cand, like, n, cfg)
     return UserSide(
         pickiness=rates["pickiness"],
         appeal=rates["appeal"],
-        taste=taste_full @ basis,
-        vproj=vectors.astype(np.float64) @ basis,
+        taste=taste_r @ basis,
+        vproj=reduced.astype(np.float64) @ basis,
         viewer_f=pf,
         item_f=qf,
         n_given=rates["given"].astype(np.int64),
         n_received=rates["recv"].astype(np.int64),
         likes_received=rates["recv_like"].astype(np.int64),
-        taste_full=taste_full.astype(np.float32),
+        taste_full=(taste_r @ space.T).astype(np.float32),
     )
 
 
@@ -342,6 +378,14 @@ def _holdout_mask(viewer: np.ndarray, cand: np.ndarray, share: float, seed: int)
     return (h % np.uint64(10_000)).astype(np.float64) < share * 10_000
 
 
+def _pair_cos(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos(v_a, v_b) per pair (m,), in blocks (the gathered rows of 10 M pairs would not fit in memory)."""
+    out = np.zeros(a.size, np.float64)
+    for s in range(0, a.size, _CHUNK):
+        out[s : s + _CHUNK] = np.einsum("ij,ij->i", vectors[a[s : s + _CHUNK]], vectors[b[s : s + _CHUNK]])
+    return out
+
+
 def fit_preference(
     user_ids: Sequence[str],
     vectors: np.ndarray,
@@ -371,7 +415,7 @@ def fit_preference(
         raise InvalidInput("preference: viewer, candidate and like must have the same length")
     if viewer.size and (min(viewer.min(), candidate.min()) < 0 or max(viewer.max(), candidate.max()) >= n):
         raise InvalidInput("preference: an event names a user index out of range")
-    photo_all = np.einsum("ij,ij->i", vectors[viewer], vectors[candidate]) if viewer.size else np.zeros(0)
+    photo_all = _pair_cos(vectors, viewer, candidate)
 
     held = _holdout_mask(viewer, candidate, cfg.holdout, cfg.seed)
     f_count = len(FEATURES)
@@ -409,7 +453,7 @@ def probability(features: np.ndarray, mean: np.ndarray, scale: np.ndarray, weigh
 def predict(model: PreferenceModel, ia: np.ndarray, ib: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """P(A likes B) for index pairs (m,), with the users' unit ``vectors`` (n, d) for the photo signal."""
     ia, ib = np.asarray(ia, np.int64), np.asarray(ib, np.int64)
-    photo = np.einsum("ij,ij->i", vectors[ia], vectors[ib])
+    photo = _pair_cos(np.asarray(vectors, np.float32), ia, ib)
     x = pair_features(model.users, ia, model.users, ib, photo)
     return probability(x, model.mean, model.scale, model.weights)
 

@@ -227,6 +227,21 @@ def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Setti
     )
 
 
+def _stage1(store: Store, asker: _Asker, q: Query) -> list[ScoredPoint]:
+    """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
+    log found most appealing (``popular_ids``, half the pool), in one batch. Appeal is learned from
+    received likes, not from the photos, so a taste query alone could miss the people everyone likes."""
+    popular = asker.model.get("popular_ids") if asker.model is not None else None
+    if not popular:
+        return store.query(USERS, q)
+    flt = q.filter or Filter()
+    only = Filter(must=(*flt.must, HasId.of(popular)), must_not=flt.must_not)
+    second = replace(q, filter=only, limit=max(1, q.limit // 2))
+    first, extra = store.query_batch(USERS, [q, second])
+    seen = {c.id for c in first}
+    return first + [c for c in extra if c.id not in seen]
+
+
 def _asker_kth(asker: _Asker, stage1: np.ndarray, limit: int, reciprocity_k: int) -> float:
     """A's kth_sim for this very query: stage 1 is A's compatible list ranked by A's taste (minus
     ``exclude``), so its K-th score is exact when it is that long; shorter than asked means everyone
@@ -455,7 +470,7 @@ def recommend(
     try:
         asker = _load_askers(st, [user_id], settings, likes)[0]
         q = _stage1_query(asker, k, exclude, settings)
-        return _rerank_candidates(st, asker, st.query(USERS, q), k, q.limit, settings)
+        return _rerank_candidates(st, asker, _stage1(st, asker, q), k, q.limit, settings)
     finally:
         if owned:
             st.close()
@@ -474,7 +489,10 @@ def recommend_many(
             chunk = list(user_ids[start : start + _QUERY_CHUNK])
             askers = _load_askers(st, chunk, settings)
             queries = [_stage1_query(a, k, (), settings) for a in askers]  # blocks: from each asker
-            results = st.query_batch(USERS, queries)
+            if any(a.model is not None and a.model.get("popular_ids") for a in askers):
+                results = [_stage1(st, a, q) for a, q in zip(askers, queries, strict=True)]
+            else:
+                results = st.query_batch(USERS, queries)
             for u, a, q, cands in zip(chunk, askers, queries, results, strict=True):
                 out[u] = _rerank_candidates(st, a, cands, k, q.limit, settings)
         return out

@@ -95,6 +95,9 @@ class PreferenceSettings(BaseModel):
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="Share of pairs the weights are fitted on.")
     l2: float = Field(1e-2, ge=0.0)
     seed: int = 0
+    popular: int = Field(
+        500, ge=0, description="Most appealing users (by received likes) stage 1 also searches among; 0: off."
+    )
     period_s: float = Field(86400.0, gt=0.0, description="One period of the log (likes per period), seconds.")
 
 

@@ -1,5 +1,5 @@
-"""Engine commands: ``recommend``, ``stats``, ``delete-user``, ``feedback``, ``refresh`` (thin wrappers over engine
-functions)."""
+"""Engine commands: ``recommend``, ``stats``, ``delete-user``, ``feedback``, ``refresh``, ``rebuild-model``
+(thin wrappers over engine functions)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argpars
     register_delete_user(sub)
     register_feedback(sub)
     register_refresh(sub)
+    register_rebuild_model(sub)
 
 
 # -- recommend ----------------------------------------------------------------------------------------------
@@ -225,4 +226,30 @@ def _refresh_command(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         rep = refresh(store, settings)
     print(f"refresh: {rep.users} users, {rep.rewritten} rewritten, {rep.skipped} skipped, in {rep.seconds:.1f} s")
+    return 0
+
+
+# -- rebuild-model ------------------------------------------------------------------------------------------
+def register_rebuild_model(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    """``matcher rebuild-model``."""
+    p = sub.add_parser(
+        "rebuild-model",
+        help="fit the learned preference model on every stored like and pass (the full batch rebuild)",
+        description="Fit engine.preference's model (pickiness, received-like appeal, taste from likes and "
+        "passes, latent factors, photo similarity; weights fitted on held-out pairs) on the store's feedback "
+        "collection and write it into the users' payloads and the meta collection. recommend() serves it from "
+        "then on (recommend.model=learned); until the first rebuild it ranks by photos.",
+    )
+    p.set_defaults(func=_rebuild_model_command)
+
+
+def _rebuild_model_command(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.learning import rebuild_preferences
+    from engine.store import open_store
+
+    with open_store(settings, create=False) as store:
+        rep = rebuild_preferences(store, settings)
+    took = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in rep.seconds.items())
+    print(f"rebuild-model: {rep.users} users, {rep.events} likes and passes ({took})")
+    print("weights: " + ", ".join(f"{k} {v:+.3f}" for k, v in rep.weights.items()))
     return 0

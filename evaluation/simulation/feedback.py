@@ -3,7 +3,8 @@
 A learning strategy owns one ``FeedbackLog`` on a store of its own (a clone of the ingested store, see
 ``clone_store``), so no strategy sees another's decisions. At the start of every world the log is emptied;
 after every round the viewers' likes *and* passes are recorded through ``engine.feedback.record_feedback``
-(``ts`` = the round), then ``after`` runs (e.g. a model rebuild) before the next round is picked.
+(``ts`` = the round's day, ``ROUND_S`` seconds per round), then ``after`` runs (e.g. a model rebuild)
+before the next round is picked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from engine.schema import FEEDBACK, PHOTOS, USERS
 from engine.store import Store
 
 log = logging.getLogger(__name__)
+
+ROUND_S = 86400.0  # one round is one day of the app (the engine's like rates per period use days)
 
 
 def clone_store(src: Store, dst: Store, *, batch_size: int = 1024) -> None:
@@ -67,7 +70,7 @@ class FeedbackLog:
         """Log the round's impressions (population indices, (m,) each) as likes and passes."""
         ids = self._ids
         events = [
-            Event(ids[int(v)], ids[int(c)], LIKE if bool(lk) else PASS, float(round_index))
+            Event(ids[int(v)], ids[int(c)], LIKE if bool(lk) else PASS, float(round_index) * ROUND_S)
             for v, c, lk in zip(viewer.tolist(), candidate.tolist(), like.tolist(), strict=True)
         ]
         record_feedback(self.store, events, require_known=False)

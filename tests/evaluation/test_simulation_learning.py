@@ -16,6 +16,7 @@ from engine.settings import Settings
 from engine.store import open_store
 from evaluation.calibration import fit_calibration
 from evaluation.simulation import Population, build_world, run_rounds
+from evaluation.simulation.feedback import ROUND_S
 from evaluation.simulation.run import shared_strategies, strategy_stores
 from ingestion.job import run_ingest
 
@@ -78,7 +79,7 @@ def test_each_round_reaches_the_strategy_store_as_likes_and_passes(blind_run: di
         store, _ = blind_run["own"][name]
         got = {(e.viewer_id, e.candidate_id): (e.decision, e.ts) for e in all_events(store)}
         want = {
-            (ids[v], ids[c]): (LIKE if lk else PASS, float(r))
+            (ids[v], ids[c]): (LIKE if lk else PASS, float(r) * ROUND_S)
             for v, c, lk, r in zip(
                 imp.viewer.tolist(), imp.candidate.tolist(), imp.like.tolist(), imp.round.tolist(), strict=True
             )

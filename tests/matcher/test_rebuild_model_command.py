@@ -1,0 +1,48 @@
+"""``matcher rebuild-model``: the learned model's full rebuild as a batch command, on a real embedded store."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.learning import PREF_FIELD, load_model_global
+from engine.schema import USERS, user_point_id
+from engine.settings import Settings
+from engine.store import open_store
+from engine.store.base import Point
+from matcher.cli import main
+
+
+def test_rebuild_model_fits_the_feedback_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(store_path=tmp_path / "q", progress=False)  # type: ignore[call-arg]
+    rng = np.random.default_rng(0)
+    with open_store(settings) as store:
+        store.setup("test-encoder", 8)
+        points = []
+        for i in range(40):
+            v = rng.standard_normal(8).astype(np.float32)
+            g = "female" if i % 2 else "male"
+            payload = {"user_id": f"u{i}", "gender": g, "age": 30, "seeking": ["male" if i % 2 else "female"],
+                       "age_min": 25, "age_max": 35}  # fmt: skip
+            points.append(Point(id=user_point_id(f"u{i}"), vector=v / np.linalg.norm(v), payload=payload))
+        store.upsert(USERS, points)
+    log = tmp_path / "log.csv"
+    with log.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["viewer_id", "candidate_id", "decision", "ts"])
+        for a in range(40):
+            for b in range(1 - a % 2, 40, 2):  # the other gender
+                w.writerow([f"u{a}", f"u{b}", "like" if b < 6 or rng.random() < 0.3 else "pass", 1])
+    flags = ["--store", str(settings.store_path), "--no-progress"]
+    assert main([*flags, "feedback", str(log)]) == 0
+    capsys.readouterr()
+    assert main([*flags, "rebuild-model"]) == 0
+    out = capsys.readouterr().out
+    assert "rebuild-model: 40 users, 800 likes and passes" in out and "appeal +" in out  # liked users learned
+    with open_store(settings) as store:
+        assert load_model_global(store) is not None
+        (p,) = store.retrieve(USERS, [user_point_id("u0")])
+        assert p.payload[PREF_FIELD]["n"] == [20, 20, 20]  # u0 liked by all 20 viewers of the other gender
