@@ -32,6 +32,7 @@ on Edge the points keep their HNSW index, so no ``optimize()`` is needed).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -64,8 +65,11 @@ log = logging.getLogger(__name__)
 KTH_FIELD, KTH_K_FIELD, TOP_FIELD = KTH_SIM, KTH_K, KTH_TOP
 LIKED_FIELD, TASTE_FIELD = LIKED_IDS, TASTE
 __all__ = ["KTH_FIELD", "KTH_K_FIELD", "NO_KTH", "STAT_FIELDS", "TOP_FIELD"]
+TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
 NO_KTH = -1.0
 _BLOCK_ENTRIES = 1 << 24  # similarities per block in compatible_topk (64 MB of float32)
+_SMALL_GROUP = 8  # groups of at most this many rows are scored in age blocks (_topk_in_age_blocks)
+_AGE_BLOCK = 64  # rows per product there
 # A departed user counts as having been in B's top-K when their similarity is this close to B's last entry
 # (float32 products computed in another shape differ in the last bits); a false alarm only costs a recompute.
 _DEPARTED_TOL = 1e-5
@@ -134,8 +138,7 @@ def _load(store: Store) -> _Population:
     profiles: list[Profile] = []
     skipped = 0
     for p in store.scroll(USERS, with_vectors=True):
-        v = usable_vector(p)
-        if v is None:
+        if p.vector is None or np.size(p.vector) == 0:
             skipped += 1
             continue
         try:
@@ -145,12 +148,19 @@ def _load(store: Store) -> _Population:
             skipped += 1
             continue
         points.append(p)
-        vectors.append(v)
+        vectors.append(p.vector)
         profiles.append(prof)
     # One (n, d) matrix; the points keep only their payloads (at 100,000 users the per-point copies would
-    # double the pass's memory).
-    matrix = np.stack(vectors) if vectors else np.zeros((0, 1), np.float32)
+    # double the pass's memory). Vectors are checked as a whole (usable_vector per point costs ~25 us each).
+    matrix = np.stack(vectors).astype(np.float32, copy=False) if vectors else np.zeros((0, 1), np.float32)
     del vectors
+    ok = np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)  # no vector, or an all-zero one: no valid photo
+    if not ok.all():
+        skipped += int((~ok).sum())
+        keep_rows = np.flatnonzero(ok)
+        matrix = matrix[keep_rows]
+        points = [points[i] for i in keep_rows]
+        profiles = [profiles[i] for i in keep_rows]
     for p in points:
         p.vector = None
     return _Population(points, matrix, profiles, skipped)
@@ -192,19 +202,15 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshRe
     )
     changes = {}
     for i in range(n):
-        change = _change(pop.points[i].payload or {}, top[i], k, tastes[i], retasted=True)
+        change = _change(pop.points[i].payload or {}, *_stats(top[i], k), k, tastes[i], retasted=True)
         if change is not None:
             changes[pop.points[i].id] = change
     _write(store, changes, settings.ingest.write_batch_size)
     seconds = time.perf_counter() - t0
     log.info(
         "reciprocity refresh: %d users (K=%d), %d rewritten, in %.1f s; %d skipped",
-        n,
-        k,
-        len(changes),
-        seconds,
-        pop.skipped,
-    )
+        n, k, len(changes), seconds, pop.skipped,
+    )  # fmt: skip
     return RefreshReport(users=n, rewritten=len(changes), skipped=pop.skipped, seconds=seconds, recomputed=n, merged=0)
 
 
@@ -224,10 +230,10 @@ def refresh_changed(
     before (:func:`departures`; a rewritten user is in both). ``retasted``: users whose like history changed.
 
     Exactly recomputed: arrivals, retasted users and users who liked an arrival (their taste changes), every
-    user whose stored statistics are missing or were made with another K, and every user a departed user
-    was in the top-K of. Everyone else compatible with an arrival gets the arrival merged into their stored
-    top-K list when it beats the last entry. The result equals :func:`refresh`'s. Raises
-    ``StoreUnavailable`` from the store.
+    user whose stored statistics are missing or were made with another K, every user a departed user was
+    in the top-K of, and users whose stored window ran out. Everyone else compatible with an arrival gets it
+    merged into their stored window when it beats their K-th. The result equals :func:`refresh`'s.
+    Raises ``StoreUnavailable`` from the store.
     """
     if chunk < 1:
         raise InvalidInput(f"chunk: must be positive, got {chunk}")
@@ -237,21 +243,17 @@ def refresh_changed(
     pop = _load(store)
     n = len(pop.points)
     index = pop.index
-    arrived_pids = {user_point_id(str(u)) for u in arrived}
-    arrivals = sorted(index[pid] for pid in arrived_pids if pid in index)
 
-    # Stored lists: (n, k) best first, -inf padded; a user whose list cannot be trusted is recomputed.
-    stored = np.full((n, k), -np.inf, dtype=np.float32)
-    recompute = np.zeros(n, dtype=bool)
-    for i, p in enumerate(pop.points):
-        lst = _stored_top(p.payload or {}, k)
-        if lst is None:
-            recompute[i] = True
-        else:
-            stored[i, : len(lst)] = lst
+    # Stored statistics; a user whose statistics cannot be trusted is recomputed.
+    stored: list[tuple[float, list[float]] | None] = [_stored(p.payload or {}, k) for p in pop.points]
+    recompute = np.array([s is None for s in stored], dtype=bool)
+    last = np.array([s[0] if s is not None else np.inf for s in stored], dtype=np.float64)
+    complete = last == NO_KTH  # fewer than K compatible users: the list holds all of them
+    last[complete] = -np.inf  # anyone compatible enters such a list
     # A user without valid statistics may be missing from others' lists too (e.g. a run stopped between
     # writing users and refreshing): handle them as arrivals.
-    arrivals = sorted(set(arrivals) | set(np.flatnonzero(recompute).tolist()))
+    arrived_pids = {user_point_id(str(u)) for u in arrived}
+    arrivals = sorted({index[pid] for pid in arrived_pids if pid in index} | set(np.flatnonzero(recompute).tolist()))
     recompute[arrivals] = True
     # Tastes: recomputed for arrivals, the retasted, and whoever liked an arrival or a departed user.
     moved_users = {pop.profiles[i].user_id for i in arrivals} | {d.user_id for d in departed}
@@ -268,37 +270,37 @@ def refresh_changed(
         if t is not None:
             queries[i] = np.asarray(t, dtype=np.float32)
 
-    g = _Groups(pop.profiles)
-    count = (stored > -np.inf).sum(axis=1)
-    last = np.where(count >= k, stored[:, k - 1], -np.inf)  # what a newcomer must beat
+    bit = _gender_bits([*pop.profiles, *(d.profile for d in departed)])
+    grp = _Groups(pop.profiles, bit)
     # Departures: whoever had the departed user in their top-K loses an entry they cannot refill alone.
-    for members, pool in g.pools_of([d.profile for d in departed]):
-        pool = pool[~recompute[pool]]
-        if len(pool) == 0:
-            continue
-        old = np.stack([departed[j].vector for j in members]).astype(np.float32)
-        sims = queries[pool] @ old.T  # (pool, members)
-        hit = np.any(sims >= last[pool, None] - _DEPARTED_TOL, axis=1) | (count[pool] < k)
-        recompute[pool[hit]] = True
-    # Arrivals: merged into the lists they beat.
+    if departed:
+        old_vecs = np.stack([d.vector for d in departed]).astype(np.float32)
+        others = _Groups([d.profile for d in departed], bit)
+        for members, pool in _against(grp, np.flatnonzero(~recompute), others):
+            sims = queries[members] @ old_vecs[pool].T
+            hit = np.any(sims >= last[members, None] - _DEPARTED_TOL, axis=1)
+            recompute[members[hit]] = True
+    # Arrivals: merged into the windows they beat.
     new_vals: dict[int, list[np.ndarray]] = {}
-    for members, pool in g.pools_of([pop.profiles[i] for i in arrivals]):
-        pool = pool[~recompute[pool]]
-        if len(pool) == 0:
-            continue
-        sims = queries[pool] @ pop.matrix[[arrivals[j] for j in members]].T
-        r, c = np.nonzero(sims > last[pool, None])
-        for row in np.unique(r):
-            new_vals.setdefault(int(pool[row]), []).append(sims[row, c[r == row]])
-    merged_top = {}
+    if arrivals:
+        arr = np.asarray(arrivals, dtype=np.int64)
+        arr_vecs = pop.matrix[arr]
+        others = _Groups([pop.profiles[i] for i in arrivals], bit)
+        for members, pool in _against(grp, np.flatnonzero(~recompute), others):
+            sims = queries[members] @ arr_vecs[pool].T
+            beat = sims > last[members, None]
+            for r in np.flatnonzero(beat.any(axis=1)):
+                new_vals.setdefault(int(members[r]), []).append(sims[r, beat[r]])
+    merged: dict[int, tuple[float, list[float]]] = {}
     for i, vals in new_vals.items():
-        if recompute[i]:
+        s = stored[i]
+        if s is None:  # cannot happen: only users with trusted statistics receive arrivals
             continue
-        both = np.concatenate([stored[i, : count[i]], *vals])
-        both = -np.sort(-both)[:k]
-        row = np.full(k, -np.inf, dtype=np.float32)
-        row[: len(both)] = both
-        merged_top[i] = row
+        out = _merge(s[0], s[1], (-np.sort(-np.concatenate(vals))).tolist(), k)
+        if out is None:
+            recompute[i] = True  # the window ran out: more arrivals above it than it could absorb
+        else:
+            merged[i] = out
     rows = np.flatnonzero(recompute)
     exact = compatible_topk(
         pop.matrix,
@@ -311,33 +313,25 @@ def refresh_changed(
     )
     changes = {}
     for j, i in enumerate(rows.tolist()):
-        change = _change(pop.points[i].payload or {}, exact[j], k, tastes.get(i), retasted=i in tastes)
+        change = _change(pop.points[i].payload or {}, *_stats(exact[j], k), k, tastes.get(i), retasted=i in tastes)
         if change is not None:
             changes[pop.points[i].id] = change
-    for i, row in merged_top.items():
-        change = _change(pop.points[i].payload or {}, row, k, None, retasted=False)
+    for i, (kth, window) in merged.items():
+        if recompute[i]:
+            continue
+        change = _change(pop.points[i].payload or {}, kth, window, k, None, retasted=False)
         if change is not None:
             changes[pop.points[i].id] = change
     _write(store, changes, settings.ingest.write_batch_size)
     seconds = time.perf_counter() - t0
+    n_merged = sum(1 for i in merged if not recompute[i])
     log.info(
         "reciprocity refresh after %d arrivals, %d departures: %d of %d users recomputed, %d merged, "
         "%d rewritten, in %.1f s",
-        len(arrivals),
-        len(departed),
-        len(rows),
-        n,
-        len(merged_top),
-        len(changes),
-        seconds,
-    )
+        len(arrivals), len(departed), len(rows), n, n_merged, len(changes), seconds,
+    )  # fmt: skip
     return RefreshReport(
-        users=n,
-        rewritten=len(changes),
-        skipped=pop.skipped,
-        seconds=seconds,
-        recomputed=len(rows),
-        merged=len(merged_top),
+        users=n, rewritten=len(changes), skipped=pop.skipped, seconds=seconds, recomputed=len(rows), merged=n_merged
     )
 
 
@@ -347,44 +341,71 @@ def _has_taste(i: int, tastes: dict[int, list[float] | None], pop: _Population) 
     return (pop.points[i].payload or {}).get(TASTE_FIELD) is not None
 
 
-def _stored_top(payload: dict[str, Any], k: int) -> list[float] | None:
-    """The stored top-K list when it is usable for K (consistent with ``kth_sim``), else None."""
+def _stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:
+    """``(kth_sim, kth_top)`` from one row of :func:`compatible_topk` ((k,) best first, -inf padded)."""
+    vals = top[np.isfinite(top)]
+    if len(vals) >= k:
+        return float(vals[k - 1]), [float(x) for x in vals[max(0, k - TOP_KEEP) : k]]
+    return NO_KTH, [float(x) for x in vals]
+
+
+def _stored(payload: dict[str, Any], k: int) -> tuple[float, list[float]] | None:
+    """The stored ``(kth_sim, kth_top)`` when usable for K (consistent with each other), else None."""
     lst, kth = payload.get(TOP_FIELD), payload.get(KTH_FIELD)
     if payload.get(KTH_K_FIELD) != k or not isinstance(lst, list) or not isinstance(kth, int | float):
         return None
-    if len(lst) > k or not all(isinstance(x, int | float) for x in lst):
+    if kth == NO_KTH:
+        return (NO_KTH, lst) if len(lst) < k else None
+    if not 1 <= len(lst) <= min(k, TOP_KEEP) or abs(float(lst[-1]) - float(kth)) > 1e-6:
         return None
-    expected = float(lst[k - 1]) if len(lst) == k else NO_KTH
-    if abs(expected - float(kth)) > 1e-6:
-        return None
-    return [float(x) for x in lst]
+    return float(kth), lst
+
+
+def _merge(kth: float, window: list[float], vals: list[float], k: int) -> tuple[float, list[float]] | None:
+    """A stored ``(kth_sim, kth_top)`` with new similarities ``vals`` (best first) merged in, or None when
+    the window cannot tell the new K-th (more newcomers above it than it holds entries).
+
+    ``window`` holds ranks ``K - len + 1 .. K`` of the top-K, or all of a user's similarities when they
+    have fewer than K compatible users (``kth == NO_KTH``)."""
+    if kth == NO_KTH:
+        full = sorted([*window, *vals], reverse=True)
+        if len(full) >= k:
+            return full[k - 1], full[max(0, k - TOP_KEEP) : k]
+        return NO_KTH, full
+    w = list(window)
+    for s in vals:
+        if s <= w[-1]:
+            continue
+        if len(w) == k or s < w[0]:
+            bisect.insort(w, s, key=lambda x: -x)  # inside the window: it shifts down by one
+        # else above the window: the window's first rank is now unknown, so it loses an entry
+        w.pop()
+        if not w:
+            return None
+    return w[-1], w
 
 
 def _change(
-    old: dict[str, Any], top: np.ndarray, k: int, taste: list[float] | None, *, retasted: bool
+    old: dict[str, Any], kth: float, window: list[float], k: int, taste: list[float] | None, *, retasted: bool
 ) -> dict[str, Any] | None:
     """The payload keys to write for one user (None when nothing changed beyond float noise).
 
-    ``top``: (k,) best first, -inf padded. ``taste`` is written only when ``retasted``."""
-    vals = [float(x) for x in top if np.isfinite(x)]
-    kth = vals[k - 1] if len(vals) >= k else NO_KTH
+    ``taste`` is written only when ``retasted``."""
     change: dict[str, Any] = {}
     old_kth, old_top = old.get(KTH_FIELD), old.get(TOP_FIELD)
-    if not isinstance(old_kth, int | float) or abs(float(old_kth) - kth) > 1e-6 or old.get(KTH_K_FIELD) != k:
-        change.update({KTH_FIELD: kth, KTH_K_FIELD: k})
     if (
-        not isinstance(old_top, list)
-        or len(old_top) != len(vals)
-        or not np.allclose(np.asarray(old_top, dtype=np.float64), vals, atol=1e-6)
+        not isinstance(old_kth, int | float)
+        or abs(float(old_kth) - kth) > 1e-6
+        or old.get(KTH_K_FIELD) != k
+        or not isinstance(old_top, list)
+        or len(old_top) != len(window)
+        or not np.allclose(np.asarray(old_top, dtype=np.float64), window, atol=1e-6)
     ):
-        change[TOP_FIELD] = vals
+        # The three statistics are written together, so a stored window always matches its kth_sim and K.
+        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window})
     if retasted and _taste_changed(old.get(TASTE_FIELD), taste):
-        change[TASTE_FIELD] = taste  # None deletes the key
-    if not change:
-        return None
-    # The three statistics are written together, so a stored list always matches its kth_sim and K.
-    change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: vals})
-    return change
+        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window, TASTE_FIELD: taste})  # None deletes
+    return change or None
 
 
 def _taste_changed(old: Any, taste: list[float] | None) -> bool:
@@ -402,49 +423,65 @@ def _write(store: Store, changes: dict[str, dict[str, Any]], batch: int) -> None
         store.set_payload(USERS, {pid: changes[pid] for pid in ids[start : start + batch]})
 
 
-def _gender_codes(profiles: Sequence[Profile]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Each user's gender as a bit (1 << index) and what they seek as a bit mask, over all genders seen."""
+def _gender_bits(profiles: Sequence[Profile]) -> dict[str, int]:
+    """A bit (1 << index) per gender seen in the profiles, as someone's gender or in what they seek."""
     genders = sorted({p.gender for p in profiles} | {s for p in profiles for s in p.seeking})
     if len(genders) > 62:
         raise InvalidInput(f"profiles: {len(genders)} distinct genders; at most 62 are supported")
-    bit = {g: 1 << i for i, g in enumerate(genders)}
-    gender = np.array([bit[p.gender] for p in profiles], dtype=np.int64)
-    seeks = np.array([sum(bit[s] for s in set(p.seeking)) for p in profiles], dtype=np.int64)
-    return gender, seeks, bit
+    return {g: 1 << i for i, g in enumerate(genders)}
 
 
 class _Groups:
-    """The population's compatibility attributes as arrays, and each group's compatible pool.
-
-    Users sharing (gender, seeking, age, age window) share every constraint, so a group has one pool:
-    candidates sorted by age make the group's window one slice, then both sides' other tests are masks.
+    """Profiles' compatibility attributes as arrays (genders as bits of ``bit``), and the compatible pool
+    of a group. Users sharing (gender, seeking, age, age window) share every constraint, so a group has one
+    pool: candidates sorted by age make the group's window one slice, then both sides' other tests are masks.
     """
 
-    def __init__(self, profiles: Sequence[Profile]) -> None:
-        self.gender, self.seeks, self.bit = _gender_codes(profiles)
+    def __init__(self, profiles: Sequence[Profile], bit: dict[str, int] | None = None) -> None:
+        self.bit = bit if bit is not None else _gender_bits(profiles)
+        self.gender = np.array([self.bit[p.gender] for p in profiles], dtype=np.int64)
+        self.seeks = np.array([sum(self.bit[s] for s in set(p.seeking)) for p in profiles], dtype=np.int64)
         self.age = np.array([p.age for p in profiles], dtype=np.int64)
         self.lo = np.array([p.age_min for p in profiles], dtype=np.int64)
         self.hi = np.array([p.age_max for p in profiles], dtype=np.int64)
         self.by_age = np.argsort(self.age, kind="stable")
         self.age_sorted = self.age[self.by_age]
 
-    def pool(self, g: int, want: int, a: int, lo: int, hi: int) -> np.ndarray:
-        """Rows compatible with a user of gender bit ``g`` seeking mask ``want``, age ``a`` and window
-        [lo, hi] (the user themselves included when they are in the population and self-compatible)."""
-        left, right = np.searchsorted(self.age_sorted, [lo, hi + 1])
+    def window(self, g: int, want: int, a: int, lo: int, hi: int) -> tuple[int, int, np.ndarray]:
+        """The slice ``[left, right)`` of ``by_age`` inside the age window [lo, hi], and which of its rows are
+        compatible with a user of gender bit ``g``, seeking mask ``want`` and age ``a`` (bool mask)."""
+        left, right = (int(x) for x in np.searchsorted(self.age_sorted, [lo, hi + 1]))
         p = self.by_age[left:right]
-        return p[((self.gender[p] & want) != 0) & ((self.seeks[p] & g) != 0) & (self.lo[p] <= a) & (self.hi[p] >= a)]
+        ok = ((self.gender[p] & want) != 0) & ((self.seeks[p] & g) != 0) & (self.lo[p] <= a) & (self.hi[p] >= a)
+        return left, right, ok
 
-    def pools_of(self, profiles: Sequence[Profile]) -> Iterator[tuple[list[int], np.ndarray]]:
-        """For outside profiles (departed or arriving users): (indexes into ``profiles`` sharing a group,
-        that group's pool in this population)."""
-        groups: dict[tuple[int, int, int, int, int], list[int]] = {}
-        for j, p in enumerate(profiles):
-            g = self.bit.get(p.gender, 0)
-            want = sum(self.bit.get(s, 0) for s in set(p.seeking))
-            groups.setdefault((g, want, p.age, p.age_min, p.age_max), []).append(j)
-        for key, members in groups.items():
-            yield members, self.pool(*key)
+    def pool(self, g: int, want: int, a: int, lo: int, hi: int) -> np.ndarray:
+        """Rows compatible with such a user (the user themselves included when they are among the rows and
+        self-compatible)."""
+        left, right, ok = self.window(g, want, a, lo, hi)
+        return self.by_age[left:right][ok]
+
+    def groups(self, sel: np.ndarray) -> Iterator[tuple[np.ndarray, tuple[int, int, int, int, int]]]:
+        """The rows ``sel`` split into groups: (positions in ``sel``, the group's key)."""
+        keys = np.stack([self.gender[sel], self.seeks[sel], self.age[sel], self.lo[sel], self.hi[sel]], axis=1)
+        order = np.lexsort(keys.T[::-1])
+        keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
+        for s, e in zip(starts, np.r_[starts[1:], len(sel)], strict=True):
+            g, want, a, lo, hi = (int(x) for x in keys[s])
+            yield order[s:e], (g, want, a, lo, hi)
+
+
+def _against(grp: _Groups, receivers: np.ndarray, others: _Groups) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each group of ``receivers`` (rows of ``grp``): (its rows, the rows of ``others`` compatible with
+    it), skipping groups nobody in ``others`` is compatible with. One matrix product per pair then scores a
+    whole group against the changed users."""
+    if len(receivers) == 0:
+        return
+    for at, key in grp.groups(receivers):
+        pool = others.pool(*key)
+        if len(pool):
+            yield receivers[at], pool
 
 
 def compatible_topk(
@@ -478,21 +515,17 @@ def compatible_topk(
     queries = queries or {}
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     grp = _Groups(profiles)
-    gender, seeks, age, lo, hi = grp.gender[sel], grp.seeks[sel], grp.age[sel], grp.lo[sel], grp.hi[sel]
-    # Groups of selected rows with the same (gender, seeking, age, age window), in one sort.
-    order = np.lexsort((hi, lo, age, seeks, gender))
-    key = np.stack([gender[order], seeks[order], age[order], lo[order], hi[order]], axis=1)
-    starts = np.flatnonzero(np.r_[True, np.any(key[1:] != key[:-1], axis=1)])
-    bounds = np.r_[starts, len(sel)]
     slot = np.full(n, -1, dtype=np.int64)
+    small: list[np.ndarray] = []
     bar = tqdm(total=len(sel), desc="reciprocity", unit="user", disable=not progress)
-    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-        at = order[s:e]  # positions in ``sel`` / ``out``
+    for at, (g, want, a, lo_g, hi_g) in grp.groups(sel):  # at: positions in ``sel`` / ``out``
         members = sel[at]
-        g, want, a, lo_g, hi_g = (int(x) for x in key[s])
-        pool = grp.pool(g, want, a, lo_g, hi_g)
         # Members share every attribute: either all of them are in the pool (self-compatible) or none.
         self_in = (g & want) != 0 and lo_g <= a <= hi_g
+        if len(at) <= _SMALL_GROUP:
+            small.append(at)  # scored below, with other few-row groups of similar age
+            continue
+        pool = grp.pool(g, want, a, lo_g, hi_g)
         if len(pool) - int(self_in) <= 0:
             bar.update(len(at))
             continue  # nobody compatible
@@ -518,8 +551,55 @@ def compatible_topk(
         if self_in:
             slot[pool] = -1
         bar.update(len(at))
+    if small:
+        _topk_in_age_blocks(vectors, grp, sel, np.concatenate(small), queries, k, out)
+        bar.update(sum(len(at) for at in small))
     bar.close()
     return out
+
+
+def _topk_in_age_blocks(
+    vectors: np.ndarray,
+    grp: _Groups,
+    sel: np.ndarray,
+    at: np.ndarray,
+    queries: dict[int, np.ndarray],
+    k: int,
+    out: np.ndarray,
+) -> None:
+    """``out[at]`` for rows ``sel[at]`` from groups too small to be worth copying their pool (an incremental
+    pass: a few rows per group). Rows sorted by age go in blocks of ``_AGE_BLOCK``: each block is one matrix
+    product against the contiguous slice of age-sorted vectors its windows span, with the compatibility
+    tests as a mask, so the vectors are read once per block instead of once per group."""
+    by_age_vecs = vectors[grp.by_age]
+    rank = np.empty(len(grp.by_age), dtype=np.int64)
+    rank[grp.by_age] = np.arange(len(grp.by_age))
+    at = at[np.argsort(grp.age[sel[at]], kind="stable")]
+    for b in range(0, len(at), _AGE_BLOCK):
+        pos = at[b : b + _AGE_BLOCK]
+        r = sel[pos]
+        left, right = (int(x) for x in np.searchsorted(grp.age_sorted, [grp.lo[r].min(), grp.hi[r].max() + 1]))
+        if right <= left:
+            continue
+        c = grp.by_age[left:right]
+        ok = (
+            ((grp.gender[c][None, :] & grp.seeks[r][:, None]) != 0)
+            & ((grp.seeks[c][None, :] & grp.gender[r][:, None]) != 0)
+            & (grp.age[c][None, :] >= grp.lo[r][:, None])
+            & (grp.age[c][None, :] <= grp.hi[r][:, None])
+            & (grp.lo[c][None, :] <= grp.age[r][:, None])
+            & (grp.hi[c][None, :] >= grp.age[r][:, None])
+        )
+        own = rank[r] - left
+        inside = (own >= 0) & (own < right - left)
+        ok[np.flatnonzero(inside), own[inside]] = False  # never oneself
+        q = np.stack([queries.get(int(i), vectors[i]) for i in r]) if queries else vectors[r]
+        sims = q @ by_age_vecs[left:right].T
+        sims[~ok] = -np.inf
+        width = min(k, right - left)
+        if width < right - left:
+            sims = np.partition(sims, right - left - width, axis=1)[:, right - left - width :]
+        out[pos, :width] = -np.sort(-sims, axis=1)
 
 
 def compatible_kth(

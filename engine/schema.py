@@ -46,7 +46,7 @@ LIKED_IDS = "liked_ids"  # users point, engine.likes: user ids liked, oldest fir
 TASTE = "taste"  # users point, engine.likes: taste vector as floats, only with likes
 KTH_SIM = "kth_sim"  # users point, engine.reciprocity: K-th best compatible similarity
 KTH_K = "kth_k"  # ... the K it was computed with (a changed setting makes it stale)
-KTH_TOP = "kth_top"  # ... the K best similarities, best first (what an incremental refresh merges into)
+KTH_TOP = "kth_top"  # ... the tail of the top-K similarities (ranks K-7..K), best first: what arrivals merge into
 
 PROFILE_FIELDS: tuple[str, ...] = (USER_ID, GENDER, AGE, SEEKING, AGE_MIN, AGE_MAX)
 USER_FIELDS: tuple[str, ...] = (*PROFILE_FIELDS, N_PHOTOS, PHOTO_IDS, ENCODER_ID)  # what ingestion owns

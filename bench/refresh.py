@@ -1,0 +1,268 @@
+"""Benchmark of the reciprocity refresh at scale: the full pass against the incremental one, on a real store.
+
+For each population size n, on the embedded Edge store (the default backend), in one process:
+
+1. write n synthetic users with 3 photos each (``bench/recommend.py``'s population: 512-d vectors around 64
+   Zipf-sized clusters, ages 18-65 with ±5-year windows), ``optimize()``; store folder size on disk;
+2. the first full pass (``engine.reciprocity.refresh``: every user's statistics computed and written);
+3. ``recommend()`` p50/p99 over ``--queries`` users (k=20, default settings) and the process RSS;
+4. add 1 % more users (photos and user points, as ingestion writes them) and refresh, on the same state
+   both ways: first the full pass (the reference time), then, with the statistics put back as they were
+   before it, the incremental pass; ``incremental_kth_mismatches`` counts users whose ``kth_sim`` differs
+   between the two (0: exact);
+5. ``--deletes`` users removed with ``delete_user`` (each one's refresh included); ``delete_kth_mismatches``:
+   users whose ``kth_sim`` a full pass changes right after the deletions (0: refreshed at once).
+
+Peak RSS is the kernel's high-water mark (VmHWM), reset before each stage through ``/proc/self/clear_refs``.
+
+``--compute-only N`` skips the store: it builds N users in memory and times ``compatible_topk`` (the full
+pass's numpy part) on whole (gender, seeking, age, window) groups covering ``--sample`` of the users, and
+extrapolates by the exact multiply-add count of every group (pool size x members x dim): the way to size a
+1 M-user full pass without building a 1 M-user store.
+
+    nice -n 10 python bench/refresh.py --users 100000 --json
+    nice -n 10 python bench/refresh.py --compute-only 1000000 --sample 0.04 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recommend import (  # noqa: E402 - bench/recommend.py is a script beside this one, not a package
+    ENCODER_ID,
+    PHOTOS_PER_USER,
+    Population,
+    _photos_chunk,
+    make_population,
+)
+
+from engine.reciprocity import (  # noqa: E402
+    KTH_FIELD,
+    STAT_FIELDS,
+    _Groups,
+    compatible_topk,
+    refresh,
+    refresh_changed,
+)
+from engine.recommend import recommend  # noqa: E402
+from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from engine.store import Store, open_store  # noqa: E402
+from engine.store.base import Point  # noqa: E402
+from engine.users import delete_user  # noqa: E402
+
+log = logging.getLogger("bench.refresh")
+CHUNK = 2048
+
+
+def _status(key: str) -> float:
+    """A ``/proc/self/status`` figure (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def _write_users(store: Store, pop: Population, start: int, stop: int, batch: int) -> None:
+    """Photos and user points of users ``start:stop``, as ingestion writes them (no statistics yet)."""
+    for lo in range(start, stop, CHUNK):
+        hi = min(lo + CHUNK, stop)
+        photos = _photos_chunk(pop, lo, hi)
+        points = [
+            Point(
+                id=photo_point_id(pop.ids[i], f"{i}-{j}"),
+                vector=photos[i - lo, j],
+                payload={"user_id": pop.ids[i], "gender": pop.profiles[i].gender, "age": pop.profiles[i].age},
+            )
+            for i in range(lo, hi)
+            for j in range(PHOTOS_PER_USER)
+        ]
+        for b in range(0, len(points), batch):
+            store.upsert(PHOTOS, points[b : b + batch])
+        users = []
+        for i in range(lo, hi):
+            p = pop.profiles[i]
+            payload: dict[str, Any] = {
+                "user_id": p.user_id, "gender": p.gender, "age": p.age, "seeking": list(p.seeking),
+                "age_min": p.age_min, "age_max": p.age_max, "n_photos": PHOTOS_PER_USER,
+                "photo_ids": [photo_point_id(p.user_id, f"{i}-{j}") for j in range(PHOTOS_PER_USER)],
+                "encoder_id": ENCODER_ID,
+            }  # fmt: skip
+            users.append(Point(id=user_point_id(p.user_id), vector=pop.vectors[i], payload=payload))
+        for b in range(0, len(users), batch):
+            store.upsert(USERS, users[b : b + batch])
+
+
+def _stats_of(store: Store) -> dict[str, dict[str, Any]]:
+    """Every user's reciprocity statistics as stored."""
+    return {p.id: {f: p.payload.get(f) for f in STAT_FIELDS} for p in store.scroll(USERS)}
+
+
+def _mismatches(want: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]) -> int:
+    """Users whose kth_sim differs (beyond float noise) between two snapshots, or who are in only one."""
+    bad = len(set(want) ^ set(got))
+    for pid in set(want) & set(got):
+        a, b = want[pid].get(KTH_FIELD), got[pid].get(KTH_FIELD)
+        bad += a is None or b is None or abs(a - b) > 1e-6
+    return bad
+
+
+def _disk_mb(path: Path) -> float:
+    used = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+    return round(used / 2**20, 1)
+
+
+def _timed(row: dict[str, Any], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    _reset_peak()
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    row[f"{name}_s"] = round(time.perf_counter() - t0, 2)
+    row[f"{name}_peak_rss_mb"] = round(_status("VmHWM"))
+    log.warning("%s: %s s", name, row[f"{name}_s"])
+    return out
+
+
+def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    added = max(1, int(round(n * args.add_fraction)))
+    t0 = time.perf_counter()
+    pop = make_population(n + added, args.dim, args.seed)
+    row: dict[str, Any] = {"users": n, "added": added, "dim": args.dim}
+    row["generate_s"] = round(time.perf_counter() - t0, 2)
+    path = workdir / f"edge-{n}"
+    settings = Settings(store_path=path, store_backend="edge", progress=False)  # type: ignore[call-arg]
+    batch = settings.ingest.write_batch_size
+    with open_store(settings) as store:
+        store.setup(ENCODER_ID, args.dim, rebuild=True)
+        _timed(row, "write", _write_users, store, pop, 0, n, batch)
+        _timed(row, "optimize", store.optimize)
+        rep = _timed(row, "full_first", refresh, store, settings)
+        row["full_first_rewritten"] = rep.rewritten
+        row["store_disk_mb"] = _disk_mb(path)
+
+        rng = np.random.default_rng(args.seed + 1)
+        askers = rng.choice(n, size=min(args.queries, n), replace=False)
+        for i in askers[:5]:  # warm-up: page in the segments
+            recommend(pop.ids[i], 20, store=store, settings=settings)
+        lat = []
+        for i in askers:
+            t = time.perf_counter()
+            recommend(pop.ids[i], 20, store=store, settings=settings)
+            lat.append((time.perf_counter() - t) * 1000)
+        row["recommend_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
+        row["recommend_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
+        row["queries"] = len(lat)
+        row["serving_rss_mb"] = round(_status("VmRSS"))
+
+        _timed(row, "write_added", _write_users, store, pop, n, n + added, batch)
+        # The same state twice: the full pass, then (its statistics put back as they were) the incremental one.
+        before = _stats_of(store)
+        rep = _timed(row, "full", refresh, store, settings)
+        row["full_rewritten"] = rep.rewritten
+        exact = _stats_of(store)
+        store.set_payload(USERS, {pid: {f: before.get(pid, {}).get(f) for f in STAT_FIELDS} for pid in exact})
+        rep = _timed(row, "incremental", refresh_changed, store, settings, arrived=pop.ids[n : n + added])
+        row.update(incremental_recomputed=rep.recomputed, incremental_merged=rep.merged)
+        row["incremental_rewritten"] = rep.rewritten
+        row["incremental_kth_mismatches"] = _mismatches(exact, _stats_of(store))  # 0: the same kth_sim
+        row["incremental_over_full"] = round(row["incremental_s"] / row["full_s"], 4)
+        victims = rng.choice(n, size=args.deletes, replace=False)
+        del_s = []
+        for i in victims:
+            t = time.perf_counter()
+            delete_user(store, pop.ids[int(i)], settings=settings)
+            del_s.append(time.perf_counter() - t)
+        if del_s:
+            row["delete_user_p50_s"] = round(float(np.percentile(del_s, 50)), 2)
+            row["delete_user_max_s"] = round(max(del_s), 2)
+            after_deletes = _stats_of(store)
+            refresh(store, settings)
+            row["delete_kth_mismatches"] = _mismatches(_stats_of(store), after_deletes)  # 0: refreshed at once
+    shutil.rmtree(path, ignore_errors=True)
+    return row
+
+
+def run_compute_only(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Time compatible_topk on whole groups covering ``args.sample`` of n users; extrapolate by work."""
+    t0 = time.perf_counter()
+    pop = make_population(n, args.dim, args.seed)
+    row: dict[str, Any] = {"users": n, "dim": args.dim, "generate_s": round(time.perf_counter() - t0, 2)}
+    row["matrix_mb"] = round(pop.vectors.nbytes / 2**20)
+    grp = _Groups(pop.profiles)
+    keys = np.stack([grp.gender, grp.seeks, grp.age, grp.lo, grp.hi], axis=1)
+    uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    pool = np.array([len(grp.pool(*(int(x) for x in u))) for u in uniq])
+    work = counts * pool  # similarity entries per group (each one dim multiply-adds)
+    rng = np.random.default_rng(args.seed + 2)
+    chosen = rng.permutation(len(uniq))
+    take = chosen[: max(1, int(np.searchsorted(np.cumsum(counts[chosen]), args.sample * n)))]
+    rows = np.flatnonzero(np.isin(inverse.ravel(), take))
+    row.update(
+        groups=len(uniq),
+        mean_pool=round(float(np.sum(work) / n)),
+        sampled_users=len(rows),
+        sampled_work_share=round(float(work[take].sum() / work.sum()), 4),
+    )
+    _reset_peak()
+    t0 = time.perf_counter()
+    compatible_topk(pop.vectors, pop.profiles, 50, rows=rows)
+    sample_s = time.perf_counter() - t0
+    row["sample_s"] = round(sample_s, 2)
+    row["peak_rss_mb"] = round(_status("VmHWM"))
+    row["gflop_per_s"] = round(2 * float(work[take].sum()) * args.dim / sample_s / 1e9, 1)
+    row["full_compute_projected_s"] = round(sample_s / row["sampled_work_share"])
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--users", type=int, action="append", help="population size on a real store (repeatable)")
+    ap.add_argument("--compute-only", type=int, action="append", default=[], help="population size, numpy only")
+    ap.add_argument("--sample", type=float, default=0.04, help="share of users timed with --compute-only")
+    ap.add_argument("--add-fraction", type=float, default=0.01, help="users added before the incremental pass")
+    ap.add_argument("--deletes", type=int, default=5, help="users deleted with delete_user after it")
+    ap.add_argument("--queries", type=int, default=200, help="recommend() calls timed")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-refresh-"))
+    common = {
+        "cpus": len(os.sched_getaffinity(0)),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_at_start": round(os.getloadavg()[0], 2),
+    }
+    rows = []
+    for n in args.users or []:
+        rows.append({"mode": "store", **run_store(n, args, workdir), **common})
+        print(json.dumps(rows[-1]), flush=True)
+    for n in args.compute_only:
+        rows.append({"mode": "compute-only", **run_compute_only(n, args), **common})
+        print(json.dumps(rows[-1]), flush=True)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
