@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -23,18 +22,10 @@ from engine.filters import Filter, HasId, MatchAny, Range
 from engine.redaction import redact_url, register_secret, register_url_secrets
 from engine.schema import META
 from engine.settings import Settings
-from engine.store.base import RECOMMEND_STRATEGIES, Point, Query, RecommendQuery, ScoredPoint, Store, StoreInfo
+from engine.store.base import RECOMMEND_STRATEGIES, Point, Query, RecommendQuery, ScoredPoint
 from engine.store.lock import FolderLock
-from engine.store.meta import (
-    AUX_INDEXES,
-    COLLECTION_INDEXES,
-    META_DIM,
-    META_POINT_ID,
-    META_VECTOR,
-    check_encoder,
-    info_from_payload,
-    meta_payload,
-)
+from engine.store.meta import META_POINT_ID, META_VECTOR
+from engine.store.qdrant_base import QdrantStore, empty_filter_error, payload_changes, upsert_vectors, with_payload
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +82,7 @@ def to_qdrant_filter(flt: Filter | None) -> models.Filter | None:
     )
 
 
-def _with_payload(value: bool | tuple[str, ...]) -> bool | list[str]:
-    return list(value) if isinstance(value, tuple) else bool(value)
-
-
-def _vector(v: Any) -> np.ndarray | None:
-    if v is None:
-        return None
-    if isinstance(v, dict):  # named vectors: we only use the default one
-        v = v.get("", next(iter(v.values()), None))
-        if v is None:
-            return None
-    return np.asarray(v, dtype=np.float32)
-
-
-class QdrantClientStore(Store):
+class QdrantClientStore(QdrantStore):
     """``Store`` over a ``QdrantClient`` (server or local mode). Build it with ``connect`` or ``embedded``."""
 
     def __init__(
@@ -202,37 +179,24 @@ class QdrantClientStore(Store):
         )
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def name(self, collection: str) -> str:
-        """The backend's name of a logical collection (``settings.collection_prefix`` + name)."""
-        return f"{self.prefix}{collection}"
-
-    @contextmanager
-    def _calling(self, what: str, collection: str | None = None) -> Iterator[None]:
-        """Turn the backend's transport failures into ``StoreUnavailable`` and missing collections into
-        ``InvalidInput``; let programming errors through unchanged."""
-        if self._closed:
-            raise StoreUnavailable(f"{self.where} is closed")
-        try:
-            yield
-        except (StoreUnavailable, InvalidInput):
-            raise
-        except Exception as exc:
-            if isinstance(exc, UnexpectedResponse) and exc.status_code == 404 and collection is not None:
-                raise self._missing(collection) from None
-            if isinstance(exc, ValueError) and collection is not None and "not found" in str(exc):
-                raise self._missing(collection) from exc
-            if _is_unavailable(exc):
-                raise StoreUnavailable(f"{what} failed on {self.where}: {type(exc).__name__}") from None
-            # A vector of the wrong size is bad input (local mode: ValueError; a server: HTTP 400).
-            # The server's body is only searched, never shown (see connect: a proxy may echo headers).
-            if isinstance(exc, UnexpectedResponse) and b"dimension error" in (exc.content or b""):
-                raise InvalidInput(
-                    f"{what} on {self.name(collection or '?')!r}: a vector's dimension does not match the "
-                    "collection's"
-                ) from None
-            if isinstance(exc, ValueError) and "dimension error" in str(exc):
-                raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {exc}") from None
-            raise
+    def _raise_mapped(self, exc: Exception, what: str, collection: str | None) -> None:
+        """Transport failures -> ``StoreUnavailable``, missing collections and wrong vector sizes ->
+        ``InvalidInput``; programming errors pass through unchanged."""
+        if isinstance(exc, UnexpectedResponse) and exc.status_code == 404 and collection is not None:
+            raise self._missing(collection) from None
+        if isinstance(exc, ValueError) and collection is not None and "not found" in str(exc):
+            raise self._missing(collection) from exc
+        if _is_unavailable(exc):
+            raise StoreUnavailable(f"{what} failed on {self.where}: {type(exc).__name__}") from None
+        # A vector of the wrong size is bad input (local mode: ValueError; a server: HTTP 400).
+        # The server's body is only searched, never shown (see connect: a proxy may echo headers).
+        if isinstance(exc, UnexpectedResponse) and b"dimension error" in (exc.content or b""):
+            raise InvalidInput(
+                f"{what} on {self.name(collection or '?')!r}: a vector's dimension does not match the "
+                "collection's"
+            ) from None
+        if isinstance(exc, ValueError) and "dimension error" in str(exc):
+            raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {exc}") from None
 
     def _missing(self, collection: str) -> InvalidInput:
         return InvalidInput(
@@ -243,67 +207,39 @@ class QdrantClientStore(Store):
         with self._calling("collection_exists"):
             return bool(self._client.collection_exists(self.name(collection)))
 
-    # -- collections ---------------------------------------------------------------------------------------
-    def setup(self, encoder_id: str, dim: int, *, rebuild: bool = False) -> None:
-        if dim < 1:
-            raise InvalidInput(f"dim: must be positive, got {dim}")
-        if rebuild:
-            with self._calling("delete_collection"):
-                for c in (*COLLECTION_INDEXES, META):
-                    if self._client.collection_exists(self.name(c)):
-                        self._client.delete_collection(self.name(c))
-        else:
-            check_encoder(self.info(), encoder_id, dim, self.where)
-            # A store without META (made by hand, or META lost) must still not mix dimensions.
-            for c in COLLECTION_INDEXES:
-                if self._exists(c):
-                    size = self._vector_size(c)
-                    if size != dim:
-                        check_encoder(
-                            StoreInfo(encoder_id="<unrecorded>", dim=size), encoder_id, dim, self.where
-                        )
-        with self._calling("create_collection"):
-            for c, indexes in COLLECTION_INDEXES.items():
-                if not self._client.collection_exists(self.name(c)):
-                    self._client.create_collection(
-                        self.name(c),
-                        vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                    )
-                if self.backend != "local":  # local mode has no payload indexes (it warns and ignores them)
-                    have = self.payload_indexes(c)
-                    for field, kind in indexes.items():
-                        if have.get(field) != kind:
-                            self._client.create_payload_index(
-                                self.name(c), field_name=field, field_schema=_SCHEMA_TYPES[kind], wait=True
-                            )
-            for c, indexes in AUX_INDEXES.items():
-                if not self._client.collection_exists(self.name(c)):
-                    self._client.create_collection(
-                        self.name(c),
-                        vectors_config=models.VectorParams(size=META_DIM, distance=models.Distance.COSINE),
-                    )
-                if self.backend != "local":
-                    have = self.payload_indexes(c)
-                    for field, kind in indexes.items():
-                        if have.get(field) != kind:
-                            self._client.create_payload_index(
-                                self.name(c), field_name=field, field_schema=_SCHEMA_TYPES[kind], wait=True
-                            )
-            if not self._client.collection_exists(self.name(META)):
-                self._client.create_collection(
-                    self.name(META),
-                    vectors_config=models.VectorParams(size=META_DIM, distance=models.Distance.COSINE),
-                )
-            self._client.upsert(
-                self.name(META),
-                points=[
-                    models.PointStruct(
-                        id=META_POINT_ID, vector=META_VECTOR.tolist(), payload=meta_payload(encoder_id, dim)
-                    )
-                ],
-                wait=True,
+    # -- collections (setup and info: QdrantStore) -------------------------------------------------------
+    def _drop(self, collection: str) -> None:
+        with self._calling("delete_collection", collection):
+            if self._client.collection_exists(self.name(collection)):
+                self._client.delete_collection(self.name(collection))
+
+    def _create(self, collection: str, dim: int, indexes: dict[str, str]) -> None:
+        with self._calling("create_collection", collection):
+            self._client.create_collection(
+                self.name(collection), vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
             )
-        log.info("store ready on %s: encoder %s, dim %d", self.where, encoder_id, dim)
+        for field, kind in indexes.items():
+            self._add_index(collection, field, kind)
+
+    def _add_index(self, collection: str, field: str, kind: str) -> None:
+        if self.backend == "local":  # local mode has no payload indexes (it warns and ignores them)
+            return
+        with self._calling("create_payload_index", collection):
+            self._client.create_payload_index(
+                self.name(collection), field_name=field, field_schema=_SCHEMA_TYPES[kind], wait=True
+            )
+
+    def _write_meta(self, payload: dict[str, Any]) -> None:
+        point = models.PointStruct(id=META_POINT_ID, vector=META_VECTOR.tolist(), payload=payload)
+        with self._calling("upsert", META):
+            self._client.upsert(self.name(META), points=[point], wait=True)
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        if not self._exists(META):
+            return None
+        with self._calling("retrieve", META):
+            recs = self._client.retrieve(self.name(META), ids=[META_POINT_ID], with_payload=True)
+        return dict(recs[0].payload or {}) if recs else None
 
     def _vector_size(self, collection: str) -> int:
         with self._calling("get_collection", collection):
@@ -320,26 +256,14 @@ class QdrantClientStore(Store):
             schema = self._client.get_collection(self.name(collection)).payload_schema
         return {k: str(v.data_type.value) for k, v in schema.items()}
 
-    def info(self) -> StoreInfo | None:
-        if not self._exists(META):
-            return None
-        with self._calling("retrieve", META):
-            recs = self._client.retrieve(self.name(META), ids=[META_POINT_ID], with_payload=True)
-        return info_from_payload(recs[0].payload) if recs else None
-
     # -- points --------------------------------------------------------------------------------------------
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if not points:
             return
-        structs = []
-        for p in points:
-            if p.vector is None:
-                raise InvalidInput(f"point {p.id}: no vector to upsert")
-            structs.append(
-                models.PointStruct(
-                    id=p.id, vector=np.asarray(p.vector, dtype=np.float32).tolist(), payload=p.payload
-                )
-            )
+        structs = [
+            models.PointStruct(id=p.id, vector=v, payload=p.payload)
+            for p, v in zip(points, upsert_vectors(points), strict=True)
+        ]
         with self._calling("upsert", collection):
             # wait=True: it returns once the server applied it (its WAL has it), so "acknowledged" holds.
             self._client.upsert(self.name(collection), points=structs, wait=True)
@@ -353,13 +277,8 @@ class QdrantClientStore(Store):
             recs = self._client.retrieve(
                 self.name(collection), ids=list(changes), with_payload=False, with_vectors=False
             )
-        have = {str(r.id) for r in recs}
         ops: list[models.UpdateOperation] = []
-        for pid, fields in changes.items():
-            if pid not in have:
-                continue
-            put = {k: v for k, v in fields.items() if v is not None}
-            drop = [k for k, v in fields.items() if v is None]
+        for pid, put, drop in payload_changes(changes, (str(r.id) for r in recs)):
             if put:
                 ops.append(models.SetPayloadOperation(set_payload=models.SetPayload(payload=put, points=[pid])))
             if drop:
@@ -377,32 +296,21 @@ class QdrantClientStore(Store):
             recs = self._client.retrieve(
                 self.name(collection), ids=list(ids), with_payload=True, with_vectors=with_vectors
             )
-        return [Point(id=str(r.id), vector=_vector(r.vector), payload=dict(r.payload or {})) for r in recs]
+        return self._points(recs)
 
-    def scroll(
-        self,
-        collection: str,
-        flt: Filter | None = None,
-        *,
-        with_vectors: bool = False,
-        batch_size: int = 1000,
-    ) -> Iterator[Point]:
-        qf = to_qdrant_filter(flt)
-        offset: Any = None
-        while True:
-            with self._calling("scroll", collection):
-                recs, offset = self._client.scroll(
-                    self.name(collection),
-                    scroll_filter=qf,
-                    limit=batch_size,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=with_vectors,
-                )
-            for r in recs:
-                yield Point(id=str(r.id), vector=_vector(r.vector), payload=dict(r.payload or {}))
-            if offset is None:
-                return
+    def _scroll_page(
+        self, collection: str, flt: Filter | None, offset: Any, limit: int, with_vectors: bool
+    ) -> tuple[list[Point], Any]:
+        with self._calling("scroll", collection):
+            recs, offset = self._client.scroll(
+                self.name(collection),
+                scroll_filter=to_qdrant_filter(flt),
+                limit=limit,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return self._points(recs), offset
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
@@ -416,7 +324,7 @@ class QdrantClientStore(Store):
         """Delete the points matching ``flt``; an empty filter is refused (``InvalidInput``), never "all"."""
         qf = to_qdrant_filter(flt)
         if qf is None:
-            raise InvalidInput("delete_by_filter: the filter is empty (refusing to delete every point)")
+            raise empty_filter_error()
         with self._calling("delete", collection):
             self._client.delete(
                 self.name(collection), points_selector=models.FilterSelector(filter=qf), wait=True
@@ -435,23 +343,11 @@ class QdrantClientStore(Store):
             query=np.asarray(q.vector, dtype=np.float32).tolist(),
             filter=to_qdrant_filter(q.filter),
             limit=q.limit,
-            with_payload=_with_payload(q.with_payload),
+            with_payload=with_payload(q.with_payload),
             with_vector=q.with_vectors,
             # Local mode is always exact (and warns on search params).
             params=models.SearchParams(exact=True) if q.exact and self.backend != "local" else None,
         )
-
-    @staticmethod
-    def _scored(points: Sequence[models.ScoredPoint], q: Query) -> list[ScoredPoint]:
-        return [
-            ScoredPoint(
-                id=str(p.id),
-                score=float(p.score),
-                payload=dict(p.payload or {}) if q.with_payload else None,
-                vector=_vector(p.vector) if q.with_vectors else None,
-            )
-            for p in points
-        ]
 
     def query(self, collection: str, query: Query) -> list[ScoredPoint]:
         return self.query_batch(collection, [query])[0]
@@ -485,7 +381,7 @@ class QdrantClientStore(Store):
             query=models.RecommendQuery(recommend=models.RecommendInput(positive=pos, negative=neg, strategy=strategy)),
             filter=to_qdrant_filter(query.filter),
             limit=query.limit,
-            with_payload=_with_payload(query.with_payload),
+            with_payload=with_payload(query.with_payload),
         )
         q = Query(vector=np.zeros(1, np.float32), limit=query.limit, with_payload=query.with_payload)
         with self._calling("query", collection):

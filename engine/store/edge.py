@@ -10,7 +10,8 @@ One ``EdgeShard`` per collection, each a folder under ``settings.store_path``::
 Edge builds HNSW only in ``optimize()`` (and only for segments above its indexing threshold; below it,
 search is exact), so the ingestion calls ``optimize()`` after a bulk write. Upserts go through the shard's
 WAL, so an acknowledged upsert survives the process being killed. The API is young (pinned in pyproject);
-everything version-specific stays in this file.
+everything version-specific stays in this file (hence its ~440 lines: one mapping of one young API, read
+together when the pin moves). What both Qdrant backends do alike is in ``engine/store/qdrant_base.py``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,16 @@ from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, HasId, MatchAny, Range
 from engine.schema import META, PHOTOS
 from engine.settings import Settings
-from engine.store.base import Point, Query, RecommendQuery, ScoredPoint, Store, StoreInfo
+from engine.store.base import Point, Query, RecommendQuery, ScoredPoint
 from engine.store.lock import FolderLock
-from engine.store.meta import (
-    AUX_INDEXES,
-    COLLECTION_INDEXES,
-    META_DIM,
-    META_POINT_ID,
-    META_VECTOR,
-    check_encoder,
-    info_from_payload,
-    meta_payload,
+from engine.store.meta import AUX_INDEXES, COLLECTION_INDEXES, META_POINT_ID, META_VECTOR
+from engine.store.qdrant_base import (
+    QdrantStore,
+    default_vector,
+    empty_filter_error,
+    payload_changes,
+    upsert_vectors,
+    with_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -104,10 +103,6 @@ def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
     )
 
 
-def _with_payload(value: bool | tuple[str, ...]) -> bool | list[str]:
-    return list(value) if isinstance(value, tuple) else bool(value)
-
-
 @functools.lru_cache(maxsize=8)
 def _packer(dim: int) -> struct.Struct:
     return struct.Struct(f"{dim}f")
@@ -118,12 +113,9 @@ def _vector(v: Any) -> np.ndarray | None:
 
     Packed through ``struct``: about 3x faster than ``np.asarray`` on a list of floats (measured 6 vs
     18 us per 512-d vector), and moving results into Python is most of a query's cost here."""
+    v = default_vector(v)
     if v is None:
         return None
-    if isinstance(v, dict):  # named vectors: we only use the default one
-        v = v.get("", next(iter(v.values()), None))
-        if v is None:
-            return None
     if isinstance(v, list) and v:
         try:
             return np.frombuffer(_packer(len(v)).pack(*v), dtype=np.float32).copy()
@@ -132,15 +124,17 @@ def _vector(v: Any) -> np.ndarray | None:
     return np.asarray(v, dtype=np.float32)
 
 
-class EdgeStore(Store):
+class EdgeStore(QdrantStore):
     """``Store`` on Qdrant Edge shards in one folder. Build it with ``EdgeStore.open(settings)``."""
 
     backend = "edge"
+    _to_vector = staticmethod(_vector)
 
     def __init__(
         self, root: Path, lock: FolderLock, *, prefix: str = "", indexing_threshold_kb: int | None = None
     ) -> None:
         self.root = Path(root)
+        self.where = f"the Edge store {self.root}"
         self.prefix = prefix
         self.indexing_threshold_kb = indexing_threshold_kb
         self._lock = lock
@@ -184,40 +178,24 @@ class EdgeStore(Store):
         return store
 
     # -- helpers -------------------------------------------------------------------------------------------
-    @property
-    def where(self) -> str:
-        return f"the Edge store {self.root}"
-
-    def name(self, collection: str) -> str:
-        return f"{self.prefix}{collection}"
-
     def _path(self, collection: str) -> Path:
         return self.root / self.name(collection)
 
-    @contextmanager
-    def _calling(self, what: str, collection: str | None = None) -> Iterator[None]:
-        """Map the engine's errors: a held WAL -> ``StoreLocked``, disk trouble -> ``StoreUnavailable``,
-        a wrong vector size -> ``InvalidInput``; anything else (our bugs) passes through unchanged."""
-        if self._closed:
-            raise StoreUnavailable(f"{self.where} is closed")
-        try:
-            yield
-        except (StoreUnavailable, InvalidInput):
-            raise
-        except OSError as exc:
+    def _raise_mapped(self, exc: Exception, what: str, collection: str | None) -> None:
+        """The engine's errors: a held WAL -> ``StoreLocked``, disk trouble -> ``StoreUnavailable``, a wrong
+        vector size -> ``InvalidInput``; anything else (our bugs) passes through unchanged."""
+        if isinstance(exc, OSError):
             raise StoreUnavailable(f"{what} failed on {self.where}: {exc}") from exc
-        except Exception as exc:
-            if type(exc) is not Exception:  # the bindings raise bare Exception; TypeError etc. are our bugs
-                raise
-            msg = str(exc)
-            folder = self._path(collection) if collection else self.root
-            if "WouldBlock" in msg:
-                raise StoreLocked(f"the store folder {folder} is in use by another process ({msg})") from exc
-            if "dimension error" in msg:
-                raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {msg}") from exc
-            if any(m in msg for m in _IO_MARKERS):
-                raise StoreUnavailable(f"{what} failed on {folder}: {msg}") from exc
-            raise
+        if type(exc) is not Exception:  # the bindings raise bare Exception; TypeError etc. are our bugs
+            return
+        msg = str(exc)
+        folder = self._path(collection) if collection else self.root
+        if "WouldBlock" in msg:
+            raise StoreLocked(f"the store folder {folder} is in use by another process ({msg})") from exc
+        if "dimension error" in msg:
+            raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {msg}") from exc
+        if any(m in msg for m in _IO_MARKERS):
+            raise StoreUnavailable(f"{what} failed on {folder}: {msg}") from exc
 
     def _is_half_made(self, collection: str) -> bool:
         """True if the folder holds neither Edge's config file nor a segment (what ``EdgeShard.create``
@@ -234,8 +212,7 @@ class EdgeStore(Store):
         return shard
 
     def _shard(self, collection: str) -> qe.EdgeShard:
-        if self._closed:
-            raise StoreUnavailable(f"{self.where} is closed")
+        self._check_open()
         shard = self._shards.get(collection)
         if shard is None and collection in self._half_made:
             raise StoreUnavailable(
@@ -285,45 +262,25 @@ class EdgeStore(Store):
             return int(p.vector.shape[0]) if p.vector is not None else -1
         return -1
 
-    # -- collections ---------------------------------------------------------------------------------------
-    def setup(self, encoder_id: str, dim: int, *, rebuild: bool = False) -> None:
-        if dim < 1:
-            raise InvalidInput(f"dim: must be positive, got {dim}")
-        if self._closed:
-            raise StoreUnavailable(f"{self.where} is closed")
-        if rebuild:
-            for c in (*COLLECTION_INDEXES, META):
-                self._drop(c)
-        else:
-            check_encoder(self.info(), encoder_id, dim, self.where)
-            # A store without META (META lost) must still not mix dimensions.
-            for c in COLLECTION_INDEXES:
-                if c in self._shards:
-                    size = self._vector_size(c)
-                    if size not in (-1, dim):
-                        check_encoder(StoreInfo(encoder_id="<unrecorded>", dim=size), encoder_id, dim, self.where)
-        for c, indexes in COLLECTION_INDEXES.items():
-            if c not in self._shards:
-                self._create(c, dim, indexes)
-            else:
-                have = self.payload_indexes(c)
-                with self._calling("create_field_index", c):
-                    for field, kind in indexes.items():
-                        if have.get(field) != kind:
-                            self._shards[c].update(qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind]))
-        for c, indexes in AUX_INDEXES.items():
-            if c not in self._shards:
-                self._create(c, META_DIM, indexes)
-        if META not in self._shards:
-            self._create(META, META_DIM, {})
+    # -- collections (setup and info: QdrantStore) -------------------------------------------------------
+    def _exists(self, collection: str) -> bool:
+        return collection in self._shards
+
+    def _add_index(self, collection: str, field: str, kind: str) -> None:
+        with self._calling("create_field_index", collection):
+            self._shards[collection].update(qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind]))
+
+    def _write_meta(self, payload: dict[str, Any]) -> None:
         with self._calling("upsert", META):
-            meta = self._shards[META]
-            meta.update(
-                qe.UpdateOperation.upsert_points(
-                    [qe.Point(_uuid(META_POINT_ID), META_VECTOR.tolist(), meta_payload(encoder_id, dim))]
-                )
-            )
-        log.info("store ready in %s: encoder %s, dim %d", self.where, encoder_id, dim)
+            point = qe.Point(_uuid(META_POINT_ID), META_VECTOR.tolist(), payload)
+            self._shards[META].update(qe.UpdateOperation.upsert_points([point]))
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        if META not in self._shards:
+            return None
+        with self._calling("retrieve", META):
+            recs = self._shards[META].retrieve([_uuid(META_POINT_ID)], True, False)
+        return dict(recs[0].payload or {}) if recs else None
 
     def payload_indexes(self, collection: str) -> dict[str, str]:
         """Indexed payload fields of ``collection`` -> ``"keyword"`` / ``"integer"`` (others: Qdrant's)."""
@@ -332,23 +289,13 @@ class EdgeStore(Store):
             schema = shard.info().payload_schema
         return {k: _SCHEMA_NAMES.get(v.data_type, str(v.data_type)) for k, v in schema.items()}
 
-    def info(self) -> StoreInfo | None:
-        if META not in self._shards:
-            return None
-        with self._calling("retrieve", META):
-            recs = self._shards[META].retrieve([_uuid(META_POINT_ID)], True, False)
-        return info_from_payload(recs[0].payload) if recs else None
-
     # -- points --------------------------------------------------------------------------------------------
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if not points:
             return
         shard = self._shard(collection)
-        edge_points = []
-        for p in points:
-            if p.vector is None:
-                raise InvalidInput(f"point {p.id}: no vector to upsert")
-            edge_points.append(qe.Point(_uuid(p.id), np.asarray(p.vector, dtype=np.float32).tolist(), p.payload))
+        vectors = upsert_vectors(points)
+        edge_points = [qe.Point(_uuid(p.id), v, p.payload) for p, v in zip(points, vectors, strict=True)]
         with self._calling("upsert", collection):
             # Returns once the WAL has it: acknowledged points survive a kill (flushed on close/optimize).
             shard.update(qe.UpdateOperation.upsert_points(edge_points))
@@ -359,14 +306,10 @@ class EdgeStore(Store):
         if not changes:
             return
         shard = self._shard(collection)
-        have = {str(r.id) for r in self._retrieve_ids(shard, collection, list(changes))}
+        have = [str(r.id) for r in self._retrieve_ids(shard, collection, list(changes))]
         with self._calling("set_payload", collection):
-            for pid, fields in changes.items():
-                if pid not in have:
-                    continue
+            for pid, put, drop in payload_changes(changes, have):
                 uid: Any = _uuid(pid)
-                put = {k: v for k, v in fields.items() if v is not None}
-                drop = [k for k, v in fields.items() if v is None]
                 if put:
                     shard.update(qe.UpdateOperation.set_payload([uid], put))
                 if drop:
@@ -384,34 +327,18 @@ class EdgeStore(Store):
         uuids: list[Any] = [_uuid(i) for i in ids]
         with self._calling("retrieve", collection):
             recs = shard.retrieve(uuids, True, with_vectors)
-        return [Point(id=str(r.id), vector=_vector(r.vector), payload=dict(r.payload or {})) for r in recs]
+        return self._points(recs)
 
-    def scroll(
-        self,
-        collection: str,
-        flt: Filter | None = None,
-        *,
-        with_vectors: bool = False,
-        batch_size: int = 1000,
-    ) -> Iterator[Point]:
+    def _scroll_page(
+        self, collection: str, flt: Filter | None, offset: Any, limit: int, with_vectors: bool
+    ) -> tuple[list[Point], Any]:
         shard = self._shard(collection)
-        ef = to_edge_filter(flt)
-        offset: Any = None
-        while True:
-            with self._calling("scroll", collection):
-                recs, offset = shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset,
-                        limit=batch_size,
-                        filter=ef,
-                        with_payload=True,
-                        with_vector=with_vectors,
-                    )
-                )
-            for r in recs:
-                yield Point(id=str(r.id), vector=_vector(r.vector), payload=dict(r.payload or {}))
-            if offset is None:
-                return
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=to_edge_filter(flt), with_payload=True, with_vector=with_vectors
+        )
+        with self._calling("scroll", collection):
+            recs, offset = shard.scroll(request)
+        return self._points(recs), offset
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
@@ -425,7 +352,7 @@ class EdgeStore(Store):
         """Delete the points matching ``flt``; an empty filter is refused (``InvalidInput``), never "all"."""
         ef = to_edge_filter(flt)
         if ef is None:
-            raise InvalidInput("delete_by_filter: the filter is empty (refusing to delete every point)")
+            raise empty_filter_error()
         shard = self._shard(collection)
         with self._calling("delete", collection):
             shard.update(qe.UpdateOperation.delete_points_by_filter(ef))
@@ -442,25 +369,10 @@ class EdgeStore(Store):
             limit=q.limit,
             query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
             filter=to_edge_filter(q.filter),
-            with_payload=_with_payload(q.with_payload),
+            with_payload=with_payload(q.with_payload),
             with_vector=q.with_vectors,
             params=qe.SearchParams(exact=True) if q.exact else None,
         )
-
-    @staticmethod
-    def _scored(points: Sequence[Any], q: Query) -> list[ScoredPoint]:
-        # Moving results into Python is most of a query's cost here: one tight loop per shape of request.
-        if not q.with_payload and not q.with_vectors:
-            return [ScoredPoint(str(p.id), float(p.score)) for p in points]
-        return [
-            ScoredPoint(
-                id=str(p.id),
-                score=float(p.score),
-                payload=dict(p.payload or {}) if q.with_payload else None,
-                vector=_vector(p.vector) if q.with_vectors else None,
-            )
-            for p in points
-        ]
 
     def query(self, collection: str, query: Query) -> list[ScoredPoint]:
         shard = self._shard(collection)
@@ -494,7 +406,7 @@ class EdgeStore(Store):
             limit=query.limit,
             query=qe.Query.RecommendBestScore(rq),
             filter=to_edge_filter(flt),
-            with_payload=_with_payload(query.with_payload),
+            with_payload=with_payload(query.with_payload),
             with_vector=False,
         )
         with self._calling("query", collection):
