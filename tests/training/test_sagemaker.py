@@ -69,6 +69,8 @@ def test_hyperparameters_arrive_as_strings_and_become_settings() -> None:
     assert settings.losses == ["supcon", "triplet"] and settings.loss_weights == [0.7, 0.3]
     assert settings.augment.flip_p == 0.0 and settings.augment.crop_scale == (0.8, 1.0)
     assert settings.checkpoint_every == 50  # the entry's spot-friendly default
+    assert settings.workers == max(0, min(8, (os.cpu_count() or 1) - 1))  # preprocessing keeps up
+    assert parse_hyperparameters({"workers": "0"})[0].workers == 0
     assert base == "Qwen/Qwen3-VL-2B-Instruct"
     # The SDK's JSON-quoted strings decode too.
     assert parse_hyperparameters({"mode": '"lora"'})[0].mode == "lora"
