@@ -283,3 +283,30 @@ def test_the_launcher_describes_a_job_that_runs_this_entry_point(tmp_path: Path)
     # Its hyperparameters (strings, as SageMaker passes them) are valid settings for the entry point.
     settings, base = parse_hyperparameters(spec["hyperparameters"])
     assert (settings.mode, settings.epochs, base) == ("last_blocks", 10, "Qwen/Qwen3-VL-2B-Instruct")
+
+
+def test_worker_processes_change_only_the_speed(demo_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The job defaults to several DataLoader workers: the batches, and so the weights, must not depend on it."""
+    from training.loop import train
+    from training.settings import TrainSettings
+
+    ids = []
+    for workers in (0, 2):
+        settings = TrainSettings(
+            mode="full",
+            tower_lr=1e-3,
+            pixel_budget=4096,
+            dim=16,
+            p=6,
+            k=2,
+            epochs=1,
+            val_identities=6,
+            eval_batch_size=64,
+            workers=workers,
+        )
+        result = train(
+            [demo_dir], tmp_path / f"w{workers}", base=str(tiny_checkpoint), settings=settings, progress=False
+        )
+        assert result.steps >= 2
+        ids.append(result.encoder_id)
+    assert ids[0] == ids[1]
