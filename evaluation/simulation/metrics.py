@@ -24,6 +24,9 @@ METRICS: tuple[str, ...] = (
     "precision_candidate",
     "coverage",
     "gini",
+    "match_gini",
+    "zero_match_share",
+    "envy_share",
 )
 METRIC_LABELS: dict[str, str] = {
     "like_rate": "one-way like rate",
@@ -35,6 +38,9 @@ METRIC_LABELS: dict[str, str] = {
     "precision_candidate": "precision@k (candidate likes back)",
     "coverage": "coverage",
     "gini": "exposure Gini",
+    "match_gini": "Gini of effective matches",
+    "zero_match_share": "users with no effective match",
+    "envy_share": "users who envy another's list",
 }
 
 
@@ -120,12 +126,37 @@ def _candidate_weighted_sums(imp: Impressions, values: np.ndarray, u: np.ndarray
     return out
 
 
+def user_matches(imp: Impressions, n: int) -> np.ndarray:
+    """(n,) effective matches each user takes part in, as viewer or as candidate, over the run."""
+    eff = imp.effective
+    return (np.bincount(imp.viewer[eff], minlength=n) + np.bincount(imp.candidate[eff], minlength=n)).astype(np.float64)
+
+
+def envious_users(imp: Impressions, mutual: np.ndarray) -> np.ndarray:
+    """(n,) bool: users who would expect more matches from another viewer's recommendations than from theirs.
+
+    ``mutual`` (n, n): ``P(i→j)·P(j→i)``, 0 outside the compatibility filter. A viewer's utility of a list is
+    the sum of their mutual probabilities with its candidates (expected mutual matches, attention aside);
+    ``i`` envies ``j`` when ``i``'s utility of ``j``'s list beats that of their own (Saito & Joachims 2022's
+    envy-freeness, with the lists every viewer got over the run). Users never served envy no one.
+    """
+    n = mutual.shape[0]
+    lists = np.zeros((n, n), dtype=np.float32)
+    lists[imp.viewer, imp.candidate] = 1.0
+    util = mutual.astype(np.float32) @ lists.T  # util[i, j]: i's expected matches from j's list
+    own = np.diag(util).copy()
+    np.fill_diagonal(util, -np.inf)
+    served = lists.any(axis=1)
+    return served & (util.max(axis=1) > own * (1.0 + 1e-6) + 1e-9)
+
+
 def _draws(
     imp: Impressions,
     n: int,
     weights: np.ndarray,
     exposure_idx: np.ndarray,
     candidate_weights: np.ndarray | None = None,
+    pair_mutual: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Point values and bootstrap draws (b,) of every metric.
 
@@ -135,6 +166,8 @@ def _draws(
     one candidate's decisions recur in many viewers' rows. Coverage and Gini describe how exposure is spread
     over the users shown, so they resample users as the exposed unit (``exposure_idx``, (b, n) indices):
     resampling viewers instead would drop a third of the viewers from every draw and bias both downward.
+    The fairness figures (Gini of effective matches per user, zero-match share, envy share: the last only
+    with ``pair_mutual``, the world's masked ``P(i→j)·P(j→i)``) resample users the same way.
     """
     shown = np.bincount(imp.viewer, minlength=n).astype(np.float64)
     likes = np.bincount(imp.viewer, weights=imp.like, minlength=n)
@@ -189,6 +222,19 @@ def _draws(
     resampled = exposure[exposure_idx]
     draws["coverage"] = (resampled > 0).mean(axis=1)
     draws["gini"] = gini_rows(resampled)
+    # Fairness of the outcomes, over users (resampled as the exposed unit, like coverage and Gini).
+    matches = user_matches(imp, n)
+    point["match_gini"] = float(gini_rows(matches[None, :])[0])
+    point["zero_match_share"] = float((matches == 0).mean())
+    draws["match_gini"] = gini_rows(matches[exposure_idx])
+    draws["zero_match_share"] = (matches[exposure_idx] == 0).mean(axis=1)
+    if pair_mutual is not None:
+        envy = envious_users(imp, pair_mutual).astype(np.float64)
+        point["envy_share"] = float(envy.mean())
+        draws["envy_share"] = envy[exposure_idx].mean(axis=1)
+    else:
+        point["envy_share"] = float("nan")
+        draws["envy_share"] = np.full(exposure_idx.shape[0], np.nan)
     return point, draws
 
 
@@ -202,13 +248,15 @@ def evaluate(
     bootstrap: str = "two_way",
     joins: np.ndarray | None = None,
     k: int = 0,
+    mutual: np.ndarray | None = None,
 ) -> list[StrategyResult]:
     """Metrics, intervals, lift over ``random`` and share of the ``oracle``'s lift, for every strategy.
 
     ``bootstrap``: ``"two_way"`` resamples viewers and candidates independently (default), ``"viewer"``
     viewers only (narrower: it ignores that a candidate's decisions recur across viewers). ``joins`` (n,),
-    each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round). One set of
-    bootstrap weights serves all strategies, so lifts and shares have paired intervals. Raises
+    each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round).
+    ``mutual`` (n, n), the world's ``P(i→j)·P(j→i)`` masked by the filter, gives the envy share (NaN
+    without). One set of bootstrap weights serves all strategies, so lifts and shares have paired intervals. Raises
     ``InvalidInput`` for an unknown ``bootstrap``.
     """
     if bootstrap not in BOOTSTRAPS:
@@ -216,7 +264,7 @@ def evaluate(
     weights = bootstrap_weights(n, n_boot, seed)
     cand_weights = bootstrap_weights(n, n_boot, seed + 0x7A0) if bootstrap == "two_way" else None
     exposure_idx = np.random.default_rng([seed, 0xE7]).integers(0, n, size=(n_boot, n))
-    computed = {name: _draws(imp, n, weights, exposure_idx, cand_weights) for name, imp in impressions.items()}
+    computed = {name: _draws(imp, n, weights, exposure_idx, cand_weights, mutual) for name, imp in impressions.items()}
     results = []
     for name, imp in impressions.items():
         point, draws = computed[name]
@@ -269,6 +317,7 @@ class WorldResult:
     choosiness: float = 0.0  # sd (log-odds) of each rater's easiness term, fitted to the rater spread
     coupling: float = 0.0  # log-odds an easier-by-1-sd partner loses, fitted to the mutual rate
     rater_yes_sd: float = float("nan")  # the world's per-rater yes-rate sd over the data's dates per rater
+    n_users: int = 0  # the population size (envy is shown as a count of users)
 
     def by_name(self) -> dict[str, StrategyResult]:
         return {s.strategy: s for s in self.strategies}
@@ -341,21 +390,28 @@ def strategy_table(w: WorldResult) -> str:
     head = (
         "| strategy | like rate | mutual rate | matches / user | effective rate | effective / user "
         "| prec@k viewer | prec@k candidate | coverage "
-        "| Gini | like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
+        "| Gini | match Gini | zero-match share | envy (users) "
+        "| like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 17]
     for s in w.strategies:
         m = s.metrics
 
         def cell(e: Estimate | None, d: int = 3) -> str:
             return "–" if e is None or not math.isfinite(e.value) else e.fmt(d)
 
+        def envy(e: Estimate) -> str:  # as a count of users, with its interval
+            if not math.isfinite(e.value):
+                return "–"
+            return f"{e.value * w.n_users:.0f} [{e.lo * w.n_users:.0f}, {e.hi * w.n_users:.0f}]"
+
         lines.append(
             f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | {cell(m['like_rate'])} "
             f"| {cell(m['mutual_rate'])} | {cell(m['matches_per_user'], 2)} "
             f"| {cell(m['effective_rate'])} | {cell(m['effective_per_user'], 2)} "
             f"| {cell(m['precision_viewer'])} | {cell(m['precision_candidate'])} | {cell(m['coverage'])} "
-            f"| {cell(m['gini'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
+            f"| {cell(m['gini'])} | {cell(m['match_gini'])} | {cell(m['zero_match_share'])} "
+            f"| {envy(m['envy_share'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
             f"| {cell(s.oracle_share.get('mutual_rate'), 2)} | {cell(s.oracle_share.get('like_rate'), 2)} |"
         )
     return "\n".join(lines)

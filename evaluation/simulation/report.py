@@ -145,6 +145,10 @@ _METHOD_NOTES = """\
 - Precision@k per side: per viewer, the share of their recommendations they like (viewer side) and the share
   who would like them back (candidate side), averaged over viewers. Coverage: share of users shown to anyone.
   Gini: of how often each user was shown (0 = equal exposure).
+- Fairness of outcomes: *match Gini* is the Gini of the effective matches each user takes part in (as
+  viewer or candidate), *zero-match share* the share of users with none, *envy* the number of users who
+  would expect more mutual matches (true P, attention aside) from another viewer's list than from their
+  own (envy-freeness as in Saito & Joachims 2022). The per-viewer oracle is envy-free by construction.
 - 95 % intervals: percentile bootstrap, two-way. Rates, matches per user and precisions resample viewers
   and, independently, candidates: each impression weighs its viewer's draw count times its candidate's,
   since a viewer's impressions are correlated and so are one candidate's decisions across the ~50 viewers

@@ -249,7 +249,9 @@ class WorldRun:
             progress=self.progress,
             joins=self.joins,
         )
-        results = evaluate(imps, pop.n, n_boot=self.n_boot, seed=self.seed, joins=self.joins, k=self.k)
+        results = evaluate(
+            imps, pop.n, n_boot=self.n_boot, seed=self.seed, joins=self.joins, k=self.k, mutual=world.mutual() * compat
+        )
         rnd: dict[str, float] = {}
         if "random" in imps:
             imp = imps["random"]
@@ -268,6 +270,7 @@ class WorldRun:
             choosiness=world.choosiness,
             coupling=world.coupling,
             rater_yes_sd=world.rater_yes_sd,
+            n_users=pop.n,
         )
 
 

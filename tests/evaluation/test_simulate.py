@@ -148,7 +148,7 @@ def test_evaluate_lift_and_oracle_share(cal) -> None:
     world = build_world("similarity", pop, compat, cal)
     strats = [random_strategy(compat, 0), popularity_strategy(compat, pop), oracle_strategy(compat, world)]
     imps = run_rounds(strats, world, rounds=3, k=5, seed=0)
-    res = {s.strategy: s for s in evaluate(imps, pop.n, n_boot=300, seed=0)}
+    res = {s.strategy: s for s in evaluate(imps, pop.n, n_boot=300, seed=0, mutual=world.mutual() * compat)}
     assert res["random"].lift["mutual_rate"].value == pytest.approx(1.0)
     assert res["oracle"].oracle_share["mutual_rate"].value == pytest.approx(1.0)
     assert res["random"].oracle_share["mutual_rate"].value == pytest.approx(0.0)

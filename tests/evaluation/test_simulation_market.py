@@ -217,3 +217,48 @@ def test_newcomers_enter_at_the_round_asked(cal: Calibration, pop: Population) -
         newcomer_joins(pop.n, 1.5, 3, rounds=5, seed=0)
     with pytest.raises(InvalidInput, match="joins"):
         run_rounds(strats, world, rounds=1, k=k, seed=0, joins=joins[:-1])
+
+
+def test_fairness_figures(cal: Calibration, pop: Population) -> None:
+    from evaluation.simulation import Impressions
+    from evaluation.simulation.metrics import envious_users, user_matches
+
+    # Hand-made: viewer 0 was shown user 2, viewer 1 was shown user 3; 0 would rather have had 1's list.
+    t, f = True, False
+    imp = Impressions(
+        viewer=np.array([0, 1, 2]),
+        candidate=np.array([2, 3, 0]),
+        round=np.zeros(3, dtype=np.int64),
+        like=np.array([t, t, t]),
+        back=np.array([t, f, t]),
+        shortfall=0,
+    )
+    assert user_matches(imp, 4).tolist() == [2.0, 0.0, 2.0, 0.0]  # 0-2 matched twice (both directions)
+    mutual = np.zeros((4, 4))
+    mutual[0, 2] = mutual[2, 0] = 0.1
+    mutual[0, 3] = mutual[3, 0] = 0.5
+    assert envious_users(imp, mutual).tolist() == [True, False, False, False]
+    mutual[0, 3] = mutual[3, 0] = 0.05
+    assert not envious_users(imp, mutual).any()
+
+    compat = pop.compatible()
+    world = build_world("aspiration", pop, compat, cal)
+    strats: list[Strategy] = [
+        random_strategy(compat, 0),
+        popularity_strategy(compat, pop),
+        oracle_strategy(compat, world),
+    ]
+    imps = run_rounds(strats, world, rounds=3, k=5, seed=0, compat=compat, attention=5)
+    res = {s.strategy: s for s in evaluate(imps, pop.n, n_boot=100, seed=0, mutual=world.mutual() * compat)}
+    for s in res.values():
+        m = user_matches(imps[s.strategy], pop.n)
+        assert s.metrics["zero_match_share"].value == pytest.approx(float((m == 0).mean()))
+        e = s.metrics["match_gini"]
+        assert 0.0 < e.value < 1.0 and e.lo <= e.value <= e.hi
+    # The oracle gives each viewer the list with the most expected matches: no one envies another's.
+    assert res["oracle"].metrics["envy_share"].value == 0.0
+    assert res["random"].metrics["envy_share"].value > 0.5
+    # Most-attractive-first leaves more users without a match than random does (attention B = 5).
+    assert res["popularity"].metrics["zero_match_share"].value > res["random"].metrics["zero_match_share"].value
+    # Without the world's P there is no envy figure.
+    assert np.isnan(evaluate(imps, pop.n, n_boot=10)[0].metrics["envy_share"].value)
