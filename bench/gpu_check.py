@@ -407,6 +407,41 @@ def fp8(
     return out
 
 
+# The product's plan (docs/sagemaker.md, section 1): 83 source users x 32 generated images train, 52 real
+# photos of 17 users validate; the job's defaults P x K = 16 x 4 and 8 cached views in head mode.
+PLAN = {"train_users": 83, "train_images": 2656, "val_photos": 52, "p": 16, "k": 4, "cache_views": 8}
+
+
+def plan_estimate(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch for the plan's data, from this run's own figures (448², the job's defaults).
+
+    Training steps scale by images per step from the check's batch to the plan's P x K; data preparation
+    is counted as measured here, in one process (the job spreads it over its DataLoader workers).
+    """
+    embed = results.get("embed_448", {})
+    img_per_s = embed.get("img_per_s")
+    if not img_per_s:
+        return {"skipped": "no embed_448 figure"}
+    steps = PLAN["train_users"] // PLAN["p"]
+    batch = PLAN["p"] * PLAN["k"]
+    validate_s = PLAN["val_photos"] / img_per_s
+    out: dict[str, Any] = {
+        "plan": PLAN,
+        "steps_per_epoch": steps,
+        "validation_s": round(validate_s, 1),
+        "head_mode_cache_s": round(PLAN["train_images"] * PLAN["cache_views"] / img_per_s, 1),
+    }
+    for mode in ("last_blocks", "lora"):
+        run = results.get(f"train_{mode}", {})
+        if "s_per_step" in run:
+            scale = batch / run["batch"]
+            compute = run["compute_s_per_step"] * scale
+            data = run["data_s_per_step"] * scale
+            out[f"{mode}_epoch_s"] = round(steps * (compute + data) + validate_s, 1)
+            out[f"{mode}_epoch_s_compute_only"] = round(steps * compute + validate_s, 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny random tower, tiny sizes")
@@ -451,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed": failed,
         "seconds": round(time.monotonic() - sections.start, 1),
         "sections": results,
+        "plan_estimate": plan_estimate(results),
     }
     _emit(summary, args.out)
     return 0 if not failed else 1

@@ -53,6 +53,11 @@ def test_dry_run_runs_every_section_and_prints_one_json_summary(tmp_path: Path) 
     else:
         assert lora["loss_finite"] is True and lora["trainable_m"] < last["trainable_m"]
     assert "compute capability >= 8.9" in s["fp8"]["skipped"]
+    # The plan's epoch, from this run's own figures: 83 users // P=16 steps, validation, head-mode cache.
+    plan = summary["plan_estimate"]
+    assert plan["steps_per_epoch"] == 5
+    assert plan["validation_s"] == pytest.approx(52 / s["embed_448"]["img_per_s"], abs=0.1)
+    assert plan["last_blocks_epoch_s"] >= plan["last_blocks_epoch_s_compute_only"] > plan["validation_s"]
 
 
 def test_without_a_gpu_it_says_so_and_succeeds() -> None:
