@@ -57,14 +57,18 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["model"] == "tiny":
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = build_tiny_checkpoint(Path(tmp) / "tiny", seed=0)
-            encoder = load_encoder(ckpt, device="cpu", dtype=spec["dtype"], pixel_budget=spec["budget"], dim=512)
+            encoder = load_encoder(
+                ckpt, device="cpu", dtype=spec["dtype"], pixel_budget=spec["budget"], dim=512
+            )
     else:
         from transformers import Qwen3VLVisionModel
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             tower = Qwen3VLVisionModel(real_vision_config())
-        encoder = build_encoder(tower, pixel_budget=spec["budget"], dim=512, device="cpu", dtype=spec["dtype"])
+        encoder = build_encoder(
+            tower, pixel_budget=spec["budget"], dim=512, device="cpu", dtype=spec["dtype"]
+        )
     load_s = time.perf_counter() - t0
     params = sum(p.numel() for p in encoder.tower.parameters())
     t0 = time.perf_counter()
@@ -104,48 +108,23 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = [
-        "model",
-        "params (M)",
-        "budget",
-        "dtype",
-        "tokens/img",
-        "images",
-        "batch",
-        "threads",
-        "s/image",
-        "load s",
-        "id hash s",
-        "peak RSS MB",
-        "RSS at start MB",
-    ]
+    head = ["model", "params (M)", "budget", "dtype", "tokens/img", "images", "batch", "threads",
+            "s/image", "load s", "id hash s", "peak RSS MB", "RSS at start MB"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
-        lines.append(
-            " | ".join(
-                [
-                    r["model"],
-                    f"{r['params_m']:.1f}",
-                    r["budget"],
-                    r["dtype"],
-                    str(r["tokens"]),
-                    str(r["images"]),
-                    str(r["batch"]),
-                    str(r["threads"]),
-                    f"{r['s_per_image']:.4f}",
-                    f"{r['load_s']:.1f}",
-                    f"{r['id_s']:.2f}",
-                    f"{r['peak_rss_mb']:.0f}",
-                    f"{r['rss_before_mb']:.0f}",
-                ]
-            )
-        )
+        lines.append(" | ".join([
+            r["model"], f"{r['params_m']:.1f}", r["budget"], r["dtype"], str(r["tokens"]), str(r["images"]),
+            str(r["batch"]), str(r["threads"]), f"{r['s_per_image']:.4f}", f"{r['load_s']:.1f}",
+            f"{r['id_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_before_mb']:.0f}",
+        ]))
     return "\n".join("| " + line + " |" for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny at both budgets + 1 real-size image at 256x256")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny at both budgets + 1 real-size image at 256x256"
+    )
     parser.add_argument("--images", type=int, default=8, help="images per real-size setting (default 8)")
     parser.add_argument("--tiny-images", type=int, default=64, help="images per tiny setting (default 64)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -167,17 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 if model == "real" and name != "256x256":
                     continue
                 n = 8 if model == "tiny" else 1
-            specs.append(
-                {
-                    "model": model,
-                    "budget": budget,
-                    "budget_name": name,
-                    "images": n,
-                    "batch_size": 1 if (args.quick and model == "real") else args.batch_size,
-                    "dtype": args.dtype,
-                    "threads": args.threads,
-                }
-            )
+            specs.append({"model": model, "budget": budget, "budget_name": name, "images": n,
+                          "batch_size": 1 if (args.quick and model == "real") else args.batch_size,
+                          "dtype": args.dtype, "threads": args.threads})
     rows = []
     for spec in specs:
         what = f"{spec['model']} at {spec['budget_name']} ({spec['images']} images)"

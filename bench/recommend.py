@@ -243,7 +243,9 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_backend(
+    backend: str, pop: Population, exact: Exact, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
     n = len(pop.ids)
     row: dict[str, Any] = {"backend": backend, "users": n, "dim": pop.dim, "photos": n * PHOTOS_PER_USER}
     queries = args.queries
@@ -409,17 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     if not args.json:
         cols = [
-            "backend",
-            "users",
-            "p50_ms",
-            "p99_ms",
-            "candidate_p50_ms",
-            "recall_at_20",
-            "exact_p50_ms",
-            "upsert_photos_pts_per_s",
-            "upsert_users_pts_per_s",
-            "optimize_s",
-            "refresh_s",
+            "backend", "users", "p50_ms", "p99_ms", "candidate_p50_ms", "recall_at_20", "exact_p50_ms",
+            "upsert_photos_pts_per_s", "upsert_users_pts_per_s", "optimize_s", "refresh_s",
         ]
         print(" | ".join(cols))
         for r in rows:

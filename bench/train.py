@@ -67,12 +67,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mode = spec["mode"]
     # "frozen" is head mode without the feature cache: the tower runs (without grad) on every step.
-    settings = TrainSettings(
-        mode="head" if mode == "frozen" else mode,
-        pixel_budget=spec["budget"],
-        dim=512,
-        unfreeze_blocks=spec["unfreeze_blocks"],
-    )
+    settings = TrainSettings(mode="head" if mode == "frozen" else mode, pixel_budget=spec["budget"],
+                             dim=512, unfreeze_blocks=spec["unfreeze_blocks"])
     bf16 = device.type == "cuda"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -126,16 +122,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         elapsed = first
     tokens = int(grid.prod(-1)[0]) // encoder.merge_size**2
     return {
-        "model": spec["model"],
-        "mode": mode,
-        "device": str(device),
-        "batch": p * k,
-        "tokens": tokens,
-        "trainable_m": trainable / 1e6,
-        "steps": n_steps,
-        "first_step_s": first,
-        "steps_per_s": n_steps / elapsed,
-        "s_per_step": elapsed / n_steps,
+        "model": spec["model"], "mode": mode, "device": str(device), "batch": p * k, "tokens": tokens,
+        "trainable_m": trainable / 1e6, "steps": n_steps, "first_step_s": first,
+        "steps_per_s": n_steps / elapsed, "s_per_step": elapsed / n_steps,
         "peak_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _rss_mb(),
         "peak_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
         "threads": torch.get_num_threads(),
@@ -152,38 +141,15 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = [
-        "model",
-        "mode",
-        "device",
-        "batch",
-        "tokens/img",
-        "trainable (M)",
-        "steps/s",
-        "s/step",
-        "peak MB",
-        "peak of",
-        "threads",
-    ]
+    head = ["model", "mode", "device", "batch", "tokens/img", "trainable (M)", "steps/s", "s/step",
+            "peak MB", "peak of", "threads"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
-        lines.append(
-            " | ".join(
-                [
-                    r["model"],
-                    r["mode"],
-                    r["device"],
-                    str(r["batch"]),
-                    str(r["tokens"]),
-                    f"{r['trainable_m']:.3f}",
-                    f"{r['steps_per_s']:.2f}",
-                    f"{r['s_per_step']:.3f}",
-                    f"{r['peak_mb']:.0f}",
-                    r["peak_kind"],
-                    str(r["threads"]),
-                ]
-            )
-        )
+        lines.append(" | ".join([
+            r["model"], r["mode"], r["device"], str(r["batch"]), str(r["tokens"]), f"{r['trainable_m']:.3f}",
+            f"{r['steps_per_s']:.2f}", f"{r['s_per_step']:.3f}", f"{r['peak_mb']:.0f}", r["peak_kind"],
+            str(r["threads"]),
+        ]))
     return "\n".join("| " + line + " |" for line in lines)
 
 
@@ -193,12 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-modes", default=",".join(TINY_MODES))
     parser.add_argument("--real-modes", default=",".join(REAL_MODES))
     parser.add_argument("--tiny-steps", type=int, default=20, help="timed steps per tiny setting")
-    parser.add_argument(
-        "--real-steps",
-        type=int,
-        default=1,
-        help="timed steps per real-size setting after the warm-up (0: time the first step)",
-    )
+    parser.add_argument("--real-steps", type=int, default=1,
+                        help="timed steps per real-size setting after the warm-up (0: time the first step)")
     parser.add_argument("--tiny-budget", type=int, default=128 * 128)
     parser.add_argument("--real-budget", type=int, default=448 * 448)
     parser.add_argument("--unfreeze-blocks", type=int, default=4)
@@ -212,32 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if "tiny" in models:
         for mode in (m.strip() for m in args.tiny_modes.split(",") if m.strip()):
-            specs.append(
-                {
-                    "model": "tiny",
-                    "mode": mode,
-                    "budget": args.tiny_budget,
-                    "p": 8,
-                    "k": 2,
-                    "steps": args.tiny_steps,
-                    "threads": args.threads,
-                    "unfreeze_blocks": 1,
-                }
-            )
+            specs.append({"model": "tiny", "mode": mode, "budget": args.tiny_budget, "p": 8, "k": 2,
+                          "steps": args.tiny_steps, "threads": args.threads, "unfreeze_blocks": 1})
     if "real" in models:
         for mode in (m.strip() for m in args.real_modes.split(",") if m.strip()):
-            specs.append(
-                {
-                    "model": "real",
-                    "mode": mode,
-                    "budget": args.real_budget,
-                    "p": 4,
-                    "k": 2,
-                    "steps": args.real_steps,
-                    "threads": args.threads,
-                    "unfreeze_blocks": args.unfreeze_blocks,
-                }
-            )
+            specs.append({"model": "real", "mode": mode, "budget": args.real_budget, "p": 4, "k": 2,
+                          "steps": args.real_steps, "threads": args.threads,
+                          "unfreeze_blocks": args.unfreeze_blocks})
     rows = []
     for spec in specs:
         print(f"running {spec['model']} {spec['mode']} ...", file=sys.stderr)
