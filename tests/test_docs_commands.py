@@ -12,7 +12,7 @@ import pytest
 from matcher.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["docs/README.ko.md", "docs/model_card.md"]
+DOCS = ["docs/README.ko.md", "docs/model_card.md", "docs/sagemaker.md"]
 
 
 def matcher_lines(text: str) -> list[str]:
