@@ -204,3 +204,33 @@ def test_review_page_shows_two_encoders_side_by_side(live_pair: str, paired: Set
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
     finally:
         driver.quit()
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="no Node.js here to run the page's script without a browser")
+def test_review_page_script_drives_both_stores_without_a_browser(
+    live_pair: str, paired: Settings, other_encoder: Any
+) -> None:
+    """The page's own JS under Node with a minimal DOM (the browser test above needs Chromium)."""
+    import json
+
+    page = Path(__file__).resolve().parents[2] / "matcher" / "service" / "static" / "review.html"
+    uid = first_user(paired)
+    smoke = Path(__file__).with_name("review_page_smoke.mjs")
+    done = subprocess.run([str(NODE), str(smoke), live_pair, str(page), uid], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["ready"] == "1" and got["status"] == "" and got["who"].startswith(uid)
+    assert got["own_photos"] > 0 and got["matches_a"] and uid not in got["matches_a"]
+    assert got["view_b"] == "compare|harmonic" and "main|min" in got["views_b"]
+    assert got["column_b_hidden"] is False and got["store_b"] == "compare"
+    assert other_encoder.encoder_id in got["encoder_b"] and got["matches_b"]
+    assert got["photo_b_src"].endswith("?store=compare") and got["photo_b_status"] == 200
+    assert got["photo_b_type"] == "image/jpeg"
+    owners = got["neighbour_owners"]  # the query photo first, then its neighbours with their owners
+    assert got["neighbour_store"] == "compare" and len(owners) > 1 and all(owners[1:])
+    assert any("recommendations" in r and "store=compare" in r for r in got["requests"])
+    assert any("/neighbours" in r and "store=compare" in r for r in got["requests"])
