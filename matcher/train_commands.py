@@ -222,6 +222,11 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     # The seed layout (raw/profiles + augmented/generated with mapping.csv): generated train, real validate.
     data, val_data = resolve_sources(args.data, args.val_data, args.out, val_users=train_settings.val_identities,
                                      val_fraction=train_settings.val_fraction, seed=train_settings.seed)
+    if data != list(args.data) and (args.out / "seed_split.json").is_file():
+        c = json.loads((args.out / "seed_split.json").read_text(encoding="utf-8"))
+        print(f"training on {c['train_generated_images']} generated images of {c['train_source_users']} users, "
+              f"validating on {c['val_real_photos']} real photos of {c['val_users']} others "
+              f"({c['withheld_generated_images']} generated images of those withheld; split in {args.out})")
     result = train(data, args.out, base=base, settings=train_settings, val_data=val_data,
                    resume=not args.no_resume, progress=settings.progress)
     m, u = result.best_metrics, result.untrained_metrics

@@ -150,7 +150,7 @@ def seed_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_matcher_train_on_the_seed_root_trains_on_generated_and_validates_on_real(
-    seed_data: Path, tmp_path: Path
+    seed_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from matcher.cli import main
 
@@ -181,6 +181,7 @@ def test_matcher_train_on_the_seed_root_trains_on_generated_and_validates_on_rea
         ]
     )
     assert code == 0
+    assert "training on 75 generated images of 25 users, validating on" in capsys.readouterr().out
     record = json.loads((out / "seed_split.json").read_text())
     card = json.loads((out / "encoder_card.json").read_text())
     train_rows = list(csv.DictReader((out / "train.csv").open()))
