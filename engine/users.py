@@ -35,7 +35,9 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     user from other users' like histories (``liked_ids``), whose ``taste`` is recomputed without them.
 
     Every feedback event the user gave or received (``engine.feedback``) is removed too, and counted.
-    Returns the number of points removed (0 if the user was not stored). Other users' reciprocity statistics
+    On the embedded Edge store the collections are then rewritten (``Store.finish_erasure``), so neither the
+    id nor the vectors remain anywhere in the store's files. Returns the number of points removed (0 if the
+    user was not stored). Other users' reciprocity statistics
     are refreshed at once (``engine.reciprocity.refresh_changed``: those who had the user in their top-K, and
     those whose taste changed). ``settings`` gives ``recommend`` (``taste_blend``, ``reciprocity_k``; from
     the environment if None). Raises ``InvalidInput`` for an empty id, and ``StoreUnavailable`` if the
@@ -48,6 +50,7 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     by_payload = MatchAny.of(USER_ID, [user_id])
     settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
     gone = departures(store, [user_id])  # what others' statistics were computed with, before it goes
+    store.begin_erasure()  # from here, a kill leaves a rewrite owed that the next open completes
     removed = 0
     for collection in USER_COLLECTIONS:
         flt = Filter(must=(by_payload,))
@@ -74,6 +77,8 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     removed += events
     if gone or scrubbed:
         refresh_changed(store, settings, departed=gone, retasted=scrubbed)
+    # Deleted points keep their bytes in an embedded store's files until rewritten: rewrite (Edge).
+    store.finish_erasure(changed=bool(removed or scrubbed))
     log.info(
         "deleted user %s: %d points (%d feedback events); removed from %d like histories",
         user_id, removed, events, len(scrubbed),

@@ -193,6 +193,16 @@ class Store(ABC):
     def optimize(self) -> None:  # noqa: B027 - a no-op is right for backends that index by themselves
         """Build indexes after a bulk write (Edge builds HNSW only here; a server does it by itself)."""
 
+    def begin_erasure(self) -> None:  # noqa: B027 - nothing to record where deleted data leaves no trace
+        """Record, before an erasure deletes anything, that ``finish_erasure`` is owed (so a kill between the
+        two is completed at the next open)."""
+
+    def finish_erasure(self, *, changed: bool = True) -> bool:
+        """Make points deleted so far unrecoverable from the store's own files (segments, WAL, payload
+        indexes keep a deleted point's bytes until rewritten); ``changed=False``: nothing was deleted, only
+        clear what ``begin_erasure`` recorded. Returns True if this backend rewrote its files."""
+        return False
+
     @abstractmethod
     def close(self) -> None: ...
 

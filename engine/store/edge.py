@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import struct
 import time
@@ -35,7 +36,7 @@ from engine.schema import META, PHOTOS
 from engine.settings import Settings
 from engine.store.base import Point, Query, RecommendQuery, ScoredPoint
 from engine.store.lock import FolderLock
-from engine.store.meta import AUX_INDEXES, COLLECTION_INDEXES, META_POINT_ID, META_VECTOR
+from engine.store.meta import AUX_INDEXES, COLLECTION_INDEXES, META_DIM, META_POINT_ID, META_VECTOR
 from engine.store.qdrant_base import (
     QdrantStore,
     default_vector,
@@ -160,6 +161,7 @@ class EdgeStore(QdrantStore):
         )
         try:
             for c in (*COLLECTION_INDEXES, *AUX_INDEXES, META):
+                store._settle_rewrite(c)
                 if store._path(c).is_dir():
                     if store._is_half_made(c):
                         store._half_made.add(c)
@@ -171,6 +173,13 @@ class EdgeStore(QdrantStore):
                         )
                         continue
                     store._load(c)
+            if store._erasure_marker.exists():
+                log.warning(
+                    "an erasure in %s was not finished (killed after deleting, before rewriting the files); "
+                    "finishing it now",
+                    store.root,
+                )
+                store.finish_erasure()
         except BaseException:
             store.close()
             raise
@@ -226,10 +235,7 @@ class EdgeStore(QdrantStore):
             )
         return shard
 
-    def _create(self, collection: str, dim: int, indexes: dict[str, str]) -> None:
-        path = self._path(collection)
-        if path.exists():  # a half-made folder (crash during create) holds no data worth keeping
-            shutil.rmtree(path)
+    def _config(self, collection: str, dim: int) -> qe.EdgeConfig:
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
         optimizers = None
         if self.indexing_threshold_kb is not None and collection != META and collection not in AUX_INDEXES:
@@ -241,7 +247,13 @@ class EdgeStore(QdrantStore):
             # (three photos per user). m=0 keeps the payload indexes and skips the graph. The auxiliary
             # collections (feedback) are only filtered, never searched.
             hnsw = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)
-        config = qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=hnsw)
+        return qe.EdgeConfig(vectors=vectors, optimizers=optimizers, hnsw_config=hnsw)
+
+    def _create(self, collection: str, dim: int, indexes: dict[str, str]) -> None:
+        path = self._path(collection)
+        if path.exists():  # a half-made folder (crash during create) holds no data worth keeping
+            shutil.rmtree(path)
+        config = self._config(collection, dim)
         with self._calling("create", collection):
             shard = qe.EdgeShard.create(str(path), config)
             for field, kind in indexes.items():
@@ -255,6 +267,91 @@ class EdgeStore(QdrantStore):
             shard.close()
         if self._path(collection).exists():
             shutil.rmtree(self._path(collection))
+
+    # -- erasure: rewrite collections so deleted points leave no bytes behind -------------------------------
+    @property
+    def _erasure_marker(self) -> Path:
+        return self.root / ".erasure-pending"
+
+    def _rewrite_paths(self, collection: str) -> tuple[Path, Path]:
+        return self.root / f".rewrite-{self.name(collection)}", self.root / f".old-{self.name(collection)}"
+
+    def _settle_rewrite(self, collection: str) -> None:
+        """Finish or undo a rewrite a kill interrupted (see ``_rewrite``): the new copy is renamed into place
+        only once complete, and the old one (which still holds the erased bytes) is always removed."""
+        new, old = self._rewrite_paths(collection)
+        if old.exists():
+            if not self._path(collection).exists():  # killed between the two renames: ``new`` is complete
+                new.rename(self._path(collection))
+            shutil.rmtree(old)
+        if new.exists():  # killed while copying: the collection in place is intact; the copy is redone
+            shutil.rmtree(new)
+
+    def begin_erasure(self) -> None:
+        # Names no user: only that a rewrite is owed. fsync'd, so it survives a power cut after the delete.
+        with self._calling("mark erasure"):
+            with open(self._erasure_marker, "w", encoding="utf-8") as fh:
+                fh.write("rewrite every collection: points were deleted for an erasure request\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def finish_erasure(self, *, changed: bool = True) -> bool:
+        """Rewrite every collection into a fresh shard (live points only), then swap it in: Edge keeps a
+        deleted point's vector in its segment files, its id and payload in the WAL and payload indexes, and
+        ``optimize()`` does not vacuum below 20 % deleted. Costs a copy of the store (see docs/reliability.md).
+        ``changed=False`` only clears the marker."""
+        if changed:
+            for c in list(self._shards):
+                self._rewrite(c)
+        self._erasure_marker.unlink(missing_ok=True)
+        return changed
+
+    def _rewrite(self, collection: str) -> None:
+        t0 = time.perf_counter()
+        shard = self._shards[collection]
+        indexes = self.payload_indexes(collection)
+        dim = self._vector_size(collection)
+        if dim < 0:
+            dim = META_DIM if collection in (META, *AUX_INDEXES) else self._known_dim()
+        new, old = self._rewrite_paths(collection)
+        if new.exists():
+            shutil.rmtree(new)
+        with self._calling("rewrite", collection):
+            copy = qe.EdgeShard.create(str(new), self._config(collection, dim))
+            try:
+                for field, kind in indexes.items():
+                    if kind in _SCHEMA_TYPES:
+                        copy.update(qe.UpdateOperation.create_field_index(field, _SCHEMA_TYPES[kind]))
+                    else:  # never made by us; setup re-creates ours, a foreign one is worth a word
+                        log.warning("rewrite of %s: payload index %r (%s) not copied", collection, field, kind)
+                batch: list[Any] = []
+                for p in self.scroll(collection, with_vectors=True):
+                    if p.vector is None:
+                        continue
+                    batch.append(qe.Point(_uuid(p.id), np.asarray(p.vector, dtype=np.float32).tolist(), p.payload))
+                    if len(batch) >= 1000:
+                        copy.update(qe.UpdateOperation.upsert_points(batch))
+                        batch = []
+                if batch:
+                    copy.update(qe.UpdateOperation.upsert_points(batch))
+                copy.optimize()
+                copy.flush()
+            finally:
+                copy.close()
+            shard.close()
+            del self._shards[collection]
+            path = self._path(collection)
+            path.rename(old)
+            new.rename(path)
+            shutil.rmtree(old)
+        self._load(collection)
+        log.info("rewrote %s in %.2f s (erasure)", self.name(collection), time.perf_counter() - t0)
+
+    def _known_dim(self) -> int:
+        info = self.info()
+        if info is None:
+            raise StoreUnavailable(f"{self.where}: cannot rewrite an empty collection without the META record")
+        return info.dim
 
     def _vector_size(self, collection: str) -> int:
         # Edge reports no vector config back, so read one stored vector (-1: the collection is empty).
