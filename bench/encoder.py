@@ -12,35 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import cpu_line, markdown_table, photos, rss_mb, run_child  # noqa: E402 - a script beside this one
+
 BUDGETS = {"256x256": 256 * 256, "448x448": 448 * 448}
-
-
-def _photos(n: int, seed: int = 0) -> list[Any]:
-    """``n`` structured 640x480 RGB images (the processor resizes them to the budget)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
-    out = []
-    for _ in range(n):
-        img = rng.uniform(0, 255, 3) * (0.5 + 0.5 * np.sin(xx / rng.uniform(8, 40)))[..., None]
-        img += rng.normal(0, 10, (480, 640, 3))
-        out.append(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)))
-    return out
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +33,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    rss_before_model = _rss_mb()
+    rss_before_model = rss_mb()
     t0 = time.perf_counter()
     if spec["model"] == "tiny":
         with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +55,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     encoder.compute_id()  # done once per load; hashes every weight
     id_s = time.perf_counter() - t0
-    images = _photos(spec["images"] + 1)
+    images = photos(spec["images"] + 1)
     encoder.embed(images[:1])  # warm-up: first-call allocations and kernel selection
     _, grid = encoder.preprocess(images[:1])
     tokens = int(grid.prod(-1)[0]) // encoder.merge_size**2
@@ -94,30 +75,21 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "load_s": load_s,
         "id_s": id_s,
         "rss_before_mb": rss_before_model,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": rss_mb(),
     }
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"setting {spec} failed:\n{proc.stderr[-3000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ["model", "params (M)", "budget", "dtype", "tokens/img", "images", "batch", "threads",
             "s/image", "load s", "id hash s", "peak RSS MB", "RSS at start MB"]
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    cells = []
     for r in rows:
-        lines.append(" | ".join([
+        cells.append([
             r["model"], f"{r['params_m']:.1f}", r["budget"], r["dtype"], str(r["tokens"]), str(r["images"]),
             str(r["batch"]), str(r["threads"]), f"{r['s_per_image']:.4f}", f"{r['load_s']:.1f}",
             f"{r['id_s']:.2f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_before_mb']:.0f}",
-        ]))
-    return "\n".join("| " + line + " |" for line in lines)
+        ])
+    return markdown_table(head, cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         what = f"{spec['model']} at {spec['budget_name']} ({spec['images']} images)"
         print(f"running {what} ...", file=sys.stderr)
-        rows.append(_run_child(spec))
+        rows.append(run_child(__file__, spec))
     print(_table(rows))
-    omp = os.environ.get("OMP_NUM_THREADS", "unset")
-    print(f"\nCPU: {os.cpu_count()} logical cores; OMP_NUM_THREADS={omp}")
+    print(f"\n{cpu_line()}")
     return 0
 
 

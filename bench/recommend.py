@@ -90,6 +90,20 @@ def _photos_chunk(pop: Population, start: int, stop: int) -> np.ndarray:
     return _unit(base[:, None, :] + noise)
 
 
+def photo_points(pop: Population, start: int, stop: int) -> list[Point]:
+    """The photo points of users ``start:stop``, with the payload keys the filters use."""
+    photos = _photos_chunk(pop, start, stop)
+    return [
+        Point(
+            id=photo_point_id(pop.ids[i], f"{i}-{j}"),
+            vector=photos[i - start, j],
+            payload={"user_id": pop.ids[i], "gender": pop.profiles[i].gender, "age": pop.profiles[i].age},
+        )
+        for i in range(start, stop)
+        for j in range(PHOTOS_PER_USER)
+    ]
+
+
 def make_population(n: int, dim: int, seed: int) -> Population:
     rng = np.random.default_rng(seed)
     centers = _unit(rng.standard_normal((64, dim)).astype(np.float32))
@@ -168,16 +182,7 @@ def _write(store: Store, pop: Population, batch: int) -> tuple[float, float]:
     n = len(pop.ids)
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
-        photos = _photos_chunk(pop, start, stop)
-        points = [
-            Point(
-                id=photo_point_id(pop.ids[i], f"{i}-{j}"),
-                vector=photos[i - start, j],
-                payload={"user_id": pop.ids[i], "gender": pop.profiles[i].gender, "age": pop.profiles[i].age},
-            )
-            for i in range(start, stop)
-            for j in range(PHOTOS_PER_USER)
-        ]
+        points = photo_points(pop, start, stop)
         t0 = time.perf_counter()
         for b in range(0, len(points), batch):
             store.upsert(PHOTOS, points[b : b + batch])

@@ -44,8 +44,8 @@ from recommend import (  # noqa: E402 - bench/recommend.py is a script beside th
     ENCODER_ID,
     PHOTOS_PER_USER,
     Population,
-    _photos_chunk,
     make_population,
+    photo_points,
 )
 
 from engine.reciprocity import (  # noqa: E402
@@ -86,16 +86,7 @@ def _write_users(store: Store, pop: Population, start: int, stop: int, batch: in
     """Photos and user points of users ``start:stop``, as ingestion writes them (no statistics yet)."""
     for lo in range(start, stop, CHUNK):
         hi = min(lo + CHUNK, stop)
-        photos = _photos_chunk(pop, lo, hi)
-        points = [
-            Point(
-                id=photo_point_id(pop.ids[i], f"{i}-{j}"),
-                vector=photos[i - lo, j],
-                payload={"user_id": pop.ids[i], "gender": pop.profiles[i].gender, "age": pop.profiles[i].age},
-            )
-            for i in range(lo, hi)
-            for j in range(PHOTOS_PER_USER)
-        ]
+        points = photo_points(pop, lo, hi)
         for b in range(0, len(points), batch):
             store.upsert(PHOTOS, points[b : b + batch])
         users = []

@@ -20,35 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import cpu_line, markdown_table, photos, rss_mb, run_child  # noqa: E402 - a script beside this one
+
 TINY_MODES = ("head", "frozen", "last_blocks", "lora", "full")
 REAL_MODES = ("frozen", "last_blocks", "lora", "full")
-
-
-def _photos(n: int, seed: int = 0) -> list[Any]:
-    """``n`` structured 640x480 RGB images (the processor resizes them to the budget)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
-    out = []
-    for _ in range(n):
-        img = rng.uniform(0, 255, 3) * (0.5 + 0.5 * np.sin((xx + yy) / rng.uniform(8, 40)))[..., None]
-        img += rng.normal(0, 10, (480, 640, 3))
-        out.append(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="RGB"))
-    return out
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +69,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     loss_fn = build_loss(["supcon"])
     p, k = spec["p"], spec["k"]
     labels = torch.arange(p).repeat_interleave(k)
-    images = _photos(p * k)
+    images = photos(p * k, diagonal=True)
     pixel_values, grid = encoder.preprocess(images)
     if mode == "head":
         with torch.no_grad():
@@ -125,32 +106,23 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "model": spec["model"], "mode": mode, "device": str(device), "batch": p * k, "tokens": tokens,
         "trainable_m": trainable / 1e6, "steps": n_steps, "first_step_s": first,
         "steps_per_s": n_steps / elapsed, "s_per_step": elapsed / n_steps,
-        "peak_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else _rss_mb(),
+        "peak_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else rss_mb(),
         "peak_kind": "cuda allocated" if device.type == "cuda" else "process RSS",
         "threads": torch.get_num_threads(),
     }
 
 
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"setting {spec} failed:\n{proc.stderr[-3000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ["model", "mode", "device", "batch", "tokens/img", "trainable (M)", "steps/s", "s/step",
             "peak MB", "peak of", "threads"]
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    cells = []
     for r in rows:
-        lines.append(" | ".join([
+        cells.append([
             r["model"], r["mode"], r["device"], str(r["batch"]), str(r["tokens"]), f"{r['trainable_m']:.3f}",
             f"{r['steps_per_s']:.2f}", f"{r['s_per_step']:.3f}", f"{r['peak_mb']:.0f}", r["peak_kind"],
             str(r["threads"]),
-        ]))
-    return "\n".join("| " + line + " |" for line in lines)
+        ])
+    return markdown_table(head, cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in specs:
         print(f"running {spec['model']} {spec['mode']} ...", file=sys.stderr)
-        rows.append(_run_child(spec))
+        rows.append(run_child(__file__, spec))
     print(_table(rows))
-    print(f"\nCPU: {os.cpu_count()} logical cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(f"\n{cpu_line()}")
     return 0
 
 

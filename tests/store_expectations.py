@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.schema import photo_point_id
+import numpy as np
+
+from engine.schema import PHOTOS, USERS, photo_point_id
+from engine.settings import Settings
+from engine.store import open_store
 
 GENDERS = {"f": "female", "m": "male", "nb": "nonbinary"}
 
@@ -32,3 +37,25 @@ def expected_photos(root: Path, metadata: Path, encoder_id: str) -> dict[str, di
                 "encoder_id": encoder_id,
             }
     return out
+
+
+@dataclass
+class Dump:
+    """Every point of the two collections: point id -> (payload, vector float32), and exact counts."""
+
+    photos: dict[str, tuple[dict[str, Any], np.ndarray]]
+    users: dict[str, tuple[dict[str, Any], np.ndarray]]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def dump_store(settings: Settings) -> Dump:
+    """Every point of both collections with payloads and vectors, and exact counts (opens and closes it)."""
+
+    def vec(v: Any) -> np.ndarray:
+        return np.asarray(v, dtype=np.float32)
+
+    with open_store(settings) as store:
+        photos = {p.id: (p.payload, vec(p.vector)) for p in store.scroll(PHOTOS, with_vectors=True)}
+        users = {p.id: (p.payload, vec(p.vector)) for p in store.scroll(USERS, with_vectors=True)}
+        counts = {PHOTOS: store.count(PHOTOS), USERS: store.count(USERS)}
+    return Dump(photos, users, counts)

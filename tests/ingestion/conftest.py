@@ -5,16 +5,14 @@ from __future__ import annotations
 import shutil
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from store_expectations import dump_store
 
 from engine.settings import IngestSettings, Settings
-from engine.store import open_store
 
 
 def good_image(path: Path, seed: int, size: tuple[int, int] = (96, 80), fmt: str | None = None) -> Path:
@@ -80,25 +78,3 @@ def demo_copy(demo_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "demo"
     shutil.copytree(demo_dir, out)
     return out
-
-
-@dataclass
-class Dump:
-    photos: dict[str, tuple[dict[str, Any], np.ndarray]]
-    users: dict[str, tuple[dict[str, Any], np.ndarray]]
-
-
-def dump_store(settings: Settings) -> Dump:
-    """Every point of both collections, with payloads and vectors (opens and closes the store)."""
-    from engine.schema import PHOTOS, USERS
-
-    with open_store(settings) as store:
-        photos = {
-            p.id: (p.payload, np.asarray(p.vector, dtype=np.float32))
-            for p in store.scroll(PHOTOS, with_vectors=True)
-        }
-        users = {
-            p.id: (p.payload, np.asarray(p.vector, dtype=np.float32))
-            for p in store.scroll(USERS, with_vectors=True)
-        }
-    return Dump(photos, users)

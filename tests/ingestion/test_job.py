@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from store_expectations import expected_photos
+from store_wrappers import PassThroughStore
 
 from engine.errors import EncoderMismatch, StoreUnavailable
-from engine.filters import Filter
 from engine.schema import PHOTOS, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
-from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
+from engine.store.base import Point, Store
 from ingestion.job import run_ingest
 from ingestion.report import IngestReport, Reason
 
@@ -350,17 +350,17 @@ def test_other_user_payload_fields_survive_a_rewrite(
 # -- store failures ------------------------------------------------------------------------------------------
 
 
-class FlakyStore(Store):
+class FlakyStore(PassThroughStore):
     """A real store that raises ``StoreUnavailable`` on chosen ``upsert`` calls (1-based, per collection)."""
 
     def __init__(
         self, inner: Store, collection: str, fail_calls: Sequence[int] | None, fail_from: int | None
     ):
-        self.inner, self.collection = inner, collection
+        super().__init__(inner)
+        self.collection = collection
         self.fail_calls = set(fail_calls or ())
         self.fail_from = fail_from
         self.calls = 0
-        self.backend = inner.backend
 
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if collection == self.collection:
@@ -368,39 +368,6 @@ class FlakyStore(Store):
             if self.calls in self.fail_calls or (self.fail_from is not None and self.calls >= self.fail_from):
                 raise StoreUnavailable(f"injected failure on upsert call {self.calls}")
         self.inner.upsert(collection, points)
-
-    def setup(self, encoder_id: str, dim: int, *, rebuild: bool = False) -> None:
-        self.inner.setup(encoder_id, dim, rebuild=rebuild)
-
-    def info(self) -> StoreInfo | None:
-        return self.inner.info()
-
-    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        return self.inner.retrieve(collection, ids, with_vectors=with_vectors)
-
-    def scroll(
-        self, collection: str, flt: Filter | None = None, *, with_vectors: bool = False, batch_size=1000
-    ):
-        return self.inner.scroll(collection, flt, with_vectors=with_vectors, batch_size=batch_size)
-
-    def delete(self, collection: str, ids: Sequence[str]) -> None:
-        self.inner.delete(collection, ids)
-
-    def delete_by_filter(self, collection: str, flt: Filter) -> None:
-        self.inner.delete_by_filter(collection, flt)
-
-    def count(self, collection: str, flt: Filter | None = None) -> int:
-        return self.inner.count(collection, flt)
-
-    def query(self, collection: str, query: Query) -> list[ScoredPoint]:
-        return self.inner.query(collection, query)
-
-    def optimize(self) -> None:
-        self.inner.optimize()
-
-    def close(self) -> None:
-        self.inner.close()
-
 
 def test_transient_store_failures_are_retried(demo_copy, tiny_encoder, ing_settings, dump) -> None:
     meta = demo_copy / "metadata.csv"

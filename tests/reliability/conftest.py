@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from store_expectations import expected_photos
+from store_expectations import Dump, dump_store, expected_photos
 
 from engine.schema import PHOTOS, USERS, user_point_id
 from engine.settings import IngestSettings, Settings
-from engine.store import open_store
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "ingest_child.py"
@@ -69,26 +68,6 @@ def rel_settings(tmp_path: Path) -> Settings:
 
 
 # -- what the store must hold --------------------------------------------------------------------------------
-
-
-@dataclass
-class Dump:
-    photos: dict[str, tuple[dict[str, Any], np.ndarray]]
-    users: dict[str, tuple[dict[str, Any], np.ndarray]]
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def _vec(v: Any) -> np.ndarray:
-    return np.asarray(v, dtype=np.float32)
-
-
-def dump_store(settings: Settings) -> Dump:
-    """Every point of both collections with payloads and vectors, and exact counts (opens and closes it)."""
-    with open_store(settings) as store:
-        photos = {p.id: (p.payload, _vec(p.vector)) for p in store.scroll(PHOTOS, with_vectors=True)}
-        users = {p.id: (p.payload, _vec(p.vector)) for p in store.scroll(USERS, with_vectors=True)}
-        counts = {PHOTOS: store.count(PHOTOS), USERS: store.count(USERS)}
-    return Dump(photos, users, counts)
 
 
 def check_exact(settings: Settings, root: Path, metadata: Path, embedder: Any) -> Dump:

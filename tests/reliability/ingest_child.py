@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.filters import Filter
 from engine.settings import IngestSettings, Settings
 from engine.store import open_store
-from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
+from engine.store.base import Point, Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script
+from store_wrappers import PassThroughStore  # noqa: E402
 
 
 class PixelEmbedder:
@@ -52,12 +54,11 @@ class PixelEmbedder:
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
 
-class HangingStore(Store):
+class HangingStore(PassThroughStore):
     """The real store, which stops the process at the chosen ``upsert`` call of one collection."""
 
     def __init__(self, inner: Store, hang: dict[str, Any] | None, release: Path | None) -> None:
-        self.inner = inner
-        self.backend = inner.backend
+        super().__init__(inner)
         self.hang = hang
         self.release = release
         self.calls: dict[str, int] = {}
@@ -79,47 +80,10 @@ class HangingStore(Store):
         if at and self.hang is not None and self.hang["when"] == "after":
             self._stop()
 
-    def setup(self, encoder_id: str, dim: int, *, rebuild: bool = False) -> None:
-        self.inner.setup(encoder_id, dim, rebuild=rebuild)
-
-    def info(self) -> StoreInfo | None:
-        return self.inner.info()
-
-    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        return self.inner.retrieve(collection, ids, with_vectors=with_vectors)
-
-    def scroll(
-        self,
-        collection: str,
-        flt: Filter | None = None,
-        *,
-        with_vectors: bool = False,
-        batch_size: int = 1000,
-    ) -> Any:
-        return self.inner.scroll(collection, flt, with_vectors=with_vectors, batch_size=batch_size)
-
-    def delete(self, collection: str, ids: Sequence[str]) -> None:
-        self.inner.delete(collection, ids)
-
-    def delete_by_filter(self, collection: str, flt: Filter) -> None:
-        self.inner.delete_by_filter(collection, flt)
-
-    def count(self, collection: str, flt: Filter | None = None) -> int:
-        return self.inner.count(collection, flt)
-
-    def query(self, collection: str, query: Query) -> list[ScoredPoint]:
-        return self.inner.query(collection, query)
-
-    def query_batch(self, collection: str, queries: Sequence[Query]) -> list[list[ScoredPoint]]:
-        return self.inner.query_batch(collection, queries)
-
     def optimize(self) -> None:
         if self.hang is not None and self.hang["collection"] == "optimize":
             self._stop()  # every write done, indexes not built yet
         self.inner.optimize()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def child_settings(spec: dict[str, Any]) -> Settings:
