@@ -121,9 +121,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def live_pair(paired: Settings) -> Iterator[str]:
-    """``matcher serve --compare-store`` as a real uvicorn process; yields its base URL."""
+    """``matcher serve --compare-store`` as a real uvicorn process (one per module); yields its base URL."""
     import httpx
 
     port = _free_port()
