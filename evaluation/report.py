@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.errors import InvalidInput
 from training.data import Photo, load_image, read_dataset
-from training.metrics import retrieval_metrics, scalar_metrics
+from training.metrics import bootstrap_intervals, retrieval_metrics, scalar_metrics
 
 if TYPE_CHECKING:
     from training.encoder import Encoder
@@ -366,11 +366,13 @@ def metrics_table(results: Sequence[EncoderResult], ks: Sequence[int] = KS) -> s
     if len(results) == 2:
         header.append("B - A")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ci_keys = [f"recall@{k}" for k in ks] + ["map@r"]
+    intervals = _intervals(results, ci_keys)
     for key, title, fmt in rows:
         values = [_value(r, key) for r in results]
-        cells = [_fmt(v, fmt) for v in values]
+        cells = [_fmt(v, fmt) + _ci(ci.get(key)) for v, ci in zip(values, intervals, strict=True)]
         if len(results) == 2:
-            cells.append(_fmt(values[1] - values[0], "{:+.3f}"))
+            cells.append(_fmt(values[1] - values[0], "{:+.3f}") + _ci(intervals[1].get(f"{key} diff"), "{:+.3f}"))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     probe_rows = (
         ("attractiveness_spearman", "attractiveness probe (Spearman within held-out folds, ridge)"),
@@ -392,6 +394,22 @@ def metrics_table(results: Sequence[EncoderResult], ks: Sequence[int] = KS) -> s
     for title, cells in extra:
         lines.append(f"| {title} | " + " | ".join(cells) + (" | |" if len(results) == 2 else " |"))
     return "\n".join(lines)
+
+
+def _intervals(results: Sequence[EncoderResult], keys: Sequence[str]) -> list[dict[str, tuple[float, float]]]:
+    """95% intervals by a bootstrap over people; for the second of two encoders also of B - A (paired)."""
+    out: list[dict[str, tuple[float, float]]] = []
+    for i, r in enumerate(results):
+        if "query_identity" not in r.metrics or not len(r.metrics["query_identity"]):
+            out.append({})
+            continue
+        base = results[0].metrics if (i == 1 and len(results) == 2) else None
+        out.append(bootstrap_intervals(r.metrics, base, keys=keys, n_boot=1000, seed=0))
+    return out
+
+
+def _ci(interval: tuple[float, float] | None, fmt: str = "{:.3f}") -> str:
+    return "" if interval is None else f" [{fmt.format(interval[0])}, {fmt.format(interval[1])}]"
 
 
 def _rate(r: EncoderResult) -> str:
@@ -476,9 +494,10 @@ def write_report(
                 "dim": r.dim,
                 "embed_seconds": round(r.embed_seconds, 3),
                 "metrics": {k: _json_safe(v) for k, v in scalar_metrics(r.metrics).items()},
+                "intervals_95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in ci.items()},
                 "probes": {k: _json_safe(v) for k, v in r.probes.items()},
             }
-            for r in results
+            for r, ci in zip(results, _intervals(results, [f"recall@{k}" for k in KS] + ["map@r"]), strict=True)
         ],
         "figures": {k: p.name for k, p in figures.items()},
     }
@@ -510,7 +529,8 @@ def write_report(
         "MAP@R (Musgrave et al. 2020): with R the number of other photos of the query's person, the mean "
         "over queries of (1/R) times the sum of precision@i at each rank i <= R that is the same person; "
         "it rewards "
-        "ranking the person's photos first. Distances are 1 - cos. "
+        "ranking the person's photos first. Distances are 1 - cos. Brackets: 95% intervals from 1,000 "
+        "bootstrap draws of the people (a person's photos move together); the difference column uses paired draws. "
         "Probes (data with genders or a truth.json, 50+ people): how much gender and attractiveness a "
         "linear model reads off the vectors, cross-validated so that no person is in both fit and test.",
         "",

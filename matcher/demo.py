@@ -22,6 +22,7 @@ from engine.settings import Settings
 
 if TYPE_CHECKING:
     from evaluation.simulation.metrics import SimulationResult
+    from training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,33 @@ class DemoResult:
     stored_photos: int = 0
     stored_users: int = 0
     recommended: dict[str, list[Any]] = field(default_factory=dict)
+    held_out_before: dict[str, Any] = field(default_factory=dict)
+    held_out_after: dict[str, Any] = field(default_factory=dict)
+    held_out_intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+
+
+def demo_train_settings(demo: DemoSettings) -> TrainSettings:
+    """The demo's training recipe (the study behind it: docs/training.md).
+
+    The whole tiny tower trains: its random features carry no identity, so a head alone learns nothing on
+    these photos (measured in tests/training/test_train.py). With the real 2B tower, mode="head" is the
+    cheap strong baseline instead.
+    """
+    from training.settings import TrainSettings
+
+    return TrainSettings(
+        mode="full",
+        dim=demo.dim,
+        pixel_budget=demo.pixel_budget,
+        epochs=demo.epochs,
+        patience=demo.epochs,
+        lr=3e-3,
+        tower_lr=3e-3,
+        p=16,
+        k=4,
+        val_fraction=0.3,
+        seed=demo.seed,
+    )
 
 
 def _step(name: str, seconds: dict[str, float], say: Callable[[str], None], fn: Callable[[], T]) -> T:
@@ -73,6 +101,10 @@ def _metrics_line(m: dict[str, float]) -> str:
         ("other-person dist", "mean_diff_dist"),
     ]
     return ", ".join(f"{label} {m[key]:.3f}" for label, key in keys if key in m)
+
+
+def _interval(ci: tuple[float, float]) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 MARKER = ".matcher-demo"
@@ -110,7 +142,8 @@ def run_demo(
     from ingestion.job import run_ingest
     from training.data import load_image, read_dataset
     from training.encoder import load_encoder
-    from training.loop import TrainSettings, train
+    from training.loop import train
+    from training.metrics import bootstrap_intervals, scalar_metrics
     from training.tiny import build_tiny_checkpoint
 
     demo = demo or DemoSettings()
@@ -139,22 +172,7 @@ def run_demo(
     for p, v in zip(photos, emb, strict=True):
         say(f"   {p.path.relative_to(data_dir)}: shape {v.shape}, dtype {v.dtype}, norm {np.linalg.norm(v):.4f}")
 
-    # The whole tiny tower trains: its random features carry no identity, so a head alone learns nothing on
-    # these photos (measured in tests/training/test_train.py). With the real 2B tower, mode="head" is the
-    # cheap strong baseline instead.
-    train_settings = TrainSettings(
-        mode="full",
-        dim=demo.dim,
-        pixel_budget=demo.pixel_budget,
-        epochs=demo.epochs,
-        patience=demo.epochs,
-        lr=3e-3,
-        tower_lr=3e-3,
-        p=16,
-        k=4,
-        val_fraction=0.3,
-        seed=demo.seed,
-    )
+    train_settings = demo_train_settings(demo)
     trained = _step(
         "3. metric-learning training of the tiny tower + head (identities split train/validation)",
         sec,
@@ -203,7 +221,24 @@ def run_demo(
     def report_on_new_people() -> None:
         # People the encoder never saw (another seed), or the trained figures would be optimistic.
         held_out = make_demo_data(out / "held-out", users=demo.users, seed=demo.seed + 1)
-        evaluate_embeddings(held_out, [untrained, encoder], out / "embedding-report")
+        _, results = evaluate_embeddings(held_out, [untrained, encoder], out / "embedding-report")
+        before, after = results[0].metrics, results[1].metrics
+        result.held_out_before, result.held_out_after = scalar_metrics(before), scalar_metrics(after)
+        ci0 = bootstrap_intervals(before, n_boot=1000)
+        ci1 = bootstrap_intervals(after, before, n_boot=1000)
+        result.held_out_intervals = {"untrained": ci0, "trained": ci1}
+        n = int(after["n_identities"])
+        say(f"   {n} held-out people (95% intervals from a bootstrap over people):")
+        for key, label in (("recall@1", "recall@1"), ("map@r", "MAP@R")):
+            lo, hi = ci1[f"{key} diff"]
+            say(
+                f"   {label:9s} untrained {before[key]:.3f} {_interval(ci0[key])} -> trained {after[key]:.3f} "
+                f"{_interval(ci1[key])}; gain {after[key] - before[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            )
+        say(
+            f"   same-person / other-person distance: untrained {before['mean_same_dist']:.3f} / "
+            f"{before['mean_diff_dist']:.3f}, trained {after['mean_same_dist']:.3f} / {after['mean_diff_dist']:.3f}"
+        )
 
     _step("6. embedding-quality report on held-out people, untrained vs trained", sec, say, report_on_new_people)
     say(f"   {out / 'embedding-report' / 'report.md'}")

@@ -12,7 +12,8 @@ folder, which :func:`training.encoder.load_encoder` then reads as is.
 
 Output folder layout: ``encoder_card.json``, ``tower/``, ``head.safetensors``, ``preprocessor_config.json``
 (the export, written at the end), ``metrics.jsonl`` (one JSON line per epoch, epoch 0 = untrained),
-``checkpoints/last.pt`` and ``checkpoints/best.pt`` (resume state), ``run.json`` (settings and data of the
+``model_card.md`` (the card for people: data, metrics per epoch, settings), ``checkpoints/last.pt`` and
+``checkpoints/best.pt`` (resume state), ``run.json`` (settings and data of the
 run), ``cache/`` (head mode's cached features).
 """
 
@@ -29,8 +30,16 @@ import torch
 from engine.errors import InvalidInput
 from training.batches import BatchSource, FeatureBatches, ImageBatches, cache_features
 from training.callbacks import Checkpointing, EarlyStopping, MetricsLog, ProgressBar, TrainerCallback
+from training.card import read_epochs, write_model_card
 from training.checkpoints import check_resumable, read_checkpoint, run_record
-from training.data import Photo, PhotoDataset, check_disjoint, read_dataset, split_by_identity
+from training.data import (
+    Photo,
+    PhotoDataset,
+    check_disjoint,
+    group_by_identity,
+    read_dataset,
+    split_by_identity,
+)
 from training.evaluator import Evaluator, FeatureEvaluator, PhotoEvaluator, brief
 from training.losses import build_loss
 from training.samplers import PKBatchSampler
@@ -80,6 +89,11 @@ def prepare_data(
             seed=settings.seed,
         )
     check_disjoint(train, val)
+    if settings.min_train_photos > 1:
+        # A person with one photo is only ever its own augmented view: a pair that teaches the photo's
+        # background and clothes, not the person (measured in docs/training.md).
+        groups = group_by_identity(train)
+        train = [p for p in train if len(groups[p.identity]) >= settings.min_train_photos]
     return train, val
 
 
@@ -183,8 +197,10 @@ def train(
         "epochs_run": state.epoch,
         "steps": state.step,
         "stopped_early": state.stopped_early,
+        "epochs": read_epochs(out / "metrics.jsonl"),
     }
     save_encoder(encoder, out, card)
+    write_model_card(out)
     result = TrainResult(
         out_dir=out,
         encoder_id=encoder.encoder_id,

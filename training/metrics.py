@@ -126,6 +126,60 @@ def retrieval_metrics(
     out["mean_diff_dist"] = diff_sum / diff_n if diff_n else float("nan")
     out["same_dist"] = np.concatenate(same_parts)
     out["diff_dist"] = np.concatenate(diff_parts)
+    # Per query (photos whose identity has another photo), for intervals by person: identity index, hit@k, AP@R.
+    out["query_identity"] = lab[queries]
+    for k in ks:
+        out[f"query_recall@{k}"] = hits[k][queries].astype(np.float64)
+    out["query_map@r"] = ap[queries]
+    return out
+
+
+def bootstrap_intervals(
+    metrics: dict[str, Any],
+    baseline: dict[str, Any] | None = None,
+    *,
+    keys: Sequence[str] = ("recall@1", "map@r"),
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of ``keys`` from a bootstrap over *people* (photos of a person are not independent).
+
+    ``metrics`` (and ``baseline``) are :func:`retrieval_metrics` results on the same photos. Each draw resamples
+    the query identities with replacement and averages their queries. With ``baseline``, also the paired
+    difference ``metrics - baseline`` under ``"<key> diff"`` (the same people in each draw).
+
+    Raises ``InvalidInput`` when a result lacks the per-query arrays or the two cover other queries.
+    """
+    if not 0.0 < level < 1.0:
+        raise InvalidInput(f"level must be in (0, 1), got {level}")
+    ident = np.asarray(metrics.get("query_identity"))
+    if ident.ndim != 1 or ident.size == 0:
+        raise InvalidInput("metrics hold no per-query values (query_identity); use retrieval_metrics")
+    if baseline is not None and not np.array_equal(np.asarray(baseline.get("query_identity")), ident):
+        raise InvalidInput("baseline covers other queries: compare two encoders on the same photos")
+    people, inverse = np.unique(ident, return_inverse=True)
+    n_people = len(people)
+    per_person = np.bincount(inverse, minlength=n_people).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_people, size=(n_boot, n_people))
+    weights = np.stack([np.bincount(d, minlength=n_people) for d in draws]).astype(np.float64)  # (B, people)
+    denom = weights @ per_person
+    alpha = (1.0 - level) / 2.0
+    out: dict[str, tuple[float, float]] = {}
+
+    def sums(result: dict[str, Any], key: str) -> np.ndarray:
+        values = np.asarray(result.get(f"query_{key}"), dtype=np.float64)
+        if values.shape != ident.shape:
+            raise InvalidInput(f"metrics hold no per-query {key!r}")
+        return np.bincount(inverse, weights=values, minlength=n_people)
+
+    for key in keys:
+        stat = (weights @ sums(metrics, key)) / denom
+        out[key] = (float(np.quantile(stat, alpha)), float(np.quantile(stat, 1 - alpha)))
+        if baseline is not None:
+            diff = stat - (weights @ sums(baseline, key)) / denom
+            out[f"{key} diff"] = (float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha)))
     return out
 
 

@@ -60,6 +60,9 @@ class TrainSettings(BaseModel):
     )
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     val_identities: int | None = Field(default=None, ge=2)
+    min_train_photos: int = Field(
+        default=1, ge=1, description="Training identities with fewer photos are left out (they still validate)."
+    )
     seed: int = 0
     patience: int = Field(default=3, ge=1, description="Epochs without a better MAP@R before stopping.")
     device: str = "auto"

@@ -68,8 +68,11 @@ def real_vision_config():  # -> transformers.Qwen3VLVisionConfig
     return Qwen3VLVisionConfig(**real_vision_config_dict())
 
 
-def tiny_config():  # -> transformers.Qwen3VLConfig
-    """A full ``Qwen3VLConfig`` (vision + text) small enough to build and save in about a second."""
+def tiny_config(vision: dict[str, Any] | None = None):  # -> transformers.Qwen3VLConfig
+    """A full ``Qwen3VLConfig`` (vision + text) small enough to build and save in about a second.
+
+    ``vision``: entries that replace those of :func:`tiny_vision_config_dict` (e.g. ``depth``, ``hidden_size``).
+    """
     from transformers import Qwen3VLConfig
 
     head_dim = 16
@@ -91,7 +94,7 @@ def tiny_config():  # -> transformers.Qwen3VLConfig
         },
     }
     return Qwen3VLConfig(
-        vision_config=tiny_vision_config_dict(),
+        vision_config={**tiny_vision_config_dict(), **(vision or {})},
         text_config=text,
         # Special tokens inside the tiny vocabulary, so the saved model is usable end to end.
         image_token_id=500,
@@ -101,11 +104,12 @@ def tiny_config():  # -> transformers.Qwen3VLConfig
     )
 
 
-def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, vision: dict[str, Any] | None = None) -> Path:
     """Save a randomly-initialised tiny ``Qwen3VLForConditionalGeneration`` in Hugging Face format.
 
     Writes ``config.json``, ``model.safetensors`` and a Qwen3-VL ``preprocessor_config.json`` into ``out_dir``
-    (created if missing). The same ``seed`` gives the same weights. Takes about a second on CPU.
+    (created if missing); ``vision`` overrides entries of the tiny vision config. The same ``seed`` gives the
+    same weights. Takes about a second on CPU.
     Returns ``out_dir`` as a ``Path``.
     """
     import torch
@@ -113,7 +117,7 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = tiny_config()
+    config = tiny_config(vision)
     # fork_rng: a fixed seed here must not reset the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

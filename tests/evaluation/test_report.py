@@ -71,11 +71,16 @@ def test_compare_writes_report_metrics_and_figures(compare_run: Path) -> None:
     assert "| metric | A: enc-a | B: enc-b | B - A |" in report
     for e in payload["encoders"]:
         assert e["encoder_id"] in report
-    row = re.search(r"^\| MAP@R \| ([0-9.]+) \| ([0-9.]+) \| ([+-][0-9.]+) \|$", report, re.M)
+    ci = r" \[([+-]?[0-9.]+), ([+-]?[0-9.]+)\]"  # each value carries its 95% interval (bootstrap by person)
+    row = re.search(rf"^\| MAP@R \| ([0-9.]+){ci} \| ([0-9.]+){ci} \| ([+-][0-9.]+){ci} \|$", report, re.M)
     assert row is not None
     a, b = (e["metrics"]["map@r"] for e in payload["encoders"])
-    assert float(row[1]) == pytest.approx(a, abs=5e-4) and float(row[2]) == pytest.approx(b, abs=5e-4)
-    assert float(row[3]) == pytest.approx(b - a, abs=1e-3)
+    assert float(row[1]) == pytest.approx(a, abs=5e-4) and float(row[4]) == pytest.approx(b, abs=5e-4)
+    assert float(row[7]) == pytest.approx(b - a, abs=1e-3)
+    for value, lo, hi in ((row[1], row[2], row[3]), (row[4], row[5], row[6]), (row[7], row[8], row[9])):
+        assert float(lo) - 1e-3 <= float(value) <= float(hi) + 1e-3
+    lo, hi = payload["encoders"][1]["intervals_95"]["map@r diff"]
+    assert lo <= b - a <= hi
 
 
 def test_metrics_json_equals_an_independent_recount(

@@ -41,6 +41,11 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
         assert (out / report).stat().st_size > 500
     text = "\n".join(lines)
     assert "shape (32,)" in text and "oracle" in text and "random" in text
+    # Held-out people, untrained vs trained, each with an interval and the paired gain's interval.
+    assert "held-out people (95% intervals" in text and "gain" in text
+    lo, hi = result.held_out_intervals["trained"]["map@r diff"]
+    gain = result.held_out_after["map@r"] - result.held_out_before["map@r"]
+    assert lo <= gain <= hi
 
 
 def test_demo_ends_with_the_commands_that_query_its_store_and_open_the_review_page(tmp_path: Path) -> None:

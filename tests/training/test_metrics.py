@@ -163,3 +163,28 @@ def test_pytorch_metric_learning_with_small_k_gets_map_at_r_wrong() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ours = retrieval_metrics(emb, labels)
     assert _pml(emb, labels, 1)["mean_average_precision_at_r"] != pytest.approx(ours["map@r"], abs=1e-3)
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_pair_the_difference() -> None:
+    from training.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(40), 3)
+    centres = rng.standard_normal((40, 8))
+    good = centres[labels] + 0.3 * rng.standard_normal((120, 8))
+    bad = rng.standard_normal((120, 8))
+    good /= np.linalg.norm(good, axis=1, keepdims=True)
+    bad /= np.linalg.norm(bad, axis=1, keepdims=True)
+    m_good, m_bad = retrieval_metrics(good, labels), retrieval_metrics(bad, labels)
+    ci = bootstrap_intervals(m_good, m_bad, n_boot=500)
+    for key in ("recall@1", "map@r"):
+        lo, hi = ci[key]
+        assert lo <= m_good[key] <= hi and hi - lo > 0
+        dlo, dhi = ci[f"{key} diff"]
+        assert dlo > 0  # clearly better, on the same people
+        assert dlo <= m_good[key] - m_bad[key] <= dhi
+    # Same encoder twice: the paired difference is exactly zero in every draw.
+    same = bootstrap_intervals(m_good, m_good, n_boot=200)
+    assert same["map@r diff"] == (0.0, 0.0)
+    with pytest.raises(InvalidInput, match="other queries"):
+        bootstrap_intervals(m_good, retrieval_metrics(good[:60], labels[:60]))

@@ -134,6 +134,13 @@ def test_head_mode_exports_a_directory_that_load_encoder_reads(
     assert card["data"]["val"]["identities"] == 6
     assert card["train_settings"]["mode"] == "head"
     assert card["validation"]["best_epoch"] == result.best_epoch
+    # The card carries every epoch's validation metrics, and its markdown twin says the same.
+    assert [e["epoch"] for e in card["epochs"]] == [0, 1, 2]
+    assert card["epochs"][1]["val"]["map@r"] == pytest.approx(log[1]["val"]["map@r"])
+    assert [e["best"] for e in card["epochs"]][result.best_epoch] is True
+    md = (out / "model_card.md").read_text()
+    assert result.encoder_id in md and f"best (epoch {result.best_epoch})" in md
+    assert md.count("\n| 2 | ") == 1 and f"{log[2]['val']['map@r']:.3f}" in md
     # The export embeds held-out photos exactly as validation did: same metrics through load_encoder.
     encoder = load_encoder(out, device="cpu")
     assert encoder.encoder_id == result.encoder_id and encoder.dim == 16 and encoder.pixel_budget == 64 * 64
