@@ -167,5 +167,8 @@ _METHOD_NOTES = """\
 - `market` (a reference, like the oracle it knows the true P): serves viewers in the round's order and ranks
   each one's candidates by P(i→j)·P(j→i)·P(j still has attention), the last factor Poisson in the likes it
   already sent j this round. With unlimited attention it is the oracle.
+- `sinkhorn` (a reference too, after Su et al. 2022): each round, the entropy-regularised allocation over
+  each viewer's top-50 open candidates by mutual P that gives every viewer k and keeps each receiver's
+  expected incoming likes within B, by Sinkhorn scaling; each viewer is shown their k largest shares.
 - With an untrained (tiny, random) encoder the vectors carry little of the traits; a lift near zero for
   `similarity`/`engine` is then the honest result, not a bug."""

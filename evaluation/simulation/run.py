@@ -23,7 +23,7 @@ from engine.store import Store, open_store
 from evaluation.calibration import Calibration, fit_calibration
 from evaluation.simulation.baselines import QdrantRecommend, Recon
 from evaluation.simulation.feedback import FeedbackLog, clone_store
-from evaluation.simulation.market import MarketReference
+from evaluation.simulation.market import MarketReference, SinkhornMarket
 from evaluation.simulation.metrics import SimulationResult, WorldResult, evaluate
 from evaluation.simulation.population import Population
 from evaluation.simulation.report import write_simulation_report
@@ -236,6 +236,8 @@ class WorldRun:
                 strats.append(oracle_strategy(compat, world))
             elif name == "market":
                 strats.append(MarketReference(compat, world, self.attention))
+            elif name == "sinkhorn":
+                strats.append(SinkhornMarket(compat, world, self.attention))
             else:
                 strats.append(self.shared[name])
         imps = run_rounds(

@@ -26,6 +26,7 @@ STRATEGIES: tuple[str, ...] = (
     "recon",
     "oracle",
     "market",
+    "sinkhorn",
 )
 # Strategies that learn from the decisions fed back after every round (each on a store of its own).
 LEARNING: frozenset[str] = frozenset({"engine", "engine_capped", "qdrant_average", "qdrant_best", "recon"})
@@ -40,6 +41,7 @@ STRATEGY_LABELS: dict[str, str] = {
     "recon": "RECON-style reciprocal content",
     "oracle": "oracle (true P, ceiling)",
     "market": "market reference (true P, attention-aware)",
+    "sinkhorn": "market reference (Sinkhorn, top-N, true P)",
 }
 
 

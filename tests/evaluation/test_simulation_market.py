@@ -82,22 +82,70 @@ def test_effective_matches_in_the_metrics(cal: Calibration, pop: Population) -> 
     assert e.lo <= e.value <= e.hi
 
 
-@pytest.mark.parametrize("world_name", ["similarity", "aspiration"])
+@pytest.mark.parametrize("world_name", ["similarity", "aspiration", "mixed"])
 def test_market_reference_never_below_the_oracle(cal: Calibration, pop: Population, world_name: str) -> None:
-    from evaluation.simulation.market import MarketReference
+    from evaluation.simulation.market import MarketReference, SinkhornMarket
 
     compat = pop.compatible()
     world = build_world(world_name, pop, compat, cal)
-    k, b = 10, 3
-    strats: list[Strategy] = [oracle_strategy(compat, world), MarketReference(compat, world, b)]
-    imps = run_rounds(strats, world, rounds=3, k=k, seed=0, compat=compat, attention=b)
-    oracle, market = imps["oracle"].effective.sum(), imps["market"].effective.sum()
-    assert market >= oracle, (world_name, market, oracle)
-    # Unlimited attention: the market reference is the oracle, pick for pick.
+    k = 10
+    for b in (3, 8):
+        strats: list[Strategy] = [
+            oracle_strategy(compat, world),
+            MarketReference(compat, world, b),
+            SinkhornMarket(compat, world, b),
+        ]
+        imps = run_rounds(strats, world, rounds=3, k=k, seed=0, compat=compat, attention=b)
+        oracle = imps["oracle"].effective.sum()
+        for name in ("market", "sinkhorn"):
+            assert imps[name].effective.sum() >= oracle, (world_name, b, name, imps[name].effective.sum(), oracle)
+            assert imps[name].shortfall == imps["oracle"].shortfall  # every viewer still gets k
+    # Congested (B = 3, aspiration: everyone wants the same few): the allocation leaves far less unseen.
+    if world_name == "aspiration":
+        imps = run_rounds(
+            [oracle_strategy(compat, world), SinkhornMarket(compat, world, 3)],
+            world,
+            rounds=3,
+            k=k,
+            seed=0,
+            attention=3,
+        )
+        assert imps["sinkhorn"].effective.sum() > 1.2 * imps["oracle"].effective.sum()
+    # Unlimited attention: both references are the oracle, pick for pick.
     same = run_rounds(
-        [oracle_strategy(compat, world), MarketReference(compat, world, None)], world, rounds=2, k=k, seed=0
+        [oracle_strategy(compat, world), MarketReference(compat, world, None), SinkhornMarket(compat, world, None)],
+        world,
+        rounds=2,
+        k=k,
+        seed=0,
     )
     assert np.array_equal(same["oracle"].candidate, same["market"].candidate)
+    assert np.array_equal(same["oracle"].candidate, same["sinkhorn"].candidate)
+
+
+def test_sinkhorn_plan_meets_its_constraints(cal: Calibration, pop: Population) -> None:
+    from evaluation.simulation.market import SinkhornMarket
+
+    compat = pop.compatible()
+    world = build_world("aspiration", pop, compat, cal)
+    sk = SinkhornMarket(compat, world, 4, top_n=30)
+    x = sk.allocation(5)
+    pool = np.minimum(5, compat.sum(axis=1))
+    assert np.allclose(x.sum(axis=1)[pool >= 5], 5.0, atol=0.05)  # each viewer's k (where 30 are open)
+    assert np.all((x >= 0) & (x <= 1.0 + 1e-9)) and not np.any(x[~compat] > 0)
+    assert np.all((x > 0).sum(axis=1) <= 30)  # only the top-N carry mass
+    load = (x * world.p).sum(axis=0)
+    # Receivers' expected likes over their attention: a small fraction of what the oracle's top-5 sends.
+    top = np.zeros_like(x)
+    mutual = np.where(compat, world.mutual(), -1.0)
+    idx = np.argsort(-mutual, axis=1)[:, :5]
+    top[np.repeat(np.arange(pop.n), 5), idx.ravel()] = 1.0
+    top *= compat
+    excess = float(np.maximum(load - 4.0, 0).sum())
+    oracle_excess = float(np.maximum((top * world.p).sum(axis=0) - 4.0, 0).sum())
+    assert excess < 0.1 * oracle_excess, (excess, oracle_excess)
+    with pytest.raises(InvalidInput, match="sinkhorn"):
+        SinkhornMarket(compat, world, 0)
 
 
 def test_cli_attention_flag_reaches_simulate(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
