@@ -154,28 +154,27 @@ def _stats_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register_delete_user(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    """``matcher delete-user USER_ID``."""
+    """``matcher delete-user USER_ID [USER_ID ...]``."""
     p = sub.add_parser(
         "delete-user",
-        help="remove every stored point of one user",
-        description="Remove USER_ID's photos and user vector from every collection (erasure request). "
-        "Exit status 1 if the user was not stored.",
+        help="remove every stored point of one user (or several)",
+        description="Remove each USER_ID's photos, user vector and feedback from every collection (erasure "
+        "request). On the embedded store the files are then rewritten so no byte of them remains (a copy of "
+        "the store: give several ids to pay it once). Exit status 1 if a user was not stored.",
     )
-    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("user_ids", nargs="+", metavar="USER_ID")
     p.set_defaults(func=_delete_user_command)
 
 
 def _delete_user_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.store import open_store
-    from engine.users import delete_user
+    from engine.users import delete_users
 
     with open_store(settings, create=False) as store:
-        removed = delete_user(store, args.user_id, settings=settings)
-    if removed == 0:
-        print(f"{args.user_id}: not in the store (nothing removed)")
-        return 1
-    print(f"{args.user_id}: removed {removed} points")
-    return 0
+        removed = delete_users(store, args.user_ids, settings=settings)
+    for uid, n in removed.items():
+        print(f"{uid}: removed {n} points" if n else f"{uid}: not in the store (nothing removed)")
+    return 1 if any(n == 0 for n in removed.values()) else 0
 
 
 # -- feedback -----------------------------------------------------------------------------------------------

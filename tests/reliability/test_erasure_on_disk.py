@@ -143,3 +143,37 @@ def test_deleting_a_user_not_stored_rewrites_nothing(ingested, monkeypatch) -> N
     with open_store(settings) as store:
         assert delete_user(store, "nobody_here", settings=settings) == 0
     assert calls == [] and not (settings.store_path / ".erasure-pending").exists()
+
+
+def test_several_users_in_one_command_pay_one_rewrite(ingested, capsys, monkeypatch) -> None:
+    from matcher.cli import main
+
+    demo, settings, victim = ingested
+    lines = (demo / "metadata.csv").read_text(encoding="utf-8").splitlines()
+    other = sorted({line.split(",")[0] for line in lines[1:]})[9]
+    needles = {f"{u} {k}": v for u in (victim, other) for k, v in _needles(settings, u).items()}
+    rewrites: list[str] = []
+    real = EdgeStore._rewrite
+    monkeypatch.setattr(EdgeStore, "_rewrite", lambda self, c: (rewrites.append(c), real(self, c))[1])
+    code = main(["--store", str(settings.store_path), "delete-user", victim, other, "nobody_here", victim])
+    out = capsys.readouterr().out
+    assert code == 1  # one of them was not stored
+    assert f"{victim}: removed" in out and f"{other}: removed" in out and "nobody_here: not in the store" in out
+    assert sorted(rewrites) == ["feedback", "matcher_meta", "photos", "users"]  # each collection once
+    assert _found(settings.store_path, needles) == {}
+
+
+def test_local_mode_leaves_no_id_after_delete_user(demo: Path, tiny_encoder, rel_settings: Settings) -> None:
+    from matcher.cli import main
+
+    settings = rel_settings.model_copy(update={"store_backend": "local"})
+    meta = demo / "metadata.csv"
+    lines = meta.read_text(encoding="utf-8").splitlines()
+    victim = sorted({line.split(",")[0] for line in lines[1:]})[2]
+    run_ingest(demo, meta, settings=settings, encoder=tiny_encoder)
+    needles = _needles(settings, victim)
+    before = _found(settings.store_path, needles)
+    # Local mode pickles its points into SQLite: the id and hashes are there as text, the vectors not as float32.
+    assert {"user id", "photo 0 sha256"} <= set(before), before
+    assert main(["--store", str(settings.store_path), "--backend", "local", "delete-user", victim]) == 0
+    assert _found(settings.store_path, needles) == {}
