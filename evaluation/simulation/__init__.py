@@ -47,8 +47,16 @@ candidates per round for ``R`` rounds: ``random`` (within the compatibility filt
 that a real app estimates from like counts), ``similarity`` (one-sided: the store's nearest neighbours of the
 viewer's mean vector under the compatibility filter — ANN only), ``engine`` (``recommend()`` excluding those
 already shown; with ``engine_likes`` also given the viewer's likes so far), ``engine_capped`` (the engine,
-skipping anyone already shown ``exposure_cap`` times this round) and ``oracle`` (ranks by the true mutual-like
-probability ``P(i→j) · P(j→i)``: the ceiling).
+skipping anyone already shown ``exposure_cap`` times this round), ``qdrant_average`` / ``qdrant_best``
+(Qdrant's Recommendation API, ``average_vector`` / ``best_score``, the viewer's logged likes as positives and
+passes as negatives, same filter), ``recon`` (RECON-style reciprocal content score; ``baselines``) and
+``oracle`` (ranks by the true mutual-like probability ``P(i→j) · P(j→i)``: the ceiling).
+
+Feedback (default on, ``simulate(feedback=False)`` / ``--no-feedback`` to turn off): every learning strategy
+(the engine ones, ``qdrant_*``, ``recon``) runs on a clone of the ingested store of its own, and each round's
+likes *and* passes are recorded into it (``engine.feedback``) before the next round; the engine then rebuilds
+its learned preference model (``engine.learning``), as a nightly batch would. Strategies get the store and the
+users' ids only, never the hidden traits (a test runs them with ``truth.json`` deleted).
 
 A shown pair's outcome is fixed by a counter-based uniform ``u(i, j)`` of the seed (``i`` likes ``j`` iff
 ``u(i, j) < P(i→j)``; the reply is ``u(j, i) < P(j→i)``), so every strategy meets the same randomness:
