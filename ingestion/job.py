@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -30,37 +30,28 @@ from tqdm import tqdm
 
 from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
 from engine.filters import Filter, MatchAny
-from engine.reciprocity import Departed, RefreshReport, departures, refresh, refresh_changed
+from engine.reciprocity import Departed, RefreshReport, refresh, refresh_changed
 from engine.schema import (
     ENCODER_ID,
-    META,
-    NO_PHOTOS_KIND,
     PHOTO_FIELDS,
     PHOTO_SHA256,
     PHOTOS,
-    STAT_FIELDS,
-    USER_FIELDS,
     USER_ID,
-    USERS,
-    no_photos_point_id,
     photo_payload,
     photo_point_id,
-    user_payload,
-    user_point_id,
 )
 from engine.settings import Settings
 from engine.store.base import Point, Store
-from engine.store.meta import META_VECTOR
 from ingestion.metadata import Metadata, PhotoRef, UserRecord, load_metadata
 from ingestion.reader import Refused, decode_photo, read_photo
 from ingestion.report import IngestReport, Notice, Reason, Rejection
+from ingestion.users import USERS_PER_CALL, UserPoints, UserState
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # User ids per MatchAny filter when listing stored photos (keeps each filter small).
-_USERS_PER_SCROLL = 256
 
 
 class Embedder(Protocol):
@@ -179,15 +170,6 @@ class _Pending:
     image: Image.Image
 
 
-@dataclass
-class _UserState:
-    """What the store holds for one user's photos: sha256 -> (point id, payload)."""
-
-    stored: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    kept: set[str] = field(default_factory=set)  # hashes accepted in this run (stored, skipped or updated)
-    first_path: dict[str, str] = field(default_factory=dict)  # sha256 -> first rel_path with it in this run
-
-
 class _Job:
     def __init__(
         self,
@@ -206,11 +188,10 @@ class _Job:
         self.store = store
         self.report = report
         self.prune = prune
-        self.users: dict[str, _UserState] = {uid: _UserState() for uid in meta.users}
+        self.users: dict[str, UserState] = {uid: UserState() for uid in meta.users}
         self.pending: list[_Pending] = []
         self.to_write: list[Point] = []
         self.to_update: list[tuple[str, dict[str, Any]]] = []  # (photo point id, new payload)
-        self.existing_users: dict[str, dict[str, Any]] = {}  # user point id -> stored payload
         # Users this run rewrote or deleted, for the incremental reciprocity refresh.
         self.arrived: list[str] = []
         self.departed: list[Departed] = []
@@ -268,8 +249,9 @@ class _Job:
         if self.prune:
             self._prune()
         with _timed(self.report, "users"):
-            self._write_users()
-            self._record_users_without_photos()
+            users = UserPoints(self.store, self.retry, self.settings, self.encoder.encoder_id, self.report)
+            self.arrived, self.departed = users.write(self.users, self.meta.users)
+            users.record_without_photos(sorted(self.users))
         self._refresh()
         with _timed(self.report, "optimize"):
             self.retry("optimize", self.store.optimize)
@@ -279,8 +261,8 @@ class _Job:
         """Hashes and payloads of the stored photos of every user in the metadata (no vectors)."""
         uids = sorted(self.users)
         with _timed(self.report, "read"):
-            for i in range(0, len(uids), _USERS_PER_SCROLL):
-                chunk = uids[i : i + _USERS_PER_SCROLL]
+            for i in range(0, len(uids), USERS_PER_CALL):
+                chunk = uids[i : i + USERS_PER_CALL]
                 flt = Filter(must=(MatchAny.of(USER_ID, chunk),))
                 points = self.retry("scroll photos", _scroll_all, self.store, PHOTOS, flt)
                 for p in points:
@@ -438,120 +420,6 @@ class _Job:
             with _timed(self.report, "write"):
                 self.retry("delete photos", self.store.delete, PHOTOS, chunk)
             self.report.counts.photos_pruned += len(chunk)
-
-    def _write_users(self) -> None:
-        """Make each metadata user's point match the store: the normalised mean of *all* its stored
-        photo vectors, ``photo_ids`` naming them. Users already right are left alone (a re-run writes none).
-        """
-        c = self.report.counts
-        uids = sorted(self.users)
-        existing = self.existing_users
-        for i in range(0, len(uids), _USERS_PER_SCROLL):
-            ids = [user_point_id(u) for u in uids[i : i + _USERS_PER_SCROLL]]
-            for p in self.retry("retrieve users", self.store.retrieve, USERS, ids):
-                existing[p.id] = p.payload
-
-        stale: list[str] = []
-        to_delete: list[str] = []
-        deleted_uids: list[str] = []
-        for uid in uids:
-            state, record = self.users[uid], self.meta.users[uid]
-            photo_ids = sorted(pid for pid, _ in state.stored.values())
-            upid = user_point_id(uid)
-            if not photo_ids:
-                self.report.users_without_photos.append(uid)
-                if upid in existing:
-                    to_delete.append(upid)
-                    deleted_uids.append(uid)
-                continue
-            want = self._user_payload(record, photo_ids)
-            have = existing.get(upid)
-            if have is None or {k: have.get(k) for k in USER_FIELDS} != want:
-                stale.append(uid)
-        c.users_without_photos = len(self.report.users_without_photos)
-        # As they are before this run changes them: what other users' statistics were computed with.
-        before = [uid for uid in stale if user_point_id(uid) in existing] + deleted_uids
-        self.departed = self.retry("retrieve users", departures, self.store, before)
-        self.arrived = stale
-
-        size = self.settings.ingest.write_batch_size
-        batch_uids: list[str] = []
-        batch_photos = 0
-        for uid in stale:
-            batch_uids.append(uid)
-            batch_photos += len(self.users[uid].stored)
-            if batch_photos >= size:
-                self._write_user_batch(batch_uids)
-                batch_uids, batch_photos = [], 0
-        self._write_user_batch(batch_uids)
-        for i in range(0, len(to_delete), size):
-            chunk = to_delete[i : i + size]
-            self.retry("delete users", self.store.delete, USERS, chunk)
-            c.users_deleted += len(chunk)
-
-    def _record_users_without_photos(self) -> None:
-        """A record in META for each metadata user with no stored photo (with this run's reasons), removed
-        once the user has one: ``recommend`` then says "all photos rejected", not "not in the store"."""
-        without = set(self.report.users_without_photos)
-        reasons: dict[str, set[str]] = {}
-        for r in self.report.rejected:
-            if r.kind == "photo" and r.user_id in without:
-                reasons.setdefault(r.user_id, set()).add(r.reason.value)
-        uids = sorted(self.users)
-        have: set[str] = set()
-        for i in range(0, len(uids), _USERS_PER_SCROLL):
-            ids = [no_photos_point_id(u) for u in uids[i : i + _USERS_PER_SCROLL]]
-            have.update(p.id for p in self.retry("retrieve meta", self.store.retrieve, META, ids))
-        points = [
-            Point(
-                id=no_photos_point_id(uid),
-                vector=META_VECTOR,
-                payload={"kind": NO_PHOTOS_KIND, "user_id": uid, "reasons": sorted(reasons.get(uid, ()))},
-            )
-            for uid in sorted(without)
-        ]
-        gone = sorted(no_photos_point_id(u) for u in uids if u not in without and no_photos_point_id(u) in have)
-        size = self.settings.ingest.write_batch_size
-        for i in range(0, len(points), size):
-            self.retry("upsert meta", self.store.upsert, META, points[i : i + size])
-        for i in range(0, len(gone), size):
-            self.retry("delete meta", self.store.delete, META, gone[i : i + size])
-
-    def _user_payload(self, record: UserRecord, photo_ids: list[str]) -> dict[str, Any]:
-        return dict(user_payload(record, photo_ids, self.encoder.encoder_id))
-
-    def _write_user_batch(self, uids: list[str]) -> None:
-        if not uids:
-            return
-        wanted = [pid for uid in uids for pid, _ in self.users[uid].stored.values()]
-        got = self.retry("retrieve photos", self.store.retrieve, PHOTOS, wanted, with_vectors=True)
-        by_user: dict[str, list[Point]] = {}
-        for p in got:
-            if p.vector is not None:
-                by_user.setdefault(str(p.payload.get(USER_ID)), []).append(p)
-        points: list[Point] = []
-        for uid in uids:
-            # Sorted by id: the float sum, hence the vector, is the same on every run.
-            photos = sorted(by_user.get(uid, []), key=lambda p: p.id)
-            if not photos:
-                continue
-            mean = np.mean(np.stack([np.asarray(p.vector, dtype=np.float32) for p in photos]), axis=0)
-            norm = float(np.linalg.norm(mean))
-            if norm == 0.0:
-                log.warning("user %s: photo vectors cancel out; no user vector written", uid)
-                continue
-            # Keep what other parts keep in the user's point (the like history). The reciprocity statistics
-            # are dropped: if the run stops before its refresh, the next one finds this user without them
-            # and handles them as new.
-            have = self.existing_users.get(user_point_id(uid), {})
-            kept = {k: v for k, v in have.items() if k not in USER_FIELDS and k not in STAT_FIELDS}
-            payload = {**kept, **self._user_payload(self.meta.users[uid], [p.id for p in photos])}
-            points.append(
-                Point(id=user_point_id(uid), vector=(mean / norm).astype(np.float32), payload=payload)
-            )
-        if points:
-            self.retry("upsert users", self.store.upsert, USERS, points)
-            self.report.counts.users_written += len(points)
 
     def _refresh(self) -> None:
         """Bring the reciprocity statistics in users' payloads up to date for what this run changed.
