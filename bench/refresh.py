@@ -15,13 +15,15 @@ For each population size n, on the embedded Edge store (the default backend), in
 
 Peak RSS is the kernel's high-water mark (VmHWM), reset before each stage through ``/proc/self/clear_refs``.
 
-``--compute-only N`` skips the store: it builds N users in memory and times ``compatible_topk`` (the full
-pass's numpy part) on whole (gender, seeking, age, window) groups covering ``--sample`` of the users, and
-extrapolates by the exact multiply-add count of every group (pool size x members x dim): the way to size a
-1 M-user full pass without building a 1 M-user store.
+``--users-only`` writes the users collection alone (no photos, no ``optimize()``, no ``recommend()``): what
+the refresh passes read, at a fraction of the build time. ``--compute-only N`` skips the store: it builds N
+users in memory and times ``compatible_topk`` (the full pass's numpy part) on whole (gender, seeking, age,
+window) groups covering ``--sample`` of the users, and extrapolates by the exact multiply-add count of every
+group (pool size x members x dim): the way to size a 1 M-user full pass without building a 1 M-user store.
 
-    nice -n 10 python bench/refresh.py --users 100000 --json
-    nice -n 10 python bench/refresh.py --compute-only 1000000 --sample 0.04 --json
+    nice -n 10 python bench/refresh.py --users 100000
+    nice -n 10 python bench/refresh.py --users 300000 --users-only --no-reference --deletes 1
+    nice -n 10 python bench/refresh.py --compute-only 1000000 --sample 0.03
 """
 
 from __future__ import annotations
@@ -82,11 +84,11 @@ def _reset_peak() -> None:
         pass
 
 
-def _write_users(store: Store, pop: Population, start: int, stop: int, batch: int) -> None:
+def _write_users(store: Store, pop: Population, start: int, stop: int, batch: int, photos_too: bool = True) -> None:
     """Photos and user points of users ``start:stop``, as ingestion writes them (no statistics yet)."""
     for lo in range(start, stop, CHUNK):
         hi = min(lo + CHUNK, stop)
-        points = photo_points(pop, lo, hi)
+        points = photo_points(pop, lo, hi) if photos_too else []
         for b in range(0, len(points), batch):
             store.upsert(PHOTOS, points[b : b + batch])
         users = []
@@ -143,27 +145,30 @@ def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
     batch = settings.ingest.write_batch_size
     with open_store(settings) as store:
         store.setup(ENCODER_ID, args.dim, rebuild=True)
-        _timed(row, "write", _write_users, store, pop, 0, n, batch)
-        _timed(row, "optimize", store.optimize)
+        full_store = not args.users_only
+        _timed(row, "write", _write_users, store, pop, 0, n, batch, full_store)
+        if full_store:
+            _timed(row, "optimize", store.optimize)
         rep = _timed(row, "full_first", refresh, store, settings)
         row["full_first_rewritten"] = rep.rewritten
         row["store_disk_mb"] = _disk_mb(path)
 
         rng = np.random.default_rng(args.seed + 1)
-        askers = rng.choice(n, size=min(args.queries, n), replace=False)
-        for i in askers[:5]:  # warm-up: page in the segments
-            recommend(pop.ids[i], 20, store=store, settings=settings)
-        lat = []
-        for i in askers:
-            t = time.perf_counter()
-            recommend(pop.ids[i], 20, store=store, settings=settings)
-            lat.append((time.perf_counter() - t) * 1000)
-        row["recommend_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
-        row["recommend_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
-        row["queries"] = len(lat)
-        row["serving_rss_mb"] = round(_status("VmRSS"))
+        if full_store:
+            askers = rng.choice(n, size=min(args.queries, n), replace=False)
+            for i in askers[:5]:  # warm-up: page in the segments
+                recommend(pop.ids[i], 20, store=store, settings=settings)
+            lat = []
+            for i in askers:
+                t = time.perf_counter()
+                recommend(pop.ids[i], 20, store=store, settings=settings)
+                lat.append((time.perf_counter() - t) * 1000)
+            row["recommend_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
+            row["recommend_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
+            row["queries"] = len(lat)
+            row["serving_rss_mb"] = round(_status("VmRSS"))
 
-        _timed(row, "write_added", _write_users, store, pop, n, n + added, batch)
+        _timed(row, "write_added", _write_users, store, pop, n, n + added, batch, full_store)
         if args.reference:
             # The same state twice: the full pass, then (its statistics put back as they were) the incremental.
             before = _stats_of(store)
@@ -236,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--add-fraction", type=float, default=0.01, help="users added before the incremental pass")
     ap.add_argument("--deletes", type=int, default=5, help="users deleted with delete_user after it")
     ap.add_argument("--queries", type=int, default=200, help="recommend() calls timed")
+    ap.add_argument(
+        "--users-only",
+        action="store_true",
+        help="users collection only: no photos, no optimize(), no recommend() timing (refresh reads only users)",
+    )
     ap.add_argument(
         "--no-reference",
         dest="reference",
