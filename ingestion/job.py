@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +24,9 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tqdm import tqdm
 
-from engine.errors import InvalidInput, StoreLocked, StoreUnavailable
+from engine.errors import InvalidInput
 from engine.filters import Filter, MatchAny
 from engine.reciprocity import Departed, RefreshReport, refresh, refresh_changed
 from engine.schema import (
@@ -45,6 +43,7 @@ from engine.store.base import Point, Store
 from ingestion.metadata import Metadata, PhotoRef, UserRecord, load_metadata
 from ingestion.reader import Refused, decode_photo, read_photo
 from ingestion.report import IngestReport, Notice, Reason, Rejection
+from ingestion.store_calls import retry_store_call, timed
 from ingestion.users import USERS_PER_CALL, UserPoints, UserState
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def run_ingest(
     )
     own_store = store is None
     try:
-        with _timed(report, "metadata"):
+        with timed(report, "metadata"):
             photos_dir = Path(photos_dir)
             if not photos_dir.is_dir():
                 raise InvalidInput(f"{photos_dir}: PHOTOS_DIR is not a folder")
@@ -104,7 +103,7 @@ def run_ingest(
         report.counts.metadata_lines = meta.lines
         report.counts.metadata_blank_lines = meta.blank_lines
         report.counts.rows_accepted = meta.rows_accepted
-        with _timed(report, "setup"):
+        with timed(report, "setup"):
             if store is None:  # before the encoder: a locked or down store fails in seconds, not minutes
                 from engine.store import open_store
 
@@ -149,20 +148,6 @@ def _scroll_all(store: Store, collection: str, flt: Filter) -> list[Point]:
     return list(store.scroll(collection, flt))
 
 
-@contextmanager
-def _timed(report: IngestReport, stage: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        setattr(report.stage_seconds, stage, getattr(report.stage_seconds, stage) + time.perf_counter() - t0)
-
-
-def _retryable(exc: BaseException) -> bool:
-    # A held lock will not go away by waiting a few seconds; every other StoreUnavailable may.
-    return isinstance(exc, StoreUnavailable) and not isinstance(exc, StoreLocked)
-
-
 @dataclass
 class _Pending:
     ref: PhotoRef
@@ -198,31 +183,8 @@ class _Job:
 
     # -- store calls ---------------------------------------------------------------------------------------
     def retry(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``, retried with bounded backoff on a transient ``StoreUnavailable``."""
-        ing = self.settings.ingest
-
-        def warn(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "store %s failed (try %d of %d): %s", what, state.attempt_number, ing.retry_attempts, exc
-            )
-
-        retrying = Retrying(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(ing.retry_attempts),
-            wait=wait_exponential(multiplier=0.25, max=ing.retry_max_wait_s),
-            before_sleep=warn,
-            reraise=True,
-        )
-        try:
-            return retrying(fn, *args, **kwargs)
-        except StoreUnavailable as exc:
-            if isinstance(exc, StoreLocked):
-                raise
-            raise StoreUnavailable(
-                f"store still failing after {ing.retry_attempts} tries ({what}): {exc}. What was written "
-                "before is kept; run the same command again to finish"
-            ) from exc
+        """``fn(*args, **kwargs)`` under the ingestion's retry policy (``ingestion.store_calls``)."""
+        return retry_store_call(self.settings.ingest, what, fn, *args, **kwargs)
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -248,19 +210,19 @@ class _Job:
         self._drop_replaced()
         if self.prune:
             self._prune()
-        with _timed(self.report, "users"):
+        with timed(self.report, "users"):
             users = UserPoints(self.store, self.retry, self.settings, self.encoder.encoder_id, self.report)
             self.arrived, self.departed = users.write(self.users, self.meta.users)
             users.record_without_photos(sorted(self.users))
         self._refresh()
-        with _timed(self.report, "optimize"):
+        with timed(self.report, "optimize"):
             self.retry("optimize", self.store.optimize)
         self.report.optimized = True
 
     def _load_stored(self) -> None:
         """Hashes and payloads of the stored photos of every user in the metadata (no vectors)."""
         uids = sorted(self.users)
-        with _timed(self.report, "read"):
+        with timed(self.report, "read"):
             for i in range(0, len(uids), USERS_PER_CALL):
                 chunk = uids[i : i + USERS_PER_CALL]
                 flt = Filter(must=(MatchAny.of(USER_ID, chunk),))
@@ -292,7 +254,7 @@ class _Job:
         c.photos_seen += 1
         state = self.users[ref.user_id]
         user = self.meta.users[ref.user_id]
-        with _timed(self.report, "read"):
+        with timed(self.report, "read"):
             raw = read_photo(self.root, ref.rel_path, self.settings.images)
         if isinstance(raw, Refused):
             self._reject_photo(ref, raw)
@@ -312,7 +274,7 @@ class _Job:
             else:
                 c.photos_skipped += 1
             return
-        with _timed(self.report, "preprocess"):
+        with timed(self.report, "preprocess"):
             decoded = decode_photo(raw, self.settings.images)
         if isinstance(decoded, Refused):
             state.first_path.pop(raw.sha256, None)
@@ -329,7 +291,7 @@ class _Job:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        with _timed(self.report, "encode"):
+        with timed(self.report, "encode"):
             try:
                 vectors = self._embed(batch)
             except InvalidInput:
@@ -368,7 +330,7 @@ class _Job:
         size = self.settings.ingest.write_batch_size
         while self.to_write and (force or len(self.to_write) >= size):
             chunk, self.to_write = self.to_write[:size], self.to_write[size:]
-            with _timed(self.report, "write"):
+            with timed(self.report, "write"):
                 self.retry("upsert photos", self.store.upsert, PHOTOS, chunk)
             # Counted only once acknowledged: the report never claims a photo the store does not hold.
             for p in chunk:
@@ -384,7 +346,7 @@ class _Job:
         size = self.settings.ingest.write_batch_size
         for i in range(0, len(self.to_update), size):
             chunk = dict(self.to_update[i : i + size])
-            with _timed(self.report, "write"):
+            with timed(self.report, "write"):
                 # A photos point holds the job's keys only, so setting them all is the whole new payload.
                 self.retry("update photos", self.store.set_payload, PHOTOS, chunk)
             for pid, payload in chunk.items():
@@ -401,12 +363,7 @@ class _Job:
             for sha in sorted(set(state.stored) - state.kept):
                 if state.stored[sha][1].get("source_path") in paths:
                     ids.append(state.stored.pop(sha)[0])
-        size = self.settings.ingest.write_batch_size
-        for i in range(0, len(ids), size):
-            chunk = ids[i : i + size]
-            with _timed(self.report, "write"):
-                self.retry("delete photos", self.store.delete, PHOTOS, chunk)
-            self.report.counts.photos_replaced += len(chunk)
+        self.report.counts.photos_replaced += self._delete_photos(ids)
 
     def _prune(self) -> None:
         """Delete stored photos of metadata users not accepted in this run (left the metadata, now bad)."""
@@ -414,12 +371,17 @@ class _Job:
         for state in self.users.values():
             for sha in sorted(set(state.stored) - state.kept):
                 ids.append(state.stored.pop(sha)[0])
-        size = self.settings.ingest.write_batch_size
+        self.report.counts.photos_pruned += self._delete_photos(ids)
+
+    def _delete_photos(self, ids: list[str]) -> int:
+        """Delete these photo points in write batches; returns how many (each batch counted once acknowledged)."""
+        size, done = self.settings.ingest.write_batch_size, 0
         for i in range(0, len(ids), size):
             chunk = ids[i : i + size]
-            with _timed(self.report, "write"):
+            with timed(self.report, "write"):
                 self.retry("delete photos", self.store.delete, PHOTOS, chunk)
-            self.report.counts.photos_pruned += len(chunk)
+            done += len(chunk)
+        return done
 
     def _refresh(self) -> None:
         """Bring the reciprocity statistics in users' payloads up to date for what this run changed.
@@ -435,6 +397,6 @@ class _Job:
                 return refresh(self.store, self.settings)
             return refresh_changed(self.store, self.settings, arrived=self.arrived, departed=self.departed)
 
-        with _timed(self.report, "reciprocity"):
+        with timed(self.report, "reciprocity"):
             self.retry("refresh reciprocity", once)
         self.report.reciprocity_refreshed = True

@@ -9,9 +9,8 @@ META with this run's reasons, so ``recommend`` can say why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -33,18 +32,12 @@ from engine.store.base import Point, Store
 from engine.store.meta import META_VECTOR
 from ingestion.metadata import UserRecord
 from ingestion.report import IngestReport
+from ingestion.store_calls import Retry
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 # User ids per store call when reading users' points (keeps each request and filter small).
 USERS_PER_CALL = 256
-
-
-class Retry(Protocol):
-    """The job's store-call policy: ``fn(*args, **kwargs)`` retried on a transient ``StoreUnavailable``."""
-
-    def __call__(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
 
 @dataclass

@@ -123,7 +123,7 @@ def test_short_outage_is_ridden_out(own_qdrant, demo, tmp_path, pixel_embedder, 
         container.pause()
         threading.Timer(2.0, container.unpause).start()
 
-    caplog.set_level(logging.WARNING, logger="ingestion.job")
+    caplog.set_level(logging.WARNING, logger="ingestion")
     with open_store(settings) as store:
         fault_at_photo_write(store, 2, pause_two_seconds)
         report = run_ingest(demo, demo / "metadata.csv", settings=settings, encoder=pixel_embedder, store=store)
