@@ -15,9 +15,10 @@ import pytest
 
 from engine.feedback import parse_event, record_feedback
 from engine.likes import record_likes
-from engine.schema import PHOTOS, USERS, user_point_id
+from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
+from engine.store.base import Point
 from engine.store.edge import EdgeStore
 from engine.users import delete_user
 from ingestion.job import run_ingest
@@ -52,6 +53,24 @@ def _found(root: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
                 if needle in data:
                     hits.setdefault(what, []).append(str(f.relative_to(root)))
     return hits
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Settings:
+    """A small Edge store written directly (no encoder): enough for the folder mechanics."""
+    settings = Settings(store_path=tmp_path / "small", progress=False)
+    rng = np.random.default_rng(0)
+    with open_store(settings) as store:
+        store.setup("enc", 8)
+        store.upsert(
+            PHOTOS,
+            [Point(photo_point_id(f"u{i}", "x"), rng.random(8, np.float32), {"user_id": f"u{i}"}) for i in range(9)],
+        )
+        store.upsert(
+            USERS, [Point(user_point_id(f"u{i}"), rng.random(8, np.float32), {"user_id": f"u{i}"}) for i in range(9)]
+        )
+        store.optimize()
+    return settings
 
 
 @pytest.fixture
@@ -121,8 +140,8 @@ def test_a_kill_between_delete_and_rewrite_is_finished_at_the_next_open(ingested
     assert _found(settings.store_path, needles) == {}
 
 
-def test_a_kill_between_the_two_renames_is_settled(ingested) -> None:
-    _, settings, _ = ingested
+def test_a_kill_between_the_two_renames_is_settled(small_store: Settings) -> None:
+    settings = small_store
     root = settings.store_path
     with open_store(settings) as store:
         n = store.count(PHOTOS)
@@ -136,8 +155,8 @@ def test_a_kill_between_the_two_renames_is_settled(ingested) -> None:
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["feedback", "matcher_meta", "photos", "users"]
 
 
-def test_deleting_a_user_not_stored_rewrites_nothing(ingested, monkeypatch) -> None:
-    _, settings, _ = ingested
+def test_deleting_a_user_not_stored_rewrites_nothing(small_store: Settings, monkeypatch) -> None:
+    settings = small_store
     calls: list[str] = []
     monkeypatch.setattr(EdgeStore, "_rewrite", lambda self, c: calls.append(c))
     with open_store(settings) as store:
@@ -145,6 +164,7 @@ def test_deleting_a_user_not_stored_rewrites_nothing(ingested, monkeypatch) -> N
     assert calls == [] and not (settings.store_path / ".erasure-pending").exists()
 
 
+@pytest.mark.slow
 def test_several_users_in_one_command_pay_one_rewrite(ingested, capsys, monkeypatch) -> None:
     from matcher.cli import main
 
@@ -163,6 +183,7 @@ def test_several_users_in_one_command_pay_one_rewrite(ingested, capsys, monkeypa
     assert _found(settings.store_path, needles) == {}
 
 
+@pytest.mark.slow
 def test_local_mode_leaves_no_id_after_delete_user(demo: Path, tiny_encoder, rel_settings: Settings) -> None:
     from matcher.cli import main
 
