@@ -70,6 +70,7 @@ def record_likes(
 ) -> list[str]:
     """Add ``liked_ids`` to ``user_id``'s stored like history (or replace it) and update their ``taste``.
 
+    The user's own reciprocity statistics are recomputed at once (``engine.reciprocity.refresh_user``).
     Returns the stored history. Raises ``UserNotFound`` for an unknown user (the asker or a liked one),
     ``NoUserVector`` if the user has no vector, ``InvalidInput`` if a user likes themselves.
     """
@@ -97,5 +98,10 @@ def record_likes(
     else:
         payload[TASTE_FIELD] = taste
     store.upsert(USERS, [Point(id=point.id, vector=own, payload=payload)])
+    # Their own list is ranked by the new taste: recompute their kth_sim (imported here: reciprocity
+    # builds on this module's tastes).
+    from engine.reciprocity import refresh_user
+
+    refresh_user(store, settings, user_id)
     log.info("user %s: %d likes stored", user_id, len(history))
     return history

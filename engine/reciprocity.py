@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from engine.compatibility import compatible_filter
 from engine.errors import InvalidInput
 from engine.likes import taste_payload
 from engine.schema import (
@@ -57,7 +58,7 @@ from engine.schema import (
     user_point_id,
 )
 from engine.settings import Settings
-from engine.store.base import Point, ScoredPoint, Store
+from engine.store.base import Point, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +334,33 @@ def refresh_changed(
     return RefreshReport(
         users=n, rewritten=len(changes), skipped=pop.skipped, seconds=seconds, recomputed=len(rows), merged=n_merged
     )
+
+
+def refresh_user(store: Store, settings: Settings, user_id: str) -> bool:
+    """Recompute one user's own statistics after their taste changed (a new like history), with one exact
+    filtered top-K query of the store: nobody else's statistics depend on a user's taste (candidates are
+    judged by their mean vectors). Returns whether anything was written; an unknown user, or one without a
+    usable vector or profile, is left alone (False). Raises ``StoreUnavailable`` from the store."""
+    points = store.retrieve(USERS, [user_point_id(str(user_id))], with_vectors=True)
+    own = usable_vector(points[0]) if points else None
+    if own is None:
+        return False
+    p = points[0]
+    try:
+        profile = Profile.from_payload(p.payload, where=f"users point {p.id}")
+    except InvalidInput:
+        return False
+    k = settings.recommend.reciprocity_k
+    taste = (p.payload or {}).get(TASTE_FIELD)
+    q = np.asarray(taste, dtype=np.float32) if taste is not None else own
+    query = Query(vector=q, limit=k, filter=compatible_filter(profile), with_payload=False, exact=True)
+    found = store.query(USERS, query)
+    top = np.full(k, -np.inf, dtype=np.float32)
+    top[: len(found)] = [r.score for r in found]
+    change = _change(p.payload or {}, *_stats(top, k), k, None, retasted=False)
+    if change is not None:
+        store.set_payload(USERS, {p.id: change})
+    return change is not None
 
 
 def _has_taste(i: int, tastes: dict[int, list[float] | None], pop: _Population) -> bool:

@@ -235,3 +235,12 @@ def test_compatible_topk_on_large_and_small_groups(coarse: bool) -> None:
         want[: min(K, len(sims))] = sims[:K]
         np.testing.assert_allclose(got[j], want, atol=1e-5)
     np.testing.assert_allclose(compatible_topk(v, profiles, K, queries=queries)[rows], got, atol=1e-6)
+
+
+def test_record_likes_refreshes_the_likers_own_statistics(db: tuple[Store, Settings]) -> None:
+    """A new like history changes the liker's taste, hence what their own list is ranked by: their kth_sim
+    is recomputed at once (nobody else's depends on their taste)."""
+    store, settings = db
+    populated(store, settings, 300, seed=8)
+    record_likes(store, "u100", ["u7", "u8", "u9"], settings=settings)
+    assert disagreements(store, settings) == []
