@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import cpu_line, markdown_table, photos, rss_mb, run_child  # noqa: E402 - a script beside this one
+from harness import cpu_line, markdown_table, photos, rss_mb, run_settings  # noqa: E402 - a script beside this one
 
 BUDGETS = {"256x256": 256 * 256, "448x448": 448 * 448}
 
@@ -121,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             specs.append({"model": model, "budget": budget, "budget_name": name, "images": n,
                           "batch_size": 1 if (args.quick and model == "real") else args.batch_size,
                           "dtype": args.dtype, "threads": args.threads})
-    rows = []
-    for spec in specs:
-        what = f"{spec['model']} at {spec['budget_name']} ({spec['images']} images)"
-        print(f"running {what} ...", file=sys.stderr)
-        rows.append(run_child(__file__, spec))
+    rows = run_settings(__file__, specs, lambda s: f"{s['model']} at {s['budget_name']} ({s['images']} images)")
     print(_table(rows))
     print(f"\n{cpu_line()}")
     return 0

@@ -10,7 +10,7 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,17 @@ def run_child(script: str, spec: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"setting {spec} failed:\n{proc.stderr[-3000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def run_settings(
+    script: str, specs: Sequence[dict[str, Any]], label: Callable[[dict[str, Any]], str]
+) -> list[dict[str, Any]]:
+    """Each setting in its own child process (:func:`run_child`), saying on stderr which one runs."""
+    rows = []
+    for spec in specs:
+        print(f"running {label(spec)} ...", file=sys.stderr)
+        rows.append(run_child(script, spec))
+    return rows
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

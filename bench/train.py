@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import cpu_line, markdown_table, photos, rss_mb, run_child  # noqa: E402 - a script beside this one
+from harness import cpu_line, markdown_table, photos, rss_mb, run_settings  # noqa: E402 - a script beside this one
 
 TINY_MODES = ("head", "frozen", "last_blocks", "lora", "full")
 REAL_MODES = ("frozen", "last_blocks", "lora", "full")
@@ -153,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             specs.append({"model": "real", "mode": mode, "budget": args.real_budget, "p": 4, "k": 2,
                           "steps": args.real_steps, "threads": args.threads,
                           "unfreeze_blocks": args.unfreeze_blocks})
-    rows = []
-    for spec in specs:
-        print(f"running {spec['model']} {spec['mode']} ...", file=sys.stderr)
-        rows.append(run_child(__file__, spec))
+    rows = run_settings(__file__, specs, lambda s: f"{s['model']} {s['mode']}")
     print(_table(rows))
     print(f"\n{cpu_line()}")
     return 0

@@ -10,8 +10,9 @@ One ``EdgeShard`` per collection, each a folder under ``settings.store_path``::
 Edge builds HNSW only in ``optimize()`` (and only for segments above its indexing threshold; below it,
 search is exact), so the ingestion calls ``optimize()`` after a bulk write. Upserts go through the shard's
 WAL, so an acknowledged upsert survives the process being killed. The API is young (pinned in pyproject);
-everything version-specific stays in this file (hence its ~440 lines: one mapping of one young API, read
-together when the pin moves). What both Qdrant backends do alike is in ``engine/store/qdrant_base.py``.
+everything version-specific stays in this file, which is why it runs past 400 lines: the mapping of one
+young API and the on-disk erasure that depends on its folder layout (rewrite a shard, swap it in), read
+together when the pin moves. What both Qdrant backends do alike is in ``engine/store/qdrant_base.py``.
 """
 
 from __future__ import annotations

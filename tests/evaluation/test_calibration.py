@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from demo_population import demo_population
 
 from engine.errors import InvalidInput
-from engine.settings import Settings
 from evaluation.calibration import fit_calibration, fit_logistic, load_speed_dating, sigmoid
 from evaluation.simulation import WORLDS, Population, build_world
 
@@ -58,27 +58,10 @@ def test_rating_quantiles(calib) -> None:
     assert float(fit.rating_at(1.0)) == fit.ratings.max()
 
 
-def _population(n: int, seed: int) -> Population:
-    from evaluation.demo_data import make_user
-
-    us = [make_user(seed, i) for i in range(1, n + 1)]
-    s = Settings(progress=False)  # type: ignore[call-arg]  # pydantic-settings fills the rest
-    return Population(
-        user_ids=[u.user_id for u in us],
-        gender=np.array([u.gender for u in us], dtype=object),
-        age=np.array([u.age for u in us]),
-        seeking=[u.seeking for u in us],
-        age_min=np.array([u.age_min if u.window_given[0] else s.min_age for u in us]),
-        age_max=np.array([u.age_max if u.window_given[1] else s.max_age for u in us]),
-        attractiveness=np.array([u.attractiveness for u in us]),
-        looks=np.vstack([u.looks for u in us]),
-    )
-
-
 @pytest.mark.parametrize("world", WORLDS)
 def test_random_pairs_like_at_the_data_rates(calib, world: str) -> None:
     """Random compatible pairs in each world like each other at the data's rates (within 0.02)."""
-    pop = _population(300, seed=5)
+    pop = demo_population(300, seed=5)
     compat = pop.compatible()
     w = build_world(world, pop, compat, calib.calibration)
     for g, rate in (("female", 0.365), ("male", 0.474)):
@@ -95,7 +78,7 @@ def test_random_pairs_like_at_the_data_rates(calib, world: str) -> None:
 
 
 def test_worlds_differ_as_designed(calib) -> None:
-    pop = _population(300, seed=5)
+    pop = demo_population(300, seed=5)
     compat = pop.compatible()
     q = pop.percentile()
     asp = build_world("aspiration", pop, compat, calib.calibration)
@@ -147,13 +130,13 @@ def _check_mutual_and_spread(calib, pop: Population, world: str) -> None:
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_random_pairs_match_at_the_data_rate(calib, world: str) -> None:
-    _check_mutual_and_spread(calib, _population(400, seed=7), world)
+    _check_mutual_and_spread(calib, demo_population(400, seed=7), world)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", WORLDS)
 def test_random_pairs_match_at_the_data_rate_2000_users(calib, world: str) -> None:
-    _check_mutual_and_spread(calib, _population(2000, seed=0), world)
+    _check_mutual_and_spread(calib, demo_population(2000, seed=0), world)
 
 
 def test_a_gender_without_compatible_pairs_is_left_out(calib) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_population import demo_population
 
 from engine.errors import InvalidInput
 from engine.settings import Settings
@@ -14,7 +15,6 @@ from evaluation.calibration import fit_calibration
 from evaluation.simulation import (
     STRATEGIES,
     ExposureCapped,
-    Population,
     SimulationResult,
     Strategy,
     build_world,
@@ -33,28 +33,10 @@ def cal():  # -> Calibration
     return fit_calibration().calibration
 
 
-def _population(n: int, seed: int) -> Population:
-    """A population straight from the demo-data generator's latents (no photos: the machinery tests)."""
-    from evaluation.demo_data import make_user
-
-    us = [make_user(seed, i) for i in range(1, n + 1)]
-    s = Settings(progress=False)  # type: ignore[call-arg]  # pydantic-settings fills the rest
-    return Population(
-        user_ids=[u.user_id for u in us],
-        gender=np.array([u.gender for u in us], dtype=object),
-        age=np.array([u.age for u in us]),
-        seeking=[u.seeking for u in us],
-        age_min=np.array([u.age_min if u.window_given[0] else s.min_age for u in us]),
-        age_max=np.array([u.age_max if u.window_given[1] else s.max_age for u in us]),
-        attractiveness=np.array([u.attractiveness for u in us]),
-        looks=np.vstack([u.looks for u in us]),
-    )
-
-
 def test_compatible_is_the_engine_filter() -> None:
     from engine.compatibility import Profile
 
-    pop = _population(80, seed=2)
+    pop = demo_population(80, seed=2)
     profiles = [
         Profile(
             u, str(pop.gender[i]), int(pop.age[i]), pop.seeking[i], int(pop.age_min[i]), int(pop.age_max[i])
@@ -81,7 +63,7 @@ def test_pair_uniform_is_a_fixed_uniform() -> None:
 
 
 def test_rounds_are_deterministic_and_share_outcomes(cal) -> None:
-    pop = _population(150, seed=4)
+    pop = demo_population(150, seed=4)
     compat = pop.compatible()
     world = build_world("aspiration", pop, compat, cal)
 
@@ -114,7 +96,7 @@ def test_rounds_are_deterministic_and_share_outcomes(cal) -> None:
 
 def test_random_strategy_likes_at_the_data_rates(cal) -> None:
     """Random recommendations within the filter are liked at the speed-dating rates (within 0.02)."""
-    pop = _population(600, seed=1)
+    pop = demo_population(600, seed=1)
     compat = pop.compatible()
     for name in ("similarity", "aspiration"):
         world = build_world(name, pop, compat, cal)
@@ -125,7 +107,7 @@ def test_random_strategy_likes_at_the_data_rates(cal) -> None:
 
 
 def test_exposure_cap_holds(cal) -> None:
-    pop = _population(150, seed=4)
+    pop = demo_population(150, seed=4)
     compat = pop.compatible()
     world = build_world("aspiration", pop, compat, cal)
     capped = ExposureCapped("capped", popularity_strategy(compat, pop), 3, pop.n)
@@ -143,7 +125,7 @@ def test_exposure_cap_holds(cal) -> None:
 
 
 def test_evaluate_lift_and_oracle_share(cal) -> None:
-    pop = _population(300, seed=3)
+    pop = demo_population(300, seed=3)
     compat = pop.compatible()
     world = build_world("similarity", pop, compat, cal)
     strats = [random_strategy(compat, 0), popularity_strategy(compat, pop), oracle_strategy(compat, world)]
