@@ -22,7 +22,7 @@ from engine.schema import (
     usable_vector,
     user_point_id,
 )
-from engine.settings import Settings
+from engine.settings import Settings, load_settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _delete_one(store: Store, user_id: str, settings: Settings | None) -> tuple[
         raise InvalidInput("user_id: empty")
     # By payload and, for the user point, by its id too: a point written without a payload is still found.
     by_payload = MatchAny.of(USER_ID, [user_id])
-    settings = settings if settings is not None else Settings()  # type: ignore[call-arg]
+    settings = settings if settings is not None else load_settings()
     gone = departures(store, [user_id])  # what others' statistics were computed with, before it goes
     removed = 0
     for collection in USER_COLLECTIONS:
