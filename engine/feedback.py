@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.errors import InvalidInput, UserNotFound
 from engine.filters import Filter, MatchAny
-from engine.schema import FEEDBACK, USERS, user_point_id
+from engine.schema import FEEDBACK, USER_ID, USERS, user_point_id
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def record_feedback(
         parse_event(e.viewer_id, e.candidate_id, e.decision, e.ts, where=f"events[{i}]")  # raises if bad
     if require_known and batch:
         ids = sorted({u for e in batch for u in (e.viewer_id, e.candidate_id)})
-        found = {str((p.payload or {}).get("user_id")) for p in store.retrieve(USERS, [user_point_id(u) for u in ids])}
+        found = {str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, [user_point_id(u) for u in ids])}
         unknown = [u for u in ids if u not in found]
         if unknown:
             raise UserNotFound(unknown[0])

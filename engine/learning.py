@@ -26,9 +26,8 @@ from tqdm import tqdm
 
 from engine.errors import InvalidInput
 from engine.feedback import LIKE, PASS, all_events, has_feedback_collection
-from engine.likes import usable_vector
 from engine.preference import PreferenceConfig, PreferenceModel, fit_preference
-from engine.schema import META, USERS
+from engine.schema import META, USER_ID, USERS, usable_vector
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
@@ -72,7 +71,7 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = 5
         v = usable_vector(p)
         if v is None:
             continue
-        ids.append(str((p.payload or {}).get("user_id")))
+        ids.append(str((p.payload or {}).get(USER_ID)))
         pids.append(p.id)
         vecs.append(v)
     n = len(ids)

@@ -93,8 +93,8 @@ def engine_scores(
     Uses ``engine.recommend.score_candidates`` (``recommend()``'s own stage 2) on these candidates, so the
     score is the one the engine ranks by; see the module docstring for the leakage guard.
     """
-    from engine.likes import usable_vector
     from engine.recommend import score_candidates
+    from engine.schema import usable_vector
 
     # The viewer's and the viewed users' stored like histories are ignored: logged likes must not leak back
     # into the score that is judged on them.

@@ -124,7 +124,7 @@ class UserPoints:
             Point(
                 id=no_photos_point_id(uid),
                 vector=META_VECTOR,
-                payload={"kind": NO_PHOTOS_KIND, "user_id": uid, "reasons": sorted(reasons.get(uid, ()))},
+                payload={"kind": NO_PHOTOS_KIND, USER_ID: uid, "reasons": sorted(reasons.get(uid, ()))},
             )
             for uid in sorted(without)
         ]
