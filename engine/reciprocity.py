@@ -336,16 +336,44 @@ def refresh_changed(
     )
 
 
+def refresh_departed(
+    store: Store, settings: Settings, departed: Sequence[Departed], *, retasted: Iterable[str] = ()
+) -> int:
+    """After a few users were deleted (``delete-user``): recompute exactly the users who had one of them in
+    their top-K, and the ``retasted`` users, without reading the whole population.
+
+    Reads only each departed user's compatible pool (a filtered scroll: the only users whose top-K can have
+    held them), and recomputes each hit with one exact filtered top-K query (:func:`refresh_user`). Same
+    result as :func:`refresh_changed` for deletions; for many changes that one is cheaper. Returns how many
+    users were rewritten. Raises ``StoreUnavailable`` from the store."""
+    hits: set[str] = {user_point_id(str(u)) for u in retasted}
+    for d in departed:
+        for p in store.scroll(USERS, compatible_filter(d.profile), with_vectors=True):
+            own = usable_vector(p)
+            stored = _stored(p.payload or {}, settings.recommend.reciprocity_k)
+            if own is None or stored is None:
+                continue  # no statistics to keep right (the next refresh computes them)
+            taste = (p.payload or {}).get(TASTE_FIELD)
+            q = np.asarray(taste, dtype=np.float32) if taste is not None else own
+            if stored[0] == NO_KTH or float(q @ d.vector) >= stored[0] - _DEPARTED_TOL:
+                hits.add(p.id)
+    points = {p.id: p for p in store.retrieve(USERS, sorted(hits), with_vectors=True)}
+    return sum(_refresh_point(store, settings, points[pid]) for pid in sorted(points))
+
+
 def refresh_user(store: Store, settings: Settings, user_id: str) -> bool:
     """Recompute one user's own statistics after their taste changed (a new like history), with one exact
     filtered top-K query of the store: nobody else's statistics depend on a user's taste (candidates are
     judged by their mean vectors). Returns whether anything was written; an unknown user, or one without a
     usable vector or profile, is left alone (False). Raises ``StoreUnavailable`` from the store."""
     points = store.retrieve(USERS, [user_point_id(str(user_id))], with_vectors=True)
-    own = usable_vector(points[0]) if points else None
+    return bool(points) and _refresh_point(store, settings, points[0])
+
+
+def _refresh_point(store: Store, settings: Settings, p: Point) -> bool:
+    own = usable_vector(p)
     if own is None:
         return False
-    p = points[0]
     try:
         profile = Profile.from_payload(p.payload, where=f"users point {p.id}")
     except InvalidInput:

@@ -207,6 +207,9 @@ def test_delete_user_refreshes_the_others_at_once(db: tuple[Store, Settings]) ->
     assert delete_user(store, hub, settings=settings) == 1
     assert store.retrieve(USERS, [user_point_id(hub)]) == []
     assert_same_as_full_pass(store, settings)
+    # A liked user: the liker's taste loses them, so the liker's own list changes too.
+    assert delete_user(store, "u1" if hub != "u1" else "u2", settings=settings) == 1
+    assert_same_as_full_pass(store, settings)
 
 
 @pytest.mark.parametrize("coarse", [True, False])
