@@ -148,7 +148,8 @@ _METHOD_NOTES = """\
 - Fairness of outcomes: *match Gini* is the Gini of the effective matches each user takes part in (as
   viewer or candidate), *zero-match share* the share of users with none, *envy* the number of users who
   would expect more mutual matches (true P, attention aside) from another viewer's list than from their
-  own (envy-freeness as in Saito & Joachims 2022). The per-viewer oracle is envy-free by construction.
+  own (envy-freeness as in Saito & Joachims 2022). The per-viewer oracle is envy-free among viewers
+  served every round; newcomers (fewer rounds, shorter lists) can envy under any strategy.
 - 95 % intervals: percentile bootstrap, two-way. Rates, matches per user and precisions resample viewers
   and, independently, candidates: each impression weighs its viewer's draw count times its candidate's,
   since a viewer's impressions are correlated and so are one candidate's decisions across the ~50 viewers
