@@ -59,24 +59,20 @@ def test_demo_ends_with_the_commands_that_query_its_store_and_open_the_review_pa
 
 
 def test_demo_prints_a_compact_simulation_table_and_points_to_the_full_one(tmp_path: Path) -> None:
-    from evaluation.simulation.metrics import SimulationResult, StrategyResult, WorldResult, strategy_table
+    from evaluation.simulation.metrics import (
+        METRICS,
+        SimulationResult,
+        StrategyResult,
+        WorldResult,
+        strategy_table,
+    )
     from evaluation.stats import Estimate
     from matcher.demo import simulation_summary
 
     def est(v: float) -> Estimate:
         return Estimate(v, v - 0.01, v + 0.01)
 
-    keys = (
-        "like_rate",
-        "mutual_rate",
-        "matches_per_user",
-        "effective_rate",
-        "effective_per_user",
-        "precision_viewer",
-        "precision_candidate",
-        "coverage",
-        "gini",
-    )
+    keys = METRICS  # every metric the tables read, so a new one cannot be left out here
     strategies = [
         StrategyResult(
             name,
