@@ -127,3 +127,32 @@ def plot_oracle_share(result: SimulationResult, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_newcomers(result: SimulationResult, path: Path) -> Path | None:
+    """Per world and strategy: newcomers' first-round exposure (share shown at least k times) and their
+    success over the established users' (effective matches since arrival); None when no one arrived late."""
+    worlds = [w for w in result.worlds if any(s.newcomers for s in w.strategies)]
+    if not worlds:
+        return None
+    fig = _figure(12, 4)
+    axes = fig.subplots(1, 2)
+    names = [s.strategy for s in worlds[0].strategies if s.newcomers]
+    width = 0.8 / len(worlds)
+    for ax, key, title, target in (
+        (axes[0], "shown_k_share", "newcomers shown ≥ k times in their first round", 1.0),
+        (axes[1], "success_ratio", "newcomers' effective matches / established users'", 0.85),
+    ):
+        for wi, w in enumerate(worlds):
+            by = w.by_name()
+            vals = np.array([by[n].newcomers.get(key, np.nan) if n in by else np.nan for n in names])
+            ax.bar(np.arange(len(names)) + (wi - (len(worlds) - 1) / 2) * width, vals, width=width, label=w.world)
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Newcomers (dashed: the targets)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

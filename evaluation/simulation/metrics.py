@@ -340,7 +340,11 @@ class SimulationResult:
         for w in self.worlds:
             if world is not None and w.world != world:
                 continue
-            parts.append(f"World: {w.world}\n\n" + strategy_table(w))
+            part = f"World: {w.world}\n\n" + strategy_table(w)
+            newcomers = newcomer_table(w)
+            if newcomers:
+                part += "\n\nNewcomers:\n\n" + newcomers
+            parts.append(part)
         return "\n\n".join(parts)
 
     def compact_table(self) -> str:

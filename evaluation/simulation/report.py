@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.calibration import CalibrationData
-from evaluation.simulation.figures import plot_calibration, plot_oracle_share, plot_strategies
+from evaluation.simulation.figures import plot_calibration, plot_newcomers, plot_oracle_share, plot_strategies
 from evaluation.simulation.metrics import SimulationResult, newcomer_table, strategy_table
 
 
@@ -22,6 +22,7 @@ def write_simulation_report(result: SimulationResult, calib: CalibrationData, ou
         plot_strategies(w, figs / f"strategies_{w.world}.png")
     if result.worlds and any(s.oracle_share for s in result.worlds[0].strategies):
         plot_oracle_share(result, figs / "oracle_share.png")
+    newcomer_fig = plot_newcomers(result, figs / "newcomers.png")
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=1, default=_json_default) + "\n")
 
     c = result.config
@@ -103,6 +104,8 @@ def write_simulation_report(result: SimulationResult, calib: CalibrationData, ou
                 + ", ".join(f"{s.strategy} {s.shortfall}" for s in short)
                 + ".",
             ]
+    if newcomer_fig is not None:
+        lines += ["", "## Newcomers", "", "![newcomers](figures/newcomers.png)"]
     if (figs / "oracle_share.png").is_file():
         lines += ["", "## How much of the signal survives", "", "![oracle share](figures/oracle_share.png)"]
     lines += ["", "## Method", "", _METHOD_NOTES]

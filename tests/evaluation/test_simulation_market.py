@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from demo_population import demo_population as _population
 
 from engine.errors import InvalidInput
 from evaluation.calibration import Calibration, fit_calibration
@@ -18,8 +19,6 @@ from evaluation.simulation import (
     run_rounds,
 )
 from evaluation.simulation.rounds import attention_seen
-
-from .test_simulate import _population
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +225,7 @@ def test_two_way_intervals_cover_the_seed_to_seed_spread(cal: Calibration) -> No
         evaluate(imps, 300, n_boot=10, bootstrap="impressions")
 
 
-def test_newcomers_enter_at_the_round_asked(cal: Calibration, pop: Population) -> None:
+def test_newcomers_enter_at_the_round_asked(cal: Calibration, pop: Population, tmp_path) -> None:
     from evaluation.simulation.metrics import newcomer_stats
     from evaluation.simulation.rounds import newcomer_joins
 
@@ -257,6 +256,19 @@ def test_newcomers_enter_at_the_round_asked(cal: Calibration, pop: Population) -
         assert stats["success_ratio"] == pytest.approx(
             stats["matches_since_arrival"] / stats["matches_since_arrival_established"]
         )
+    # The run's table and figure show them.
+    from evaluation.simulation import SimulationResult, WorldResult
+    from evaluation.simulation.figures import plot_newcomers
+
+    results = evaluate(imps, pop.n, n_boot=20, seed=0, joins=joins, k=k)
+    wr = WorldResult("similarity", results, world.intercepts, world.targets, world.random_pair_like, 0.165, {})
+    sim = SimulationResult({}, [wr], 0.165)
+    assert "Newcomers:" in sim.table() and "newcomers shown ≥ k times" in sim.table()
+    fig = plot_newcomers(sim, tmp_path / "newcomers.png")
+    assert fig is not None and fig.stat().st_size > 1000
+    no_late = evaluate(run_rounds(strats, world, rounds=2, k=k, seed=0), pop.n, n_boot=20)
+    quiet = SimulationResult({}, [WorldResult("similarity", no_late, {}, {}, {}, 0.165, {})], 0.165)
+    assert "Newcomers:" not in quiet.table() and plot_newcomers(quiet, tmp_path / "none.png") is None
     # Without the arrivals the same run shows the newcomers from round 0.
     everyone = run_rounds(strats, world, rounds=3, k=k, seed=0, compat=compat)["random"]
     assert np.any(np.isin(everyone.viewer[everyone.round == 0], late))
