@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(served: Settings) -> Iterator[str]:
-    """``matcher serve`` as a real uvicorn process over ``served``'s store; yields its base URL."""
+@contextlib.contextmanager
+def _running_server(store_path: Path, *args: str) -> Iterator[str]:
+    """``matcher serve ARGS`` as a real uvicorn process over the store at ``store_path``; yields its base URL."""
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "MATCHER_STORE_PATH": str(served.store_path), "MATCHER_PROGRESS": "false"}
-    cmd = [sys.executable, "-m", "matcher.cli", "serve", "--port", str(port), "--photos", str(served.serve.photos_root)]
+    env = {**os.environ, "MATCHER_STORE_PATH": str(store_path), "MATCHER_PROGRESS": "false"}
+    cmd = [sys.executable, "-m", "matcher.cli", "serve", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -64,3 +65,16 @@ def live_server(served: Settings) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``start_server(store_path, *serve_args)``: a context manager running a real ``matcher serve``."""
+    return _running_server
+
+
+@pytest.fixture
+def live_server(served: Settings) -> Iterator[str]:
+    """``matcher serve`` as a real uvicorn process over ``served``'s store; yields its base URL."""
+    with _running_server(served.store_path, "--photos", str(served.serve.photos_root)) as base:
+        yield base

@@ -12,23 +12,14 @@ from engine.learning import PREF_FIELD, load_model_global
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
-from engine.store.base import Point
 from matcher.cli import main
+from tests.matcher.store_fill import add_random_users
 
 
 def test_rebuild_model_fits_the_feedback_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings(store_path=tmp_path / "q", progress=False)  # type: ignore[call-arg]
     rng = np.random.default_rng(0)
-    with open_store(settings) as store:
-        store.setup("test-encoder", 8)
-        points = []
-        for i in range(40):
-            v = rng.standard_normal(8).astype(np.float32)
-            g = "female" if i % 2 else "male"
-            payload = {"user_id": f"u{i}", "gender": g, "age": 30, "seeking": ["male" if i % 2 else "female"],
-                       "age_min": 25, "age_max": 35}  # fmt: skip
-            points.append(Point(id=user_point_id(f"u{i}"), vector=v / np.linalg.norm(v), payload=payload))
-        store.upsert(USERS, points)
+    add_random_users(settings, 40, rng)
     log = tmp_path / "log.csv"
     with log.open("w", newline="") as fh:
         w = csv.writer(fh)

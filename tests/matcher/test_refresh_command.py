@@ -11,23 +11,14 @@ from engine.reciprocity import KTH_FIELD, TOP_FIELD
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
-from engine.store.base import Point
 from matcher.cli import main
+from tests.matcher.store_fill import add_random_users
 
 
 def test_refresh_command_computes_then_finds_nothing_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings(store_path=tmp_path / "q", progress=False)  # type: ignore[call-arg]
     rng = np.random.default_rng(0)
-    with open_store(settings) as store:
-        store.setup("test-encoder", 8)
-        points = []
-        for i in range(60):
-            v = rng.standard_normal(8).astype(np.float32)
-            g = "female" if i % 2 else "male"
-            payload = {"user_id": f"u{i}", "gender": g, "age": 30, "seeking": ["male" if i % 2 else "female"],
-                       "age_min": 25, "age_max": 35}  # fmt: skip
-            points.append(Point(id=user_point_id(f"u{i}"), vector=v / np.linalg.norm(v), payload=payload))
-        store.upsert(USERS, points)
+    add_random_users(settings, 60, rng)
     flags = ["--store", str(settings.store_path), "--no-progress"]
     assert main([*flags, "refresh"]) == 0
     assert "refresh: 60 users, 60 rewritten, 0 skipped" in capsys.readouterr().out

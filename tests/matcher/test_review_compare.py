@@ -5,13 +5,10 @@ page shows either store in either column, with a neighbour view in the store of 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -115,40 +112,12 @@ def test_serve_refuses_a_missing_compare_store(
     assert not missing.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def live_pair(paired: Settings) -> Iterator[str]:
+def live_pair(paired: Settings, start_server: Callable[..., AbstractContextManager[str]]) -> Iterator[str]:
     """``matcher serve --compare-store`` as a real uvicorn process (one per module); yields its base URL."""
-    import httpx
-
-    port = _free_port()
-    env = {**os.environ, "MATCHER_STORE_PATH": str(paired.store_path), "MATCHER_PROGRESS": "false"}
-    cmd = [sys.executable, "-m", "matcher.cli", "serve", "--port", str(port), "--photos",
-           str(paired.serve.photos_root), "--compare-store", str(paired.serve.compare_store_path)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"matcher serve exited with {proc.returncode}: {out}")
-            try:
-                httpx.get(f"{base}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    pytest.fail("matcher serve did not answer within 60 s")
-                time.sleep(0.3)
+    with start_server(paired.store_path, "--photos", str(paired.serve.photos_root),
+                      "--compare-store", str(paired.serve.compare_store_path)) as base:  # fmt: skip
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_a_live_server_serves_both_stores(live_pair: str, paired: Settings, other_encoder: Any) -> None:
