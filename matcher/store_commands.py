@@ -222,7 +222,7 @@ def _refresh_command(args: argparse.Namespace, settings: Settings) -> int:
     from engine.reciprocity import refresh
     from engine.store import open_store
 
-    with open_store(settings) as store:
+    with open_store(settings, create=False) as store:  # statistics of stored users: no store, nothing to refresh
         rep = refresh(store, settings)
     print(f"refresh: {rep.users} users, {rep.rewritten} rewritten, {rep.skipped} skipped, in {rep.seconds:.1f} s")
     return 0

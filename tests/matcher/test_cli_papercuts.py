@@ -69,6 +69,8 @@ def make_store(path: Path, backend: str = "edge") -> Path:
         ["replay", "LOG.csv"],
         ["feedback", "LOG.csv"],
         ["serve"],
+        ["refresh"],
+        ["rebuild-model"],
     ],
     ids=lambda a: a[0] + ("-json" if "--json" in a else ""),
 )
