@@ -234,16 +234,6 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("log", type=Path, metavar="LOG.csv", help="like log")
     p.add_argument("--k", type=int, default=10, help="top-k logged impressions per viewer (default 10)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument(
-        "--newcomers",
-        type=float,
-        default=0.1,
-        metavar="SHARE",
-        help="share of users who arrive late, with no history (default 0.1; 0: none)",
-    )
-    p.add_argument(
-        "--newcomer-round", type=int, default=3, metavar="R", help="round (from 1) the newcomers arrive in (3)"
-    )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap draws (default 1000)")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the results as JSON here")
     p.set_defaults(func=_replay)
