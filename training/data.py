@@ -42,7 +42,8 @@ class Photo:
     path: Path
 
 
-def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's stripped header and rows (BOM tolerated); an unreadable file is ``InvalidInput`` naming it."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -59,7 +60,7 @@ def _photos_from_csv(path: Path, identity_field: str) -> list[Photo]:
     Raises:
         InvalidInput: a missing column, an empty field or a file that does not exist (named with its row).
     """
-    header, rows = _csv_rows(path)
+    header, rows = read_csv_rows(path)
     for field in ("image_path", identity_field):
         if field not in header:
             raise InvalidInput(f"{path}: no {field!r} column (header: {', '.join(header) or 'empty'})")
@@ -155,7 +156,7 @@ def read_dataset(source: Path) -> list[Photo]:
     source = Path(source)
     from_names = False  # identities parsed from file names rather than read from a CSV
     if source.is_file():
-        header, _ = _csv_rows(source)
+        header, _ = read_csv_rows(source)
         photos = read_metadata_csv(source) if "user_id" in header else read_mapping_csv(source)
     elif not source.is_dir():
         raise InvalidInput(f"{source}: no such folder")

@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InvalidInput
-from training.data import IMAGE_SUFFIXES, Photo, group_by_identity, read_metadata_csv, read_profiles_dir
+from training.data import (
+    IMAGE_SUFFIXES,
+    Photo,
+    group_by_identity,
+    read_csv_rows,
+    read_metadata_csv,
+    read_profiles_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +114,7 @@ def read_generated(folder: Path, mapping: Path | None = None) -> list[Photo]:
     if not folder.is_dir():
         raise InvalidInput(f"{folder}: not a folder")
     mapping = Path(mapping) if mapping is not None else find_mapping(folder)
-    try:
-        with mapping.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInput(f"{mapping}: cannot read CSV: {exc}") from exc
+    header, rows = read_csv_rows(mapping)
     image_col = _column(header, IMAGE_COLUMNS, mapping, "image")
     source_col = _column(header, SOURCE_COLUMNS, mapping, "source user")
     photos: list[Photo] = []
