@@ -20,10 +20,7 @@ pytest.importorskip("httpx", reason="httpx (FastAPI's TestClient) is not install
 from fastapi.testclient import TestClient  # noqa: E402
 
 from engine.settings import Settings  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[2] / ".matcher" / "artifacts"
+from tests.matcher.browser import ARTIFACTS, needs_browser, open_review_page  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,30 +125,13 @@ def test_a_live_server_serves_both_stores(live_pair: str, paired: Settings, othe
     assert r.status_code == 200 and r.json()["matches"]
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no headless browser here: install Debian's chromium and chromium-driver (apt-get install -y chromium "
-    "chromium-driver)",
-)
+@needs_browser
 def test_review_page_shows_two_encoders_side_by_side(live_pair: str, paired: Settings, other_encoder: Any) -> None:
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     uid = first_user(paired)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1400"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
-        driver.get(f"{live_pair}/review?user={uid}")
-        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
-        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", driver.find_element(
-            By.ID, "status"
-        ).text
+    with open_review_page(f"{live_pair}/review?user={uid}", 1400) as driver:
         # Column B starts on the compare store: untrained vs trained at a glance.
         assert Select(driver.find_element(By.ID, "view-b")).first_selected_option.get_attribute("value") == (
             "compare|harmonic"
@@ -171,8 +151,6 @@ def test_review_page_shows_two_encoders_side_by_side(live_pair: str, paired: Set
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "review-page-compare.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
-    finally:
-        driver.quit()
 
 
 NODE = shutil.which("node")

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import csv
-import shutil
-from pathlib import Path
 
 import pytest
 
 from engine.settings import Settings
+from tests.matcher.browser import ARTIFACTS, needs_browser, open_review_page
 
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[2] / ".matcher" / "artifacts"
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no headless browser here: install Debian's chromium and chromium-driver (apt-get install -y chromium "
-    "chromium-driver)",
-)
+@needs_browser
 def test_review_page_shows_a_users_photos_and_matches(served: Settings, live_server: str) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -33,17 +23,7 @@ def test_review_page_shows_a_users_photos_and_matches(served: Settings, live_ser
     assert root is not None
     with open(root / "metadata.csv", newline="") as fh:
         uid = next(csv.DictReader(fh))["user_id"]
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1200"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
-        driver.get(f"{live_server}/review?user={uid}")
-        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
-        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", driver.find_element(
-            By.ID, "status"
-        ).text
+    with open_review_page(f"{live_server}/review?user={uid}", 1200) as driver:
         assert driver.find_element(By.ID, "who").text.startswith(uid)
         own = driver.find_elements(By.CSS_SELECTOR, "#own-photos img")
         assert own and all(driver.execute_script("return arguments[0].naturalWidth", im) > 0 for im in own)
@@ -64,5 +44,3 @@ def test_review_page_shows_a_users_photos_and_matches(served: Settings, live_ser
         shot = ARTIFACTS / "review-page.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 1000
         print(f"review page screenshot: {shot}")
-    finally:
-        driver.quit()
