@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evaluation.plots import identity_colours
 from evaluation.embeddings import EncoderResult, same_model_notes
+from evaluation.plots import identity_colours
 from evaluation.report import evaluate_embeddings
 
 
