@@ -35,7 +35,7 @@ import bisect
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -192,6 +192,7 @@ class _Change:
     gone: Table  # users as they were when the statistics were computed, now deleted or changed
     retaste: set[int]  # rows whose like history or taste changed
     cache: str
+    restat: set[int] = field(default_factory=set)  # rows whose statistics were written since the cache: recomputed
 
 
 def _pids(user_ids: Iterable[str]) -> set[str]:
@@ -207,8 +208,6 @@ def _from_cache(
         return "no cache"
     old, journal = loaded
     touched = set(journal) | _pids(arrived) | _pids(retasted) | _pids(d.user_id for d in departed)
-    if len(touched) > max(1000, len(old) // 4):
-        return f"{len(touched)} users written since the cache"
     row0 = {str(p): i for i, p in enumerate(old.ids.tolist())}
     wanted = sorted(touched)
     points = [
@@ -228,16 +227,23 @@ def _from_cache(
     base = int(keep.sum())
     arrivals: set[int] = set()
     retaste: set[int] = set()
-    gone_rows = [row0[p] for p in touched if p in row0 and p not in set(fresh.ids.tolist())]
+    restat: set[int] = set()
+    now = set(fresh.ids.tolist())
+    gone_rows = [row0[p] for p in touched if p in row0 and p not in now]
     for j, pid in enumerate(fresh.ids.tolist()):
         o = row0.get(pid)
         if o is None or not old.same_user(o, fresh, j):
             arrivals.add(base + j)
             if o is not None:
                 gone_rows.append(o)
-        elif not old.same_likes(o, fresh, j):
+            continue
+        if not old.same_likes(o, fresh, j):
             retaste.add(base + j)
-    return _Change(table, arrivals, old.take(sorted(gone_rows)), retaste, "used")
+        if not old.same_stats(o, fresh, j):
+            # Written by a pass that did not save its table (killed): they may already hold this change's
+            # arrivals, and merging is not idempotent, so they are recomputed.
+            restat.add(base + j)
+    return _Change(table, arrivals, old.take(sorted(gone_rows)), retaste, "used", restat)
 
 
 def _from_scroll(
@@ -294,6 +300,7 @@ def refresh_changed(
     # arrival (they may be missing from others' lists too, e.g. after a run stopped before its refresh).
     trusted = _trusted(table, k)
     recompute = ~trusted
+    recompute[sorted(ch.restat)] = True
     last = np.where(table.kth == NO_KTH, -np.inf, table.kth)  # a complete list takes anyone compatible
     arrivals = sorted(ch.arrivals | set(np.flatnonzero(~trusted).tolist()))
     recompute[arrivals] = True

@@ -222,6 +222,15 @@ class Table:
         same_taste = (a is None) == (b is None) and (a is None or np.array_equal(a, b))  # type: ignore[arg-type]
         return same_taste and np.array_equal(self.liked_of(i), other.liked_of(j))
 
+    def same_stats(self, i: int, other: Table, j: int) -> bool:
+        """Whether row i here and row j of ``other`` hold the same stored statistics."""
+        n = int(self.top_len[i])
+        return (
+            self.kth_k[i] == other.kth_k[j] and n == other.top_len[j]
+            and (self.kth[i] == other.kth[j] or (np.isnan(self.kth[i]) and np.isnan(other.kth[j])))
+            and np.array_equal(self.top[i, : max(n, 0)], other.top[j, : max(n, 0)])
+        )  # fmt: skip
+
     def set_stats(self, i: int, kth: float, k: int, window: list[float]) -> None:
         if len(window) > self.top.shape[1]:
             self.top = np.pad(self.top, ((0, 0), (0, len(window) - self.top.shape[1])), constant_values=np.nan)

@@ -522,3 +522,48 @@ def test_edge_hnsw_after_optimize_agrees_with_exact_search(tmp_path: Path) -> No
                 assert p.score == pytest.approx(float(all_scores[j, index[p.id]]), abs=1e-4)
             overlaps.append(len({p.id for p in approx} & {p.id for p in exact}) / 10)
         assert np.mean(overlaps) >= 0.9, overlaps
+
+
+# -- the refresh cache's bookkeeping (engine/store/cache.py) ---------------------------------------------
+
+
+def test_cache_token_journal_and_drop(store_factory: StoreFactory) -> None:
+    """Embedded backends record a cache token in META and journal every users write before it happens;
+    a deletion drops the token and the files. A server keeps no cache: the calls do nothing there."""
+    from engine.store.cache import journal_path
+
+    s = store_factory.open()
+    s.setup("enc-cache", DIM)
+    points, vectors = make_users(6, seed=4)
+    folder = s.cache_folder()
+    if folder is None:  # a server: no local folder, nothing is ever trusted
+        s.set_cache_token("t1")
+        assert s.cache_token() is None
+        s.upsert(USERS, points)
+        return
+    assert s.cache_token() is None
+    s.upsert(USERS, points[:2])  # no token: nothing to journal
+    folder.mkdir(parents=True, exist_ok=True)
+    journal_path(folder, "t1").touch()
+    s.set_cache_token("t1")
+    assert s.cache_token() == "t1"
+    s.upsert(USERS, points[2:4])
+    s.set_payload(USERS, {points[0].id: {"note": 1}})
+    s.upsert(PHOTOS, [Point(str(uuid.uuid4()), vectors[0], {"user_id": "user_000"})])  # not a users write
+    assert journal_path(folder, "t1").read_text().split() == [points[2].id, points[3].id, points[0].id]
+    s.close()
+    r = store_factory.open()
+    assert r.cache_token() == "t1"  # kept in META across a reopen
+    r.setup("enc-cache", DIM)  # and across the setup every ingestion runs
+    assert r.cache_token() == "t1"
+    r.delete(USERS, [points[3].id])
+    assert r.cache_token() is None and not any(folder.iterdir())
+    journal_path(folder, "t2").touch()
+    r.set_cache_token("t2")
+    r.delete_by_filter(USERS, Filter(must=(MatchAny("gender", GENDERS),)))
+    assert r.cache_token() is None and not any(folder.iterdir())
+    journal_path(folder, "t3").touch()
+    r.set_cache_token("t3")
+    journal_path(folder, "t3").unlink()  # a lost journal: the next write drops the cache instead
+    r.upsert(USERS, points[4:5])
+    assert r.cache_token() is None
