@@ -218,7 +218,7 @@ def _from_cache(
     fresh = Table.from_points(points, genders=old.genders)
     keep = np.ones(len(old), dtype=bool)
     keep[[row0[p] for p in touched if p in row0]] = False
-    table = old.take(np.flatnonzero(keep)).concat(fresh)
+    table = old.replaced(keep, fresh)
     skipped = sorted((set(old.skipped.tolist()) - touched) | set(fresh.skipped.tolist()))
     table.skipped = np.array(skipped, dtype=str) if skipped else np.zeros(0, "<U1")
     stored = store.count(USERS)

@@ -20,9 +20,11 @@ The caller also checks the users collection's point count against the table (a l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,9 +175,8 @@ class Table:
         """This table's rows, then ``other``'s (same gender list); ``skipped`` is this one's."""
         if other.genders is not self.genders:
             raise InvalidInput("Table.concat: the tables number genders differently")
-        d = self.matrix.shape[1] if len(self) else other.matrix.shape[1]
-        mats = [t.matrix.reshape(-1, d) if len(t) == 0 else t.matrix for t in (self, other)]
-        tastes = [t.tastes.reshape(-1, d) if len(t.tastes) == 0 else t.tastes for t in (self, other)]
+        mats = [t.matrix for t in (self, other) if len(t)] or [self.matrix]
+        tastes = [t.tastes for t in (self, other) if len(t.tastes)] or [self.tastes]
         width = max(self.top.shape[1], other.top.shape[1])
         tops = [np.pad(t.top, ((0, 0), (0, width - t.top.shape[1])), constant_values=np.nan) for t in (self, other)]
         shift = np.where(other.taste_row >= 0, other.taste_row + len(self.tastes), -1)
@@ -191,6 +192,22 @@ class Table:
             kth_k=np.concatenate([self.kth_k, other.kth_k]), top=np.concatenate(tops),
             top_len=np.concatenate([self.top_len, other.top_len]), skipped=self.skipped,
         )  # fmt: skip
+
+    def replaced(self, keep: np.ndarray, fresh: Table) -> Table:
+        """The rows where ``keep`` (bool, (n,)) is set, then ``fresh``'s rows (same gender list), copying the
+        (n, d) matrix once (it may be a read-only map of the cache file)."""
+        idx = np.flatnonzero(keep)
+        matrix = np.empty((len(idx) + len(fresh), self.matrix.shape[1]), dtype=np.float32)
+        if len(idx) == len(self):
+            matrix[: len(idx)] = self.matrix
+        else:
+            np.take(self.matrix, idx, axis=0, out=matrix[: len(idx)])
+        if len(fresh):
+            matrix[len(idx) :] = fresh.matrix
+        bare = dataclasses.replace(self, matrix=np.zeros((len(self), 1), np.float32))
+        out = bare.take(idx).concat(dataclasses.replace(fresh, matrix=np.zeros((len(fresh), 1), np.float32)))
+        out.matrix = matrix
+        return out
 
     def groups(self) -> Groups:
         return Groups(self.gender, self.seeks, self.age, self.lo, self.hi)
@@ -253,31 +270,34 @@ _ARRAYS2 = ("tastes", "kth", "kth_k", "top", "top_len", "skipped")
 def save(store: Store, table: Table) -> str | None:
     """Write ``table`` as the cache of the users collection as it is now, and record it in META. Returns the
     new token (None where the store keeps no cache). A failure to write is logged, not raised: the next
-    incremental pass then scrolls."""
+    incremental pass then scrolls. Files: ``users-<token>/`` (one ``.npy`` per array, written under a
+    temporary name and renamed whole) and the empty ``journal-<token>``."""
     folder = store.cache_folder()
     if folder is None:
         return None
     token = secrets.token_hex(8)
+    tmp, final = folder / f"tmp-{token}", folder / f"users-{token}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"tmp-{token}.npz"
-        with open(tmp, "wb") as f:
-            np.savez(
-                f, format=np.array(FORMAT), genders=np.array(table.genders, dtype=str).reshape(-1),
-                **{a: getattr(table, a) for a in (*_ARRAYS, *_ARRAYS2)},
-            )  # fmt: skip
-        os.replace(tmp, folder / f"users-{token}.npz")
+        tmp.mkdir(parents=True)
+        arrays = {a: getattr(table, a) for a in (*_ARRAYS, *_ARRAYS2)}
+        arrays["format"] = np.array(FORMAT)
+        arrays["genders"] = np.array(table.genders, dtype=str).reshape(-1)
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+        os.replace(tmp, final)
         with open(journal_path(folder, token), "x"):
             pass
     except OSError as exc:
         log.warning("cannot save the refresh cache in %s: %s (the next refresh scrolls the store)", folder, exc)
+        shutil.rmtree(tmp, ignore_errors=True)
         return None
     store.set_cache_token(token)  # only now can it be trusted; older files are removed
     return token
 
 
 def load(store: Store) -> tuple[Table, list[str]] | None:
-    """The cached table and the ids written since it was saved, or None when there is no cache to trust."""
+    """The cached table and the ids written since it was saved, or None when there is no cache to trust.
+    The matrix is a read-only map of its file (copied by :meth:`Table.replaced`)."""
     folder, token = store.cache_folder(), store.cache_token()
     if folder is None or token is None:
         return None
@@ -285,13 +305,14 @@ def load(store: Store) -> tuple[Table, list[str]] | None:
     if journal is None:
         log.warning("the refresh cache %s has no journal; not used", token)
         return None
+    where = folder / f"users-{token}"
     try:
-        with np.load(folder / f"users-{token}.npz", allow_pickle=False) as z:
-            if int(z["format"]) != FORMAT:
-                return None
-            arrays = {a: z[a] for a in (*_ARRAYS, *_ARRAYS2)}
-            genders = [str(g) for g in z["genders"]]
-    except (OSError, KeyError, ValueError) as exc:
+        if np.load(where / "format.npy", allow_pickle=False).reshape(-1).tolist() != [FORMAT]:
+            return None
+        arrays = {a: np.load(where / f"{a}.npy", allow_pickle=False) for a in (*_ARRAYS, *_ARRAYS2) if a != "matrix"}
+        arrays["matrix"] = np.load(where / "matrix.npy", mmap_mode="r", allow_pickle=False)
+        genders = [str(g) for g in np.load(where / "genders.npy", allow_pickle=False)]
+    except (OSError, ValueError) as exc:
         log.warning("cannot read the refresh cache %s: %s; not used", token, exc)
         return None
     table = Table(genders=genders, **arrays)
@@ -310,5 +331,5 @@ def load(store: Store) -> tuple[Table, list[str]] | None:
 
 
 def cache_files(folder: Path) -> list[Path]:
-    """The files in a cache folder (for tests and the bench)."""
+    """The entries of a cache folder (for tests and the bench)."""
     return sorted(folder.iterdir()) if folder.is_dir() else []

@@ -65,8 +65,8 @@ def read_journal(folder: Path, token: str) -> list[str] | None:
 
 
 def remove_files(folder: Path, keep: str | None = None) -> None:
-    """Remove every cache file in ``folder`` except those of token ``keep``. Raises ``StoreUnavailable``
-    when a file cannot be removed (it may hold a deleted user's data)."""
+    """Remove every cache file in ``folder`` except those of token ``keep`` (``keep=None``: the folder too).
+    Raises ``StoreUnavailable`` when a file cannot be removed (it may hold a deleted user's data)."""
     if not folder.is_dir():
         return
     for f in folder.iterdir():
@@ -81,3 +81,8 @@ def remove_files(folder: Path, keep: str | None = None) -> None:
             pass
         except OSError as exc:
             raise StoreUnavailable(f"cannot remove the refresh cache file {f}: {exc}") from exc
+    if keep is None:
+        try:
+            folder.rmdir()  # the store folder then holds only the collections again
+        except OSError:
+            pass
