@@ -200,6 +200,7 @@ def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         with open_store(_settings(twin)) as store:
             rep = _timed(row, "full", refresh, store, settings)
             row["full_rewritten"] = rep.rewritten
+            row["full_stages"] = rep.stages
             exact = _stats_of(store)
         shutil.rmtree(twin, ignore_errors=True)
     with open_store(settings) as store:
@@ -207,6 +208,7 @@ def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         row.update(incremental_recomputed=rep.recomputed, incremental_merged=rep.merged)
         row["incremental_rewritten"] = rep.rewritten
         row["incremental_cache"] = rep.cache
+        row["incremental_stages"] = rep.stages
         if args.reference:
             row["incremental_kth_mismatches"] = _mismatches(exact, _stats_of(store))  # 0: the same kth_sim
             row["incremental_over_full"] = round(row["incremental_s"] / row["full_s"], 4)
@@ -219,6 +221,7 @@ def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             _write_users(store, pop2, n + added, n + added + more, batch, full_store)
             rep = _timed(row, "incremental2", refresh_changed, store, settings, arrived=pop2.ids[n + added :])
             row["incremental2_cache"] = rep.cache
+            row["incremental2_stages"] = rep.stages
         victims = rng.choice(n, size=args.deletes, replace=False)
         del_s = []
         for i in victims:

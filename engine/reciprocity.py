@@ -85,6 +85,7 @@ class RefreshReport:
     recomputed: int = 0  # users scored against their whole compatible pool (all of them in a full pass)
     merged: int = 0  # users whose top-K list was updated by merging in arrivals (incremental pass only)
     cache: str = ""  # incremental pass: "used" (started from the saved table) or why it scrolled
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: read, score, exact, write, save
 
 
 @dataclass(frozen=True)
@@ -161,25 +162,35 @@ def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshRe
     k = settings.recommend.reciprocity_k
     table = Table.from_points(store.scroll(USERS, with_vectors=True))
     n = len(table)
+    stages = {"read": time.perf_counter() - t0}
     # Tastes first: each user's list is ranked by their taste, so kth_sim is measured with it.
     tastes = _tastes(table, range(n), settings.recommend.taste_blend)
     top = compatible_topk(
         table.matrix, table.groups(), k, queries=_queries(table, tastes), block=chunk, progress=settings.progress
     )
+    stages["exact"] = time.perf_counter() - t0 - sum(stages.values())
     changes = {}
     for i in range(n):
         change = _row_change(table, i, *_stats(top[i], k), k, tastes[i], retasted=True)
         if change is not None:
             changes[str(table.ids[i])] = change
     _write(store, changes, settings.ingest.write_batch_size)
+    stages["write"] = time.perf_counter() - t0 - sum(stages.values())
     save(store, table)
+    stages["save"] = time.perf_counter() - t0 - sum(stages.values())
     seconds = time.perf_counter() - t0
     log.info(
         "reciprocity refresh: %d users (K=%d), %d rewritten, in %.1f s; %d skipped",
         n, k, len(changes), seconds, len(table.skipped),
     )  # fmt: skip
     return RefreshReport(
-        users=n, rewritten=len(changes), skipped=len(table.skipped), seconds=seconds, recomputed=n, merged=0
+        users=n,
+        rewritten=len(changes),
+        skipped=len(table.skipped),
+        seconds=seconds,
+        recomputed=n,
+        merged=0,
+        stages={key: round(v, 3) for key, v in stages.items()},
     )
 
 
@@ -295,6 +306,7 @@ def refresh_changed(
         log.info("reciprocity refresh reads every user (%s)", ch)
         ch = _from_scroll(store, arrived, departed, retasted, ch)
     table, n = ch.table, len(ch.table)
+    stages = {"read": time.perf_counter() - t0}
 
     # Stored statistics; a user whose statistics cannot be trusted is recomputed, and handled as an
     # arrival (they may be missing from others' lists too, e.g. after a run stopped before its refresh).
@@ -317,6 +329,7 @@ def refresh_changed(
             recompute[members[np.any(sims >= last[members, None] - _DEPARTED_TOL, axis=1)]] = True
     merged = _merge_arrivals(table, grp, queries, last, np.asarray(arrivals, dtype=np.int64), recompute, k)
     rows = np.flatnonzero(recompute)
+    stages["score"] = time.perf_counter() - t0 - sum(stages.values())
     exact = compatible_topk(table.matrix, grp, k, rows=rows, queries=queries, block=chunk, progress=settings.progress)
     changes = {}
     for j, i in enumerate(rows.tolist()):
@@ -328,8 +341,11 @@ def refresh_changed(
             change = _row_change(table, i, kth, window, k, None, retasted=False)
             if change is not None:
                 changes[str(table.ids[i])] = change
+    stages["exact"] = time.perf_counter() - t0 - sum(stages.values())
     _write(store, changes, settings.ingest.write_batch_size)
+    stages["write"] = time.perf_counter() - t0 - sum(stages.values())
     save(store, table)
+    stages["save"] = time.perf_counter() - t0 - sum(stages.values())
     seconds = time.perf_counter() - t0
     n_merged = sum(1 for i in merged if not recompute[i])
     log.info(
@@ -345,6 +361,7 @@ def refresh_changed(
         recomputed=len(rows),
         merged=n_merged,
         cache=ch.cache,
+        stages={key: round(v, 3) for key, v in stages.items()},
     )
 
 
