@@ -21,7 +21,7 @@ from engine.schema import Profile
 
 NO_KTH = -1.0  # kth_sim of a user with fewer than K compatible users
 _BLOCK_ENTRIES = 1 << 24  # similarities per block in compatible_topk (64 MB of float32)
-_SMALL_GROUP = 8  # groups of at most this many rows are scored in age blocks (_topk_in_age_blocks)
+_SMALL_GROUP = 64  # groups of at most this many rows are scored in (gender, age) blocks (_topk_in_age_blocks)
 _AGE_BLOCK = 64  # rows per product there
 
 
@@ -183,41 +183,67 @@ def _topk_in_age_blocks(
     out: np.ndarray,
 ) -> None:
     """``out[at]`` for rows ``sel[at]`` from groups too small to be worth copying their pool (an incremental
-    pass: a few rows per group). Rows sorted by age go in blocks of ``_AGE_BLOCK``: each block is one matrix
-    product against the contiguous slice of age-sorted vectors its windows span, with the compatibility
-    tests as a mask, so the vectors are read once per block instead of once per group."""
-    by_age_vecs = vectors[grp.by_age]
-    rank = np.empty(len(grp.by_age), dtype=np.int64)
-    rank[grp.by_age] = np.arange(len(grp.by_age))
-    at = at[np.argsort(grp.age[sel[at]], kind="stable")]
-    for b in range(0, len(at), _AGE_BLOCK):
-        pos = at[b : b + _AGE_BLOCK]
-        r = sel[pos]
-        left, right = (int(x) for x in np.searchsorted(grp.age_sorted, [grp.lo[r].min(), grp.hi[r].max() + 1]))
-        if right <= left:
-            continue
-        c = grp.by_age[left:right]
-        ok = (
-            ((grp.gender[c][None, :] & grp.seeks[r][:, None]) != 0)
-            & ((grp.seeks[c][None, :] & grp.gender[r][:, None]) != 0)
-            & (grp.age[c][None, :] >= grp.lo[r][:, None])
-            & (grp.age[c][None, :] <= grp.hi[r][:, None])
-            & (grp.lo[c][None, :] <= grp.age[r][:, None])
-            & (grp.hi[c][None, :] >= grp.age[r][:, None])
-        )
-        own = rank[r] - left
-        inside = (own >= 0) & (own < right - left)
-        ok[np.flatnonzero(inside), own[inside]] = False  # never oneself
-        if isinstance(queries, np.ndarray):
-            q = _rows_of(queries, r)
-        else:
-            q = np.stack([queries.get(int(i), vectors[i]) for i in r]) if queries else vectors[r]
-        sims = q @ by_age_vecs[left:right].T
-        sims[~ok] = -np.inf
-        width = min(k, right - left)
-        if width < right - left:
-            sims = np.partition(sims, right - left - width, axis=1)[:, right - left - width :]
-        out[pos, :width] = -np.sort(-sims, axis=1)
+    pass: a few rows per group). Candidates are ordered by (gender, age), so the users of one gender in an age
+    range are one contiguous slice; rows sorted by (genders sought, age) go in blocks of ``_AGE_BLOCK``, each
+    one matrix product against the slices of the genders it seeks over the ages its windows span, with the
+    other compatibility tests as a mask. The vectors are read once per block instead of once per group."""
+    n = len(grp)
+    codes = np.unique(grp.gender)
+    gidx = np.searchsorted(codes, grp.gender)
+    span = int(grp.age.max()) + 2 if n else 2
+    key = gidx * span + grp.age  # (gender index, age) as one sortable number
+    order = np.argsort(key, kind="stable")
+    key_sorted = key[order]
+    cols_vecs = vectors[order]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    rows_seeks = grp.seeks[sel[at]]
+    at = at[np.lexsort((grp.age[sel[at]], rows_seeks))]
+    rows_seeks = grp.seeks[sel[at]]
+    cuts = np.flatnonzero(np.r_[True, rows_seeks[1:] != rows_seeks[:-1], True])
+    for s0, s1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        want = int(rows_seeks[s0])
+        sought = [j for j, code in enumerate(codes.tolist()) if code & want]
+        for b in range(s0, s1, _AGE_BLOCK):
+            pos = at[b : min(b + _AGE_BLOCK, s1)]
+            r = sel[pos]
+            lo, hi = int(grp.lo[r].min()), int(grp.hi[r].max())
+            slices = [
+                (int(x), int(y))
+                for j in sought
+                for x, y in [np.searchsorted(key_sorted, [j * span + max(lo, 0), j * span + min(hi, span - 2) + 1])]
+                if y > x
+            ]
+            if not slices:
+                continue
+            if len(slices) == 1:
+                c_pos = np.arange(*slices[0])
+                c_vecs = cols_vecs[slices[0][0] : slices[0][1]]
+            else:
+                c_pos = np.concatenate([np.arange(x, y) for x, y in slices])
+                c_vecs = cols_vecs[c_pos]
+            c = order[c_pos]
+            ok = (
+                ((grp.seeks[c][None, :] & grp.gender[r][:, None]) != 0)
+                & (grp.age[c][None, :] >= grp.lo[r][:, None])
+                & (grp.age[c][None, :] <= grp.hi[r][:, None])
+                & (grp.lo[c][None, :] <= grp.age[r][:, None])
+                & (grp.hi[c][None, :] >= grp.age[r][:, None])
+            )
+            own = np.searchsorted(c_pos, rank[r])
+            inside = (own < len(c_pos)) & (c_pos[np.minimum(own, len(c_pos) - 1)] == rank[r])
+            ok[np.flatnonzero(inside), own[inside]] = False  # never oneself
+            if isinstance(queries, np.ndarray):
+                q = _rows_of(queries, r)
+            else:
+                q = np.stack([queries.get(int(i), vectors[i]) for i in r]) if queries else vectors[r]
+            sims = q @ c_vecs.T
+            sims[~ok] = -np.inf
+            m = len(c_pos)
+            width = min(k, m)
+            if width < m:
+                sims = np.partition(sims, m - width, axis=1)[:, m - width :]
+            out[pos, :width] = -np.sort(-sims, axis=1)
 
 
 def _rows_of(queries: np.ndarray, r: np.ndarray) -> np.ndarray:
