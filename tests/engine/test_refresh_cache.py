@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import engine.reciprocity as reciprocity
+import engine.reciprocity_incremental as reciprocity_incremental
 from engine.likes import record_likes
 from engine.reciprocity import refresh, refresh_changed
 from engine.refresh_cache import cache_files, load
@@ -113,7 +113,7 @@ def test_a_kill_between_the_writes_and_the_save_leaves_nothing_stale(
     def killed(*_: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reciprocity, "save", killed)
+    monkeypatch.setattr(reciprocity_incremental, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         refresh_changed(store, settings)
     monkeypatch.undo()
