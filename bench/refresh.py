@@ -3,13 +3,16 @@
 For each population size n, on the embedded Edge store (the default backend), in one process:
 
 1. write n synthetic users with 3 photos each (``bench/recommend.py``'s population: 512-d vectors around 64
-   Zipf-sized clusters, ages 18-65 with ±5-year windows), ``optimize()``; store folder size on disk;
-2. the first full pass (``engine.reciprocity.refresh``: every user's statistics computed and written);
+   Zipf-sized clusters, ages 18-65 with ±5-year windows), ``optimize()``; with ``--store DIR`` this written
+   store is kept in DIR and reused by later runs (copied, never modified);
+2. the first full pass (``engine.reciprocity.refresh``: every user's statistics computed and written, and the
+   refresh cache saved beside the store);
 3. ``recommend()`` p50/p99 over ``--queries`` users (k=20, default settings) and the process RSS;
-4. add 1 % more users (photos and user points, as ingestion writes them) and refresh, on the same state
-   both ways: first the full pass (the reference time), then, with the statistics put back as they were
-   before it, the incremental pass; ``incremental_kth_mismatches`` counts users whose ``kth_sim`` differs
-   between the two (0: exact);
+4. add 1 % more users (photos and user points, as ingestion writes them: journaled for the cache), copy the
+   store folder, and refresh the same state both ways: the full pass on the copy (the reference time), the
+   incremental pass (``refresh_changed``, what ingestion runs) on the original; ``incremental_kth_mismatches``
+   counts users whose ``kth_sim`` differs between the two (0: exact); ``*_stages``: seconds per stage;
+   ``--again``: 1 % more, and a second incremental pass from the cache the first one saved;
 5. ``--deletes`` users removed with ``delete_user`` (each one's refresh included); ``delete_kth_mismatches``:
    users whose ``kth_sim`` a full pass changes right after the deletions (0: refreshed at once).
 
@@ -21,8 +24,8 @@ users in memory and times ``compatible_topk`` (the full pass's numpy part) on wh
 window) groups covering ``--sample`` of the users, and extrapolates by the exact multiply-add count of every
 group (pool size x members x dim): the way to size a 1 M-user full pass without building a 1 M-user store.
 
-    nice -n 10 python bench/refresh.py --users 100000
-    nice -n 10 python bench/refresh.py --users 300000 --users-only --no-reference --deletes 1
+    nice -n 10 python bench/refresh.py --users 100000 --users-only --deletes 0 --again --store /tmp/bench-stores
+    nice -n 10 python bench/refresh.py --users 300000 --users-only --no-reference --deletes 0 --store /tmp/bench-stores
     nice -n 10 python bench/refresh.py --compute-only 1000000 --sample 0.03
 """
 
