@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -189,6 +190,20 @@ class Store(ABC):
                 else:
                     p.payload[key] = value
         self.upsert(collection, points)
+
+    def cache_folder(self) -> Path | None:
+        """Folder for caches derived from the users collection (engine.refresh_cache), or None where this
+        backend keeps none (a Qdrant server: no local folder)."""
+        return None
+
+    def cache_token(self) -> str | None:
+        """The token of the cache that matches the users collection as stored now (recorded in META), or
+        None: no cache may be trusted. Writes to the users collection keep it honest (engine/store/cache.py)."""
+        return None
+
+    def set_cache_token(self, token: str | None) -> None:  # noqa: B027 - nothing to record without a folder
+        """Record ``token`` as the cache that matches the users collection now (None: drop the cache, its
+        files included). Where ``cache_folder()`` is None this does nothing."""
 
     def optimize(self) -> None:  # noqa: B027 - a no-op is right for backends that index by themselves
         """Build indexes after a bulk write (Edge builds HNSW only here; a server does it by itself)."""

@@ -144,6 +144,7 @@ class EdgeStore(QdrantStore):
         # Folders left half-made by a kill during create or --rebuild: not loaded; setup rebuilds them.
         self._half_made: set[str] = set()
         self._closed = False
+        self._cache_root = self.root  # the refresh cache lives beside the collections
 
     @classmethod
     def open(cls, settings: Settings, *, indexing_threshold_kb: int | None = None) -> EdgeStore:
@@ -391,6 +392,7 @@ class EdgeStore(QdrantStore):
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if not points:
             return
+        self._before_write(collection, [p.id for p in points])
         shard = self._shard(collection)
         vectors = upsert_vectors(points)
         edge_points = [qe.Point(_uuid(p.id), v, p.payload) for p, v in zip(points, vectors, strict=True)]
@@ -403,6 +405,7 @@ class EdgeStore(QdrantStore):
         ``optimize()`` is needed after (an upsert would move them to an unindexed one)."""
         if not changes:
             return
+        self._before_write(collection, list(changes))
         shard = self._shard(collection)
         have = [str(r.id) for r in self._retrieve_ids(shard, collection, list(changes))]
         with self._calling("set_payload", collection):
@@ -441,6 +444,7 @@ class EdgeStore(QdrantStore):
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
             return
+        self._before_write(collection, None)  # a deleted user's data must leave the refresh cache too
         shard = self._shard(collection)
         uuids: list[Any] = [_uuid(i) for i in ids]
         with self._calling("delete", collection):
@@ -451,6 +455,7 @@ class EdgeStore(QdrantStore):
         ef = to_edge_filter(flt)
         if ef is None:
             raise empty_filter_error()
+        self._before_write(collection, None)
         shard = self._shard(collection)
         with self._calling("delete", collection):
             shard.update(qe.UpdateOperation.delete_points_by_filter(ef))
