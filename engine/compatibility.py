@@ -15,7 +15,6 @@ from engine.schema import AGE, AGE_MAX, AGE_MIN, GENDER, PROFILE_FIELDS, SEEKING
 
 __all__ = ["PROFILE_FIELDS", "Profile", "age_conditions", "compatible_filter", "gender_conditions"]
 
-
 def gender_conditions(p: Profile) -> tuple[MatchAny, MatchAny]:
     """Candidate's gender in ``p.seeking``, and ``p.gender`` in the candidate's ``seeking``."""
     return MatchAny.of(GENDER, p.seeking), MatchAny.of(SEEKING, [p.gender])

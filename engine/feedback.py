@@ -118,10 +118,7 @@ def read_feedback_csv(path: Path) -> list[Event]:
         for line, row in enumerate(reader, start=2):
             events.append(
                 parse_event(
-                    row.get("viewer_id"),
-                    row.get("candidate_id"),
-                    row.get("decision"),
-                    row.get("ts"),
+                    row.get("viewer_id"), row.get("candidate_id"), row.get("decision"), row.get("ts"),
                     where=f"{path}:{line}",
                 )
             )

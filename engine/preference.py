@@ -239,7 +239,9 @@ def _reduce(vectors: np.ndarray, dims: int, seed: int) -> np.ndarray:
     return v[:, np.argsort(-w)[:dims]]
 
 
-def _tastes(vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, shrink: float) -> np.ndarray:
+def _tastes(
+    vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, shrink: float
+) -> np.ndarray:
     """Rocchio with negatives, shrunk towards the population's: (n, d) for (n, d) ``vectors``."""
     n, d = vectors.shape
     lk = like.astype(bool)

@@ -358,7 +358,9 @@ def _rerank_candidates(
     return matches
 
 
-def _learned_matches(store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings) -> list[Match]:
+def _learned_matches(
+    store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings
+) -> list[Match]:
     """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the stored statistics
     (``engine.preference.served_probabilities``), fused (harmonic by default), logged replies applied,
     then the congestion penalty; the best photo is the candidate's photo nearest the asker's taste."""
@@ -555,7 +557,9 @@ def explain_empty(user_id: str, *, exclude: Iterable[str] = (), store: Store) ->
     others = store.count(USERS, Filter(must_not=(me,)))
     by_gender = store.count(USERS, Filter(must=gender_conditions(p), must_not=(me,)))
     by_age = store.count(USERS, Filter(must=(*gender_conditions(p), *age_conditions(p)), must_not=(me,)))
-    who = f"{user_id!r} ({p.gender}, {p.age}, seeking {'/'.join(p.seeking)} aged {p.age_min}-{p.age_max})"
+    who = (
+        f"{user_id!r} ({p.gender}, {p.age}, seeking {'/'.join(p.seeking)} aged {p.age_min}-{p.age_max})"
+    )
     if others == 0:
         return f"no other user is stored besides {who}"
     if by_gender == 0:

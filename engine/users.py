@@ -109,10 +109,7 @@ def _delete_one(store: Store, user_id: str, settings: Settings | None) -> tuple[
         refresh_departed(store, settings, gone, retasted=scrubbed)
     log.info(
         "deleted user %s: %d points (%d feedback events); removed from %d like histories",
-        user_id,
-        removed,
-        events,
-        len(scrubbed),
+        user_id, removed, events, len(scrubbed),
     )
     return removed, bool(removed or scrubbed)
 

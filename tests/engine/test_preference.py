@@ -110,7 +110,9 @@ def test_rebuild_then_recommend_serves_what_the_log_taught(db: tuple[Store, Sett
     assert dud not in after or after[dud].rank > after[star].rank
     assert all(0.0 <= m.score_a_to_b <= 1.0 and 0.0 <= m.score_b_to_a <= 1.0 for m in after.values())
     # Exposure control: the star receives more likes per period than a capacity of 1 can answer.
-    busy = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"congestion_capacity": 1.0})})
+    busy = settings.model_copy(
+        update={"recommend": settings.recommend.model_copy(update={"congestion_capacity": 1.0})}
+    )
     damped = {m.user_id: m for m in recommend(asker, 10, store=store, settings=busy)}
     assert star not in damped or damped[star].score < after[star].score
     photo = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"model": "photo"})})

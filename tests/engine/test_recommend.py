@@ -78,13 +78,8 @@ def user(
     photos = [unit(vec + 0.02 * rng.standard_normal(len(vec))) for _ in range(n_photos)]
     other = {"female": "male", "male": "female"}.get(gender, "female")
     return {
-        "user_id": uid,
-        "gender": gender,
-        "age": age,
-        "seeking": list(seeking or [other]),
-        "age_min": window[0],
-        "age_max": window[1],
-        "photos": photos,
+        "user_id": uid, "gender": gender, "age": age, "seeking": list(seeking or [other]),
+        "age_min": window[0], "age_max": window[1], "photos": photos,
     }
 
 
@@ -190,7 +185,9 @@ def test_rerank_demotes_one_sided_nearest_neighbour(db: tuple[Store, Settings]) 
     c_list = sorted((vec["C"] @ vec[w] for w in vec if w.startswith("D") or w == "A"), reverse=True)
     assert c_list.index(vec["C"] @ vec["A"]) == 0
 
-    plain = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"reciprocity_weight": 0.0})})
+    plain = settings.model_copy(
+        update={"recommend": settings.recommend.model_copy(update={"reciprocity_weight": 0.0})}
+    )
     without = recommend("A", 2, store=store, settings=plain)
     assert [m.user_id for m in without] == ["B", "C"]  # appeal alone is symmetric here: B first
 

@@ -106,7 +106,9 @@ def _kill_after(path: Path, first: int, acks_wanted: int) -> list[int]:
     try:
         line = child.stdout.readline().strip()
         if line != "ready":
-            raise AssertionError(f"writer did not start: {line!r} {child.stderr.read() if child.stderr else ''}")
+            raise AssertionError(
+                f"writer did not start: {line!r} {child.stderr.read() if child.stderr else ''}"
+            )
         acked: list[int] = []
         while len(acked) < acks_wanted:
             line = child.stdout.readline()
