@@ -117,6 +117,20 @@ class Store(ABC):
     ) -> Iterator[Point]:
         """Every point that matches ``flt``."""
 
+    def scroll_payload(
+        self,
+        collection: str,
+        keys: tuple[str, ...],
+        flt: Filter | None = None,
+        *,
+        with_vectors: bool = False,
+        batch_size: int = 8192,
+    ) -> Iterator[Point]:
+        """``scroll`` with only the payload ``keys`` (a bulk read: backends fetch only those keys, which is most
+        of the cost of reading millions of points)."""
+        for p in self.scroll(collection, flt, with_vectors=with_vectors, batch_size=batch_size):
+            yield Point(p.id, p.vector, {k: p.payload[k] for k in keys if k in p.payload})
+
     @abstractmethod
     def delete(self, collection: str, ids: Sequence[str]) -> None: ...
 
