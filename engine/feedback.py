@@ -259,7 +259,7 @@ def decision_arrays(
     get = index.get
     page = 0
     try:
-        for p in store.scroll_payload(FEEDBACK, _LOG_KEYS, flt, batch_size=8192):
+        for p in store.scroll_payload(FEEDBACK, _LOG_KEYS, flt, with_ids=False, batch_size=8192):
             page += 1
             if progress is not None and page == 8192:
                 progress.update(page)
