@@ -89,12 +89,16 @@ def _config(settings: Settings) -> PreferenceConfig:
     )  # fmt: skip
 
 
-def _users(store: Store) -> tuple[list[str], list[str], np.ndarray]:
-    """(user ids, point ids, (n, d) float32 unit vectors) of every user with a usable vector."""
+def _users(store: Store) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """(user ids, point ids, (n, d) float32 unit vectors) of every user with a usable vector, and the points
+    still carrying the payloads an older version of this module wrote (``pref``, ``pref_taste``)."""
     ids: list[str] = []
     pids: list[str] = []
     vecs: list[np.ndarray] = []
-    for p in store.scroll_payload(USERS, (USER_ID,), with_vectors=True, batch_size=2048):
+    legacy: list[str] = []
+    for p in store.scroll_payload(USERS, (USER_ID, PREF_FIELD), with_vectors=True, batch_size=2048):
+        if PREF_FIELD in (p.payload or {}):
+            legacy.append(p.id)
         v = usable_vector(p)
         if v is None:
             continue
@@ -102,10 +106,10 @@ def _users(store: Store) -> tuple[list[str], list[str], np.ndarray]:
         pids.append(p.id)
         vecs.append(v)
     if not vecs:
-        return ids, pids, np.zeros((0, 0), np.float32)
+        return ids, pids, np.zeros((0, 0), np.float32), legacy
     vectors = np.stack(vecs).astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return ids, pids, vectors
+    return ids, pids, vectors, legacy
 
 
 def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = CHUNK_ROWS) -> RebuildReport:
@@ -115,7 +119,7 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = C
     """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    ids, pids, vectors = _users(store)
+    ids, pids, vectors, legacy = _users(store)
     n = len(ids)
     if n == 0:
         return RebuildReport(0, 0, {"read_s": time.perf_counter() - t}, {})
@@ -138,6 +142,10 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = C
 
     t = time.perf_counter()
     write_model(store, model, pids, settings=settings, batch_size=batch_size)
+    if legacy:  # once per store: the per-user payloads of the old format (half a KB to 5 KB per user)
+        log.info("model rebuild: removing the old per-user model payloads of %d users", len(legacy))
+        for s in range(0, len(legacy), 1024):
+            store.set_payload(USERS, {pid: {PREF_FIELD: None, PREF_TASTE_FIELD: None} for pid in legacy[s : s + 1024]})
     seconds["write_s"] = time.perf_counter() - t
     weights = dict(zip(("bias", *FEATURES), model.weights.round(4).tolist(), strict=True))
     return RebuildReport(n, int(viewer.size), seconds, weights)

@@ -143,9 +143,15 @@ def _raise_missing(store: Store, user_id: str) -> NoReturn:
 
 
 def _load_askers(
-    store: Store, user_ids: Sequence[str], settings: Settings, likes: Sequence[str] | None = None
+    store: Store,
+    user_ids: Sequence[str],
+    settings: Settings,
+    likes: Sequence[str] | None = None,
+    *,
+    need_photos: bool = False,
 ) -> list[_Asker]:
-    """The askers' points and photos in two ``retrieve`` calls (plus one for ``likes``, when given).
+    """The askers' points and photos in two ``retrieve`` calls (plus one for ``likes``, when given); with a
+    learned model the photos only when ``need_photos`` (the photo-only rerank reads them).
 
     Raises ``UserNotFound`` (first unknown id) or ``NoUserVector``.
     """
@@ -162,11 +168,15 @@ def _load_askers(
             raise NoUserVector(f"user {u!r} has no vector (no valid photo was stored); nothing to match on")
         found.append((p, own))
         photo_ids.extend(photo_ids_of(p.payload))
-    photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
     blend = settings.recommend.taste_blend
     explicit = liked_vectors(store, list(likes), strict=True) if likes else None
     # An explicit like history (likes=) asks for the photo taste of engine.likes, which the model does not use.
     sm = served_model(store) if settings.recommend.model == "learned" and likes is None else None
+    # The asker's photos score the reverse direction of the photo-only rerank; the learned model does not
+    # read them (one retrieve saved per call).
+    if sm is not None and not need_photos:
+        photo_ids = []
+    photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
     askers = []
     for u, (p, own) in zip(user_ids, found, strict=True):
         payload = p.payload or {}
@@ -208,14 +218,16 @@ def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Setti
         limit = max(limit, settings.recommend.learned_pool)
         if asker.pref_taste is not None:
             vector = asker.pref_taste
-        # The model's statistics and user ids come from the served copy, by point id: no payload crosses.
+        # The model's statistics and user ids come from the served copy, by point id, and the photo signal
+        # from one exact query over the candidates: neither payloads nor vectors cross (moving 300 vectors
+        # into Python cost several times the search).
         fields = False
     return Query(
         vector=vector,
         limit=limit,
         filter=compatible_filter(asker.profile, exclude=[*exclude, *sorted(asker.blocked)]),
         with_payload=fields,
-        with_vectors=True,  # the reverse direction (photo path) and the photo signal are scored from them
+        with_vectors=asker.model is None,  # the photo rerank scores the reverse direction from them in numpy
     )
 
 
@@ -223,11 +235,11 @@ def _stage1(store: Store, asker: _Asker, q: Query) -> list[ScoredPoint]:
     """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
     log found most appealing (``popular_ids``, half the pool), in one batch. Appeal is learned from
     received likes, not from the photos, so a taste query alone could miss the people everyone likes."""
-    popular = asker.model.get("popular_ids") if asker.model is not None else None
-    if not popular:
+    popular = asker.served.popular if asker.served is not None else None
+    if popular is None or not popular.ids:
         return store.query(USERS, q)
     flt = q.filter or Filter()
-    only = Filter(must=(*flt.must, HasId.of(popular)), must_not=flt.must_not)
+    only = Filter(must=(*flt.must, popular), must_not=flt.must_not)
     second = replace(q, filter=only, limit=max(1, q.limit // 2))
     first, extra = store.query_batch(USERS, [q, second])
     seen = {c.id for c in first}
@@ -369,6 +381,24 @@ def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint],
     return out
 
 
+def _photo_similarity(store: Store, asker: _Asker, cands: list[ScoredPoint]) -> np.ndarray:
+    """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else one
+    exact query restricted to the candidates (0 for one no longer stored)."""
+    if cands and all(c.vector is not None for c in cands):
+        cand_vecs = _candidate_vectors(cands, asker.vector.shape[0])
+        return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
+    ids = [c.id for c in cands]
+    q = Query(
+        vector=l2_normalize(asker.vector),
+        limit=len(ids),
+        filter=Filter(must=(HasId.of(ids),)),
+        with_payload=False,
+        exact=True,
+    )
+    sim = {r.id: r.score for r in store.query(USERS, q)}
+    return np.array([sim.get(i, 0.0) for i in ids], dtype=np.float64)
+
+
 def _learned_matches(store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings) -> list[Match]:
     """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the served statistics
     (``engine.preference.served_probabilities_arrays``), fused (harmonic by default), logged replies applied,
@@ -380,8 +410,7 @@ def _learned_matches(store: Store, asker: _Asker, cands: list[ScoredPoint], k: i
     user_ids = _candidate_user_ids(store, sm, cands, rows)
     payloads: list[dict[str, Any]] = [{USER_ID: u} for u in user_ids]
     sides = sm.side(rows)
-    cand_vecs = _candidate_vectors(cands, asker.vector.shape[0])
-    photo = np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
+    photo = _photo_similarity(store, asker, cands)
     a_to_b, b_to_a = served_probabilities_arrays(asker.model, sm.side(np.array([asker.row])), sides, photo)
     out = RerankResult(score=aggregate(a_to_b, b_to_a, rs.aggregation), a_to_b=a_to_b, b_to_a=b_to_a)
     out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
@@ -396,8 +425,10 @@ def _learned_matches(store: Store, asker: _Asker, cands: list[ScoredPoint], k: i
     # The photo ids of the returned candidates only (stage 1 brought no payload).
     have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
     need = [c.id for c in top if c.id not in have]
-    if need:
-        have.update({p.id: p.payload for p in store.retrieve(USERS, need)})
+    if need:  # only the key needed crosses (a users payload holds much more)
+        have.update(
+            {p.id: p.payload for p in store.scroll_payload(USERS, (PHOTO_IDS,), Filter(must=(HasId.of(need),)))}
+        )
     best = _best_photos(store, asker, [{USER_ID: user_ids[i], **(have.get(cands[i].id) or {})} for i in order])
     return [
         Match(
@@ -533,7 +564,7 @@ def score_candidates(
     stored like histories (a replay of logged likes must not see them again through those histories).
     Raises ``UserNotFound`` / ``NoUserVector`` for the asker, ``StoreUnavailable``.
     """
-    asker = _load_askers(store, [user_id], settings, likes)[0]
+    asker = _load_askers(store, [user_id], settings, likes, need_photos=not use_stored_tastes)[0]
     if not use_stored_tastes:  # the learned model is fitted on the logs too: a replay must not see them again
         asker.model, asker.served = None, None
     uniq = list(dict.fromkeys(str(u) for u in candidate_ids))

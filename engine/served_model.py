@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.filters import HasId
 from engine.schema import META
 from engine.store.base import Point, Store
 
@@ -127,10 +128,14 @@ class ServedModel:
     basis: np.ndarray  # (r0, rank) float64: the taste basis of the last full rebuild
     cold: np.ndarray  # (width,) float64
     index: dict[str, int] = field(default_factory=dict)
+    popular: HasId = field(default_factory=lambda: HasId(frozenset()))
 
     def __post_init__(self) -> None:
         if not self.index:
             self.index = {p: i for i, p in enumerate(self.point_ids)}
+        # Stage 1's second query is restricted to these: one condition object per model (a backend may keep
+        # its translation of a condition it sees again).
+        self.popular = HasId.of(str(p) for p in self.shared.get("popular_ids") or [])
 
     def rows(self, point_ids: list[str]) -> np.ndarray:
         """(n,) row of each point id, -1 for users not in the model."""
