@@ -118,6 +118,22 @@ class Store(ABC):
     ) -> Iterator[Point]:
         """Every point that matches ``flt``."""
 
+    def scroll_payload(
+        self,
+        collection: str,
+        keys: tuple[str, ...],
+        flt: Filter | None = None,
+        *,
+        with_vectors: bool = False,
+        with_ids: bool = True,
+        batch_size: int = 8192,
+    ) -> Iterator[Point]:
+        """``scroll`` with only the payload ``keys`` (a bulk read: backends fetch only those keys, which is most
+        of the cost of reading millions of points); ``with_ids=False`` may leave ``Point.id`` empty (saves
+        building a UUID per point)."""
+        for p in self.scroll(collection, flt, with_vectors=with_vectors, batch_size=batch_size):
+            yield Point(p.id if with_ids else "", p.vector, {k: p.payload[k] for k in keys if k in p.payload})
+
     @abstractmethod
     def delete(self, collection: str, ids: Sequence[str]) -> None: ...
 

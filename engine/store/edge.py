@@ -24,7 +24,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,13 @@ def _match_any(c: MatchAny) -> qe.MatchAny:
     raise InvalidInput(f"filter on {c.key!r}: match values must be all strings or all integers: {c.values!r}")
 
 
+@functools.lru_cache(maxsize=32)
+def _has_id(ids: frozenset[str]) -> qe.HasIdCondition:
+    """The condition for a set of ids, kept for sets used again (recommend()'s 500 most appealing users, on
+    every call): building 500 UUIDs per query cost more than the query's search (measured on Edge)."""
+    return qe.HasIdCondition({_uuid(i) for i in ids})
+
+
 def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
     """Translate ``engine.filters.Filter`` to ``qdrant_edge.Filter`` (None for no filter)."""
     if flt is None or flt.is_empty():
@@ -96,7 +103,7 @@ def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
             # RangeFloat serves integer indexes too (Qdrant compares numerically).
             return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte))
         if isinstance(c, HasId):
-            return qe.HasIdCondition({_uuid(i) for i in c.ids})
+            return _has_id(c.ids)
         raise TypeError(f"unknown filter condition {c!r}")
 
     return qe.Filter(
@@ -440,6 +447,34 @@ class EdgeStore(QdrantStore):
         with self._calling("scroll", collection):
             recs, offset = shard.scroll(request)
         return self._points(recs), offset
+
+    def scroll_payload(
+        self,
+        collection: str,
+        keys: tuple[str, ...],
+        flt: Filter | None = None,
+        *,
+        with_vectors: bool = False,
+        with_ids: bool = True,
+        batch_size: int = 8192,
+    ) -> Iterator[Point]:
+        """``Store.scroll_payload``: only ``keys`` cross the bindings (3x the points/s of ``scroll`` on
+        feedback, measured)."""
+        shard = self._shard(collection)
+        ef, offset = to_edge_filter(flt), None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset, limit=batch_size, filter=ef, with_payload=list(keys), with_vector=with_vectors
+            )
+            with self._calling("scroll", collection):
+                recs, offset = shard.scroll(request)
+            if with_ids:
+                yield from self._points(recs)
+            else:  # the bindings build a uuid.UUID per ``id`` access: a third of a bulk read's time
+                vec = self._to_vector
+                yield from (Point("", vec(r.vector) if with_vectors else None, r.payload or {}) for r in recs)
+            if offset is None:
+                return
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
