@@ -15,6 +15,11 @@ numpy from the vectors stage 1 brought back: on Edge that costs less than the qu
 replaces, since moving scored points into Python costs more than the search itself. Candidates with a
 stored ``taste`` (a like history) are scored in the reverse direction with that taste. The final score is
 the formula documented in ``engine.rerank``.
+
+With a learned model (``engine.learning``), the per-user statistics come from the process's served copy of
+the model (``engine.served_model``, checked against the stored version on every call, so never stale):
+stage 1 brings only the candidates' ids, scores and vectors (for the photo signal), no payload; the photo ids
+are read for the top ``k`` only. The asker's feedback is read once (``engine.feedback.around``).
 """
 
 from __future__ import annotations
