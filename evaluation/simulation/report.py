@@ -150,9 +150,11 @@ _METHOD_NOTES = """\
   Gini: of how often each user was shown (0 = equal exposure).
 - Fairness of outcomes: *match Gini* is the Gini of the effective matches each user takes part in (as
   viewer or candidate), *zero-match share* the share of users with none, *envy* the number of users who
-  would expect more mutual matches (true P, attention aside) from another viewer's list than from their
-  own (envy-freeness as in Saito & Joachims 2022). The per-viewer oracle is envy-free among viewers
-  served every round; newcomers (fewer rounds, shorter lists) can envy under any strategy.
+  would expect more *effective* matches from another viewer's list than from their own (envy-freeness as
+  in Saito & Joachims 2022): each impression counts the true P(i→j)·P(j→i) times the share of the likes
+  that candidate received in that round which they looked at (min(1, B / likes received)), so a list of
+  over-liked people is worth the matches it can bring under attention. The per-viewer oracle is envy-free
+  only with unlimited attention; newcomers (fewer rounds, shorter lists) can envy under any strategy.
 - 95 % intervals: percentile bootstrap, two-way. Rates, matches per user and precisions resample viewers
   and, independently, candidates: each impression weighs its viewer's draw count times its candidate's,
   since a viewer's impressions are correlated and so are one candidate's decisions across the ~50 viewers
