@@ -101,9 +101,7 @@ def taste_vector(own: np.ndarray, liked: np.ndarray | None, blend: float) -> np.
     return l2_normalize((1.0 - blend) * own + blend * liked_mean)
 
 
-def best_photo_per_owner(
-    photo_scores: np.ndarray, owner: np.ndarray, n_owners: int
-) -> tuple[np.ndarray, np.ndarray]:
+def best_photo_per_owner(photo_scores: np.ndarray, owner: np.ndarray, n_owners: int) -> tuple[np.ndarray, np.ndarray]:
     """For each owner, the best photo score and that photo's index into ``photo_scores``.
 
     ``photo_scores`` (P,), ``owner`` (P,) ints in [0, n_owners). Owners with no photo get score ``-inf``

@@ -277,8 +277,9 @@ def evaluate(
     viewers only (narrower: it ignores that a candidate's decisions recur across viewers). ``joins`` (n,),
     each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round).
     ``mutual`` (n, n), the world's ``P(i→j)·P(j→i)`` masked by the filter, gives the envy share (NaN
-    without), attention-aware with ``attention`` (``envious_users``). One set of bootstrap weights serves all strategies, so lifts and shares have paired intervals. Raises
-    ``InvalidInput`` for an unknown ``bootstrap``.
+    without), attention-aware with ``attention`` (``envious_users``). One set of bootstrap weights serves
+    all strategies, so lifts and shares have paired intervals. Raises ``InvalidInput`` for an unknown
+    ``bootstrap``.
     """
     if bootstrap not in BOOTSTRAPS:
         raise InvalidInput(f"bootstrap: {bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
