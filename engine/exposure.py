@@ -11,8 +11,8 @@ so a viewer is never left short while enough candidates remain:
   recommendation); a new period (a day) starts with ``ExposureLedger.new_period()``.
 * **cold-start exploration** (``explore_slots``, ``explore_min``): up to ``explore_slots`` of the ``k``
   slots are reserved for *fresh* candidates — fewer than ``explore_min`` decisions received in the log *and*
-  fewer than ``explore_min`` impressions in this period — taken by fused score times remaining need
-  (``1 - max(decisions received, impressions this period) / explore_min``). A newcomer is fresh
+  fewer than ``explore_min`` impressions in this period — the least shown first (``max(decisions
+  received, impressions this period)``), by fused score among equals. A newcomer is fresh
   until ``explore_min`` viewers have been shown them, so their first period brings them that many
   impressions wherever stage 1 finds them, and the log then learns their appeal.
 * **congestion penalty** (``congestion_capacity``, ``congestion_strength``): the fused score is multiplied
@@ -127,12 +127,13 @@ def select(
     if policy.explore_slots <= 0:
         return order[:k]
     got = np.zeros(n, dtype=np.int64) if decisions_received is None else np.asarray(decisions_received)
-    fresh = fresh_mask(got, seen, policy.explore_min)
-    # The slots go to the fresh candidates with the highest score x remaining need (1 - shown / explore_min):
-    # a newcomer not yet shown comes before a user who has nearly had their share, unless a much worse fit.
-    need = 1.0 - np.maximum(got, seen) / max(policy.explore_min, 1)
-    pri = np.where(fresh, s * need, -np.inf)
-    by_pri = np.argsort(-pri, kind="stable")
+    fresh = fresh_mask(got, seen, policy.explore_min) & (s > 0)  # score 0: a logged pass, no match possible
+    # The slots go to the fresh candidates shown least so far (max of decisions received and impressions
+    # this period), the best fused score among equals: a newcomer never shown comes before an established
+    # user who has had a few impressions, whatever the fit (measured: by score x need, established users
+    # with a few impressions took the slots and a third of the newcomers stayed short; docs/results.md).
+    shown = np.maximum(got, seen)
+    by_pri = np.lexsort((np.arange(n), -s, shown))  # ascending shown, then descending score, then stable
     explore = [int(i) for i in by_pri[: min(policy.explore_slots, k)] if fresh[i]]
     chosen = set(explore)
     picks = explore + [int(i) for i in order if int(i) not in chosen][: k - len(explore)]
