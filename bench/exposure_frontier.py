@@ -26,7 +26,14 @@ from evaluation.calibration import fit_calibration
 from evaluation.simulation import Population, build_world, evaluate, run_rounds
 from evaluation.simulation.rounds import newcomer_joins
 from evaluation.simulation.run import DEFAULT_ATTENTION, DEFAULT_NEWCOMER_ROUND, DEFAULT_NEWCOMER_SHARE
-from evaluation.simulation.strategies import ExposureCapped, best_k, open_candidates, oracle_strategy, random_strategy
+from evaluation.simulation.strategies import (
+    ExposureCapped,
+    Strategy,
+    best_k,
+    open_candidates,
+    oracle_strategy,
+    random_strategy,
+)
 
 
 class LoggedOracle:
@@ -77,7 +84,7 @@ def main() -> None:
     fetch = -(-pop.n // a.k)
     for wname in a.world or ["aspiration", "similarity"]:
         world = build_world(wname, pop, compat, cal, seed=a.seed)
-        strats = [random_strategy(compat, a.seed), oracle_strategy(compat, world)]
+        strats: list[Strategy] = [random_strategy(compat, a.seed), oracle_strategy(compat, world)]
         p = world.p * compat
         strats.append(LoggedOracle("logged", compat, p))
         for cap in a.caps:
