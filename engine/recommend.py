@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
+from engine.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.feedback import LIKE, PASS, around
 from engine.filters import Filter, HasId, MatchAny
 from engine.likes import TASTE_FIELD, liked_vectors
@@ -272,14 +273,21 @@ def _candidate_vectors(cands: list[ScoredPoint], dim: int) -> np.ndarray:
 
 
 def _rerank_candidates(
-    store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, limit: int, settings: Settings
+    store: Store,
+    asker: _Asker,
+    cands: list[ScoredPoint],
+    k: int,
+    limit: int,
+    settings: Settings,
+    exposure: ExposureLedger | None = None,
 ) -> list[Match]:
-    """Stage 2 for one asker: one lookup of the candidates' photos, the numpy rerank, the top ``k``."""
+    """Stage 2 for one asker: one lookup of the candidates' photos, the numpy rerank, the top ``k``
+    (``engine.exposure`` with a ledger)."""
     n = len(cands)
     if n == 0:
         return []
     if asker.model is not None:
-        return _learned_matches(store, asker, cands, k, settings)
+        return _learned_matches(store, asker, cands, k, settings, exposure)
     rs = settings.recommend
     payloads = [c.payload or {} for c in cands]
     fwd_mean = np.array([c.score for c in cands], dtype=np.float64)
@@ -351,8 +359,9 @@ def _rerank_candidates(
         ),
     )
     out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
+    ids = [str(pl.get(USER_ID)) for pl in payloads]
     matches = []
-    for rank, i in enumerate(out.order()[:k], start=1):
+    for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure), start=1):
         b = int(best_idx[i])
         matches.append(
             Match(
@@ -404,10 +413,24 @@ def _photo_similarity(store: Store, asker: _Asker, cands: list[ScoredPoint]) -> 
     return np.array([sim.get(i, 0.0) for i in ids], dtype=np.float64)
 
 
-def _learned_matches(store: Store, asker: _Asker, cands: list[ScoredPoint], k: int, settings: Settings) -> list[Match]:
+def _policy(settings: Settings) -> ExposurePolicy:
+    rs = settings.recommend
+    return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
+
+
+def _learned_matches(
+    store: Store,
+    asker: _Asker,
+    cands: list[ScoredPoint],
+    k: int,
+    settings: Settings,
+    exposure: ExposureLedger | None = None,
+) -> list[Match]:
     """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the served statistics
-    (``engine.preference.served_probabilities_arrays``), fused (harmonic by default), logged replies applied,
-    then the congestion penalty; the best photo is the candidate's photo nearest the asker's taste."""
+    (``engine.preference.served_probabilities_arrays``), fused (``learned_aggregation``: the expected mutual
+    match by default), logged replies applied, then the congestion penalty and, with a ledger, the impression
+    budget and cold-start slots (``engine.exposure``); the best photo is the candidate's photo nearest the
+    asker's taste."""
     sm = asker.served
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in _load_askers
     rs = settings.recommend
@@ -417,15 +440,17 @@ def _learned_matches(store: Store, asker: _Asker, cands: list[ScoredPoint], k: i
     sides = sm.side(rows)
     photo = _photo_similarity(store, asker, cands)
     a_to_b, b_to_a = served_probabilities_arrays(asker.model, sm.side(np.array([asker.row])), sides, photo)
-    out = RerankResult(score=aggregate(a_to_b, b_to_a, rs.aggregation), a_to_b=a_to_b, b_to_a=b_to_a)
-    out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
+    fusion, gamma = rs.learned_aggregation, rs.reverse_exponent
+    out = RerankResult(score=aggregate(a_to_b, b_to_a, fusion, gamma), a_to_b=a_to_b, b_to_a=b_to_a)
+    out = _with_logged_replies(out, payloads, asker.about, fusion, gamma)
     if rs.congestion_capacity > 0:
         received = np.asarray(sides["likes_received"], dtype=np.float64)
         factor = congestion_factor(
             received, float(asker.model.get("periods", 1.0)), rs.congestion_capacity, rs.congestion_strength
         )
         out = RerankResult(score=out.score * factor, a_to_b=out.a_to_b, b_to_a=out.b_to_a)
-    order = out.order()[:k]
+    received = np.asarray(sides["n"][:, 1], dtype=np.int64)  # decisions received
+    order = choose(out.score, k, _policy(settings), user_ids, received, exposure)
     top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
     have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
@@ -465,7 +490,11 @@ def _best_photos(store: Store, asker: _Asker, payloads: list[dict[str, Any]]) ->
 
 
 def _with_logged_replies(
-    out: RerankResult, payloads: list[dict[str, Any]], about: dict[str, str], aggregation: str
+    out: RerankResult,
+    payloads: list[dict[str, Any]],
+    about: dict[str, str],
+    aggregation: str,
+    reverse_exponent: float = 1.0,
 ) -> RerankResult:
     """s(B→A) replaced by what B already decided about A, where B did (engine.feedback): 1 for a like,
     0 for a pass (a match is then impossible, so the fused score drops to 0 with the harmonic mean)."""
@@ -481,7 +510,8 @@ def _with_logged_replies(
             b_to_a[i], known = 0.0, True
     if not known:
         return out
-    return RerankResult(score=aggregate(out.a_to_b, b_to_a, aggregation), a_to_b=out.a_to_b, b_to_a=b_to_a)
+    score = aggregate(out.a_to_b, b_to_a, aggregation, reverse_exponent)
+    return RerankResult(score=score, a_to_b=out.a_to_b, b_to_a=b_to_a)
 
 
 def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, Settings, bool]:
@@ -501,6 +531,7 @@ def recommend(
     likes: Sequence[str] | None = None,
     store: Store | None = None,
     settings: Settings | None = None,
+    exposure: ExposureLedger | None = None,
 ) -> list[Match]:
     """The ``k`` best reciprocal matches for ``user_id``, best first (fewer if fewer pass the filters).
 
@@ -508,7 +539,9 @@ def recommend(
     feedback (``engine.feedback``) are never returned, and a candidate's logged decision about ``user_id``
     replaces the model's s(candidate→user): 1 for a like, 0 for a pass. ``likes``: user ids this user liked; they
     override the stored like history (``engine.likes``). Without ``store`` the store named by ``settings``
-    (default: from the environment) is opened and closed again.
+    (default: from the environment) is opened and closed again. ``exposure``: the serving process's
+    ``ExposureLedger``; the impression budget and cold-start slots (``engine.exposure``) read it, and the
+    returned list is recorded in it.
     Raises ``UserNotFound`` (unknown ``user_id`` or liked id), ``NoUserVector`` (no valid photo),
     ``InvalidInput`` (a ``ValueError``) for ``k <= 0``, ``StoreUnavailable``.
     """
@@ -518,17 +551,23 @@ def recommend(
     try:
         asker = _load_askers(st, [user_id], settings, likes)[0]
         q = _stage1_query(asker, k, exclude, settings)
-        return _rerank_candidates(st, asker, _stage1(st, asker, q), k, q.limit, settings)
+        return _rerank_candidates(st, asker, _stage1(st, asker, q), k, q.limit, settings, exposure)
     finally:
         if owned:
             st.close()
 
 
 def recommend_many(
-    user_ids: Sequence[str], k: int = 20, *, store: Store | None = None, settings: Settings | None = None
+    user_ids: Sequence[str],
+    k: int = 20,
+    *,
+    store: Store | None = None,
+    settings: Settings | None = None,
+    exposure: ExposureLedger | None = None,
 ) -> dict[str, list[Match]]:
     """``recommend`` for many users (each with their stored likes): askers loaded and stage-1 queries sent
-    in batches. Raises like ``recommend`` on the first unknown user or user without a vector."""
+    in batches (``exposure`` as in ``recommend``, in ``user_ids`` order). Raises like ``recommend`` on the
+    first unknown user or user without a vector."""
     _check_k(k)
     st, settings, owned = _with_store(store, settings)
     out: dict[str, list[Match]] = {}
@@ -542,7 +581,7 @@ def recommend_many(
             else:
                 results = st.query_batch(USERS, queries)
             for u, a, q, cands in zip(chunk, askers, queries, results, strict=True):
-                out[u] = _rerank_candidates(st, a, cands, k, q.limit, settings)
+                out[u] = _rerank_candidates(st, a, cands, k, q.limit, settings, exposure)
         return out
     finally:
         if owned:

@@ -29,6 +29,9 @@ and the final score aggregates the two directions with a mean that punishes one-
 
       score = H(s(A→B), s(B→A)) = 2 · s(A→B) · s(B→A) / (s(A→B) + s(B→A))
 
+or, where each direction is a probability (the learned model of ``engine.preference``), by the expected
+mutual match ``product`` = P(A→B) · P(B→A) ** γ, γ (``reverse_exponent``) weighing the reply.
+
 All weights are ``RecommendSettings`` fields, not constants here.
 """
 
@@ -42,7 +45,9 @@ import numpy as np
 from engine.errors import InvalidInput
 
 Aggregation = Literal["harmonic", "geometric", "min", "arithmetic"]
-AGGREGATIONS: tuple[str, ...] = ("harmonic", "geometric", "min", "arithmetic")
+# The learned model's fusion may also be "product" (its scores are probabilities); aggregate() takes all five.
+Fusion = Literal["harmonic", "geometric", "min", "arithmetic", "product"]
+AGGREGATIONS: tuple[str, ...] = ("harmonic", "geometric", "min", "arithmetic", "product")
 
 # Keeps the harmonic mean finite when both directions are exactly 0.
 _EPS = 1e-12
@@ -55,14 +60,23 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def aggregate(a_to_b: np.ndarray, b_to_a: np.ndarray, method: str = "harmonic") -> np.ndarray:
+def aggregate(
+    a_to_b: np.ndarray, b_to_a: np.ndarray, method: str = "harmonic", reverse_exponent: float = 1.0
+) -> np.ndarray:
     """Combine the two directional scores, element-wise; inputs in [0, 1], shape (n,).
 
     ``harmonic`` and ``min`` punish one-sided matches most, ``geometric`` less, ``arithmetic`` not at all.
-    Raises ``InvalidInput`` for an unknown method.
+    ``product`` is ``a_to_b · b_to_a ** reverse_exponent``: with calibrated probabilities and exponent 1 it
+    is the expected mutual match P(A→B)·P(B→A); an exponent above 1 weighs the reply more, i.e. favours
+    success (P(B→A) given that A likes B) over the chance that A likes at all. ``reverse_exponent`` is
+    ignored by the other methods. Raises ``InvalidInput`` for an unknown method or a negative exponent.
     """
     a = np.asarray(a_to_b, dtype=np.float64)
     b = np.asarray(b_to_a, dtype=np.float64)
+    if method == "product":
+        if reverse_exponent < 0:
+            raise InvalidInput(f"recommend.reverse_exponent: must be >= 0, got {reverse_exponent}")
+        return np.asarray(np.clip(a, 0.0, None) * np.clip(b, 0.0, None) ** reverse_exponent)
     if method == "harmonic":
         return np.asarray(2.0 * a * b / np.maximum(a + b, _EPS))
     if method == "geometric":
@@ -87,9 +101,7 @@ def taste_vector(own: np.ndarray, liked: np.ndarray | None, blend: float) -> np.
     return l2_normalize((1.0 - blend) * own + blend * liked_mean)
 
 
-def best_photo_per_owner(
-    photo_scores: np.ndarray, owner: np.ndarray, n_owners: int
-) -> tuple[np.ndarray, np.ndarray]:
+def best_photo_per_owner(photo_scores: np.ndarray, owner: np.ndarray, n_owners: int) -> tuple[np.ndarray, np.ndarray]:
     """For each owner, the best photo score and that photo's index into ``photo_scores``.
 
     ``photo_scores`` (P,), ``owner`` (P,) ints in [0, n_owners). Owners with no photo get score ``-inf``

@@ -60,7 +60,19 @@ class RecommendSettings(BaseModel):
     # candidates, and 80 candidates gave the same list as 200 for 98 % of askers (99.97 % of the top 10).
     oversample: int = Field(4, ge=1, description="Candidates fetched = oversample x k.")
     reciprocity_k: int = Field(50, ge=1, description="k of the k-reciprocal check (each user's top-k compatible).")
-    aggregation: Literal["harmonic", "geometric", "min", "arithmetic"] = "harmonic"
+    aggregation: Literal["harmonic", "geometric", "min", "arithmetic"] = Field(
+        "harmonic", description="How the photo-only rerank fuses its two directional scores (engine.rerank)."
+    )
+    learned_aggregation: Literal["harmonic", "geometric", "min", "arithmetic", "product"] = Field(
+        "product",
+        description="How the learned model's two probabilities are fused: 'product' ranks by the expected "
+        "mutual match P(A->B) * P(B->A) ** reverse_exponent (docs/results.md, fusion study).",
+    )
+    # 2: at 600 users (docs/results.md) success x1.30 / x1.35 of one-sided ANN (aspiration / similarity)
+    # against x1.24 / x1.32 at 1, with the same mutual rate; the learned P(B->A) is too flat (miscalibrated).
+    reverse_exponent: float = Field(
+        2.0, ge=0.0, le=4.0, description="Weight (exponent) of P(B->A) in the 'product' fusion; > 1 favours success."
+    )
     taste_blend: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the liked-people mean in the taste vector.")
     best_photo_weight: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the best photo vs the mean vector.")
     reciprocity_weight: float = Field(0.3, ge=0.0, le=1.0, description="Weight of rank reciprocity in each direction.")
@@ -81,6 +93,20 @@ class RecommendSettings(BaseModel):
         "penalised (score x (capacity / likes per period) ** congestion_strength). 0 turns it off.",
     )
     congestion_strength: float = Field(1.0, ge=0.0, description="Exponent of the congestion penalty.")
+    # 25 per period (k = 10 a day in the simulation): more effective matches than no budget where attention
+    # binds (aspiration), little cost elsewhere; the Gini target needs ~14 and costs the share (docs/results.md).
+    exposure_budget: int = Field(
+        25,
+        ge=0,
+        description="Impressions per candidate per period (an ExposureLedger passed to recommend()) before "
+        "they go behind every candidate under budget; 0 turns it off (engine.exposure).",
+    )
+    explore_slots: int = Field(
+        1, ge=0, description="Slots of k reserved for fresh candidates (cold start; engine.exposure); 0: off."
+    )
+    explore_min: int = Field(
+        10, ge=0, description="A candidate is fresh below this many decisions received and impressions this period."
+    )
 
 
 class PreferenceSettings(BaseModel):

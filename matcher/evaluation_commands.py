@@ -131,7 +131,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         help="encoder to ingest with (default: a tiny random one built in OUT; 'truth': the hidden traits "
         "as vectors, the ceiling of any encoder)",
     )
-    p.add_argument("--exposure-cap", type=int, metavar="C", help="engine_capped: max shows/user/round (k)")
+    p.add_argument(
+        "--exposure-cap",
+        type=int,
+        metavar="C",
+        help="engine_capped's budget, oracle_capped's cap: shows/user/round (k)",
+    )
     p.add_argument(
         "--world",
         action="append",

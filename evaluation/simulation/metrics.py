@@ -132,17 +132,36 @@ def user_matches(imp: Impressions, n: int) -> np.ndarray:
     return (np.bincount(imp.viewer[eff], minlength=n) + np.bincount(imp.candidate[eff], minlength=n)).astype(np.float64)
 
 
-def envious_users(imp: Impressions, mutual: np.ndarray) -> np.ndarray:
+def attention_share(imp: Impressions, attention: int | None) -> np.ndarray:
+    """(m,) the share of the likes an impression's candidate received in that round which they looked at:
+    ``min(1, B / likes received by the candidate in the round)`` (1 with unlimited attention, B None).
+
+    The chance that one more like sent to that candidate in that round would have been seen, as the
+    position-based attention of ``rounds.attention_seen`` treats likes in arrival order.
+    """
+    if attention is None or imp.candidate.size == 0:
+        return np.ones(imp.candidate.size)
+    n = int(imp.candidate.max()) + 1
+    key = imp.round.astype(np.int64) * n + imp.candidate
+    _, inv = np.unique(key, return_inverse=True)
+    received = np.bincount(inv, weights=imp.like.astype(np.float64))
+    return np.asarray(np.minimum(1.0, attention / np.maximum(received[inv], 1.0)))
+
+
+def envious_users(imp: Impressions, mutual: np.ndarray, attention: int | None = None) -> np.ndarray:
     """(n,) bool: users who would expect more matches from another viewer's recommendations than from theirs.
 
     ``mutual`` (n, n): ``P(i→j)·P(j→i)``, 0 outside the compatibility filter. A viewer's utility of a list is
-    the sum of their mutual probabilities with its candidates (expected mutual matches, attention aside);
-    ``i`` envies ``j`` when ``i``'s utility of ``j``'s list beats that of their own (Saito & Joachims 2022's
-    envy-freeness, with the lists every viewer got over the run). Users never served envy no one.
+    the sum, over its impressions, of their mutual probability with the candidate times the share of the
+    likes that candidate received that round which they looked at (``attention_share``; 1 when
+    ``attention`` is None): expected *effective* matches, so a list of over-liked people who never see
+    most likes is worth what it really brings. ``i`` envies ``j`` when ``i``'s utility of ``j``'s list beats
+    that of their own (Saito & Joachims 2022's envy-freeness, with the lists every viewer got over the
+    run). Users never served envy no one.
     """
     n = mutual.shape[0]
     lists = np.zeros((n, n), dtype=np.float32)
-    lists[imp.viewer, imp.candidate] = 1.0
+    lists[imp.viewer, imp.candidate] = attention_share(imp, attention).astype(np.float32)
     util = mutual.astype(np.float32) @ lists.T  # util[i, j]: i's expected matches from j's list
     own = np.diag(util).copy()
     np.fill_diagonal(util, -np.inf)
@@ -157,6 +176,7 @@ def _draws(
     exposure_idx: np.ndarray,
     candidate_weights: np.ndarray | None = None,
     pair_mutual: np.ndarray | None = None,
+    attention: int | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Point values and bootstrap draws (b,) of every metric.
 
@@ -229,7 +249,7 @@ def _draws(
     draws["match_gini"] = gini_rows(matches[exposure_idx])
     draws["zero_match_share"] = (matches[exposure_idx] == 0).mean(axis=1)
     if pair_mutual is not None:
-        envy = envious_users(imp, pair_mutual).astype(np.float64)
+        envy = envious_users(imp, pair_mutual, attention).astype(np.float64)
         point["envy_share"] = float(envy.mean())
         draws["envy_share"] = envy[exposure_idx].mean(axis=1)
     else:
@@ -249,6 +269,7 @@ def evaluate(
     joins: np.ndarray | None = None,
     k: int = 0,
     mutual: np.ndarray | None = None,
+    attention: int | None = None,
 ) -> list[StrategyResult]:
     """Metrics, intervals, lift over ``random`` and share of the ``oracle``'s lift, for every strategy.
 
@@ -256,15 +277,19 @@ def evaluate(
     viewers only (narrower: it ignores that a candidate's decisions recur across viewers). ``joins`` (n,),
     each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round).
     ``mutual`` (n, n), the world's ``P(i→j)·P(j→i)`` masked by the filter, gives the envy share (NaN
-    without). One set of bootstrap weights serves all strategies, so lifts and shares have paired intervals. Raises
-    ``InvalidInput`` for an unknown ``bootstrap``.
+    without), attention-aware with ``attention`` (``envious_users``). One set of bootstrap weights serves
+    all strategies, so lifts and shares have paired intervals. Raises ``InvalidInput`` for an unknown
+    ``bootstrap``.
     """
     if bootstrap not in BOOTSTRAPS:
         raise InvalidInput(f"bootstrap: {bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
     weights = bootstrap_weights(n, n_boot, seed)
     cand_weights = bootstrap_weights(n, n_boot, seed + 0x7A0) if bootstrap == "two_way" else None
     exposure_idx = np.random.default_rng([seed, 0xE7]).integers(0, n, size=(n_boot, n))
-    computed = {name: _draws(imp, n, weights, exposure_idx, cand_weights, mutual) for name, imp in impressions.items()}
+    computed = {
+        name: _draws(imp, n, weights, exposure_idx, cand_weights, mutual, attention)
+        for name, imp in impressions.items()
+    }
     results = []
     for name, imp in impressions.items():
         point, draws = computed[name]

@@ -150,9 +150,11 @@ _METHOD_NOTES = """\
   Gini: of how often each user was shown (0 = equal exposure).
 - Fairness of outcomes: *match Gini* is the Gini of the effective matches each user takes part in (as
   viewer or candidate), *zero-match share* the share of users with none, *envy* the number of users who
-  would expect more mutual matches (true P, attention aside) from another viewer's list than from their
-  own (envy-freeness as in Saito & Joachims 2022). The per-viewer oracle is envy-free among viewers
-  served every round; newcomers (fewer rounds, shorter lists) can envy under any strategy.
+  would expect more *effective* matches from another viewer's list than from their own (envy-freeness as
+  in Saito & Joachims 2022): each impression counts the true P(i→j)·P(j→i) times the share of the likes
+  that candidate received in that round which they looked at (min(1, B / likes received)), so a list of
+  over-liked people is worth the matches it can bring under attention. The per-viewer oracle is envy-free
+  only with unlimited attention; newcomers (fewer rounds, shorter lists) can envy under any strategy.
 - 95 % intervals: percentile bootstrap, two-way. Rates, matches per user and precisions resample viewers
   and, independently, candidates: each impression weighs its viewer's draw count times its candidate's,
   since a viewer's impressions are correlated and so are one candidate's decisions across the ~50 viewers
@@ -168,6 +170,9 @@ _METHOD_NOTES = """\
   every strategy and world runs on the same store. `similarity` is one filtered nearest-neighbour query per
   viewer on the users' mean vectors, served k at a time. The oracle ranks by P(i→j)·P(j→i) greedily per
   viewer; it is the ceiling for a per-viewer ranking, not a global optimum under exposure limits.
+  `oracle_capped` is the same, skipping anyone already shown `exposure_cap` times this round: the
+  truth-based reference for `engine_capped`, the engine with its impression budget set to that cap
+  (`engine.exposure`; every engine strategy holds an impression ledger, one period per round).
 - `market` (a reference, like the oracle it knows the true P): serves viewers in the round's order and ranks
   each one's candidates by P(i→j)·P(j→i)·P(j still has attention), the last factor Poisson in the likes it
   already sent j this round. With unlimited attention it is the oracle.

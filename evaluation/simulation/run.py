@@ -178,9 +178,11 @@ def shared_strategies(
         if name not in strategies:
             continue
         st, st_settings = own.get(name, (store, settings))
+        if name == "engine_capped":  # the engine's own impression budget (engine.exposure), at the run's cap
+            rec = st_settings.recommend.model_copy(update={"exposure_budget": cap})
+            st_settings = st_settings.model_copy(update={"recommend": rec})
         log_ = FeedbackLog(st, ids, after=engine_after_feedback(st_settings)) if name in own else None
-        eng = EngineStrategy("engine", st, st_settings, ids, use_likes=engine_likes, feedback=log_)
-        strat: Strategy = eng if name == "engine" else ExposureCapped("engine_capped", eng, cap, pop.n)
+        strat: Strategy = EngineStrategy(name, st, st_settings, ids, use_likes=engine_likes, feedback=log_)
         shared[name] = strat if (engine_likes or log_ is not None) else Memo(strat)
     for name, strategy in (("qdrant_average", "average_vector"), ("qdrant_best", "best_score")):
         if name in strategies:
@@ -221,6 +223,7 @@ class WorldRun:
     progress: bool
     attention: int | None = DEFAULT_ATTENTION
     joins: np.ndarray | None = None  # (n,) each user's arrival round (0-based); None: all from the start
+    cap: int = 10  # most times one user is shown per round by oracle_capped (and engine_capped's budget)
 
     def __call__(self, wname: str) -> WorldResult:
         """Build world ``wname``, run every strategy's rounds in it and measure them."""
@@ -234,6 +237,10 @@ class WorldRun:
                 strats.append(popularity_strategy(compat, pop))
             elif name == "oracle":
                 strats.append(oracle_strategy(compat, world))
+            elif name == "oracle_capped":  # the truth-based reference under the same exposure constraint
+                base = oracle_strategy(compat, world)
+                fetch = -(-pop.n // self.k)  # the whole ranking: the cap never leaves a viewer short
+                strats.append(ExposureCapped("oracle_capped", base, self.cap, pop.n, fetch=fetch))
             elif name == "market":
                 strats.append(MarketReference(compat, world, self.attention))
             elif name == "sinkhorn":
@@ -252,7 +259,14 @@ class WorldRun:
             joins=self.joins,
         )
         results = evaluate(
-            imps, pop.n, n_boot=self.n_boot, seed=self.seed, joins=self.joins, k=self.k, mutual=world.mutual() * compat
+            imps,
+            pop.n,
+            n_boot=self.n_boot,
+            seed=self.seed,
+            joins=self.joins,
+            k=self.k,
+            mutual=world.mutual() * compat,
+            attention=self.attention,
         )
         rnd: dict[str, float] = {}
         if "random" in imps:
@@ -318,7 +332,8 @@ def simulate(
     random Qwen3-VL in ``out/tiny-encoder``. The photos are ingested with ``run_ingest`` into a fresh store in
     ``out/store`` (a server backend gets the collection prefix ``sim_``), and the engine strategies call
     ``recommend()`` against it. ``exposure_cap``: most times one user may be shown per round by
-    ``engine_capped`` (default ``k``: the mean exposure per round). ``engine_likes``: pass each viewer's likes
+    ``engine_capped`` (its ``recommend.exposure_budget``) and ``oracle_capped`` (default ``k``: the mean
+    exposure per round). ``engine_likes``: pass each viewer's likes
     so far to ``recommend(likes=...)`` (off: the engine ranks from photos alone, and its picks are computed
     once for all worlds). ``attention``: most incoming likes a receiver looks at per round (the first to
     arrive; None: all); effective matches count only likes that were looked at. ``newcomer_share`` of the users
@@ -381,6 +396,7 @@ def simulate(
             progress=settings.progress,
             attention=attention,
             joins=newcomer_joins(pop.n, newcomer_share, newcomer_round, rounds, seed),
+            cap=cap,
         )
         world_results = []
         for wname in worlds:

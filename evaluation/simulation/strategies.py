@@ -25,6 +25,7 @@ STRATEGIES: tuple[str, ...] = (
     "qdrant_best",
     "recon",
     "oracle",
+    "oracle_capped",
     "market",
     "sinkhorn",
 )
@@ -35,11 +36,12 @@ STRATEGY_LABELS: dict[str, str] = {
     "popularity": "most attractive first",
     "similarity": "one-sided similarity (ANN)",
     "engine": "engine (reciprocal rerank)",
-    "engine_capped": "engine + exposure cap",
+    "engine_capped": "engine + impression budget",
     "qdrant_average": "Qdrant recommend, average_vector",
     "qdrant_best": "Qdrant recommend, best_score",
     "recon": "RECON-style reciprocal content",
     "oracle": "oracle (true P, ceiling)",
+    "oracle_capped": "oracle + exposure cap (true P)",
     "market": "market reference (true P, attention-aware)",
     "sinkhorn": "market reference (Sinkhorn, top-N, true P)",
 }
@@ -213,6 +215,7 @@ class EngineStrategy:
         use_likes: bool = False,
         feedback: FeedbackLog | None = None,
     ) -> None:
+        from engine.exposure import ExposureLedger
         from engine.recommend import recommend
 
         self.name = name
@@ -224,10 +227,16 @@ class EngineStrategy:
         self._ids = list(user_ids)
         self._index = {u: i for i, u in enumerate(self._ids)}
         self._feedback = feedback
+        # Impressions served per period (a round is a period), as the serving process would count them.
+        self.ledger = ExposureLedger()
 
     def start_round(self, round_index: int) -> None:
-        if round_index == 0 and self._feedback is not None:
-            self._feedback.reset()
+        if round_index == 0:
+            self.ledger.reset()
+            if self._feedback is not None:
+                self._feedback.reset()
+        else:
+            self.ledger.new_period()
 
     def observe(self, round_index: int, viewer: np.ndarray, candidate: np.ndarray, like: np.ndarray) -> None:
         if self._feedback is not None:
@@ -242,6 +251,7 @@ class EngineStrategy:
             likes=[ids[j] for j in liked] if self._use_likes else None,
             store=self._store,
             settings=self._settings,
+            exposure=self.ledger,
         )
         return [self._index[m.user_id] for m in matches if m.user_id in self._index]
 
