@@ -163,6 +163,7 @@ def main() -> int:
     ap.add_argument("--p", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--min-photos", type=int, default=1)
+    ap.add_argument("--val-fraction", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--proxy-lr", type=float, default=1e-2)
     ap.add_argument("--wd", type=float, default=0.05)
@@ -204,7 +205,7 @@ def main() -> int:
     enc = load_encoder(ckpt, pixel_budget=args.size * args.size, dim=args.dim)
     tower = enc.tower
     photos = read_dataset(tdir)
-    train, _val = split_by_identity(photos, val_fraction=0.3, seed=args.seed)
+    train, _val = split_by_identity(photos, val_fraction=args.val_fraction, seed=args.seed)
     ids = sorted({p.identity for p in train})
     counts = {i: sum(1 for p in train if p.identity == i) for i in ids}
     keep = [i for i in ids if counts[i] >= args.min_photos]
