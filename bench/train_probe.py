@@ -140,6 +140,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--users", type=int, default=120)
+    ap.add_argument("--held-users", type=int, default=120, help="people in the held-out population (seed + 1)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--cpu-budget", type=float, default=0, help="stop training after this many CPU s")
     ap.add_argument("--size", type=int, default=64)
@@ -184,10 +185,10 @@ def main() -> int:
 
     c_start = cpu_s()
     cache = Path(args.cache)
-    tdir, hdir = cache / f"demo-{args.users}-{args.seed}", cache / f"demo-{args.users}-{args.seed + 1}"
-    for d, s in ((tdir, args.seed), (hdir, args.seed + 1)):
+    tdir, hdir = cache / f"demo-{args.users}-{args.seed}", cache / f"demo-{args.held_users}-{args.seed + 1}"
+    for d, s, n in ((tdir, args.seed, args.users), (hdir, args.seed + 1, args.held_users)):
         if not (d / "metadata.csv").is_file():
-            make_demo_data(d, users=args.users, seed=s, overwrite=True)
+            make_demo_data(d, users=n, seed=s, overwrite=True)
     vision = {
         "patch_size": args.patch,
         "spatial_merge_size": args.merge,
