@@ -241,7 +241,7 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
     for key in ("viewer_id", "candidate_id"):
         flt = Filter(must=(MatchAny.of(key, touched),))
         try:
-            rows = [p.payload for p in store.scroll_payload(FEEDBACK, keys, flt)]
+            rows = [p.payload for p in store.scroll_payload(FEEDBACK, keys, flt, with_ids=False)]
         except InvalidInput:  # no feedback collection
             rows = []
         pages.append(rows)
