@@ -216,7 +216,8 @@ def _write_model(store: Store, pop: Population, settings: Settings, args: argpar
     like odds from a hidden appeal per user) and written into the store, as ``matcher rebuild-model``
     would; the log is stored in the ``feedback`` collection too (so each call reads the asker's decisions as
     in production). Returns (fit seconds, write seconds)."""
-    from bench.rebuild import lay_feedback
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as `python bench/recommend.py`
+    from rebuild import lay_feedback
     from engine.learning import write_model
     from engine.preference import fit_preference
 
@@ -361,7 +362,8 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
             if path.is_dir():  # blocks the embedded store uses on disk (as du counts: WAL files are sparse)
                 used = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
                 row["store_disk_mb"] = round(used / 2**20, 1)
-            shutil.rmtree(path, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(path, ignore_errors=True)
     return row
 
 
@@ -390,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--refresh", action="store_true", help="also time engine.reciprocity.refresh per backend")
     ap.add_argument("--workdir", type=Path, default=None, help="embedded stores go here (default: temp)")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the embedded stores in --workdir (for bench/learned_serving.py)"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per line and backend")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -416,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
-    if not args.workdir:
+    if not args.workdir and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     if not args.json:
         cols = [
