@@ -1,6 +1,7 @@
 """Benchmarks of the learned model's serving path on a store that
-``bench/recommend.py --users N --backend edge --model --workdir DIR --keep`` built (``DIR/edge-N``): the figures of docs/benchmarks.md's "recommend() serving the learned
-model" section that the other benches do not print.
+``bench/recommend.py --users N --backend edge --model --workdir DIR --keep`` built (``DIR/edge-N``): the
+figures of docs/benchmarks.md's "recommend() serving the learned model" section that the other benches do
+not print.
 
 ``latency``      p50 / p90 of ``recommend()`` over ``--calls`` askers after 10 warm-up calls (run it once per
                  code version on copies of the same store to compare versions back to back).

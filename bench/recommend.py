@@ -218,6 +218,7 @@ def _write_model(store: Store, pop: Population, settings: Settings, args: argpar
     in production). Returns (fit seconds, write seconds)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as `python bench/recommend.py`
     from rebuild import lay_feedback
+
     from engine.learning import write_model
     from engine.preference import fit_preference
 
