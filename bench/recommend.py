@@ -46,10 +46,10 @@ import numpy as np
 
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
-from engine.learning import PREF_TASTE_FIELD
 from engine.reciprocity import KTH_FIELD, KTH_K_FIELD, compatible_kth, refresh
 from engine.recommend import recommend
 from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.store.base import Point, Query
@@ -214,7 +214,9 @@ def _write(store: Store, pop: Population, batch: int) -> tuple[float, float]:
 def _write_model(store: Store, pop: Population, settings: Settings, args: argparse.Namespace) -> tuple[float, float]:
     """A learned model fitted on a synthetic log (``--decisions`` per user: random compatible-or-not pairs,
     like odds from a hidden appeal per user) and written into the store, as ``matcher rebuild-model``
-    would; returns (fit seconds, write seconds)."""
+    would; the log is stored in the ``feedback`` collection too (so each call reads the asker's decisions as
+    in production). Returns (fit seconds, write seconds)."""
+    from bench.rebuild import lay_feedback
     from engine.learning import write_model
     from engine.preference import fit_preference
 
@@ -223,8 +225,11 @@ def _write_model(store: Store, pop: Population, settings: Settings, args: argpar
     m = n * args.decisions
     a, b = rng.integers(0, n, m), rng.integers(0, n, m)
     b = np.where(a == b, (b + 1) % n, b)
+    _, first = np.unique(a * n + b, return_index=True)  # one decision per pair, as the collection keeps it
+    a, b = a[first], b[first]
     appeal = rng.normal(size=n)
-    like = rng.random(m) < 1 / (1 + np.exp(-(appeal[b] - 0.3)))
+    like = rng.random(a.size) < 1 / (1 + np.exp(-(appeal[b] - 0.3)))
+    lay_feedback(store, pop.ids, a, b, like, 20_000)
     t0 = time.perf_counter()
     model = fit_preference(pop.ids, pop.vectors, a, b, like)
     fit_s = time.perf_counter() - t0
@@ -248,9 +253,7 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def run_backend(
-    backend: str, pop: Population, exact: Exact, args: argparse.Namespace, workdir: Path
-) -> dict[str, Any]:
+def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     n = len(pop.ids)
     row: dict[str, Any] = {"backend": backend, "users": n, "dim": pop.dim, "photos": n * PHOTOS_PER_USER}
     queries = args.queries
@@ -320,8 +323,9 @@ def run_backend(
             flt = compatible_filter(pop.profiles[i])
             qvec = pop.vectors[i]
             if args.model:  # stage 1 of the learned engine queries with the stored learned taste
-                (pt,) = store.retrieve(USERS, [user_point_id(pop.ids[i])])
-                qvec = _unit(np.asarray(pt.payload[PREF_TASTE_FIELD], dtype=np.float32))
+                sm = served_model(store)
+                taste = sm.query_taste(sm.index.get(user_point_id(pop.ids[i]), -1)) if sm is not None else None
+                qvec = _unit(taste) if taste is not None and np.any(taste) else qvec
             q = Query(vector=qvec, limit=limit, filter=flt, with_payload=False)
             t0 = time.perf_counter()
             ann = store.query(USERS, q)
@@ -416,8 +420,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     if not args.json:
         cols = [
-            "backend", "users", "p50_ms", "p99_ms", "candidate_p50_ms", "recall_at_20", "exact_p50_ms",
-            "upsert_photos_pts_per_s", "upsert_users_pts_per_s", "optimize_s", "refresh_s",
+            "backend",
+            "users",
+            "p50_ms",
+            "p99_ms",
+            "candidate_p50_ms",
+            "recall_at_20",
+            "exact_p50_ms",
+            "upsert_photos_pts_per_s",
+            "upsert_users_pts_per_s",
+            "optimize_s",
+            "refresh_s",
         ]
         print(" | ".join(cols))
         for r in rows:

@@ -3,13 +3,16 @@
 For each population size n, on the embedded Edge store (the default backend), in one process:
 
 1. write n synthetic users with 3 photos each (``bench/recommend.py``'s population: 512-d vectors around 64
-   Zipf-sized clusters, ages 18-65 with ±5-year windows), ``optimize()``; store folder size on disk;
-2. the first full pass (``engine.reciprocity.refresh``: every user's statistics computed and written);
+   Zipf-sized clusters, ages 18-65 with ±5-year windows), ``optimize()``; with ``--store DIR`` this written
+   store is kept in DIR and reused by later runs (copied, never modified);
+2. the first full pass (``engine.reciprocity.refresh``: every user's statistics computed and written, and the
+   refresh cache saved beside the store);
 3. ``recommend()`` p50/p99 over ``--queries`` users (k=20, default settings) and the process RSS;
-4. add 1 % more users (photos and user points, as ingestion writes them) and refresh, on the same state
-   both ways: first the full pass (the reference time), then, with the statistics put back as they were
-   before it, the incremental pass; ``incremental_kth_mismatches`` counts users whose ``kth_sim`` differs
-   between the two (0: exact);
+4. add 1 % more users (photos and user points, as ingestion writes them: journaled for the cache), copy the
+   store folder, and refresh the same state both ways: the full pass on the copy (the reference time), the
+   incremental pass (``refresh_changed``, what ingestion runs) on the original; ``incremental_kth_mismatches``
+   counts users whose ``kth_sim`` differs between the two (0: exact); ``*_stages``: seconds per stage;
+   ``--again``: 1 % more, and a second incremental pass from the cache the first one saved;
 5. ``--deletes`` users removed with ``delete_user`` (each one's refresh included); ``delete_kth_mismatches``:
    users whose ``kth_sim`` a full pass changes right after the deletions (0: refreshed at once).
 
@@ -21,8 +24,8 @@ users in memory and times ``compatible_topk`` (the full pass's numpy part) on wh
 window) groups covering ``--sample`` of the users, and extrapolates by the exact multiply-add count of every
 group (pool size x members x dim): the way to size a 1 M-user full pass without building a 1 M-user store.
 
-    nice -n 10 python bench/refresh.py --users 100000
-    nice -n 10 python bench/refresh.py --users 300000 --users-only --no-reference --deletes 1
+    nice -n 10 python bench/refresh.py --users 100000 --users-only --deletes 0 --again --store /tmp/bench-stores
+    nice -n 10 python bench/refresh.py --users 300000 --users-only --no-reference --deletes 0 --store /tmp/bench-stores
     nice -n 10 python bench/refresh.py --compute-only 1000000 --sample 0.03
 """
 
@@ -134,25 +137,50 @@ def _timed(row: dict[str, Any], name: str, fn: Any, *args: Any, **kwargs: Any) -
     return out
 
 
+def _settings(path: Path) -> Settings:
+    return Settings(store_path=path, store_backend="edge", progress=False)  # type: ignore[call-arg]
+
+
+def _base_store(n: int, pop: Population, args: argparse.Namespace, workdir: Path, row: dict[str, Any]) -> Path:
+    """The folder of a store holding users ``0:n`` as written (no statistics yet): built once under
+    ``--store`` (and reused by later runs: writing 100,000 users is minutes here), else in ``workdir``."""
+    kind = "users-only" if args.users_only else "full"
+    base = (args.store or workdir) / f"edge-{kind}-{n}-d{args.dim}-s{args.seed}"
+    if (base / "bench-built.json").exists():
+        row["base_reused"] = str(base)
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    settings = _settings(base)
+    with open_store(settings) as store:
+        store.setup(ENCODER_ID, args.dim, rebuild=True)
+        _timed(row, "write", _write_users, store, pop, 0, n, settings.ingest.write_batch_size, not args.users_only)
+        if not args.users_only:
+            _timed(row, "optimize", store.optimize)
+    (base / "bench-built.json").write_text(json.dumps({"users": n, "dim": args.dim, "seed": args.seed}))
+    return base
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".matcher.lock", "bench-built.json"))
+
+
 def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     added = max(1, int(round(n * args.add_fraction)))
     t0 = time.perf_counter()
     pop = make_population(n + added, args.dim, args.seed)
     row: dict[str, Any] = {"users": n, "added": added, "dim": args.dim}
     row["generate_s"] = round(time.perf_counter() - t0, 2)
-    path = workdir / f"edge-{n}"
-    settings = Settings(store_path=path, store_backend="edge", progress=False)  # type: ignore[call-arg]
+    base = _base_store(n, pop, args, workdir, row)
+    path, twin = workdir / f"edge-{n}", workdir / f"edge-{n}-twin"
+    _copy(base, path)
+    settings = _settings(path)
     batch = settings.ingest.write_batch_size
+    full_store = not args.users_only
     with open_store(settings) as store:
-        store.setup(ENCODER_ID, args.dim, rebuild=True)
-        full_store = not args.users_only
-        _timed(row, "write", _write_users, store, pop, 0, n, batch, full_store)
-        if full_store:
-            _timed(row, "optimize", store.optimize)
+        # The first full pass computes and writes every user's statistics (and leaves the refresh cache).
         rep = _timed(row, "full_first", refresh, store, settings)
         row["full_first_rewritten"] = rep.rewritten
-        row["store_disk_mb"] = _disk_mb(path)
-
         rng = np.random.default_rng(args.seed + 1)
         if full_store:
             askers = rng.choice(n, size=min(args.queries, n), replace=False)
@@ -167,23 +195,36 @@ def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             row["recommend_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
             row["queries"] = len(lat)
             row["serving_rss_mb"] = round(_status("VmRSS"))
-
         _timed(row, "write_added", _write_users, store, pop, n, n + added, batch, full_store)
-        if args.reference:
-            # The same state twice: the full pass, then (its statistics put back as they were) the incremental.
-            before = _stats_of(store)
+    row["store_disk_mb"] = _disk_mb(path)
+    # The same state twice (a copy of the folder): the full pass on one, the incremental pass on the other.
+    _copy(path, twin)
+    if args.reference:
+        with open_store(_settings(twin)) as store:
             rep = _timed(row, "full", refresh, store, settings)
             row["full_rewritten"] = rep.rewritten
+            row["full_stages"] = rep.stages
             exact = _stats_of(store)
-            store.set_payload(USERS, {pid: {f: before.get(pid, {}).get(f) for f in STAT_FIELDS} for pid in exact})
+        shutil.rmtree(twin, ignore_errors=True)
+    with open_store(settings) as store:
         rep = _timed(row, "incremental", refresh_changed, store, settings, arrived=pop.ids[n : n + added])
         row.update(incremental_recomputed=rep.recomputed, incremental_merged=rep.merged)
         row["incremental_rewritten"] = rep.rewritten
+        row["incremental_cache"] = rep.cache
+        row["incremental_stages"] = rep.stages
         if args.reference:
             row["incremental_kth_mismatches"] = _mismatches(exact, _stats_of(store))  # 0: the same kth_sim
             row["incremental_over_full"] = round(row["incremental_s"] / row["full_s"], 4)
         else:  # against the first full pass (which wrote every user: a little slower than one after 1 %)
             row["incremental_over_full_first"] = round(row["incremental_s"] / row["full_first_s"], 4)
+        if args.again:
+            # A second round on the state the incremental pass left: 1 % more, refreshed incrementally.
+            more = max(1, int(round(n * args.add_fraction)))
+            pop2 = make_population(n + added + more, args.dim, args.seed)
+            _write_users(store, pop2, n + added, n + added + more, batch, full_store)
+            rep = _timed(row, "incremental2", refresh_changed, store, settings, arrived=pop2.ids[n + added :])
+            row["incremental2_cache"] = rep.cache
+            row["incremental2_stages"] = rep.stages
         victims = rng.choice(n, size=args.deletes, replace=False)
         del_s = []
         for i in victims:
@@ -207,7 +248,7 @@ def run_compute_only(n: int, args: argparse.Namespace) -> dict[str, Any]:
     pop = make_population(n, args.dim, args.seed)
     row: dict[str, Any] = {"users": n, "dim": args.dim, "generate_s": round(time.perf_counter() - t0, 2)}
     row["matrix_mb"] = round(pop.vectors.nbytes / 2**20)
-    grp = _Groups(pop.profiles)
+    grp = _Groups.of(pop.profiles)
     keys = np.stack([grp.gender, grp.seeks, grp.age, grp.lo, grp.hi], axis=1)
     uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     pool = np.array([len(grp.pool(*(int(x) for x in u))) for u in uniq])
@@ -255,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--store", type=Path, default=None, help="folder keeping the written base stores between runs (reused)"
+    )
+    ap.add_argument("--again", action="store_true", help="then add 1 %% more and time a second incremental pass")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")

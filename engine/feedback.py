@@ -118,7 +118,10 @@ def read_feedback_csv(path: Path) -> list[Event]:
         for line, row in enumerate(reader, start=2):
             events.append(
                 parse_event(
-                    row.get("viewer_id"), row.get("candidate_id"), row.get("decision"), row.get("ts"),
+                    row.get("viewer_id"),
+                    row.get("candidate_id"),
+                    row.get("decision"),
+                    row.get("ts"),
                     where=f"{path}:{line}",
                 )
             )
@@ -143,10 +146,18 @@ def _payload(e: Event) -> dict[str, Any]:
 
 
 def record_feedback(
-    store: Store, events: Iterable[Event], *, require_known: bool = True, batch_size: int = 1024
+    store: Store,
+    events: Iterable[Event],
+    *,
+    require_known: bool = True,
+    batch_size: int = 1024,
+    update_model: bool = True,
 ) -> FeedbackReport:
     """Store ``events`` (idempotent; see the module docstring) and return what changed.
 
+    ``update_model``: when a learned model is stored, the users whose decisions changed get their statistics
+    recomputed at once (``engine.learning.update_preferences``: pickiness, appeal, taste, counts; weights and
+    factors wait for the next full rebuild).
     ``require_known``: every user named must have a point in ``users`` (else ``UserNotFound`` for the first
     unknown one, and nothing is written). Within the batch, events on one pair are reduced as the store
     would reduce them one by one. Raises ``InvalidInput`` if the store has no ``feedback`` collection.
@@ -188,6 +199,10 @@ def record_feedback(
             touched.update((e.viewer_id, e.candidate_id))
         store.upsert(FEEDBACK, write)
     unchanged = len(batch) - added - updated
+    if update_model and touched:
+        from engine.learning import update_preferences  # engine.learning reads feedback: imported late
+
+        update_preferences(store, touched)
     log.info("feedback: %d events, %d new pairs, %d updated, %d unchanged", len(batch), added, updated, unchanged)
     return FeedbackReport(len(batch), added, updated, unchanged, frozenset(touched))
 
@@ -225,6 +240,70 @@ def all_events(store: Store) -> list[Event]:
     return _events(store, None)
 
 
+_LOG_KEYS: tuple[str, ...] = ("viewer_id", "candidate_id", "decision", "ts")
+
+
+def decision_arrays(
+    store: Store, index: dict[str, int], flt: Filter | None = None, *, progress: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every stored like and pass (matching ``flt``) between users of ``index`` as arrays, read in bulk:
+    ``(viewer, candidate)`` int64 indices into ``index``, ``like`` bool, ``ts`` float64 seconds, (m,) each.
+    Blocks, reports and events naming a user outside ``index`` (deleted, or without a vector) are left out.
+    No ``Event`` per point: only the four payload keys cross from the store (``Store.scroll_payload``).
+    ``progress``: an object with ``update(n)`` (a tqdm bar), called per page. A store without the feedback
+    collection has no decisions. Raises ``StoreUnavailable``."""
+    from array import array
+
+    viewer, cand, ts = array("q"), array("q"), array("d")
+    like = bytearray()
+    get = index.get
+    page = 0
+    try:
+        for p in store.scroll_payload(FEEDBACK, _LOG_KEYS, flt, with_ids=False, batch_size=8192):
+            page += 1
+            if progress is not None and page == 8192:
+                progress.update(page)
+                page = 0
+            pl = p.payload
+            d = pl.get("decision")
+            if d != LIKE and d != PASS:
+                continue
+            a, b = get(pl.get("viewer_id")), get(pl.get("candidate_id"))  # type: ignore[arg-type]
+            if a is None or b is None:
+                continue
+            viewer.append(a)
+            cand.append(b)
+            like.append(d == LIKE)
+            ts.append(float(pl.get("ts") or 0.0))
+    except InvalidInput:  # no feedback collection (a store set up before it existed)
+        pass
+    if progress is not None and page:
+        progress.update(page)
+    return (
+        np.frombuffer(viewer, np.int64).copy() if len(viewer) else np.zeros(0, np.int64),
+        np.frombuffer(cand, np.int64).copy() if len(cand) else np.zeros(0, np.int64),
+        np.frombuffer(bytes(like), np.uint8).astype(bool),
+        np.frombuffer(ts, np.float64).copy() if len(ts) else np.zeros(0, np.float64),
+    )
+
+
+def around(store: Store, user_id: str) -> tuple[dict[str, str], set[str]]:
+    """What ``recommend()`` needs of ``user_id``'s feedback, in one pass: ``viewer_id -> decision`` of every
+    viewer who decided on them, and the users blocked or reported either way (never shown to each other).
+    Two filtered scrolls (decisions about the user; the user's own blocks and reports only), no ``count``;
+    a store without the feedback collection has none."""
+    try:
+        about: dict[str, str] = {}
+        for p in store.scroll(FEEDBACK, Filter(must=(MatchAny.of("candidate_id", [user_id]),)), batch_size=4096):
+            about[str(p.payload["viewer_id"])] = str(p.payload["decision"])
+        mine = Filter(must=(MatchAny.of("viewer_id", [user_id]), MatchAny.of("decision", sorted(EXCLUDING))))
+        blocked = {str(p.payload["candidate_id"]) for p in store.scroll(FEEDBACK, mine, batch_size=4096)}
+    except InvalidInput:  # no feedback collection
+        return {}, set()
+    blocked |= {v for v, d in about.items() if d in EXCLUDING}
+    return about, blocked
+
+
 def has_feedback_collection(store: Store) -> bool:
     """Whether ``store`` has the ``feedback`` collection (stores set up before it existed do not)."""
     try:
@@ -236,13 +315,26 @@ def has_feedback_collection(store: Store) -> bool:
 
 def delete_feedback_of(store: Store, user_id: str) -> int:
     """Remove every event ``user_id`` gave or received; returns how many were removed (0 without any)."""
-    if not has_feedback_collection(store):
-        return 0
+    removed = 0
+    others: set[str] = set()
+    if has_feedback_collection(store):
+        removed = _delete_events_of(store, user_id, others)
+    # The learned model: their row goes (it holds their own vector's coordinates even without any decision),
+    # and the users they decided with are recomputed without them.
+    from engine.learning import update_preferences  # engine.learning reads feedback: imported late
+
+    update_preferences(store, [user_id, *sorted(others)])
+    return removed
+
+
+def _delete_events_of(store: Store, user_id: str, others: set[str]) -> int:
     removed = 0
     for key in ("viewer_id", "candidate_id"):
         flt = Filter(must=(MatchAny.of(key, [user_id]),))
         n = store.count(FEEDBACK, flt)
         if n:
+            other = "candidate_id" if key == "viewer_id" else "viewer_id"
+            others.update(str(p.payload.get(other)) for p in store.scroll_payload(FEEDBACK, (other,), flt))
             store.delete_by_filter(FEEDBACK, flt)
         removed += n
     return removed
@@ -263,6 +355,6 @@ def events_to_arrays(events: Sequence[Event], index: dict[str, int]) -> tuple[np
 
 __all__ = [
     "BLOCK", "DECISIONS", "EXCLUDING", "LIKE", "PASS", "REPORT", "Event", "FeedbackReport",
-    "all_events", "blocked_with", "decisions_about", "decisions_of", "delete_feedback_of",
+    "all_events", "around", "blocked_with", "decision_arrays", "decisions_about", "decisions_of", "delete_feedback_of",
     "feedback_point_id", "has_feedback_collection", "parse_event", "read_feedback_csv", "record_feedback",
 ]  # fmt: skip

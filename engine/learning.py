@@ -1,23 +1,31 @@
-"""The learned preference model (``engine.preference``) in the store: the full rebuild, and what serving reads.
+"""The learned preference model (``engine.preference``) in the store: the full rebuild, the incremental update
+after a feedback batch, and what serving reads.
 
-Where it lives:
+Where it lives: ``engine.served_model`` (columnar blocks in the ``matcher_meta`` collection: the shared part —
+weights, standardisation, cold-start row, reduced space and taste basis — and per-user rows of ~70 statistics
+plus the 64-d taste coordinates). ``recommend()`` serves it through ``served_model``'s per-store copy, which is
+checked against the stored version on every call. A store without a model serves the photo-only engine.
 
-* each user's point in ``users`` gets ``pref`` (pickiness, appeal, taste coordinates, own-vector
-  coordinates, viewer and candidate factors, decision counts: ~70 floats, see ``SideStats``) and
-  ``pref_taste`` (the taste in embedding space, the asker's stage-1 query direction; read for the asker only);
-* the shared part (feature standardisation, weights, the cold-start statistics) is one more point of the
-  ``matcher_meta`` collection, ``MODEL_POINT_ID``. A store without it serves the photo-only engine.
+``rebuild_preferences`` is the batch job (``matcher rebuild-model``, progress bar over the log it reads): one
+scroll of ``users`` with vectors, one bulk read of the ``feedback`` payloads into arrays, the fit in numpy,
+then the blocks (a few large writes, not one partial payload update per user). Blocks and reports are not
+preferences and stay out of the fit (they exclude for good in ``recommend()``); likes and passes of users
+deleted since are dropped.
 
-``rebuild_preferences`` is the batch job (``matcher rebuild-model``): one scroll of ``users`` with vectors,
-one of ``feedback``, the fit in numpy, then partial payload writes (``Store.set_payload``: on Edge the
-points keep their HNSW index). Blocks and reports are not preferences and stay out of the fit (they
-exclude for good in ``recommend()``); likes and passes of users deleted since are dropped.
+``update_preferences`` is the incremental path (run by ``engine.feedback.record_feedback`` and
+``delete_feedback_of``): the users a batch touched get their pickiness, appeal, taste and decision counts
+recomputed from all their decisions, exactly as the full fit computes them, against the last rebuild's like
+rate, population taste, reduced space and taste basis; one patch block holds only their rows (untouched users
+are not rewritten). The weights, the standardisation and the latent factors stay as the last full rebuild
+left them until the next one (new users get zero factors, as a cold user has).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,18 +33,35 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.errors import InvalidInput
-from engine.feedback import LIKE, PASS, all_events, has_feedback_collection
-from engine.preference import PreferenceConfig, PreferenceModel, fit_preference
-from engine.schema import META, USER_ID, USERS, usable_vector
+from engine.feedback import decision_arrays
+from engine.filters import Filter, MatchAny
+from engine.preference import FEATURES, PreferenceConfig, PreferenceModel, fit_preference, like_logit, shrunk_taste
+from engine.schema import FEEDBACK, META, USER_ID, USERS, usable_vector, user_point_id
+from engine.served_model import (
+    CHUNK_ROWS,
+    MODEL_KEY,
+    MODEL_POINT_ID,
+    Layout,
+    block_payload,
+    chunk_point_id,
+    encode,
+    patch_point_id,
+    read_shared,
+    read_version,
+    served_model,
+    stats_row,
+    write_blocks,
+    write_version,
+)
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
+# Payload keys the model wrote on users points before it moved to engine.served_model (no longer written).
 PREF_FIELD = "pref"
 PREF_TASTE_FIELD = "pref_taste"
-MODEL_POINT_ID = "00000000-0000-4000-8000-00000000a1a2"
-MODEL_KEY = "preference_model"
+_META_VECTOR = np.ones(1, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,15 @@ class RebuildReport:
     weights: dict[str, float]
 
 
+@dataclass(frozen=True)
+class UpdateReport:
+    """What ``update_preferences`` did: users whose rows it rewrote, the decisions it read, the generation."""
+
+    users: int
+    events: int
+    gen: int
+
+
 def _config(settings: Settings) -> PreferenceConfig:
     p = settings.preference
     return PreferenceConfig(
@@ -55,103 +89,256 @@ def _config(settings: Settings) -> PreferenceConfig:
     )  # fmt: skip
 
 
-def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = 512) -> RebuildReport:
-    """Fit the preference model on every stored like and pass and write it into the store (full rebuild).
-
-    Users without a usable vector are left out (they cannot be recommended). Raises ``StoreUnavailable``.
-    """
-    seconds: dict[str, float] = {}
-    stages = tqdm(total=3, desc="model rebuild", unit="stage", disable=not settings.progress)
-    stages.set_postfix_str("reading users and feedback")
-    t = time.perf_counter()
+def _users(store: Store) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """(user ids, point ids, (n, d) float32 unit vectors) of every user with a usable vector, and the points
+    still carrying the payloads an older version of this module wrote (``pref``, ``pref_taste``)."""
     ids: list[str] = []
     pids: list[str] = []
     vecs: list[np.ndarray] = []
-    for p in store.scroll(USERS, with_vectors=True, batch_size=2048):
+    legacy: list[str] = []
+    for p in store.scroll_payload(USERS, (USER_ID, PREF_FIELD), with_vectors=True, batch_size=2048):
+        if PREF_FIELD in (p.payload or {}):
+            legacy.append(p.id)
         v = usable_vector(p)
         if v is None:
             continue
         ids.append(str((p.payload or {}).get(USER_ID)))
         pids.append(p.id)
         vecs.append(v)
-    n = len(ids)
-    if n == 0:
-        stages.close()
-        return RebuildReport(0, 0, {"read_s": time.perf_counter() - t}, {})
+    if not vecs:
+        return ids, pids, np.zeros((0, 0), np.float32), legacy
     vectors = np.stack(vecs).astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return ids, pids, vectors, legacy
+
+
+def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = CHUNK_ROWS) -> RebuildReport:
+    """Fit the preference model on every stored like and pass and write it into the store (full rebuild).
+
+    Users without a usable vector are left out (they cannot be recommended). Raises ``StoreUnavailable``.
+    """
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    ids, pids, vectors, legacy = _users(store)
+    n = len(ids)
+    if n == 0:
+        return RebuildReport(0, 0, {"read_s": time.perf_counter() - t}, {})
     index = {u: i for i, u in enumerate(ids)}
-    events = all_events(store) if has_feedback_collection(store) else []
-    rows = [
-        (index[e.viewer_id], index[e.candidate_id], e.decision == LIKE, e.ts)
-        for e in events
-        if e.decision in (LIKE, PASS) and e.viewer_id in index and e.candidate_id in index
-    ]
-    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    try:
+        total = store.count(FEEDBACK)
+    except InvalidInput:
+        total = 0
+    bar = tqdm(total=total, desc="model rebuild: reading the log", unit="event", disable=not settings.progress)
+    viewer, cand, like, ts = decision_arrays(store, index, progress=bar)
+    bar.close()
     seconds["read_s"] = time.perf_counter() - t
-    stages.update()
-    stages.set_postfix_str(f"fitting on {arr.shape[0]} decisions")
 
     t = time.perf_counter()
+    log.info("model rebuild: fitting on %d decisions of %d users", viewer.size, n)
     model = fit_preference(
-        ids, vectors, arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2].astype(bool),
-        config=_config(settings), ts=arr[:, 3], period_s=settings.preference.period_s,
-    )  # fmt: skip
+        ids, vectors, viewer, cand, like, config=_config(settings), ts=ts, period_s=settings.preference.period_s
+    )
     seconds["fit_s"] = time.perf_counter() - t
-    stages.update()
-    stages.set_postfix_str(f"writing {n} users")
 
     t = time.perf_counter()
     write_model(store, model, pids, settings=settings, batch_size=batch_size)
+    if legacy:  # once per store: the per-user payloads of the old format (half a KB to 5 KB per user)
+        log.info("model rebuild: removing the old per-user model payloads of %d users", len(legacy))
+        for s in range(0, len(legacy), 1024):
+            store.set_payload(USERS, {pid: {PREF_FIELD: None, PREF_TASTE_FIELD: None} for pid in legacy[s : s + 1024]})
     seconds["write_s"] = time.perf_counter() - t
-    stages.update()
-    stages.close()
-    weights = dict(zip(("bias", *model_features()), model.weights.round(4).tolist(), strict=True))
-    return RebuildReport(n, int(arr.shape[0]), seconds, weights)
+    weights = dict(zip(("bias", *FEATURES), model.weights.round(4).tolist(), strict=True))
+    return RebuildReport(n, int(viewer.size), seconds, weights)
 
 
 def model_features() -> tuple[str, ...]:
-    from engine.preference import FEATURES
-
     return FEATURES
 
 
-def write_model(
-    store: Store, model: PreferenceModel, point_ids: list[str], *, settings: Settings, batch_size: int = 512
-) -> None:
-    """Per-user payloads (``pref``, ``pref_taste``) for ``point_ids`` (in ``model.user_ids`` order), then
-    the shared part; the shared part goes last, so a reader never sees new weights over old statistics."""
-    taste = np.round(model.users.taste_full, 5)
-    steps = range(0, len(point_ids), batch_size)
-    bar = tqdm(steps, desc="model: writing users", unit="batch", disable=not settings.progress)
-    for start in bar:
-        chunk = point_ids[start : start + batch_size]
-        store.set_payload(
-            USERS,
-            {
-                pid: {PREF_FIELD: model.user_payload(start + j), PREF_TASTE_FIELD: taste[start + j].tolist()}
-                for j, pid in enumerate(chunk)
-            },
-        )
-    from engine.store.meta import META_VECTOR
+def _stats(model: PreferenceModel, layout: Layout) -> np.ndarray:
+    u = model.users
+    n = np.column_stack([u.n_given, u.n_received, u.likes_received]).astype(np.float64)
+    out = np.column_stack([u.pickiness, u.appeal, u.taste, u.vproj, u.viewer_f, u.item_f, n])
+    if out.shape[1] != layout.width:
+        raise InvalidInput(f"preference model: {out.shape[1]} statistics per user, layout expects {layout.width}")
+    return out
 
+
+def write_model(
+    store: Store, model: PreferenceModel, point_ids: list[str], *, settings: Settings, batch_size: int = CHUNK_ROWS
+) -> str:
+    """Store ``model`` (rows in ``model.user_ids`` order, users points ``point_ids``) as a new version: the
+    blocks, the shared part, then the version point; then the previous model's blocks are deleted. Returns
+    the new model id."""
+    old_version, old_shared = read_version(store), read_shared(store)
+    model_id = str(uuid.uuid4())
+    u = model.users
+    layout = Layout(u.taste.shape[1], u.viewer_f.shape[1])
+    stats = _stats(model, layout)
+    taste = u.taste_reduced.astype(np.float32)
+    starts = list(range(0, len(point_ids), batch_size))
+    bar = tqdm(starts, desc="model rebuild: writing", unit="block", disable=not settings.progress)
+    for i, s in enumerate(bar):
+        e = s + batch_size
+        write_blocks(store, [(chunk_point_id(model_id, i), block_payload(
+            point_ids[s:e], model.user_ids[s:e], stats[s:e], taste[s:e]))])  # fmt: skip
     shared = model.global_payload()
     # The users the log finds most appealing (received likes, smoothed): stage 1's second, restricted query.
-    top = np.argsort(-model.users.appeal, kind="stable")[: settings.preference.popular]
-    shared["popular_ids"] = [point_ids[i] for i in top.tolist() if model.users.n_received[i] > 0]
-    store.upsert(META, [Point(id=MODEL_POINT_ID, vector=META_VECTOR, payload={MODEL_KEY: shared})])
+    top = np.argsort(-u.appeal, kind="stable")[: settings.preference.popular]
+    shared.update(
+        model_id=model_id,
+        rank=layout.rank,
+        factors=layout.factors,
+        chunks=len(starts),
+        space=encode(u.space.astype(np.float64)),
+        basis=encode(u.basis.astype(np.float64)),
+        taste_prior=u.taste_prior.astype(np.float64).tolist(),
+        prior_weight=settings.preference.prior_weight,
+        taste_shrink=settings.preference.taste_shrink,
+        popular_ids=[point_ids[i] for i in top.tolist() if u.n_received[i] > 0],
+    )
+    store.upsert(META, [Point(id=MODEL_POINT_ID, vector=_META_VECTOR, payload={MODEL_KEY: shared})])
+    write_version(store, model_id, 0)
+    if old_version is not None and old_shared is not None and old_shared.get("model_id") == old_version[0]:
+        old_id, old_gen, _ = old_version
+        stale = [chunk_point_id(old_id, i) for i in range(int(old_shared.get("chunks", 0)))]
+        stale += [patch_point_id(old_id, g) for g in range(1, old_gen + 1)]
+        store.delete(META, stale)
+    return model_id
 
 
 def load_model_global(store: Store) -> dict[str, Any] | None:
     """The shared part of the stored model, or None when no model was built (the photo-only engine)."""
-    try:
-        pts = store.retrieve(META, [MODEL_POINT_ID])
-    except InvalidInput:  # a store without META (never set up) has no model either
+    sm = served_model(store)
+    return sm.shared if sm is not None else None
+
+
+def _vectors_of(store: Store, user_ids: list[str]) -> dict[str, np.ndarray]:
+    """``user_id -> unit float32 vector`` of the named users that are stored with a usable vector."""
+    out: dict[str, np.ndarray] = {}
+    for s in range(0, len(user_ids), 1024):
+        for p in store.retrieve(USERS, [user_point_id(x) for x in user_ids[s : s + 1024]], with_vectors=True):
+            v = usable_vector(p)
+            if v is not None:
+                v = v.astype(np.float32)
+                out[str((p.payload or {}).get(USER_ID))] = v / np.maximum(np.linalg.norm(v), np.float32(1e-12))
+    return out
+
+
+def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | None:
+    """Recompute the statistics of ``user_ids`` (pickiness, appeal, taste, counts) from all their stored likes
+    and passes and store them as one patch (see the module docstring); None when no model is stored. Users
+    without a usable vector (deleted) get the cold row, so nothing of theirs stays in the served model.
+    Raises ``StoreUnavailable``."""
+    sm = served_model(store)
+    touched = sorted({str(x) for x in user_ids})
+    if sm is None or not touched:
         return None
-    if not pts:
-        return None
-    g = (pts[0].payload or {}).get(MODEL_KEY)
-    return g if isinstance(g, dict) and "weights" in g else None
+    sh = sm.shared
+    keys = ("viewer_id", "candidate_id", "decision", "ts")
+    named: set[str] = set(touched)
+    pages = []
+    for key in ("viewer_id", "candidate_id"):
+        flt = Filter(must=(MatchAny.of(key, touched),))
+        try:
+            rows = [p.payload for p in store.scroll_payload(FEEDBACK, keys, flt)]
+        except InvalidInput:  # no feedback collection
+            rows = []
+        pages.append(rows)
+        named.update(str(r.get("viewer_id")) for r in rows)
+        named.update(str(r.get("candidate_id")) for r in rows)
+    vecs = _vectors_of(store, sorted(named))
+    order = sorted(vecs)
+    index = {x: i for i, x in enumerate(order)}
+    reduced = np.zeros((len(order), sm.space.shape[1]), np.float32)
+    if order:
+        reduced = (np.stack([vecs[x] for x in order]).astype(np.float64) @ sm.space).astype(np.float32)
+    given, recv = (_pairs(rows, index) for rows in pages)
+    m, p0 = float(sh["prior_weight"]), float(sh["like_rate"])
+    pids, uids, stats, tastes = [], [], [], []
+    gone: list[str] = []
+    events: set[tuple[int, int]] = set()
+    for x in touched:
+        row = sm.index.get(user_point_id(x), -1)
+        if x not in index:  # deleted or without a vector: nothing of theirs is kept (see _scrub)
+            if row >= 0:
+                gone.append(user_point_id(x))
+            continue
+        i = index[x]
+        g = given[given[:, 0] == i]
+        r = recv[recv[:, 1] == i]
+        events.update(map(tuple, g[:, :2].tolist()))
+        events.update(map(tuple, r[:, :2].tolist()))
+        lk = g[:, 2].astype(bool)
+        n_like, n_pass = float(lk.sum()), float((~lk).sum())
+        s_like = reduced[g[lk, 1]].astype(np.float64).sum(axis=0)
+        s_pass = reduced[g[~lk, 1]].astype(np.float64).sum(axis=0)
+        own = s_like / max(n_like, 1.0) - s_pass / max(n_pass, 1.0)
+        eff = 2 * n_like * n_pass / max(n_like + n_pass, 1.0) if n_like > 0 and n_pass > 0 else 0.0
+        prior = np.asarray(sh["taste_prior"], np.float64)
+        taste_r = shrunk_taste(own[None, :], np.array([eff]), prior, float(sh["taste_shrink"]))[0]
+        old = sm.side(np.array([row]))
+        side = {
+            "pickiness": like_logit(np.array([n_like]), np.array([g.shape[0]]), p0, m)[0],
+            "appeal": like_logit(np.array([r[:, 2].sum()]), np.array([r.shape[0]]), p0, m)[0],
+            "taste": taste_r @ sm.basis,
+            "vproj": reduced[i].astype(np.float64) @ sm.basis,
+            "viewer_f": old["viewer_f"][0] if row >= 0 else np.zeros(sm.layout.factors),
+            "item_f": old["item_f"][0] if row >= 0 else np.zeros(sm.layout.factors),
+            "n": [g.shape[0], r.shape[0], int(r[:, 2].sum())],
+        }
+        pids.append(user_point_id(x))
+        uids.append(x)
+        stats.append(stats_row(sm.layout, side))
+        tastes.append(taste_r.astype(np.float32))
+    if not pids and not gone:
+        return UpdateReport(0, 0, sm.gen)
+    erasures = sm.erasures
+    if gone:  # every copy of the model loaded before must be reloaded without their rows
+        _scrub(store, sm, gone)
+        erasures += 1
+    gen = sm.gen + 1
+    if pids:
+        block = block_payload(pids, uids, np.stack(stats), np.stack(tastes))
+    else:
+        block = block_payload([], [], np.zeros((0, sm.layout.width)), np.zeros((0, sm.space.shape[1]), np.float32))
+    write_blocks(store, [(patch_point_id(sm.model_id, gen), block)])
+    write_version(store, sm.model_id, gen, erasures)
+    log.info("preference model: %d users updated from %d decisions (generation %d)", len(pids), len(events), gen)
+    return UpdateReport(len(pids) + len(gone), len(events), gen)
+
+
+def _scrub(store: Store, sm: Any, pids: list[str]) -> None:
+    """Blank the rows of ``pids`` (deleted users) in every stored block that holds them (the chunk of the
+    last rebuild and earlier patches), so an erasure leaves no statistics of theirs in the model's blocks."""
+    from engine.served_model import BLOCK_KEY, decode
+
+    gone = set(pids)
+    ids = [chunk_point_id(sm.model_id, i) for i in range(int(sm.shared.get("chunks", 0)))]
+    ids += [patch_point_id(sm.model_id, g) for g in range(1, sm.gen + 1)]
+    for s in range(0, len(ids), 4):
+        for p in store.retrieve(META, ids[s : s + 4]):
+            b = (p.payload or {}).get(BLOCK_KEY)
+            if not isinstance(b, dict) or not gone.intersection(b["point_ids"]):
+                continue
+            keep = [j for j, x in enumerate(b["point_ids"]) if x not in gone]
+            stats, taste = decode(b["stats"]), decode(b["taste"])
+            nb = block_payload(
+                [b["point_ids"][j] for j in keep], [b["user_ids"][j] for j in keep], stats[keep], taste[keep]
+            )
+            write_blocks(store, [(p.id, nb)])
+
+
+def _pairs(rows: list[dict[str, Any]], index: dict[str, int]) -> np.ndarray:
+    """(m, 3) int64 ``[viewer, candidate, like]`` of the likes and passes between users of ``index``."""
+    out = [
+        (index[str(r.get("viewer_id"))], index[str(r.get("candidate_id"))], int(r.get("decision") == "like"))
+        for r in rows
+        if r.get("decision") in ("like", "pass")
+        and str(r.get("viewer_id")) in index
+        and str(r.get("candidate_id")) in index
+    ]
+    return np.asarray(out, np.int64).reshape(-1, 3)
 
 
 __all__ = [
@@ -159,7 +346,9 @@ __all__ = [
     "PREF_FIELD",
     "PREF_TASTE_FIELD",
     "RebuildReport",
+    "UpdateReport",
     "load_model_global",
     "rebuild_preferences",
+    "update_preferences",
     "write_model",
 ]

@@ -85,7 +85,15 @@ class UserSide:
     n_given: np.ndarray  # (n,) int decisions given
     n_received: np.ndarray  # (n,) int decisions received
     likes_received: np.ndarray  # (n,) int likes received
-    taste_full: np.ndarray  # (n, d) taste in embedding space (the stage-1 query direction)
+    taste_reduced: np.ndarray  # (n, r0) taste in the reduced space (``space``), before the basis
+    space: np.ndarray  # (d, r0) orthonormal: the main directions of the users' vectors (``_reduce``)
+    basis: np.ndarray  # (r0, rank) orthonormal: the tastes' main directions (``_basis``)
+    taste_prior: np.ndarray  # (r0,) the population's Rocchio taste every user is shrunk towards
+
+    @property
+    def taste_full(self) -> np.ndarray:
+        """(n, d) float32: the taste in embedding space (the stage-1 query direction)."""
+        return (self.taste_reduced @ self.space.T).astype(np.float32)
 
 
 @dataclass
@@ -227,6 +235,12 @@ def _rates(viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, m: fl
     }
 
 
+def like_logit(likes: np.ndarray, total: np.ndarray, p0: float, prior_weight: float) -> np.ndarray:
+    """``logit((likes + m p0) / (total + m))``: a like rate smoothed towards ``p0`` with ``m`` pseudo-decisions
+    (pickiness from decisions given, appeal from decisions received), as the full fit computes it."""
+    return _logit((np.asarray(likes, np.float64) + prior_weight * p0) / (np.asarray(total, np.float64) + prior_weight))
+
+
 def _reduce(vectors: np.ndarray, dims: int, seed: int) -> np.ndarray:
     """(d, r) orthonormal basis of the users' vectors' main directions (r = min(dims, d)): tastes are sums
     of vectors, computed in this space (a 512-d gather per event would dominate the rebuild at 10 M events)."""
@@ -241,8 +255,9 @@ def _reduce(vectors: np.ndarray, dims: int, seed: int) -> np.ndarray:
 
 def _tastes(
     vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, shrink: float
-) -> np.ndarray:
-    """Rocchio with negatives, shrunk towards the population's: (n, d) for (n, d) ``vectors``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rocchio with negatives, shrunk towards the population's: (n, d) for (n, d) ``vectors``, and the
+    population's taste (d,)."""
     n, d = vectors.shape
     lk = like.astype(bool)
     by_viewer = _Sorted(viewer, n)
@@ -256,6 +271,12 @@ def _tastes(
         prior = np.zeros(d)
     own = s_like / np.maximum(n_like, 1)[:, None] - s_pass / np.maximum(n_pass, 1)[:, None]
     eff = np.where((n_like > 0) & (n_pass > 0), 2 * n_like * n_pass / np.maximum(n_like + n_pass, 1), 0.0)
+    return shrunk_taste(own, eff, prior, shrink), prior
+
+
+def shrunk_taste(own: np.ndarray, eff: np.ndarray, prior: np.ndarray, shrink: float) -> np.ndarray:
+    """``(eff * own + shrink * prior) / (eff + shrink)`` per row: (n, d) own Rocchio tastes, (n,) effective
+    decision counts (harmonic: 2 likes x passes / (likes + passes), 0 without both), (d,) prior."""
     return (eff[:, None] * own + shrink * prior[None, :]) / (eff + shrink)[:, None]
 
 
@@ -311,7 +332,7 @@ def _side(
     rates = _rates(viewer, cand, like, n, cfg.prior_weight)
     space = _reduce(vectors, cfg.taste_dims, cfg.seed)  # (d, r0)
     reduced = (vectors.astype(np.float64) @ space).astype(np.float32)
-    taste_r = _tastes(reduced, viewer, cand, like, cfg.taste_shrink)
+    taste_r, prior = _tastes(reduced, viewer, cand, like, cfg.taste_shrink)
     basis = _basis(taste_r, cfg.rank)
     pf, qf = _factors(viewer, cand, like, n, cfg)
     return UserSide(
@@ -324,7 +345,10 @@ def _side(
         n_given=rates["given"].astype(np.int64),
         n_received=rates["recv"].astype(np.int64),
         likes_received=rates["recv_like"].astype(np.int64),
-        taste_full=(taste_r @ space.T).astype(np.float32),
+        taste_reduced=taste_r,
+        space=space,
+        basis=basis,
+        taste_prior=prior,
     )
 
 
@@ -487,6 +511,22 @@ def served_probabilities(
     return fwd, rev
 
 
+def served_probabilities_arrays(
+    shared: dict[str, Any], asker: dict[str, np.ndarray], candidates: dict[str, np.ndarray], photo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``served_probabilities`` from stacked statistics (``engine.served_model.ServedModel.side``): the asker
+    as one row, the n candidates as n rows; the same arithmetic, without one ``SideStats`` per candidate."""
+    n = len(photo)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    mean, scale = np.asarray(shared["mean"], np.float64), np.asarray(shared["scale"], np.float64)
+    w = np.asarray(shared["weights"], np.float64)
+    zero, idx = np.zeros(n, np.int64), np.arange(n)
+    fwd = probability(pair_features(asker, zero, candidates, idx, photo), mean, scale, w)
+    rev = probability(pair_features(candidates, idx, asker, zero, photo), mean, scale, w)
+    return fwd, rev
+
+
 def congestion_factor(likes_received: np.ndarray, periods: float, capacity: float, strength: float) -> np.ndarray:
     """Exposure control: ``min(1, capacity / likes per period) ** strength`` per candidate, (n,); all ones
     when ``capacity`` is 0 (off). A user who already receives more likes than they can answer is shown less,
@@ -523,8 +563,11 @@ __all__ = [
     "auc",
     "congestion_factor",
     "fit_preference",
+    "like_logit",
     "pair_features",
     "predict",
     "probability",
     "served_probabilities",
+    "served_probabilities_arrays",
+    "shrunk_taste",
 ]

@@ -30,11 +30,10 @@ import numpy as np
 from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.exposure import ExposureLedger, ExposurePolicy, choose
-from engine.feedback import EXCLUDING, LIKE, PASS, decisions_about, decisions_of, has_feedback_collection
+from engine.feedback import LIKE, PASS, around
 from engine.filters import Filter, HasId, MatchAny
-from engine.learning import PREF_FIELD, PREF_TASTE_FIELD, load_model_global
 from engine.likes import TASTE_FIELD, liked_vectors
-from engine.preference import SideStats, congestion_factor, served_probabilities
+from engine.preference import congestion_factor, served_probabilities_arrays
 from engine.reciprocity import KTH_FIELD, NO_KTH
 from engine.rerank import (
     RerankInput,
@@ -59,13 +58,14 @@ from engine.schema import (
     usable_vector,
     user_point_id,
 )
+from engine.served_model import ServedModel, served_model
 from engine.settings import Settings, load_settings
 from engine.store.base import Point, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
 # Payload keys stage 1 fetches per candidate: nothing else crosses into Python.
-CANDIDATE_FIELDS: tuple[str, ...] = (USER_ID, PHOTO_IDS, KTH_FIELD, TASTE_FIELD, PREF_FIELD)
+CANDIDATE_FIELDS: tuple[str, ...] = (USER_ID, PHOTO_IDS, KTH_FIELD, TASTE_FIELD)
 _QUERY_CHUNK = 64  # stage-1 queries per store round trip in recommend_many
 
 
@@ -100,9 +100,11 @@ class _Asker:
     # Logged feedback (engine.feedback): who decided what about the asker, and who is blocked either way.
     about: dict[str, str] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
-    # The learned preference model (engine.learning), when one is stored and recommend.model is "learned".
+    # The learned preference model (engine.learning), when one is stored and recommend.model is "learned":
+    # its shared part, the served copy (engine.served_model) and the asker's row in it (-1: not in the model).
     model: dict[str, Any] | None = None
-    pref: SideStats | None = None
+    served: ServedModel | None = None
+    row: int = -1
     pref_taste: np.ndarray | None = None
 
     @property
@@ -142,9 +144,15 @@ def _raise_missing(store: Store, user_id: str) -> NoReturn:
 
 
 def _load_askers(
-    store: Store, user_ids: Sequence[str], settings: Settings, likes: Sequence[str] | None = None
+    store: Store,
+    user_ids: Sequence[str],
+    settings: Settings,
+    likes: Sequence[str] | None = None,
+    *,
+    need_photos: bool = False,
 ) -> list[_Asker]:
-    """The askers' points and photos in two ``retrieve`` calls (plus one for ``likes``, when given).
+    """The askers' points and photos in two ``retrieve`` calls (plus one for ``likes``, when given); with a
+    learned model the photos only when ``need_photos`` (the photo-only rerank reads them).
 
     Raises ``UserNotFound`` (first unknown id) or ``NoUserVector``.
     """
@@ -161,12 +169,15 @@ def _load_askers(
             raise NoUserVector(f"user {u!r} has no vector (no valid photo was stored); nothing to match on")
         found.append((p, own))
         photo_ids.extend(photo_ids_of(p.payload))
-    photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
     blend = settings.recommend.taste_blend
     explicit = liked_vectors(store, list(likes), strict=True) if likes else None
-    feedback = has_feedback_collection(store)
     # An explicit like history (likes=) asks for the photo taste of engine.likes, which the model does not use.
-    model = load_model_global(store) if settings.recommend.model == "learned" and likes is None else None
+    sm = served_model(store) if settings.recommend.model == "learned" and likes is None else None
+    # The asker's photos score the reverse direction of the photo-only rerank; the learned model does not
+    # read them (one retrieve saved per call).
+    if sm is not None and not need_photos:
+        photo_ids = []
+    photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
     askers = []
     for u, (p, own) in zip(user_ids, found, strict=True):
         payload = p.payload or {}
@@ -188,43 +199,36 @@ def _load_askers(
                 kth_sim=_kth(payload),
             )
         )
-        if model is not None:
+        if sm is not None:
             a = askers[-1]
-            a.model = model
-            pl = payload.get(PREF_FIELD)
-            a.pref = SideStats.from_payload(pl) if isinstance(pl, dict) else _cold(model)
-            pt = payload.get(PREF_TASTE_FIELD)
-            if pt:
-                t = l2_normalize(np.asarray(pt, dtype=np.float32))
+            a.model, a.served, a.row = sm.shared, sm, int(sm.index.get(p.id, -1))
+            pt = sm.query_taste(a.row)
+            if pt is not None:
+                t = l2_normalize(pt)
                 if t.shape == own.shape and np.any(t):
                     a.pref_taste = t
-        if feedback:
-            about = decisions_about(store, u)
-            mine = decisions_of(store, u)
-            askers[-1].about = about
-            askers[-1].blocked = {v for v, d in about.items() if d in EXCLUDING} | {
-                c for c, d in mine.items() if d in EXCLUDING
-            }
+        askers[-1].about, askers[-1].blocked = around(store, u)  # one read of the asker's feedback
     return askers
-
-
-def _cold(model: dict[str, Any]) -> SideStats:
-    return SideStats.from_payload(model["cold"])
 
 
 def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Settings) -> Query:
     limit = k * settings.recommend.oversample
     vector = asker.taste
+    fields: tuple[str, ...] | bool = CANDIDATE_FIELDS
     if asker.model is not None:  # the learned taste (likes and passes) picks the candidates the model scores
         limit = max(limit, settings.recommend.learned_pool)
         if asker.pref_taste is not None:
             vector = asker.pref_taste
+        # The model's statistics and user ids come from the served copy, by point id, and the photo signal
+        # from one exact query over the candidates: neither payloads nor vectors cross (moving 300 vectors
+        # into Python cost several times the search).
+        fields = False
     return Query(
         vector=vector,
         limit=limit,
         filter=compatible_filter(asker.profile, exclude=[*exclude, *sorted(asker.blocked)]),
-        with_payload=CANDIDATE_FIELDS,
-        with_vectors=True,  # the reverse direction is scored from them in numpy
+        with_payload=fields,
+        with_vectors=asker.model is None,  # the photo rerank scores the reverse direction from them in numpy
     )
 
 
@@ -232,11 +236,11 @@ def _stage1(store: Store, asker: _Asker, q: Query) -> list[ScoredPoint]:
     """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
     log found most appealing (``popular_ids``, half the pool), in one batch. Appeal is learned from
     received likes, not from the photos, so a taste query alone could miss the people everyone likes."""
-    popular = asker.model.get("popular_ids") if asker.model is not None else None
-    if not popular:
+    popular = asker.served.popular if asker.served is not None else None
+    if popular is None or not popular.ids:
         return store.query(USERS, q)
     flt = q.filter or Filter()
-    only = Filter(must=(*flt.must, HasId.of(popular)), must_not=flt.must_not)
+    only = Filter(must=(*flt.must, popular), must_not=flt.must_not)
     second = replace(q, filter=only, limit=max(1, q.limit // 2))
     first, extra = store.query_batch(USERS, [q, second])
     seen = {c.id for c in first}
@@ -367,6 +371,43 @@ def _rerank_candidates(
     return matches
 
 
+def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint], rows: np.ndarray) -> list[str]:
+    """Each candidate's user id: from its payload when it came with one, else from the served model (the
+    point id is a hash of the user id, so that mapping never goes stale), else one ``retrieve`` for users the
+    model does not know yet."""
+    out = [str((c.payload or {}).get(USER_ID) or "") for c in cands]
+    missing = []
+    for i in range(len(cands)):
+        if not out[i]:
+            if rows[i] >= 0:
+                out[i] = sm.user_ids[rows[i]]
+            else:
+                missing.append(i)
+    if missing:
+        got = {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, [cands[i].id for i in missing])}
+        for i in missing:
+            out[i] = got.get(cands[i].id, "")
+    return out
+
+
+def _photo_similarity(store: Store, asker: _Asker, cands: list[ScoredPoint]) -> np.ndarray:
+    """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else one
+    exact query restricted to the candidates (0 for one no longer stored)."""
+    if cands and all(c.vector is not None for c in cands):
+        cand_vecs = _candidate_vectors(cands, asker.vector.shape[0])
+        return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
+    ids = [c.id for c in cands]
+    q = Query(
+        vector=l2_normalize(asker.vector),
+        limit=len(ids),
+        filter=Filter(must=(HasId.of(ids),)),
+        with_payload=False,
+        exact=True,
+    )
+    sim = {r.id: r.score for r in store.query(USERS, q)}
+    return np.array([sim.get(i, 0.0) for i in ids], dtype=np.float64)
+
+
 def _policy(settings: Settings) -> ExposurePolicy:
     rs = settings.recommend
     return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
@@ -380,38 +421,43 @@ def _learned_matches(
     settings: Settings,
     exposure: ExposureLedger | None = None,
 ) -> list[Match]:
-    """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the stored statistics
-    (``engine.preference.served_probabilities``), fused (``learned_aggregation``: the expected mutual match
-    by default), logged replies applied, then the congestion penalty and, with a ledger, the impression
+    """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the served statistics
+    (``engine.preference.served_probabilities_arrays``), fused (``learned_aggregation``: the expected mutual
+    match by default), logged replies applied, then the congestion penalty and, with a ledger, the impression
     budget and cold-start slots (``engine.exposure``); the best photo is the candidate's photo nearest the
     asker's taste."""
-    assert asker.model is not None and asker.pref is not None  # noqa: S101 - set together in _load_askers
+    sm = asker.served
+    assert asker.model is not None and sm is not None  # noqa: S101 - set together in _load_askers
     rs = settings.recommend
-    payloads = [c.payload or {} for c in cands]
-    cold = _cold(asker.model)
-    sides = []
-    for pl in payloads:
-        p = pl.get(PREF_FIELD)
-        sides.append(SideStats.from_payload(p) if isinstance(p, dict) else cold)
-    cand_vecs = _candidate_vectors(cands, asker.vector.shape[0])
-    photo = np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
-    a_to_b, b_to_a = served_probabilities(asker.model, asker.pref, sides, photo)
+    rows = sm.rows([c.id for c in cands])
+    user_ids = _candidate_user_ids(store, sm, cands, rows)
+    payloads: list[dict[str, Any]] = [{USER_ID: u} for u in user_ids]
+    sides = sm.side(rows)
+    photo = _photo_similarity(store, asker, cands)
+    a_to_b, b_to_a = served_probabilities_arrays(asker.model, sm.side(np.array([asker.row])), sides, photo)
     fusion, gamma = rs.learned_aggregation, rs.reverse_exponent
     out = RerankResult(score=aggregate(a_to_b, b_to_a, fusion, gamma), a_to_b=a_to_b, b_to_a=b_to_a)
     out = _with_logged_replies(out, payloads, asker.about, fusion, gamma)
     if rs.congestion_capacity > 0:
-        received = np.array([s.likes_received for s in sides], dtype=np.float64)
+        received = np.asarray(sides["likes_received"], dtype=np.float64)
         factor = congestion_factor(
             received, float(asker.model.get("periods", 1.0)), rs.congestion_capacity, rs.congestion_strength
         )
         out = RerankResult(score=out.score * factor, a_to_b=out.a_to_b, b_to_a=out.b_to_a)
-    ids = [str(pl.get(USER_ID)) for pl in payloads]
-    received = np.array([s.n_received for s in sides], dtype=np.int64)
-    order = choose(out.score, k, _policy(settings), ids, received, exposure)
-    best = _best_photos(store, asker, [payloads[i] for i in order])
+    received = np.asarray(sides["n"][:, 1], dtype=np.int64)  # decisions each candidate received
+    order = choose(out.score, k, _policy(settings), user_ids, received, exposure)
+    top = [cands[i] for i in order]
+    # The photo ids of the returned candidates only (stage 1 brought no payload).
+    have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
+    need = [c.id for c in top if c.id not in have]
+    if need:  # only the key needed crosses (a users payload holds much more)
+        have.update(
+            {p.id: p.payload for p in store.scroll_payload(USERS, (PHOTO_IDS,), Filter(must=(HasId.of(need),)))}
+        )
+    best = _best_photos(store, asker, [{USER_ID: user_ids[i], **(have.get(cands[i].id) or {})} for i in order])
     return [
         Match(
-            user_id=str(payloads[i].get(USER_ID)),
+            user_id=user_ids[i],
             score=float(out.score[i]),
             score_a_to_b=float(out.a_to_b[i]),
             score_b_to_a=float(out.b_to_a[i]),
@@ -557,9 +603,9 @@ def score_candidates(
     stored like histories (a replay of logged likes must not see them again through those histories).
     Raises ``UserNotFound`` / ``NoUserVector`` for the asker, ``StoreUnavailable``.
     """
-    asker = _load_askers(store, [user_id], settings, likes)[0]
+    asker = _load_askers(store, [user_id], settings, likes, need_photos=not use_stored_tastes)[0]
     if not use_stored_tastes:  # the learned model is fitted on the logs too: a replay must not see them again
-        asker.model = None
+        asker.model, asker.served = None, None
     uniq = list(dict.fromkeys(str(u) for u in candidate_ids))
     cands: list[ScoredPoint] = []
     for p in store.retrieve(USERS, [user_point_id(u) for u in uniq], with_vectors=True):
@@ -595,9 +641,7 @@ def explain_empty(user_id: str, *, exclude: Iterable[str] = (), store: Store) ->
     others = store.count(USERS, Filter(must_not=(me,)))
     by_gender = store.count(USERS, Filter(must=gender_conditions(p), must_not=(me,)))
     by_age = store.count(USERS, Filter(must=(*gender_conditions(p), *age_conditions(p)), must_not=(me,)))
-    who = (
-        f"{user_id!r} ({p.gender}, {p.age}, seeking {'/'.join(p.seeking)} aged {p.age_min}-{p.age_max})"
-    )
+    who = f"{user_id!r} ({p.gender}, {p.age}, seeking {'/'.join(p.seeking)} aged {p.age_min}-{p.age_max})"
     if others == 0:
         return f"no other user is stored besides {who}"
     if by_gender == 0:

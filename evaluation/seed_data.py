@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InvalidInput
-from evaluation.demo_data import _encode, make_demo_data, make_user, render_photo
+from evaluation.demo_data import make_demo_data, make_user
+from evaluation.demo_photos import _encode, render_photo
 
 GENERATED_STREAM = 0x6E6E  # apart from the real photos' stream, so no generated image repeats a real one
 

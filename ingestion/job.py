@@ -40,8 +40,9 @@ from engine.schema import (
 )
 from engine.settings import Settings
 from engine.store.base import Point, Store
-from ingestion.metadata import Metadata, PhotoRef, UserRecord, load_metadata
+from ingestion.metadata import load_metadata
 from ingestion.reader import Refused, decode_photo, read_photo
+from ingestion.records import Metadata, PhotoRef, UserRecord
 from ingestion.report import IngestReport, Notice, Reason, Rejection
 from ingestion.store_calls import retry_store_call, timed
 from ingestion.users import USERS_PER_CALL, UserPoints, UserState

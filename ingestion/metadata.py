@@ -11,24 +11,24 @@ Layouts:
 A bad row never stops the parse: it becomes a ``Rejection`` naming the file, the line and the field. Only a
 file that cannot be read as a whole (missing, no header, a required column missing) raises ``InvalidInput``.
 Nothing here opens a photo; paths are only checked for shape (absolute, ``..``), the reader does the rest.
+The records it fills are in ``ingestion.records``; matching the rows to the photo folder, in ``ingestion.photo_scan``.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
-import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from engine.errors import InvalidInput
-from engine.schema import Profile, parse_gender, parse_seeking
+from engine.schema import parse_gender, parse_seeking
 from engine.settings import Settings
+from ingestion.photo_scan import scan_per_photo, scan_per_user
 from ingestion.reader import check_relative
+from ingestion.records import USER_ID_RE, Metadata, PhotoRef, UserRecord, has_surrogates, posix_key
 from ingestion.report import Reason, Rejection, safe_text
 
 log = logging.getLogger(__name__)
@@ -41,48 +41,8 @@ OPTIONAL = ("seeking", "age_min", "age_max")
 PATH_LIKE_COLUMNS = ("image", "img", "photo", "picture", "path", "file", "filename", "file_name", "photo_path",
                      "image_file", "imagepath", "image path", "img_path", "photo_file", "url")
 
-# Letters, digits and a few separators; starting with a letter or digit, so no id can be a formula.
-USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
-# <user_id>_<n>.<ext>; user ids may contain '_' themselves, so the last '_' splits.
-PER_USER_FILE_RE = re.compile(
-    r"^(?P<user>.+)_(?P<n>\d{1,6})\.(?P<ext>jpe?g|png|webp|gif|bmp|tiff?)$", re.IGNORECASE
-)
-# Files the unlisted-photo scan counts as photos (what a phone or a camera writes, accepted by us or not).
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
-)
 # A spreadsheet runs a cell that starts with these; '-' is left to the field checks (age -5 is just bad).
 _FORMULA_START = ("=", "+", "@", "\t", "\r")
-
-
-@dataclass(frozen=True)
-class UserRecord(Profile):
-    """A user's validated metadata: their profile (``seeking`` sorted) and the line that defined it."""
-
-    row: int  # line of the (first) row that defined it
-
-
-@dataclass(frozen=True)
-class PhotoRef:
-    """One photo to read: ``rel_path`` is POSIX, relative to PHOTOS_DIR; ``row`` None in per_user layout."""
-
-    user_id: str
-    rel_path: str
-    row: int | None
-
-
-@dataclass
-class Metadata:
-    file: str
-    layout: Literal["per_photo", "per_user"]
-    layout_reason: str = ""  # which layout was chosen and why, for the report and the terminal
-    users: dict[str, UserRecord] = field(default_factory=dict)
-    photos: list[PhotoRef] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    # Line accounting: lines == 1 (header) + blank_lines + rows_accepted + rows rejected, always.
-    lines: int = 0
-    blank_lines: int = 0
-    rows_accepted: int = 0
 
 
 def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metadata:
@@ -149,9 +109,9 @@ def load_metadata(csv_path: Path, photos_dir: Path, settings: Settings) -> Metad
     if layout == "per_user" and repeats:
         log.warning("%s: %d row(s) repeat a user_id and were rejected: %s", name, repeats, meta.layout_reason)
     if layout == "per_user":
-        _scan_per_user(meta, Path(photos_dir), csv_path, parser.rejected_users)
+        scan_per_user(meta, Path(photos_dir), csv_path, parser.rejected_users)
     else:
-        _scan_per_photo(meta, Path(photos_dir), parser.named)
+        scan_per_photo(meta, Path(photos_dir), parser.named)
     log.info(
         "metadata %s (%s layout): %d lines, %d users, %d photos, %d rows rejected",
         name, layout, meta.lines, len(meta.users), len(meta.photos), sum(r.kind == "row" for r in meta.rejected),
@@ -246,7 +206,7 @@ class _RowParser:
         uid = uid_raw if USER_ID_RE.match(uid_raw) else None
         path_given = row.get("image_path")
         if path_given is not None and check_relative(path_given.strip()) is None:
-            self.named.add(_posix_key(path_given.strip()))
+            self.named.add(posix_key(path_given.strip()))
 
         def reject(reason: Reason, detail: str, fld: str | None) -> None:
             self.reject(line, reason, detail, fld, uid_raw or None)
@@ -256,7 +216,7 @@ class _RowParser:
                 self.rejected_users.setdefault(uid, line)
 
         for col, value in row.items():
-            if _has_surrogates(value):
+            if has_surrogates(value):
                 reject(Reason.NOT_UTF8, f"{col}: not valid UTF-8", col)
                 return
         for col, value in row.items():
@@ -307,7 +267,7 @@ class _RowParser:
             reject(refused.reason, refused.detail, "image_path")
             return
         rel = PurePosixPath(rel.replace("\\", "/")).as_posix()
-        earlier = self.seen_paths.get(_posix_key(rel))
+        earlier = self.seen_paths.get(posix_key(rel))
         if earlier is not None:
             owner, first_line = earlier
             if owner == uid:
@@ -334,7 +294,7 @@ class _RowParser:
             return
         if known is None:
             self.meta.users[uid] = record
-        self.seen_paths[_posix_key(rel)] = (uid, line)
+        self.seen_paths[posix_key(rel)] = (uid, line)
         self.meta.photos.append(PhotoRef(user_id=uid, rel_path=rel, row=line))
 
     def _user(self, uid: str, row: dict[str, str], line: int) -> UserRecord:
@@ -372,121 +332,3 @@ def _age(value: str | None, fld: str, lo: int, hi: int, *, default: int | None =
     if not lo <= age <= hi:
         raise _FieldError(Reason.INVALID_AGE, fld, f"{fld}: {age} is not in {lo}-{hi}")
     return age
-
-
-def _posix_key(rel: str) -> str:
-    """``rel`` as compared with names on disk: POSIX separators, Unicode NFC (a name typed on one system and
-    saved by another can be NFD, and the two print alike)."""
-    return unicodedata.normalize("NFC", PurePosixPath(rel.replace("\\", "/")).as_posix())
-
-
-def _scan_per_photo(meta: Metadata, photos_dir: Path, named: set[str]) -> None:
-    """Match names to the files on disk: a listed name that differs from its file only by Unicode
-    normalisation (NFD vs NFC) is read under the file's own name, and every photo file that no row names
-    is reported (``unlisted_file``), so a forgotten row never goes unnoticed.
-
-    The scan covers the folder that holds the listed photos' folders (their grandparent, the deepest one
-    common to all): PHOTOS_DIR itself when photos sit in per-user folders at its top level (``u1/1.jpg``) or
-    at its top level; ``photos/`` in the demo (``photos/<user>/<n>.jpg``), whose ``raw/`` holds the other
-    layout's copies. So a user whose row was forgotten, whose folder sits beside the others, is found.
-    Hidden files and folders (``.name``) are skipped; symlinked folders are not entered.
-    """
-    if not named or not photos_dir.is_dir():
-        return
-    common = os.path.commonprefix([PurePosixPath(p).parts[:-2] for p in named])
-    base = photos_dir.joinpath(*common)
-    on_disk: dict[str, list[str]] = {}  # NFC key -> the names on disk with that key
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(photos_dir).as_posix()
-        for fname in sorted(filenames):
-            if fname.startswith("."):
-                continue
-            rel = fname if rel_dir == "." else f"{rel_dir}/{fname}"
-            on_disk.setdefault(unicodedata.normalize("NFC", rel), []).append(rel)
-    exact = {rel for rels in on_disk.values() for rel in rels}
-    for i, ref in enumerate(meta.photos):
-        if ref.rel_path in exact:
-            continue
-        found = on_disk.get(_posix_key(ref.rel_path), [])
-        if len(found) == 1:  # two files differing only by normalisation: only the exact name is taken
-            log.info("line %s: %r read as %r (same name, other Unicode normalisation)", ref.row, ref.rel_path, found[0])
-            meta.photos[i] = replace(ref, rel_path=found[0])
-    for key, rels in sorted(on_disk.items()):
-        if key in named:
-            continue
-        for rel in rels:
-            if os.path.splitext(rel)[1].lower() not in IMAGE_SUFFIXES:
-                continue
-            meta.rejected.append(
-                Rejection(
-                    kind="photo",
-                    reason=Reason.UNLISTED_FILE,
-                    detail=f"{rel!r}: no metadata row names this file, so it was not ingested; add a row for it "
-                    "or move it out of PHOTOS_DIR",
-                    path=rel,
-                )
-            )
-
-
-def _has_surrogates(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
-
-
-def _scan_per_user(meta: Metadata, photos_dir: Path, csv_path: Path, rejected_users: dict[str, int]) -> None:
-    """List ``<user_id>_<n>.<ext>`` at the top level of ``photos_dir``; every other entry is reported."""
-    if not photos_dir.is_dir():
-        raise InvalidInput(f"{photos_dir}: PHOTOS_DIR is not a folder")
-    csv_real = os.path.realpath(csv_path)
-    found: list[tuple[str, int, str]] = []
-    with os.scandir(photos_dir) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        name = entry.name
-        if os.path.realpath(entry.path) == csv_real and not entry.is_symlink():
-            continue
-        if _has_surrogates(name):
-            meta.rejected.append(
-                Rejection(
-                    kind="photo",
-                    reason=Reason.BAD_FILE_NAME,
-                    detail="file name is not valid UTF-8",
-                    path=name,
-                )
-            )
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            meta.rejected.append(
-                Rejection(
-                    kind="photo",
-                    reason=Reason.NOT_A_FILE,
-                    detail=f"{name!r} is a folder; the per-user layout reads only PHOTOS_DIR's top level",
-                    path=name,
-                )
-            )
-            continue
-        m = PER_USER_FILE_RE.match(name)
-        if m is None or not USER_ID_RE.match(m["user"]):
-            meta.rejected.append(
-                Rejection(
-                    kind="photo",
-                    reason=Reason.BAD_FILE_NAME,
-                    detail=f"{name!r} is not named <user_id>_<n>.<jpg|png|webp|gif|bmp|tif>",
-                    path=name,
-                )
-            )
-            continue
-        found.append((m["user"], int(m["n"]), name))
-    for uid, _, name in sorted(found):
-        if uid not in meta.users:
-            line = rejected_users.get(uid)
-            detail = (
-                f"user {uid}'s metadata row (line {line}) was rejected"
-                if line is not None
-                else f"no metadata row for user {uid}"
-            )
-            meta.rejected.append(
-                Rejection(kind="photo", reason=Reason.NO_METADATA_ROW, detail=detail, path=name, user_id=uid)
-            )
-            continue
-        meta.photos.append(PhotoRef(user_id=uid, rel_path=name, row=None))

@@ -30,7 +30,7 @@ from engine.schema import (
 from engine.settings import Settings
 from engine.store.base import Point, Store
 from engine.store.meta import META_VECTOR
-from ingestion.metadata import UserRecord
+from ingestion.records import UserRecord
 from ingestion.report import IngestReport
 from ingestion.store_calls import Retry
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -117,6 +118,22 @@ class Store(ABC):
     ) -> Iterator[Point]:
         """Every point that matches ``flt``."""
 
+    def scroll_payload(
+        self,
+        collection: str,
+        keys: tuple[str, ...],
+        flt: Filter | None = None,
+        *,
+        with_vectors: bool = False,
+        with_ids: bool = True,
+        batch_size: int = 8192,
+    ) -> Iterator[Point]:
+        """``scroll`` with only the payload ``keys`` (a bulk read: backends fetch only those keys, which is most
+        of the cost of reading millions of points); ``with_ids=False`` may leave ``Point.id`` empty (saves
+        building a UUID per point)."""
+        for p in self.scroll(collection, flt, with_vectors=with_vectors, batch_size=batch_size):
+            yield Point(p.id if with_ids else "", p.vector, {k: p.payload[k] for k in keys if k in p.payload})
+
     @abstractmethod
     def delete(self, collection: str, ids: Sequence[str]) -> None: ...
 
@@ -189,6 +206,20 @@ class Store(ABC):
                 else:
                     p.payload[key] = value
         self.upsert(collection, points)
+
+    def cache_folder(self) -> Path | None:
+        """Folder for caches derived from the users collection (engine.refresh_cache), or None where this
+        backend keeps none (a Qdrant server: no local folder)."""
+        return None
+
+    def cache_token(self) -> str | None:
+        """The token of the cache that matches the users collection as stored now (recorded in META), or
+        None: no cache may be trusted. Writes to the users collection keep it honest (engine/store/cache.py)."""
+        return None
+
+    def set_cache_token(self, token: str | None) -> None:  # noqa: B027 - nothing to record without a folder
+        """Record ``token`` as the cache that matches the users collection now (None: drop the cache, its
+        files included). Where ``cache_folder()`` is None this does nothing."""
 
     def optimize(self) -> None:  # noqa: B027 - a no-op is right for backends that index by themselves
         """Build indexes after a bulk write (Edge builds HNSW only here; a server does it by itself)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -124,9 +125,7 @@ class QdrantClientStore(QdrantStore):
             )
         except Exception as exc:  # a malformed URL ends here
             raise InvalidInput(f"qdrant_url: cannot use {url!r}: {type(exc).__name__}") from None
-        store = cls(
-            client, backend="server", where=f"the Qdrant server at {url}", prefix=settings.collection_prefix
-        )
+        store = cls(client, backend="server", where=f"the Qdrant server at {url}", prefix=settings.collection_prefix)
         try:
             client.get_collections()
         except Exception as exc:
@@ -170,13 +169,15 @@ class QdrantClientStore(QdrantStore):
         except BaseException:
             lock.release()
             raise
-        return cls(
+        store = cls(
             client,
             backend="local",
             where=f"the local store {path}",
             prefix=settings.collection_prefix,
             lock=lock,
         )
+        store._cache_root = Path(path)  # the refresh cache lives beside the collections
+        return store
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _raise_mapped(self, exc: Exception, what: str, collection: str | None) -> None:
@@ -192,8 +193,7 @@ class QdrantClientStore(QdrantStore):
         # The server's body is only searched, never shown (see connect: a proxy may echo headers).
         if isinstance(exc, UnexpectedResponse) and b"dimension error" in (exc.content or b""):
             raise InvalidInput(
-                f"{what} on {self.name(collection or '?')!r}: a vector's dimension does not match the "
-                "collection's"
+                f"{what} on {self.name(collection or '?')!r}: a vector's dimension does not match the collection's"
             ) from None
         if isinstance(exc, ValueError) and "dimension error" in str(exc):
             raise InvalidInput(f"{what} on {self.name(collection or '?')!r}: {exc}") from None
@@ -260,6 +260,7 @@ class QdrantClientStore(QdrantStore):
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if not points:
             return
+        self._before_write(collection, [p.id for p in points])
         structs = [
             models.PointStruct(id=p.id, vector=v, payload=p.payload)
             for p, v in zip(points, upsert_vectors(points), strict=True)
@@ -273,6 +274,7 @@ class QdrantClientStore(QdrantStore):
         are not resent, so a server does not re-index the points. Ids that are not stored are skipped."""
         if not changes:
             return
+        self._before_write(collection, list(changes))
         with self._calling("retrieve", collection):
             recs = self._client.retrieve(
                 self.name(collection), ids=list(changes), with_payload=False, with_vectors=False
@@ -282,9 +284,7 @@ class QdrantClientStore(QdrantStore):
             if put:
                 ops.append(models.SetPayloadOperation(set_payload=models.SetPayload(payload=put, points=[pid])))
             if drop:
-                ops.append(
-                    models.DeletePayloadOperation(delete_payload=models.DeletePayload(keys=drop, points=[pid]))
-                )
+                ops.append(models.DeletePayloadOperation(delete_payload=models.DeletePayload(keys=drop, points=[pid])))
         if ops:
             with self._calling("set_payload", collection):
                 self._client.batch_update_points(self.name(collection), update_operations=ops, wait=True)
@@ -315,28 +315,22 @@ class QdrantClientStore(QdrantStore):
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
             return
+        self._before_write(collection, None)  # a deleted user's data must leave the refresh cache too
         with self._calling("delete", collection):
-            self._client.delete(
-                self.name(collection), points_selector=models.PointIdsList(points=list(ids)), wait=True
-            )
+            self._client.delete(self.name(collection), points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
     def delete_by_filter(self, collection: str, flt: Filter) -> None:
         """Delete the points matching ``flt``; an empty filter is refused (``InvalidInput``), never "all"."""
         qf = to_qdrant_filter(flt)
         if qf is None:
             raise empty_filter_error()
+        self._before_write(collection, None)
         with self._calling("delete", collection):
-            self._client.delete(
-                self.name(collection), points_selector=models.FilterSelector(filter=qf), wait=True
-            )
+            self._client.delete(self.name(collection), points_selector=models.FilterSelector(filter=qf), wait=True)
 
     def count(self, collection: str, flt: Filter | None = None) -> int:
         with self._calling("count", collection):
-            return int(
-                self._client.count(
-                    self.name(collection), count_filter=to_qdrant_filter(flt), exact=True
-                ).count
-            )
+            return int(self._client.count(self.name(collection), count_filter=to_qdrant_filter(flt), exact=True).count)
 
     def _request(self, q: Query) -> models.QueryRequest:
         return models.QueryRequest(

@@ -24,7 +24,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,13 @@ def _match_any(c: MatchAny) -> qe.MatchAny:
     raise InvalidInput(f"filter on {c.key!r}: match values must be all strings or all integers: {c.values!r}")
 
 
+@functools.lru_cache(maxsize=32)
+def _has_id(ids: frozenset[str]) -> qe.HasIdCondition:
+    """The condition for a set of ids, kept for sets used again (recommend()'s 500 most appealing users, on
+    every call): building 500 UUIDs per query cost more than the query's search (measured on Edge)."""
+    return qe.HasIdCondition({_uuid(i) for i in ids})
+
+
 def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
     """Translate ``engine.filters.Filter`` to ``qdrant_edge.Filter`` (None for no filter)."""
     if flt is None or flt.is_empty():
@@ -96,7 +103,7 @@ def to_edge_filter(flt: Filter | None) -> qe.Filter | None:
             # RangeFloat serves integer indexes too (Qdrant compares numerically).
             return qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte))
         if isinstance(c, HasId):
-            return qe.HasIdCondition({_uuid(i) for i in c.ids})
+            return _has_id(c.ids)
         raise TypeError(f"unknown filter condition {c!r}")
 
     return qe.Filter(
@@ -144,6 +151,7 @@ class EdgeStore(QdrantStore):
         # Folders left half-made by a kill during create or --rebuild: not loaded; setup rebuilds them.
         self._half_made: set[str] = set()
         self._closed = False
+        self._cache_root = self.root  # the refresh cache lives beside the collections
 
     @classmethod
     def open(cls, settings: Settings, *, indexing_threshold_kb: int | None = None) -> EdgeStore:
@@ -391,6 +399,7 @@ class EdgeStore(QdrantStore):
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
         if not points:
             return
+        self._before_write(collection, [p.id for p in points])
         shard = self._shard(collection)
         vectors = upsert_vectors(points)
         edge_points = [qe.Point(_uuid(p.id), v, p.payload) for p, v in zip(points, vectors, strict=True)]
@@ -403,6 +412,7 @@ class EdgeStore(QdrantStore):
         ``optimize()`` is needed after (an upsert would move them to an unindexed one)."""
         if not changes:
             return
+        self._before_write(collection, list(changes))
         shard = self._shard(collection)
         have = [str(r.id) for r in self._retrieve_ids(shard, collection, list(changes))]
         with self._calling("set_payload", collection):
@@ -438,9 +448,38 @@ class EdgeStore(QdrantStore):
             recs, offset = shard.scroll(request)
         return self._points(recs), offset
 
+    def scroll_payload(
+        self,
+        collection: str,
+        keys: tuple[str, ...],
+        flt: Filter | None = None,
+        *,
+        with_vectors: bool = False,
+        with_ids: bool = True,
+        batch_size: int = 8192,
+    ) -> Iterator[Point]:
+        """``Store.scroll_payload``: only ``keys`` cross the bindings (3x the points/s of ``scroll`` on
+        feedback, measured)."""
+        shard = self._shard(collection)
+        ef, offset = to_edge_filter(flt), None
+        while True:
+            request = qe.ScrollRequest(
+                offset=offset, limit=batch_size, filter=ef, with_payload=list(keys), with_vector=with_vectors
+            )
+            with self._calling("scroll", collection):
+                recs, offset = shard.scroll(request)
+            if with_ids:
+                yield from self._points(recs)
+            else:  # the bindings build a uuid.UUID per ``id`` access: a third of a bulk read's time
+                vec = self._to_vector
+                yield from (Point("", vec(r.vector) if with_vectors else None, r.payload or {}) for r in recs)
+            if offset is None:
+                return
+
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
             return
+        self._before_write(collection, None)  # a deleted user's data must leave the refresh cache too
         shard = self._shard(collection)
         uuids: list[Any] = [_uuid(i) for i in ids]
         with self._calling("delete", collection):
@@ -451,6 +490,7 @@ class EdgeStore(QdrantStore):
         ef = to_edge_filter(flt)
         if ef is None:
             raise empty_filter_error()
+        self._before_write(collection, None)
         shard = self._shard(collection)
         with self._calling("delete", collection):
             shard.update(qe.UpdateOperation.delete_points_by_filter(ef))

@@ -13,13 +13,15 @@ import logging
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import InvalidInput, StoreUnavailable
 from engine.filters import Filter
-from engine.schema import META
+from engine.schema import META, USERS
+from engine.store import cache
 from engine.store.base import Point, Query, ScoredPoint, Store, StoreInfo
 from engine.store.meta import AUX_INDEXES, COLLECTION_INDEXES, META_DIM, check_encoder, info_from_payload, meta_payload
 
@@ -80,6 +82,9 @@ class QdrantStore(Store):
     prefix: str = ""
     where: str  # for messages: the folder, or the redacted URL
     _closed: bool = False
+    _cache_root: Path | None = None  # the store's folder (embedded backends); None: no refresh cache
+    _token_known: bool = False  # whether ``_token`` holds META's cache token (read once, then kept)
+    _token: str | None = None
 
     def name(self, collection: str) -> str:
         """The backend's name of a logical collection (``settings.collection_prefix`` + name)."""
@@ -172,6 +177,10 @@ class QdrantStore(Store):
         if dim < 1:
             raise InvalidInput(f"dim: must be positive, got {dim}")
         self._check_open()
+        # The refresh cache survives a setup only when the users collection does (engine/store/cache.py).
+        keep = self.cache_token() if not rebuild and self._exists(USERS) else None
+        if keep is None:
+            self._drop_cache()
         if rebuild:
             for c in (*COLLECTION_INDEXES, META):
                 self._drop(c)
@@ -188,7 +197,11 @@ class QdrantStore(Store):
         for c, indexes in AUX_INDEXES.items():
             self._ensure(c, META_DIM, indexes)
         self._ensure(META, META_DIM, {})
-        self._write_meta(meta_payload(encoder_id, dim))
+        payload = meta_payload(encoder_id, dim)
+        if keep is not None:
+            payload[cache.CACHE_KEY] = keep
+        self._write_meta(payload)
+        self._token, self._token_known = keep, True
         log.info("store ready on %s: encoder %s, dim %d", self.where, encoder_id, dim)
 
     def _ensure(self, collection: str, dim: int, indexes: dict[str, str]) -> None:
@@ -200,6 +213,59 @@ class QdrantStore(Store):
         for field, kind in indexes.items():
             if have.get(field) != kind:
                 self._add_index(collection, field, kind)
+
+    # -- the refresh cache's bookkeeping (engine/store/cache.py) -------------------------------------------
+    def cache_folder(self) -> Path | None:
+        if self._cache_root is None:
+            return None
+        return self._cache_root / f"{self.prefix}{cache.CACHE_FOLDER}"
+
+    def cache_token(self) -> str | None:
+        if self._cache_root is None:
+            return None
+        if not self._token_known:
+            token = (self._read_meta() or {}).get(cache.CACHE_KEY)
+            self._token, self._token_known = (token if isinstance(token, str) and token else None), True
+        return self._token
+
+    def set_cache_token(self, token: str | None) -> None:
+        folder = self.cache_folder()
+        if folder is None:
+            return
+        if token is None:
+            self._drop_cache()
+            return
+        if not self._exists(META):
+            raise InvalidInput(f"{self.where} has no META collection: run setup before recording a cache")
+        payload = self._read_meta() or {}
+        payload[cache.CACHE_KEY] = token
+        self._write_meta(payload)
+        self._token, self._token_known = token, True
+        cache.remove_files(folder, keep=token)  # older caches (and their journals) are of no use now
+
+    def _drop_cache(self) -> None:
+        """Clear META's cache token (first: a kill after it leaves nothing trusted), then remove the files."""
+        folder = self.cache_folder()
+        if folder is None:
+            return
+        if self.cache_token() is not None and self._exists(META):
+            payload = self._read_meta() or {}
+            payload.pop(cache.CACHE_KEY, None)
+            self._write_meta(payload)
+        self._token, self._token_known = None, True
+        cache.remove_files(folder)
+
+    def _before_write(self, collection: str, ids: Sequence[str] | None) -> None:
+        """Call before any write to ``collection``: the users' ids go to the cache's journal; ``ids=None``
+        (a deletion, or a write whose points cannot be listed) drops the cache."""
+        if collection != USERS or self._cache_root is None:
+            return
+        token = self.cache_token()
+        if token is None:
+            return
+        folder = self.cache_folder()
+        if ids is None or folder is None or not cache.append_journal(folder, token, ids):
+            self._drop_cache()
 
     def info(self) -> StoreInfo | None:
         return info_from_payload(self._read_meta())

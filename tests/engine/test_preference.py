@@ -8,10 +8,11 @@ import pytest
 from engine.compatibility import Profile
 from engine.errors import InvalidInput
 from engine.feedback import Event, record_feedback
-from engine.learning import PREF_FIELD, load_model_global, rebuild_preferences
+from engine.learning import load_model_global, rebuild_preferences
 from engine.preference import auc, congestion_factor, fit_preference, predict
 from engine.recommend import recommend
-from engine.schema import USERS, user_point_id
+from engine.schema import user_point_id
+from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store
 from tests.engine.test_recommend import db, put_users, random_population  # noqa: F401 - db is a fixture
@@ -103,7 +104,10 @@ def test_rebuild_then_recommend_serves_what_the_log_taught(db: tuple[Store, Sett
     assert report.users == 80 and report.events == len(events)
     assert report.weights["appeal"] > 0
     assert load_model_global(store) is not None
-    assert PREF_FIELD in store.retrieve(USERS, [user_point_id(star)])[0].payload
+    served = served_model(store)
+    assert served is not None and user_point_id(star) in served.index  # the star's statistics are served
+    star_likes = served.side(served.rows([user_point_id(star)]))["likes_received"][0]
+    assert star_likes == sum(1 for e in events if e.candidate_id == star)
     after = {m.user_id: m for m in recommend(asker, 10, store=store, settings=settings)}
     assert star in after  # the whole log likes them: the asker is expected to like them most
     assert after[star].score_a_to_b == max(m.score_a_to_b for m in after.values())

@@ -46,7 +46,7 @@ def test_profile_round_trips_through_its_payload() -> None:
 
 
 def test_ingestion_record_is_a_profile() -> None:
-    from ingestion.metadata import UserRecord
+    from ingestion.records import UserRecord
 
     record = UserRecord("alice", "female", 30, ("male",), 25, 40, row=7)
     assert isinstance(record, Profile) and record.same_profile(ALICE) and record.fields() == ALICE.fields()

@@ -86,9 +86,7 @@ def brute_force(points: Sequence[Point], vectors: np.ndarray, q: np.ndarray, flt
     return [(points[i].id, float(scores[i])) for i in keep[:k]]
 
 
-def assert_same_ranking(
-    got: Sequence[ScoredPoint], want: Sequence[tuple[str, float]], tol: float = 1e-4
-) -> None:
+def assert_same_ranking(got: Sequence[ScoredPoint], want: Sequence[tuple[str, float]], tol: float = 1e-4) -> None:
     """Same length, same scores within ``tol``, and the same ids except where scores tie."""
     assert len(got) == len(want), (len(got), len(want))
     np.testing.assert_allclose([p.score for p in got], [s for _, s in want], atol=tol)
@@ -260,9 +258,7 @@ def test_count_and_scroll_with_filters(store: Store) -> None:
     scrolled = list(store.scroll(USERS, flt, batch_size=7))  # several pages
     assert {p.id for p in scrolled} == want and len(scrolled) == len(want)
     everything = list(store.scroll(USERS, with_vectors=True, batch_size=16))
-    assert len(everything) == 50 and all(
-        p.vector is not None and p.vector.dtype == np.float32 for p in everything
-    )
+    assert len(everything) == 50 and all(p.vector is not None and p.vector.dtype == np.float32 for p in everything)
 
 
 # -- queries ----------------------------------------------------------------------------------------------
@@ -428,9 +424,7 @@ def test_refused_server_connection_names_the_url_not_the_key() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     secret = "sk-" + uuid.uuid4().hex
-    settings = Settings(
-        qdrant_url=f"http://127.0.0.1:{port}", qdrant_api_key=SecretStr(secret), qdrant_timeout_s=2
-    )
+    settings = Settings(qdrant_url=f"http://127.0.0.1:{port}", qdrant_api_key=SecretStr(secret), qdrant_timeout_s=2)
     with pytest.raises(StoreUnavailable) as err:
         QdrantClientStore.connect(settings)
     message = str(err.value)
@@ -472,17 +466,11 @@ def test_edge_and_local_give_the_same_results(tmp_path: Path) -> None:
         queries = unit_rows(np.random.default_rng(13), len(FILTERS))
         filters = list(FILTERS.values())
         for exact in (True, False):
-            batch = [
-                Query(q, 20, filter=filters[j % len(filters)], exact=exact) for j, q in enumerate(queries)
-            ]
+            batch = [Query(q, 20, filter=filters[j % len(filters)], exact=exact) for j, q in enumerate(queries)]
             for e, lo in zip(edge.query_batch(USERS, batch), local.query_batch(USERS, batch), strict=True):
                 assert_same_ranking(e, [(p.id, p.score) for p in lo])
-            photo_q = [
-                Query(q, 15, filter=Filter(must=(Range("age", gte=30),)), exact=exact) for q in queries
-            ]
-            for e, lo in zip(
-                edge.query_batch(PHOTOS, photo_q), local.query_batch(PHOTOS, photo_q), strict=True
-            ):
+            photo_q = [Query(q, 15, filter=Filter(must=(Range("age", gte=30),)), exact=exact) for q in queries]
+            for e, lo in zip(edge.query_batch(PHOTOS, photo_q), local.query_batch(PHOTOS, photo_q), strict=True):
                 assert_same_ranking(e, [(p.id, p.score) for p in lo])
         for flt in filters:
             assert edge.count(USERS, flt) == local.count(USERS, flt)
@@ -522,3 +510,50 @@ def test_edge_hnsw_after_optimize_agrees_with_exact_search(tmp_path: Path) -> No
                 assert p.score == pytest.approx(float(all_scores[j, index[p.id]]), abs=1e-4)
             overlaps.append(len({p.id for p in approx} & {p.id for p in exact}) / 10)
         assert np.mean(overlaps) >= 0.9, overlaps
+
+
+# -- the refresh cache's bookkeeping (engine/store/cache.py) ---------------------------------------------
+
+
+def test_cache_token_journal_and_drop(store_factory: StoreFactory) -> None:
+    """Embedded backends record a cache token in META and journal every users write before it happens;
+    a deletion drops the token and the files. A server keeps no cache: the calls do nothing there."""
+    from engine.store.cache import journal_path
+
+    s = store_factory.open()
+    s.setup("enc-cache", DIM)
+    points, vectors = make_users(6, seed=4)
+    folder = s.cache_folder()
+    if folder is None:  # a server: no local folder, nothing is ever trusted
+        s.set_cache_token("t1")
+        assert s.cache_token() is None
+        s.upsert(USERS, points)
+        return
+    assert s.cache_token() is None
+    s.upsert(USERS, points[:2])  # no token: nothing to journal
+    folder.mkdir(parents=True, exist_ok=True)
+    journal_path(folder, "t1").touch()
+    s.set_cache_token("t1")
+    assert s.cache_token() == "t1"
+    s.upsert(USERS, points[2:4])
+    s.set_payload(USERS, {points[0].id: {"note": 1}})
+    s.upsert(PHOTOS, [Point(str(uuid.uuid4()), vectors[0], {"user_id": "user_000"})])  # not a users write
+    assert journal_path(folder, "t1").read_text().split() == [points[2].id, points[3].id, points[0].id]
+    s.close()
+    r = store_factory.open()
+    assert r.cache_token() == "t1"  # kept in META across a reopen
+    r.setup("enc-cache", DIM)  # and across the setup every ingestion runs
+    assert r.cache_token() == "t1"
+    r.delete(USERS, [points[3].id])
+    assert r.cache_token() is None and not folder.exists()
+    folder.mkdir()
+    journal_path(folder, "t2").touch()
+    r.set_cache_token("t2")
+    r.delete_by_filter(USERS, Filter(must=(MatchAny("gender", GENDERS),)))
+    assert r.cache_token() is None and not folder.exists()
+    folder.mkdir()
+    journal_path(folder, "t3").touch()
+    r.set_cache_token("t3")
+    journal_path(folder, "t3").unlink()  # a lost journal: the next write drops the cache instead
+    r.upsert(USERS, points[4:5])
+    assert r.cache_token() is None

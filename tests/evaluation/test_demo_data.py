@@ -204,7 +204,8 @@ def test_attractiveness_changes_the_face_not_the_scene() -> None:
     change) while the frame's border (background) stays the same pixels."""
     import dataclasses
 
-    from evaluation.demo_data import DemoUser, make_user, render_photo
+    from evaluation.demo_data import DemoUser, make_user
+    from evaluation.demo_photos import render_photo
 
     for i in range(1, 9):
         user = make_user(21, i)
@@ -234,7 +235,7 @@ def test_attractiveness_is_independent_of_looks() -> None:
 
 def test_blemishes_show_equally_on_every_skin_tone() -> None:
     """The attractiveness cue (skin spots) has the same brightness contrast on light and dark skin."""
-    from evaluation.demo_data import _SKIN, _interp, _spot_colour
+    from evaluation.demo_photos import _SKIN, _interp, _spot_colour
 
     def luma(c: tuple[int, int, int]) -> float:
         return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]

@@ -160,7 +160,8 @@ def test_mapping_csv_without_genders(demo_dir: Path, exports: tuple[Path, Path],
 
 
 def test_table_marks_undefined_metrics(demo_dir: Path) -> None:
-    from evaluation.report import EncoderResult, metrics_table
+    from evaluation.embeddings import EncoderResult
+    from evaluation.report import metrics_table
 
     emb = np.eye(3, dtype=np.float32)
     m = retrieval_metrics(emb, ["a", "b", "c"])  # nobody has two photos: retrieval metrics are NaN
@@ -181,7 +182,7 @@ def test_missing_data_dir_is_a_clean_error(
 
 def test_probes_find_planted_signal_and_not_noise() -> None:
     """Attractiveness and gender planted linearly in synthetic vectors are found; pure noise scores near chance."""
-    from evaluation.report import attribute_probes
+    from evaluation.embeddings import attribute_probes
 
     rng = np.random.default_rng(0)
     people = [f"u{i:02d}" for i in range(60)]
@@ -208,7 +209,8 @@ def test_warns_when_the_encoder_was_trained_on_the_data(
 ) -> None:
     import shutil
 
-    from evaluation.report import evaluate_embeddings, training_overlap
+    from evaluation.embeddings import training_overlap
+    from evaluation.report import evaluate_embeddings
     from training.encoder import load_encoder
 
     trained = tmp_path / "trained"

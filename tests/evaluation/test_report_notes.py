@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from evaluation.embeddings import EncoderResult, same_model_notes
 from evaluation.plots import identity_colours
-from evaluation.report import EncoderResult, evaluate_embeddings, same_model_notes
+from evaluation.report import evaluate_embeddings
 
 
 def result(label: str, source: Path | str, emb: np.ndarray) -> EncoderResult:

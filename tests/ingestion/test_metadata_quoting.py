@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.settings import Settings
-from ingestion.metadata import Metadata, load_metadata
+from ingestion.metadata import load_metadata
+from ingestion.records import Metadata
 from ingestion.report import Reason
 
 HEADER = "user_id,image_path,gender,age\n"

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.learning import PREF_FIELD, load_model_global
-from engine.schema import USERS, user_point_id
+from engine.learning import load_model_global
+from engine.schema import user_point_id
+from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import open_store
 from matcher.cli import main
@@ -35,5 +36,7 @@ def test_rebuild_model_fits_the_feedback_log(tmp_path: Path, capsys: pytest.Capt
     assert "rebuild-model: 40 users, 800 likes and passes" in out and "appeal +" in out  # liked users learned
     with open_store(settings) as store:
         assert load_model_global(store) is not None
-        (p,) = store.retrieve(USERS, [user_point_id("u0")])
-        assert p.payload[PREF_FIELD]["n"] == [20, 20, 20]  # u0 liked by all 20 viewers of the other gender
+        served = served_model(store)
+        assert served is not None
+        side = served.side(served.rows([user_point_id("u0")]))
+        assert side["n"][0].tolist() == [20, 20, 20]  # u0 liked by all 20 viewers of the other gender

@@ -1,0 +1,252 @@
+"""The incremental reciprocity pass (``refresh_changed``, what ingestion runs): recompute exactly only the
+users whose top-K a change can move, and merge arrivals into the others' stored windows; see
+``engine.reciprocity`` for the statistics and the passes, ``engine.refresh_cache`` for the table it starts
+from.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import InvalidInput
+from engine.reciprocity_stats import (
+    DEPARTED_TOL,
+    RETRIEVE,
+    TOP_KEEP,
+    Departed,
+    RefreshReport,
+    merge_window,
+    queries_of,
+    row_change,
+    tastes_of,
+    top_stats,
+    write_changes,
+)
+from engine.refresh_cache import Table, load, save
+from engine.schema import USERS, user_point_id
+from engine.settings import Settings
+from engine.store.base import Point, Store
+from engine.topk import NO_KTH, Groups, against, compatible_topk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Change:
+    """The users table as it is now, and what changed since the stored statistics were computed."""
+
+    table: Table
+    arrivals: set[int]  # rows to treat as new users (recomputed; merged into others' windows)
+    gone: Table  # users as they were when the statistics were computed, now deleted or changed
+    retaste: set[int]  # rows whose like history or taste changed
+    cache: str
+    restat: set[int] = field(default_factory=set)  # rows whose statistics were written since the cache: recomputed
+
+
+def _pids(user_ids: Iterable[str]) -> set[str]:
+    return {user_point_id(str(u)) for u in user_ids}
+
+
+def _from_cache(
+    store: Store, arrived: Iterable[str], departed: Sequence[Departed], retasted: Iterable[str]
+) -> _Change | str:
+    """The change since the cached table was saved (the journaled users re-read), or why it cannot be used."""
+    loaded = load(store)
+    if loaded is None:
+        return "no cache"
+    old, journal = loaded
+    touched = set(journal) | _pids(arrived) | _pids(retasted) | _pids(d.user_id for d in departed)
+    row0 = {str(p): i for i, p in enumerate(old.ids.tolist())}
+    wanted = sorted(touched)
+    points = [
+        p
+        for s in range(0, len(wanted), RETRIEVE)
+        for p in store.retrieve(USERS, wanted[s : s + RETRIEVE], with_vectors=True)
+    ]
+    fresh = Table.from_points(points, genders=old.genders)
+    keep = np.ones(len(old), dtype=bool)
+    keep[[row0[p] for p in touched if p in row0]] = False
+    table = old.replaced(keep, fresh)
+    skipped = sorted((set(old.skipped.tolist()) - touched) | set(fresh.skipped.tolist()))
+    table.skipped = np.array(skipped, dtype=str) if skipped else np.zeros(0, "<U1")
+    stored = store.count(USERS)
+    if stored != len(table) + len(skipped):
+        return f"the users collection holds {stored} points, the cache and its journal {len(table) + len(skipped)}"
+    base = int(keep.sum())
+    arrivals: set[int] = set()
+    retaste: set[int] = set()
+    restat: set[int] = set()
+    now = set(fresh.ids.tolist())
+    gone_rows = [row0[p] for p in touched if p in row0 and p not in now]
+    for j, pid in enumerate(fresh.ids.tolist()):
+        o = row0.get(pid)
+        if o is None or not old.same_user(o, fresh, j):
+            arrivals.add(base + j)
+            if o is not None:
+                gone_rows.append(o)
+            continue
+        if not old.same_likes(o, fresh, j):
+            retaste.add(base + j)
+        if not old.same_stats(o, fresh, j):
+            # Written by a pass that did not save its table (killed): they may already hold this change's
+            # arrivals, and merging is not idempotent, so they are recomputed.
+            restat.add(base + j)
+    return _Change(table, arrivals, old.take(sorted(gone_rows)), retaste, "used", restat)
+
+
+def _from_scroll(
+    store: Store, arrived: Iterable[str], departed: Sequence[Departed], retasted: Iterable[str], why: str
+) -> _Change:
+    table = Table.from_points(store.scroll(USERS, with_vectors=True))
+    row_of = {str(p): i for i, p in enumerate(table.ids.tolist())}
+    gone = Table.from_points(
+        [Point(user_point_id(d.user_id), d.vector, d.profile.fields()) for d in departed], genders=table.genders
+    )
+    return _Change(
+        table,
+        {row_of[p] for p in _pids(arrived) if p in row_of},
+        gone,
+        {row_of[p] for p in _pids(retasted) if p in row_of},
+        why,
+    )
+
+
+def refresh_changed(
+    store: Store,
+    settings: Settings,
+    *,
+    arrived: Iterable[str] = (),
+    departed: Sequence[Departed] = (),
+    retasted: Iterable[str] = (),
+    chunk: int = 2048,
+) -> RefreshReport:
+    """Bring every user's statistics up to date after a change, touching only whom the change can move.
+
+    ``arrived``: user ids stored or rewritten since the statistics were last computed (their vector or
+    profile is read from the store as it is now). ``departed``: the users deleted or rewritten, as they were
+    before (:func:`departures`; a rewritten user is in both). ``retasted``: users whose like history changed.
+    With a trusted cache (``engine.refresh_cache``) these only add to what its journal lists; without one
+    the users collection is scrolled and these must name every change.
+
+    Exactly recomputed: arrivals, retasted users and users who liked an arrival (their taste changes), every
+    user whose stored statistics are missing or were made with another K, every user a departed user was
+    in the top-K of, and users whose stored window ran out. Everyone else compatible with an arrival gets it
+    merged into their stored window when it beats their K-th. The result equals :func:`refresh`'s, and is
+    saved as the next cache. Raises ``StoreUnavailable`` from the store.
+    """
+    if chunk < 1:
+        raise InvalidInput(f"chunk: must be positive, got {chunk}")
+    t0 = time.perf_counter()
+    k = settings.recommend.reciprocity_k
+    ch = _from_cache(store, arrived, departed, retasted)
+    if isinstance(ch, str):
+        log.info("reciprocity refresh reads every user (%s)", ch)
+        ch = _from_scroll(store, arrived, departed, retasted, ch)
+    table, n = ch.table, len(ch.table)
+    stages = {"read": time.perf_counter() - t0}
+
+    # Stored statistics; a user whose statistics cannot be trusted is recomputed, and handled as an
+    # arrival (they may be missing from others' lists too, e.g. after a run stopped before its refresh).
+    trusted = _trusted(table, k)
+    recompute = ~trusted
+    recompute[sorted(ch.restat)] = True
+    last = np.where(table.kth == NO_KTH, -np.inf, table.kth)  # a complete list takes anyone compatible
+    arrivals = sorted(ch.arrivals | set(np.flatnonzero(~trusted).tolist()))
+    recompute[arrivals] = True
+    moved = {str(u) for u in table.user_ids[arrivals].tolist()} | {str(u) for u in ch.gone.user_ids.tolist()}
+    retaste = ch.retaste | set(arrivals) | table.rows_liking(moved)
+    recompute[sorted(retaste)] = True
+    tastes = tastes_of(table, sorted(retaste), settings.recommend.taste_blend)
+    queries = queries_of(table, tastes)
+    grp = table.groups()
+    # Departures: whoever had a departed user in their top-K loses an entry they cannot refill alone.
+    if len(ch.gone):
+        for members, pool in against(grp, np.flatnonzero(~recompute), ch.gone.groups()):
+            sims = queries[members] @ ch.gone.matrix[pool].T
+            recompute[members[np.any(sims >= last[members, None] - DEPARTED_TOL, axis=1)]] = True
+    merged = _merge_arrivals(table, grp, queries, last, np.asarray(arrivals, dtype=np.int64), recompute, k)
+    rows = np.flatnonzero(recompute)
+    stages["score"] = time.perf_counter() - t0 - sum(stages.values())
+    exact = compatible_topk(table.matrix, grp, k, rows=rows, queries=queries, block=chunk, progress=settings.progress)
+    changes = {}
+    for j, i in enumerate(rows.tolist()):
+        change = row_change(table, i, *top_stats(exact[j], k), k, tastes.get(i), retasted=i in tastes)
+        if change is not None:
+            changes[str(table.ids[i])] = change
+    for i, (kth, window) in merged.items():
+        if not recompute[i]:
+            change = row_change(table, i, kth, window, k, None, retasted=False)
+            if change is not None:
+                changes[str(table.ids[i])] = change
+    stages["exact"] = time.perf_counter() - t0 - sum(stages.values())
+    write_changes(store, changes, settings.ingest.write_batch_size)
+    stages["write"] = time.perf_counter() - t0 - sum(stages.values())
+    save(store, table)
+    stages["save"] = time.perf_counter() - t0 - sum(stages.values())
+    seconds = time.perf_counter() - t0
+    n_merged = sum(1 for i in merged if not recompute[i])
+    log.info(
+        "reciprocity refresh after %d arrivals, %d departures (cache: %s): %d of %d users recomputed, %d merged, "
+        "%d rewritten, in %.1f s",
+        len(arrivals), len(ch.gone), ch.cache, len(rows), n, n_merged, len(changes), seconds,
+    )  # fmt: skip
+    return RefreshReport(
+        users=n,
+        rewritten=len(changes),
+        skipped=len(table.skipped),
+        seconds=seconds,
+        recomputed=len(rows),
+        merged=n_merged,
+        cache=ch.cache,
+        stages={key: round(v, 3) for key, v in stages.items()},
+    )
+
+
+def _trusted(table: Table, k: int) -> np.ndarray:
+    """(n,) bool: stored statistics usable for K (made with K, a window consistent with kth_sim)."""
+    n = len(table)
+    ok = (table.kth_k == k) & np.isfinite(table.kth) & (table.top_len >= 0)
+    complete = table.kth == NO_KTH
+    ok &= np.where(complete, table.top_len < k, (table.top_len >= 1) & (table.top_len <= min(k, TOP_KEEP)))
+    last = table.top[np.arange(n), np.clip(table.top_len - 1, 0, None)] if n else np.zeros(0)
+    ok &= complete | (np.abs(last - table.kth) <= 1e-6)
+    return ok
+
+
+def _merge_arrivals(
+    table: Table, grp: Groups, queries: np.ndarray, last: np.ndarray, arr: np.ndarray, recompute: np.ndarray, k: int
+) -> dict[int, tuple[float, list[float]]]:
+    """Score every user not recomputed against the arrivals compatible with them, and merge those that beat
+    their K-th into their window. Users whose window runs out are marked in ``recompute``. Returns row ->
+    the new (kth_sim, kth_top) of each user an arrival entered."""
+    if len(arr) == 0:
+        return {}
+    arrivals = table.take(arr)
+    who: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for members, pool in against(grp, np.flatnonzero(~recompute), arrivals.groups()):
+        sims = queries[members] @ table.matrix[arr[pool]].T
+        r, c = np.nonzero(sims > last[members, None])
+        who.append(members[r])
+        vals.append(sims[r, c])
+    if not who:
+        return {}
+    rec, val = np.concatenate(who), np.concatenate(vals).astype(np.float64)
+    order = np.lexsort((-val, rec))  # by receiver, best first
+    rec, val = rec[order], val[order]
+    starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
+    out: dict[int, tuple[float, list[float]]] = {}
+    for s, e in zip(starts.tolist(), [*starts[1:].tolist(), len(rec)], strict=True):
+        i = int(rec[s])
+        window = table.top[i, : table.top_len[i]].tolist()
+        got = merge_window(float(table.kth[i]), window, val[s:e].tolist(), k)
+        if got is None:
+            recompute[i] = True  # the window ran out: more arrivals above it than it could absorb
+        else:
+            out[i] = got
+    return out

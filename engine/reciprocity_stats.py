@@ -1,0 +1,183 @@
+"""The per-user bookkeeping the reciprocity passes share (``engine.reciprocity``,
+``engine.reciprocity_incremental``): a user's statistics from their top-K row, what is stored, what changed
+and must be written, tastes, and merging new similarities into a stored window.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.likes import taste_payload
+from engine.refresh_cache import Table
+from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile
+from engine.store.base import Store
+from engine.topk import NO_KTH
+
+KTH_FIELD, KTH_K_FIELD, TOP_FIELD, TASTE_FIELD = KTH_SIM, KTH_K, KTH_TOP, TASTE
+TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
+# A departed user counts as having been in B's top-K when their similarity is this close to B's last entry
+# (float32 products computed in another shape differ in the last bits); a false alarm only costs a recompute.
+DEPARTED_TOL = 1e-5
+RETRIEVE = 1024  # ids per retrieve call
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    users: int  # users points with a vector that got a kth_sim
+    rewritten: int  # of those, the points whose statistics changed (only these are written)
+    skipped: int  # users points without a usable vector or profile
+    seconds: float
+    recomputed: int = 0  # users scored against their whole compatible pool (all of them in a full pass)
+    merged: int = 0  # users whose top-K list was updated by merging in arrivals (incremental pass only)
+    cache: str = ""  # incremental pass: "used" (started from the saved table) or why it scrolled
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: read, score, exact, write, save
+
+
+@dataclass(frozen=True)
+class Departed:
+    """A user as they were before being deleted or changed: the mean vector ((d,) float32, unit) and the
+    profile that other users' stored statistics were computed with."""
+
+    user_id: str
+    vector: np.ndarray
+    profile: Profile
+
+
+def tastes_of(table: Table, rows: Iterable[int], blend: float) -> dict[int, list[float] | None]:
+    """The taste of each of ``rows`` from their like history and the current vectors (None without likes)."""
+    out: dict[int, list[float] | None] = {}
+    row_of: dict[str, int] | None = None
+    for i in rows:
+        liked_ids = table.liked_of(i)
+        if len(liked_ids) == 0:
+            out[i] = taste_payload(table.matrix[i], None, blend)
+            continue
+        if row_of is None:
+            row_of = {str(u): r for r, u in enumerate(table.user_ids.tolist())}
+        liked = [row_of[str(u)] for u in liked_ids.tolist() if str(u) in row_of]
+        out[i] = taste_payload(table.matrix[i], table.matrix[liked] if liked else None, blend)
+    return out
+
+
+def queries_of(table: Table, tastes: dict[int, list[float] | None]) -> np.ndarray:
+    """(n, d) float32: what each user's list is ranked by (new taste, else stored taste, else mean vector)."""
+    queries = table.matrix.copy()
+    has = np.flatnonzero(table.taste_row >= 0)
+    queries[has] = table.tastes[table.taste_row[has]]
+    for i, t in tastes.items():
+        queries[i] = table.matrix[i] if t is None else np.asarray(t, dtype=np.float32)
+    return queries
+
+
+def row_change(
+    table: Table, i: int, kth: float, window: list[float], k: int, taste: list[float] | None, *, retasted: bool
+) -> dict[str, Any] | None:
+    """The payload keys to write for row ``i`` (None when nothing changed beyond float noise); the table is
+    updated to what is then stored. ``taste`` is written only when ``retasted``."""
+    change: dict[str, Any] = {}
+    n_old = int(table.top_len[i])
+    old_top = table.top[i, :n_old].tolist() if n_old >= 0 else None
+    old_kth = float(table.kth[i])
+    if (
+        not np.isfinite(old_kth)
+        or abs(old_kth - kth) > 1e-6
+        or int(table.kth_k[i]) != k
+        or old_top is None
+        or len(old_top) != len(window)
+        or any(abs(a - b) > 1e-6 + 1e-5 * abs(b) for a, b in zip(old_top, window, strict=True))
+    ):
+        # The three statistics are written together, so a stored window always matches its kth_sim and K.
+        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window})
+    if retasted and taste_changed(table.stored_taste(i), taste):
+        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window, TASTE_FIELD: taste})  # None deletes
+        table.set_taste(i, taste)
+    if change:
+        table.set_stats(i, kth, k, window)
+    return change or None
+
+
+def top_stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:
+    """``(kth_sim, kth_top)`` from one row of :func:`compatible_topk` ((k,) best first, -inf padded)."""
+    vals = top[np.isfinite(top)]
+    if len(vals) >= k:
+        return float(vals[k - 1]), [float(x) for x in vals[max(0, k - TOP_KEEP) : k]]
+    return NO_KTH, [float(x) for x in vals]
+
+
+def stored_stats(payload: dict[str, Any], k: int) -> tuple[float, list[float]] | None:
+    """The stored ``(kth_sim, kth_top)`` when usable for K (consistent with each other), else None."""
+    lst, kth = payload.get(TOP_FIELD), payload.get(KTH_FIELD)
+    if payload.get(KTH_K_FIELD) != k or not isinstance(lst, list) or not isinstance(kth, int | float):
+        return None
+    if kth == NO_KTH:
+        return (NO_KTH, lst) if len(lst) < k else None
+    if not 1 <= len(lst) <= min(k, TOP_KEEP) or abs(float(lst[-1]) - float(kth)) > 1e-6:
+        return None
+    return float(kth), lst
+
+
+def payload_change(
+    old: dict[str, Any], kth: float, window: list[float], k: int, taste: list[float] | None, *, retasted: bool
+) -> dict[str, Any] | None:
+    """The payload keys to write for one user (None when nothing changed beyond float noise).
+
+    ``taste`` is written only when ``retasted``."""
+    change: dict[str, Any] = {}
+    old_kth, old_top = old.get(KTH_FIELD), old.get(TOP_FIELD)
+    if (
+        not isinstance(old_kth, int | float)
+        or abs(float(old_kth) - kth) > 1e-6
+        or old.get(KTH_K_FIELD) != k
+        or not isinstance(old_top, list)
+        or len(old_top) != len(window)
+        or not np.allclose(np.asarray(old_top, dtype=np.float64), window, atol=1e-6)
+    ):
+        # The three statistics are written together, so a stored window always matches its kth_sim and K.
+        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window})
+    if retasted and taste_changed(old.get(TASTE_FIELD), taste):
+        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window, TASTE_FIELD: taste})  # None deletes
+    return change or None
+
+
+def taste_changed(old: Any, taste: list[float] | None) -> bool:
+    if (old is None) != (taste is None):
+        return True
+    if taste is None:
+        return False
+    before = np.asarray(old, dtype=np.float64)
+    return before.shape != (len(taste),) or not np.allclose(before, taste, atol=1e-6)
+
+
+def write_changes(store: Store, changes: dict[str, dict[str, Any]], batch: int) -> None:
+    ids = list(changes)
+    for start in range(0, len(ids), batch):
+        store.set_payload(USERS, {pid: changes[pid] for pid in ids[start : start + batch]})
+
+
+def merge_window(kth: float, window: list[float], vals: list[float], k: int) -> tuple[float, list[float]] | None:
+    """A stored ``(kth_sim, kth_top)`` with new similarities ``vals`` (best first) merged in, or None when
+    the window cannot tell the new K-th (more newcomers above it than it holds entries).
+
+    ``window`` holds ranks ``K - len + 1 .. K`` of the top-K, or all of a user's similarities when they
+    have fewer than K compatible users (``kth == NO_KTH``)."""
+    if kth == NO_KTH:
+        full = sorted([*window, *vals], reverse=True)
+        if len(full) >= k:
+            return full[k - 1], full[max(0, k - TOP_KEEP) : k]
+        return NO_KTH, full
+    w = list(window)
+    for s in vals:
+        if s <= w[-1]:
+            continue
+        if len(w) == k or s < w[0]:
+            bisect.insort(w, s, key=lambda x: -x)  # inside the window: it shifts down by one
+        # else above the window: the window's first rank is now unknown, so it loses an entry
+        w.pop()
+        if not w:
+            return None
+    return w[-1], w
