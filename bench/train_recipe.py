@@ -4,7 +4,8 @@ For each seed: demo data of ``--users`` users with that seed (training, split by
 validation exactly as ``matcher demo`` does), a held-out population with seed + 1 (as the demo's report
 uses), the tiny Qwen3-VL checkpoint of that seed (``--tiny`` overrides its vision config), then ``train()``
 with the demo's settings plus ``--set`` overrides. Prints one JSON line per seed (untrained and trained
-held-out recall@1 / MAP@R / distances, train seconds, process CPU seconds) and a summary table.
+held-out recall@1 / MAP@R / distances, train seconds, process CPU seconds) and a summary table. The tiny
+tower is the demo's (``training.tiny.DEMO_TINY_VISION``) unless ``--tiny`` overrides it.
 
     .venv/bin/python bench/train_recipe.py --seeds 0 1 2 --set epochs=8 --tiny depth=4
 """
@@ -56,15 +57,16 @@ def run_seed(seed: int, args: argparse.Namespace, overrides: dict[str, Any], tin
     from matcher.demo import DemoSettings, demo_train_settings
     from training.encoder import load_encoder
     from training.loop import TrainSettings, train
-    from training.tiny import build_tiny_checkpoint
+    from training.tiny import DEMO_TINY_VISION, build_tiny_checkpoint
 
     cache = Path(args.cache)
     train_dir, held_dir = cache / f"demo-{args.users}-{seed}", cache / f"demo-{args.users}-{seed + 1}"
     for d, s in ((train_dir, seed), (held_dir, seed + 1)):
         if not (d / "metadata.csv").is_file():
             make_demo_data(d, users=args.users, seed=s, overwrite=True)
-    tag = json.dumps(tiny, sort_keys=True)
-    ckpt = build_tiny_checkpoint(cache / f"tiny-{seed}-{abs(hash(tag)) % 10**8}", seed=seed, vision=tiny)
+    vision = {**DEMO_TINY_VISION, **tiny}
+    tag = json.dumps(vision, sort_keys=True)
+    ckpt = build_tiny_checkpoint(cache / f"tiny-{seed}-{abs(hash(tag)) % 10**8}", seed=seed, vision=vision)
     demo = DemoSettings(users=args.users, seed=seed)
     base = demo_train_settings(demo).model_dump()
     for key, value in overrides.items():
@@ -72,6 +74,8 @@ def run_seed(seed: int, args: argparse.Namespace, overrides: dict[str, Any], tin
     settings = TrainSettings.model_validate(base)
     out = cache / f"run-{seed}"
     untrained = load_encoder(ckpt, pixel_budget=settings.pixel_budget, dim=settings.dim)
+    # The untrained encoder scored with the recipe's preprocessing, so before/after differ only by training.
+    untrained.face_crop, untrained.standardise = settings.face_crop, settings.standardise
     t0, c0 = time.perf_counter(), time.process_time()
     result = train([train_dir], out, base=str(ckpt), settings=settings, progress=False, resume=False)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0

@@ -294,10 +294,14 @@ def around(store: Store, user_id: str) -> tuple[dict[str, str], set[str]]:
     a store without the feedback collection has none."""
     try:
         about: dict[str, str] = {}
-        for p in store.scroll(FEEDBACK, Filter(must=(MatchAny.of("candidate_id", [user_id]),)), batch_size=4096):
+        flt = Filter(must=(MatchAny.of("candidate_id", [user_id]),))
+        for p in store.scroll_payload(FEEDBACK, ("viewer_id", "decision"), flt, with_ids=False, batch_size=4096):
             about[str(p.payload["viewer_id"])] = str(p.payload["decision"])
         mine = Filter(must=(MatchAny.of("viewer_id", [user_id]), MatchAny.of("decision", sorted(EXCLUDING))))
-        blocked = {str(p.payload["candidate_id"]) for p in store.scroll(FEEDBACK, mine, batch_size=4096)}
+        blocked = {
+            str(p.payload["candidate_id"])
+            for p in store.scroll_payload(FEEDBACK, ("candidate_id",), mine, with_ids=False, batch_size=4096)
+        }
     except InvalidInput:  # no feedback collection
         return {}, set()
     blocked |= {v for v, d in about.items() if d in EXCLUDING}

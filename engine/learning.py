@@ -241,7 +241,7 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
     for key in ("viewer_id", "candidate_id"):
         flt = Filter(must=(MatchAny.of(key, touched),))
         try:
-            rows = [p.payload for p in store.scroll_payload(FEEDBACK, keys, flt)]
+            rows = [p.payload for p in store.scroll_payload(FEEDBACK, keys, flt, with_ids=False)]
         except InvalidInput:  # no feedback collection
             rows = []
         pages.append(rows)
@@ -254,6 +254,9 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
     if order:
         reduced = (np.stack([vecs[x] for x in order]).astype(np.float64) @ sm.space).astype(np.float32)
     given, recv = (_pairs(rows, index) for rows in pages)
+    # Rows of each user as viewer / as candidate, by one sort (a mask per user is quadratic in a big batch).
+    g_order, g_bounds = _groups(given[:, 0], len(order))
+    r_order, r_bounds = _groups(recv[:, 1], len(order))
     m, p0 = float(sh["prior_weight"]), float(sh["like_rate"])
     pids, uids, stats, tastes = [], [], [], []
     gone: list[str] = []
@@ -265,8 +268,8 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
                 gone.append(user_point_id(x))
             continue
         i = index[x]
-        g = given[given[:, 0] == i]
-        r = recv[recv[:, 1] == i]
+        g = given[g_order[g_bounds[i] : g_bounds[i + 1]]]
+        r = recv[r_order[r_bounds[i] : r_bounds[i + 1]]]
         events.update(map(tuple, g[:, :2].tolist()))
         events.update(map(tuple, r[:, :2].tolist()))
         lk = g[:, 2].astype(bool)
@@ -327,6 +330,12 @@ def _scrub(store: Store, sm: Any, pids: list[str]) -> None:
                 [b["point_ids"][j] for j in keep], [b["user_ids"][j] for j in keep], stats[keep], taste[keep]
             )
             write_blocks(store, [(p.id, nb)])
+
+
+def _groups(col: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): the rows with ``col == i`` are ``order[bounds[i]:bounds[i + 1]]``, for i < n."""
+    order = np.argsort(col, kind="stable")
+    return order, np.searchsorted(col[order], np.arange(n + 1))
 
 
 def _pairs(rows: list[dict[str, Any]], index: dict[str, int]) -> np.ndarray:

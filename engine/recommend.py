@@ -15,6 +15,11 @@ numpy from the vectors stage 1 brought back: on Edge that costs less than the qu
 replaces, since moving scored points into Python costs more than the search itself. Candidates with a
 stored ``taste`` (a like history) are scored in the reverse direction with that taste. The final score is
 the formula documented in ``engine.rerank``.
+
+With a learned model (``engine.learning``), the per-user statistics come from the process's served copy of
+the model (``engine.served_model``, checked against the stored version on every call, so never stale):
+stage 1 brings only the candidates' ids, scores and vectors (for the photo signal), no payload; the photo ids
+are read for the top ``k`` only. The asker's feedback is read once (``engine.feedback.around``).
 """
 
 from __future__ import annotations
@@ -219,16 +224,16 @@ def _stage1_query(asker: _Asker, k: int, exclude: Iterable[str], settings: Setti
         limit = max(limit, settings.recommend.learned_pool)
         if asker.pref_taste is not None:
             vector = asker.pref_taste
-        # The model's statistics and user ids come from the served copy, by point id, and the photo signal
-        # from one exact query over the candidates: neither payloads nor vectors cross (moving 300 vectors
-        # into Python cost several times the search).
+        # The model's statistics and user ids come from the served copy, by point id: no payload crosses.
+        # (The vectors do, for the photo signal: one more exact query restricted to the candidates by id cost
+        # more than moving them, measured at 10,000 users.)
         fields = False
     return Query(
         vector=vector,
         limit=limit,
         filter=compatible_filter(asker.profile, exclude=[*exclude, *sorted(asker.blocked)]),
         with_payload=fields,
-        with_vectors=asker.model is None,  # the photo rerank scores the reverse direction from them in numpy
+        with_vectors=True,  # the reverse direction (photo rerank) and the photo signal are scored from them
     )
 
 
@@ -444,16 +449,14 @@ def _learned_matches(
             received, float(asker.model.get("periods", 1.0)), rs.congestion_capacity, rs.congestion_strength
         )
         out = RerankResult(score=out.score * factor, a_to_b=out.a_to_b, b_to_a=out.b_to_a)
-    received = np.asarray(sides["n"][:, 1], dtype=np.int64)  # decisions each candidate received
+    received = np.asarray(sides["n"][:, 1], dtype=np.int64)  # decisions received
     order = choose(out.score, k, _policy(settings), user_ids, received, exposure)
     top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
     have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
     need = [c.id for c in top if c.id not in have]
-    if need:  # only the key needed crosses (a users payload holds much more)
-        have.update(
-            {p.id: p.payload for p in store.scroll_payload(USERS, (PHOTO_IDS,), Filter(must=(HasId.of(need),)))}
-        )
+    if need:  # a retrieve by id (a scroll restricted by HasId cost 5x more, measured at 10,000 users)
+        have.update({p.id: p.payload for p in store.retrieve(USERS, need)})
     best = _best_photos(store, asker, [{USER_ID: user_ids[i], **(have.get(cands[i].id) or {})} for i in order])
     return [
         Match(

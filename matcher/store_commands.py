@@ -236,8 +236,9 @@ def register_rebuild_model(sub: argparse._SubParsersAction) -> None:  # noqa: SL
         help="fit the learned preference model on every stored like and pass (the full batch rebuild)",
         description="Fit engine.preference's model (pickiness, received-like appeal, taste from likes and "
         "passes, latent factors, photo similarity; weights fitted on held-out pairs) on the store's feedback "
-        "collection and write it into the users' payloads and the meta collection. recommend() serves it from "
-        "then on (recommend.model=learned); until the first rebuild it ranks by photos.",
+        "collection and write it into the meta collection (engine.served_model). recommend() serves it from "
+        "then on (recommend.model=learned); until the first rebuild it ranks by photos. Between rebuilds, each "
+        "feedback batch updates the statistics of the users it touches; weights and factors wait for this.",
     )
     p.set_defaults(func=_rebuild_model_command)
 

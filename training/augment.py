@@ -24,6 +24,12 @@ class AugmentSettings(BaseModel):
     contrast: float = Field(default=0.25, ge=0.0, lt=1.0)
     saturation: float = Field(default=0.2, ge=0.0, lt=1.0)
     hue: float = Field(default=0.02, ge=0.0, le=0.5, description="Hue shift in turns, drawn from [-h, h].")
+    channel_gain: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Per-channel gain from [1-g, 1+g] (a colour cast); 0 = off."
+    )
+    light_ramp: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Light from one side: a linear ramp of up to +-r/2 of full scale."
+    )
     rotation_deg: float = Field(default=8.0, ge=0.0, le=45.0)
     jpeg_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jpeg_quality: tuple[int, int] = Field(default=(40, 95))
@@ -61,7 +67,7 @@ class Augment:
         if s.rotation_deg > 0:
             angle = float(rng.uniform(-s.rotation_deg, s.rotation_deg))
             # Fill the uncovered corners with the mean colour rather than black, so no edge cue appears.
-            fill = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
+            fill = img.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
             img = img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=fill)
         img = self._random_resized_crop(img, rng).resize(size, Image.Resampling.BICUBIC)
         if rng.random() < s.flip_p:
@@ -76,6 +82,8 @@ class Augment:
                 img = ImageEnhance.Color(img).enhance(rng.uniform(1 - s.saturation, 1 + s.saturation))
             elif op == 3 and s.hue > 0:
                 img = _shift_hue(img, float(rng.uniform(-s.hue, s.hue)))
+        if s.channel_gain > 0 or s.light_ramp > 0:
+            img = _cast_and_ramp(img, rng, s.channel_gain, s.light_ramp)
         if rng.random() < s.jpeg_p:
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=int(rng.integers(s.jpeg_quality[0], s.jpeg_quality[1] + 1)))
@@ -99,6 +107,25 @@ class Augment:
         side = min(w, h)
         x, y = (w - side) // 2, (h - side) // 2
         return img.crop((x, y, x + side, y + side))
+
+
+def _cast_and_ramp(img: Image.Image, rng: np.random.Generator, gain: float, ramp: float) -> Image.Image:
+    """A colour cast (each channel times a factor from [1-gain, 1+gain]) and light from a random side (a
+    linear ramp of depth up to ``ramp`` of full scale): the lighting changes between two profile photos."""
+    if gain > 0:
+        levels = np.arange(256, dtype=np.float64)
+        factors = rng.uniform(1 - gain, 1 + gain, size=3)
+        lut = np.concatenate([np.clip(np.rint(levels * f), 0, 255) for f in factors]).astype(np.uint8)
+        img = img.point(lut.tolist())  # one lookup table per channel, in C
+    if ramp > 0:
+        w, h = img.size
+        angle, depth = rng.uniform(0, 2 * np.pi), rng.uniform(0, ramp)
+        xs = np.linspace(-0.5, 0.5, w, dtype=np.float32) * np.float32(np.cos(angle))
+        ys = np.linspace(-0.5, 0.5, h, dtype=np.float32) * np.float32(np.sin(angle))
+        offset = np.rint(255.0 * depth * (ys[:, None] + xs[None, :])).astype(np.int16)
+        x = np.asarray(img, dtype=np.int16) + offset[..., None]
+        img = Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+    return img
 
 
 def _shift_hue(img: Image.Image, shift: float) -> Image.Image:

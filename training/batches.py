@@ -56,15 +56,33 @@ class AugmentedPhotos(torch.utils.data.Dataset):
     fewer than K photos) gets a different view each time.
     """
 
-    def __init__(self, dataset: PhotoDataset, augment: Augment, seed: int, max_pixels: int) -> None:
+    def __init__(
+        self, dataset: PhotoDataset, augment: Augment, seed: int, max_pixels: int, cache_pixels: int = 0
+    ) -> None:
         self.dataset, self.augment, self.seed, self.max_pixels = dataset, augment, seed, max_pixels
+        # Decoded, shrunk photos kept in memory (per worker) up to ``cache_pixels`` pixels in all: decoding
+        # every photo at every step cost about as much CPU as the tiny tower's step (docs/training.md).
+        self.cache_pixels = cache_pixels
+        self._cache: dict[int, Image.Image] = {}
+        self._cached_pixels = 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def photo(self, index: int) -> Image.Image:
+        """Photo ``index`` decoded and shrunk to ``max_pixels`` (from the cache when it is there)."""
+        img = self._cache.get(index)
+        if img is None:
+            img = shrink(load_image(self.dataset.photos[index].path), self.max_pixels)
+            n = img.size[0] * img.size[1]
+            if self._cached_pixels + n <= self.cache_pixels:
+                self._cache[index] = img
+                self._cached_pixels += n
+        return img
+
     def __getitem__(self, key: tuple[int, int, int, int]) -> tuple[Image.Image, int]:  # type: ignore[override]
         epoch, batch, position, index = key
-        img = shrink(load_image(self.dataset.photos[index].path), self.max_pixels)
+        img = self.photo(index)
         # One stream per (epoch, batch, position): the same under resume and under any worker count.
         rng = item_rng(self.seed, epoch, batch, position)
         return self.augment(img, rng), int(self.dataset.labels[index])
@@ -102,7 +120,11 @@ class ImageBatches:
 
     def __init__(self, dataset: PhotoDataset, encoder: Encoder, settings: TrainSettings) -> None:
         self.photos = AugmentedPhotos(
-            dataset, Augment(settings.augment), settings.seed, settings.work_pixels * settings.pixel_budget
+            dataset,
+            Augment(settings.augment),
+            settings.seed,
+            settings.work_pixels * settings.pixel_budget,
+            cache_pixels=settings.cache_megapixels * 1_000_000,
         )
         self.collate = _Collate(encoder)
         self.workers = settings.workers

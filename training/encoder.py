@@ -228,6 +228,7 @@ def _load_export(
         raise EncoderUnavailable(
             f"{path}: head takes {head.in_dim} features, tower gives {tower.config.out_hidden_size}"
         )
+    pre = card.get("preprocessing") or {}
     encoder = _assemble(
         tower,
         head,
@@ -238,6 +239,8 @@ def _load_export(
         min_pixels=min_pixels,
         dev=dev,
         dtype=dtype,
+        face_crop=float(pre.get("face_crop", 0.0)),
+        standardise=bool(pre.get("standardise", False)),
     )
     saved_id = card.get("encoder_id")
     same_setup = budget == card.get("pixel_budget") and _dtype_name(dtype) == card.get("saved_dtype")
@@ -278,6 +281,8 @@ def _assemble(
     min_pixels: int,
     dev: torch.device,
     dtype: torch.dtype,
+    face_crop: float = 0.0,
+    standardise: bool = False,
 ) -> Encoder:
     movable: Any = tower
     if getattr(tower, "hf_quantizer", None) is None:
@@ -286,7 +291,15 @@ def _assemble(
         movable.to(device=dev)
     head.to(device=dev, dtype=torch.float32)  # small; float32 keeps the output precise under a bf16 tower
     encoder = Encoder(
-        tower, head, processor, source=source, base_model=base_model, pixel_budget=pixel_budget, min_pixels=min_pixels
+        tower,
+        head,
+        processor,
+        source=source,
+        base_model=base_model,
+        pixel_budget=pixel_budget,
+        min_pixels=min_pixels,
+        face_crop=face_crop,
+        standardise=standardise,
     )
     encoder.eval()
     return encoder
@@ -348,6 +361,8 @@ def save_encoder(encoder: Encoder, out_dir: str | Path, card: dict[str, Any] | N
             base_model=encoder.base_model,
             pixel_budget=encoder.pixel_budget,
             min_pixels=encoder.min_pixels,
+            face_crop=encoder.face_crop,
+            standardise=encoder.standardise,
         )
         encoder.encoder_id = probe.encoder_id
     else:

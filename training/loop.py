@@ -161,19 +161,26 @@ def train(
     ]
     if progress:
         callbacks.append(ProgressBar())
+    loss = build_loss(
+        settings.losses,
+        margin=settings.margin,
+        temperature=settings.temperature,
+        distance=settings.distance,
+        weights=settings.loss_weights,
+        n_classes=len(train_ds.identities),
+        dim=settings.dim,
+        seed=settings.seed,
+    ).to(encoder.device)
+    loss_params = list(loss.parameters())
+    if loss_params:  # proxies: their own group (no weight decay, a higher rate), saved with checkpoints
+        groups = [*groups, {"params": loss_params, "lr": settings.proxy_lr, "weight_decay": 0.0, "name": "loss"}]
     trainer = Trainer(
         encoder,
         settings,
         param_groups=groups,
         sampler=PKBatchSampler(train_ds.labels, p=settings.p, k=settings.k, seed=settings.seed),
         batches=batches,
-        loss=build_loss(
-            settings.losses,
-            margin=settings.margin,
-            temperature=settings.temperature,
-            distance=settings.distance,
-            weights=settings.loss_weights,
-        ),
+        loss=loss,
         evaluator=evaluator,
         callbacks=callbacks,
     )

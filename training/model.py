@@ -74,7 +74,15 @@ class Encoder(nn.Module):
 
     Attributes: ``tower`` (``Qwen3VLVisionModel``), ``head`` (``ProjectionHead``, kept in float32),
     ``processor`` (Qwen's image processor with the pinned budget), ``encoder_id``, ``dim``, ``device``,
-    ``dtype`` (of the tower), ``source``, ``base_model``, ``pixel_budget``, ``min_pixels``.
+    ``dtype`` (of the tower), ``source``, ``base_model``, ``pixel_budget``, ``min_pixels``, and two
+    preprocessing steps around Qwen's processor (both off by default, both stored in the export's card so
+    serving preprocesses exactly as training did):
+
+    - ``face_crop`` (0 = off): the square of ``face_crop`` x the short side centred at (w/2, 0.45 h), where
+      profile photos (and the demo's) put the face, is all the tower sees (:func:`face_crop_box`);
+    - ``standardise``: each image's pixels are standardised per colour channel (zero mean, unit spread,
+      after Qwen's own normalisation), which removes a photo's colour cast, brightness and contrast: an
+      affine change per channel (docs/training.md).
     """
 
     def __init__(
@@ -87,6 +95,8 @@ class Encoder(nn.Module):
         base_model: str,
         pixel_budget: int,
         min_pixels: int,
+        face_crop: float = 0.0,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         # Any: a Qwen3VLVisionModel, or a peft model wrapping it while LoRA adapters are trained.
@@ -97,6 +107,10 @@ class Encoder(nn.Module):
         self.base_model = base_model
         self.pixel_budget = pixel_budget
         self.min_pixels = min_pixels
+        if not 0.0 <= face_crop <= 1.0:
+            raise InvalidInput(f"face_crop must be in [0, 1] (0 = off), got {face_crop}")
+        self.face_crop = float(face_crop)
+        self.standardise = bool(standardise)
         self.dim = head.dim
         self.merge_size = int(tower.config.spatial_merge_size)
         self.encoder_id = self.compute_id()
@@ -115,7 +129,7 @@ class Encoder(nn.Module):
     def preprocessing_settings(self) -> dict[str, Any]:
         """Everything in preprocessing that changes the vectors (part of ``encoder_id``)."""
         p = self.processor
-        return {
+        out: dict[str, Any] = {
             "patch_size": int(p.patch_size),
             "merge_size": int(p.merge_size),
             "temporal_patch_size": int(p.temporal_patch_size),
@@ -126,6 +140,12 @@ class Encoder(nn.Module):
             "max_pixels": int(self.pixel_budget),
             "alpha_background": "white",
         }
+        # Only when on, so encoders exported before these steps existed keep their id.
+        if self.face_crop > 0:
+            out["face_crop"] = self.face_crop
+        if self.standardise:
+            out["standardise"] = True
+        return out
 
     def compute_id(self) -> str:
         """Short hash of tower + head weights (as float32), preprocessing settings and ``dim``.
@@ -154,11 +174,16 @@ class Encoder(nn.Module):
         if len(images) == 0:
             raise InvalidInput("no images to preprocess")
         rgb = [to_rgb(im, where=f"image {i}") for i, im in enumerate(images)]
+        if self.face_crop > 0:
+            rgb = [im.crop(face_crop_box(im.size, self.face_crop)) for im in rgb]
         try:
             batch = self.processor(images=rgb, return_tensors="pt")
         except (ValueError, OSError) as exc:  # extreme aspect ratio (smart_resize), truncated file data
             raise InvalidInput(f"image cannot be preprocessed: {exc}") from exc
-        return batch["pixel_values"], batch["image_grid_thw"]
+        pixel_values, grid = batch["pixel_values"], batch["image_grid_thw"]
+        if self.standardise:
+            pixel_values = standardise_channels(pixel_values, grid, channels=3)
+        return pixel_values, grid
 
     # -- forward ----------------------------------------------------------------------------------------
     def pool(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
@@ -209,6 +234,34 @@ class Encoder(nn.Module):
                     raise InvalidInput(f"images[{start}:{start + len(chunk)}]: {exc}") from exc
                 out.append(self(pixel_values, grid).float().cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def face_crop_box(size: tuple[int, int], frac: float) -> tuple[int, int, int, int]:
+    """The face square of an image of ``size`` (w, h): side ``frac`` x the short side, centred at
+    (w/2, 0.45 h) and shifted to lie inside the image; a Pillow box (left, upper, right, lower) in pixels."""
+    w, h = size
+    side = max(1, min(w, h, int(round(frac * min(w, h)))))
+    left = int(round(w / 2 - side / 2))
+    top = int(round(0.45 * h - side / 2))
+    left, top = min(max(0, left), w - side), min(max(0, top), h - side)
+    return (left, top, left + side, top + side)
+
+
+def standardise_channels(pixel_values: torch.Tensor, grid: torch.Tensor, channels: int = 3) -> torch.Tensor:
+    """Per image and colour channel: ``0.5 * (x - mean) / max(std, 0.04)`` over that image's patches.
+
+    ``pixel_values`` (patches, C*T*P*P) in Qwen's layout (channel-major within a patch), ``grid`` (n, 3):
+    image ``i`` owns ``t*h*w`` consecutive rows. The 0.5 keeps the spread near that of Qwen's own
+    normalisation (mean = std = 0.5 maps 0..255 to -1..1); the floor keeps a flat image finite.
+    """
+    sizes = grid.prod(-1).tolist()
+    out = []
+    for chunk in torch.split(pixel_values, sizes):
+        x = chunk.reshape(chunk.shape[0], channels, -1)
+        mean = x.mean(dim=(0, 2), keepdim=True)
+        std = x.std(dim=(0, 2), keepdim=True).clamp_min(0.04)
+        out.append((0.5 * (x - mean) / std).reshape(chunk.shape))
+    return torch.cat(out)
 
 
 @contextlib.contextmanager

@@ -19,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from training.augment import AugmentSettings
 
 Mode = Literal["head", "last_blocks", "lora", "full"]
-LossName = Literal["supcon", "triplet"]
+LossName = Literal["supcon", "triplet", "proxy"]
 DEFAULT_TOWER_LR: dict[str, float] = {"last_blocks": 2e-5, "lora": 1e-4, "full": 1e-5}
 # Settings that may change between an interrupted run and its resumption (they do not change the batches).
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "workers", "eval_batch_size", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "patience", "workers", "eval_batch_size", "checkpoint_every", "cache_megapixels"}
+)
 
 
 class TrainSettings(BaseModel):
@@ -39,6 +41,10 @@ class TrainSettings(BaseModel):
     dim: int = Field(default=512, ge=8, description="Output dimension of the head.")
     head_hidden: int = Field(default=0, ge=0, description="Hidden width of a 2-layer head; 0 = linear.")
     pixel_budget: int = Field(default=448 * 448, ge=32 * 32, description="Max pixels per image.")
+    face_crop: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Preprocessing: centre face square x short side; 0 = off."
+    )
+    standardise: bool = Field(default=False, description="Preprocessing: per-image colour standardisation.")
     epochs: int = Field(default=10, ge=1)
     p: int = Field(default=16, ge=2, description="Identities per batch.")
     k: int = Field(default=4, ge=2, description="Photos per identity in a batch.")
@@ -51,12 +57,16 @@ class TrainSettings(BaseModel):
     losses: list[LossName] = Field(default_factory=lambda: list[LossName](["supcon"]), min_length=1)
     loss_weights: list[float] | None = None
     margin: float = Field(default=0.2, ge=0, description="Triplet margin (cosine distance).")
-    temperature: float = Field(default=0.1, gt=0, description="SupCon temperature.")
+    temperature: float = Field(default=0.1, gt=0, description="SupCon / proxy softmax temperature.")
+    proxy_lr: float = Field(default=1e-2, gt=0, description="Learning rate of the proxy loss's proxies.")
     distance: Literal["cosine", "euclidean"] = "cosine"
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     cache_views: int = Field(default=8, ge=1, description="head mode: augmented views cached per photo.")
     work_pixels: int = Field(
         default=4, ge=1, description="Photos are shrunk to <= this x pixel_budget before augmenting."
+    )
+    cache_megapixels: int = Field(
+        default=100, ge=0, description="Decoded, shrunk training photos kept in memory (per worker), Mpx."
     )
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     val_identities: int | None = Field(default=None, ge=2)

@@ -41,6 +41,11 @@ def tiny_vision_config_dict() -> dict[str, Any]:
     }
 
 
+# The demo's tiny tower (matcher demo, bench/train_recipe.py): 8-pixel patches, so a 64 x 64 face crop is
+# 8 x 8 patches (16 merged tokens) instead of 4 x 4 at Qwen's 16; measured in docs/training.md.
+DEMO_TINY_VISION: dict[str, Any] = {"patch_size": 8}
+
+
 def real_vision_config_dict() -> dict[str, Any]:
     """The vision tower of Qwen/Qwen3-VL-2B-Instruct (its config.json): 24 blocks, 1024 wide, 2048 out."""
     return {
@@ -123,7 +128,13 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, vision: dict[str, 
         torch.manual_seed(seed)
         model: Any = Qwen3VLForConditionalGeneration(config)
     model.float().save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(
-        json.dumps(qwen3_vl_image_processor_config(), indent=2) + "\n", encoding="utf-8"
+    processor = qwen3_vl_image_processor_config()
+    # The processor must patch as the tower does (a tiny config may change patch, merge or temporal size).
+    vc = config.vision_config
+    processor.update(
+        patch_size=int(vc.patch_size),
+        merge_size=int(vc.spatial_merge_size),
+        temporal_patch_size=int(vc.temporal_patch_size),
     )
+    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
     return out

@@ -86,6 +86,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": trainable_state(self.model),
+            "loss": self.loss.state_dict(),  # a proxy loss's proxies; empty for the others
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -95,6 +96,8 @@ class Trainer:
     def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         """Continue from a :meth:`checkpoint` (as read by :func:`training.checkpoints.read_checkpoint`)."""
         load_trainable_state(self.model, ckpt["model"])
+        if ckpt.get("loss"):
+            self.loss.load_state_dict(ckpt["loss"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])

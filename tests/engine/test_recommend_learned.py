@@ -51,7 +51,8 @@ def _world(store: Store, n: int = 60, seed: int = 3) -> tuple[list[dict], list[E
 
 def test_served_ranking_equals_the_models_own_scores(db: tuple[Store, Settings]) -> None:
     """Pins the order: recommend() from the stored blocks ranks exactly as the fitted model scores the
-    asker's compatible users with per-user ``SideStats`` (the pre-blocks serving path), fused as the settings say,
+    asker's compatible users with per-user ``SideStats`` (the pre-blocks serving path), fused as the learned
+    path fuses (``learned_aggregation``, ``reverse_exponent``),
     with the candidates' logged decisions about the asker replacing s(B→A)."""
     store, settings = db
     people, events = _world(store)
@@ -82,7 +83,8 @@ def test_served_ranking_equals_the_models_own_scores(db: tuple[Store, Settings])
             for u, r in zip(cands, rev, strict=True)
         ]
     )
-    score = aggregate(fwd, rev, settings.recommend.learned_aggregation, settings.recommend.reverse_exponent)
+    rs = settings.recommend
+    score = aggregate(fwd, rev, rs.learned_aggregation, rs.reverse_exponent)
     want = [cands[i] for i in np.argsort(-score, kind="stable")[:10]]
     got = recommend(asker, 10, store=store, settings=settings)
     assert [m.user_id for m in got] == want
