@@ -2,7 +2,8 @@
 
 Stages: the population on disk (``prepare_population``), the encoder (``load_sim_encoder``), photos ingested
 into a fresh store (``ingest_population``), the strategies whose picks ignore the decisions
-(``shared_strategies``, built once), and one ``run_world`` per decision world.
+(``shared_strategies``, built once), and one ``run_world`` per decision world. (438 lines, over the ~400
+guide: the stages are short and read in order; ``simulate``'s long docstring is most of the excess.)
 """
 
 from __future__ import annotations
