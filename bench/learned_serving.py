@@ -36,14 +36,14 @@ from engine.store.base import Store
 
 # (function name, file) of the stages the profile reports.
 STAGES = (
-    ("_load_askers", "recommend.py"),
+    ("load_askers", "askers.py"),
     ("around", "feedback.py"),
     ("_stage1", "recommend.py"),
-    ("_learned_matches", "recommend.py"),
-    ("_photo_similarity", "recommend.py"),
-    ("_candidate_user_ids", "recommend.py"),
+    ("_learned_matches", "matches.py"),
+    ("_photo_similarity", "matches.py"),
+    ("_candidate_user_ids", "matches.py"),
     ("served_probabilities_arrays", "preference.py"),
-    ("_best_photos", "recommend.py"),
+    ("_best_photos", "matches.py"),
     ("retrieve", "edge.py"),
     ("scroll_payload", "edge.py"),
 )

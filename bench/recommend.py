@@ -46,9 +46,9 @@ import numpy as np
 
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
-from engine.reciprocity import KTH_FIELD, KTH_K_FIELD, compatible_kth, refresh
+from engine.reciprocity import compatible_kth, refresh
 from engine.recommend import recommend
-from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
+from engine.schema import KTH_K, KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
 from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store, open_store
@@ -201,8 +201,8 @@ def _write(store: Store, pop: Population, batch: int) -> tuple[float, float]:
             "encoder_id": ENCODER_ID,
         }
         if pop.kth is not None:
-            payload[KTH_FIELD] = float(pop.kth[i])
-            payload[KTH_K_FIELD] = 50
+            payload[KTH_SIM] = float(pop.kth[i])
+            payload[KTH_K] = 50
         users.append(Point(id=user_point_id(p.user_id), vector=pop.vectors[i], payload=payload))
     t0 = time.perf_counter()
     for b in range(0, len(users), batch):

@@ -53,19 +53,13 @@ from recommend import (  # noqa: E402 - bench/recommend.py is a script beside th
     photo_points,
 )
 
-from engine.reciprocity import (  # noqa: E402
-    KTH_FIELD,
-    STAT_FIELDS,
-    _Groups,
-    compatible_topk,
-    refresh,
-    refresh_changed,
-)
+from engine.reciprocity import compatible_topk, refresh, refresh_changed  # noqa: E402
 from engine.recommend import recommend  # noqa: E402
-from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id  # noqa: E402
+from engine.schema import KTH_SIM, PHOTOS, STAT_FIELDS, USERS, photo_point_id, user_point_id  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from engine.store import Store, open_store  # noqa: E402
 from engine.store.base import Point  # noqa: E402
+from engine.topk import Groups  # noqa: E402
 from engine.users import delete_user  # noqa: E402
 
 log = logging.getLogger("bench.refresh")
@@ -117,7 +111,7 @@ def _mismatches(want: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]])
     """Users whose kth_sim differs (beyond float noise) between two snapshots, or who are in only one."""
     bad = len(set(want) ^ set(got))
     for pid in set(want) & set(got):
-        a, b = want[pid].get(KTH_FIELD), got[pid].get(KTH_FIELD)
+        a, b = want[pid].get(KTH_SIM), got[pid].get(KTH_SIM)
         bad += a is None or b is None or abs(a - b) > 1e-6
     return bad
 
@@ -248,7 +242,7 @@ def run_compute_only(n: int, args: argparse.Namespace) -> dict[str, Any]:
     pop = make_population(n, args.dim, args.seed)
     row: dict[str, Any] = {"users": n, "dim": args.dim, "generate_s": round(time.perf_counter() - t0, 2)}
     row["matrix_mb"] = round(pop.vectors.nbytes / 2**20)
-    grp = _Groups.of(pop.profiles)
+    grp = Groups.of(pop.profiles)
     keys = np.stack([grp.gender, grp.seeks, grp.age, grp.lo, grp.hi], axis=1)
     uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     pool = np.array([len(grp.pool(*(int(x) for x in u))) for u in uniq])

@@ -27,8 +27,6 @@ from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
-LIKED_FIELD = LIKED_IDS
-TASTE_FIELD = TASTE
 
 
 def liked_vectors(store: Store, liked_ids: Sequence[str], *, strict: bool) -> np.ndarray | None:
@@ -85,18 +83,18 @@ def record_likes(
     if own is None:
         raise NoUserVector(f"user {user_id!r} has no vector (no valid photo was stored)")
     payload = dict(point.payload or {})
-    previous = [] if replace else list(payload.get(LIKED_FIELD) or [])
+    previous = [] if replace else list(payload.get(LIKED_IDS) or [])
     history = merged_likes(previous, liked, settings.recommend.max_likes)
     # Validate the new ids strictly; older ones may have been deleted since and are skipped.
     if liked:
         liked_vectors(store, liked, strict=True)
     vecs = liked_vectors(store, history, strict=False)
-    payload[LIKED_FIELD] = history
+    payload[LIKED_IDS] = history
     taste = taste_payload(own, vecs, settings.recommend.taste_blend)
     if taste is None:
-        payload.pop(TASTE_FIELD, None)
+        payload.pop(TASTE, None)
     else:
-        payload[TASTE_FIELD] = taste
+        payload[TASTE] = taste
     store.upsert(USERS, [Point(id=point.id, vector=own, payload=payload)])
     # Their own list is ranked by the new taste: recompute their kth_sim (imported here: reciprocity
     # builds on this module's tastes).

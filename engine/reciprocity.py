@@ -44,10 +44,6 @@ from engine.errors import InvalidInput
 from engine.reciprocity_incremental import refresh_changed
 from engine.reciprocity_stats import (
     DEPARTED_TOL,
-    KTH_FIELD,
-    KTH_K_FIELD,
-    TASTE_FIELD,
-    TOP_FIELD,
     TOP_KEEP,
     Departed,
     RefreshReport,
@@ -60,18 +56,16 @@ from engine.reciprocity_stats import (
     write_changes,
 )
 from engine.refresh_cache import Table, save
-from engine.schema import LIKED_IDS, STAT_FIELDS, USERS, Profile, usable_vector, user_point_id
+from engine.schema import TASTE, USERS, Profile, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Query, ScoredPoint, Store
-from engine.topk import NO_KTH, Groups, compatible_kth, compatible_topk, exact_kth
+from engine.topk import NO_KTH, compatible_kth, compatible_topk, exact_kth
 
 log = logging.getLogger(__name__)
 
-# Older names, kept for callers (the payload keys are documented in engine.schema).
-LIKED_FIELD = LIKED_IDS
-_Groups = Groups  # the name the bench and older callers use
+# The top-K, incremental and bookkeeping functions callers use are re-exported here: one import for the refresh.
 __all__ = [
-    "KTH_FIELD", "KTH_K_FIELD", "NO_KTH", "STAT_FIELDS", "TASTE_FIELD", "TOP_FIELD", "TOP_KEEP", "Departed",
+    "NO_KTH", "TOP_KEEP", "Departed",
     "RefreshReport", "compatible_kth", "compatible_topk", "departures", "exact_kth", "kth_from_results", "refresh",
     "refresh_changed", "refresh_departed", "refresh_user",
 ]  # fmt: skip
@@ -164,7 +158,7 @@ def refresh_departed(
             stored = stored_stats(p.payload or {}, settings.recommend.reciprocity_k)
             if own is None or stored is None:
                 continue  # no statistics to keep right (the next refresh computes them)
-            taste = (p.payload or {}).get(TASTE_FIELD)
+            taste = (p.payload or {}).get(TASTE)
             q = np.asarray(taste, dtype=np.float32) if taste is not None else own
             if stored[0] == NO_KTH or float(q @ d.vector) >= stored[0] - DEPARTED_TOL:
                 hits.add(p.id)
@@ -190,7 +184,7 @@ def _refresh_point(store: Store, settings: Settings, p: Point) -> bool:
     except InvalidInput:
         return False
     k = settings.recommend.reciprocity_k
-    taste = (p.payload or {}).get(TASTE_FIELD)
+    taste = (p.payload or {}).get(TASTE)
     q = np.asarray(taste, dtype=np.float32) if taste is not None else own
     query = Query(vector=q, limit=k, filter=compatible_filter(profile), with_payload=False, exact=True)
     found = store.query(USERS, query)

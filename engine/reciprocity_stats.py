@@ -18,7 +18,6 @@ from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile
 from engine.store.base import Store
 from engine.topk import NO_KTH
 
-KTH_FIELD, KTH_K_FIELD, TOP_FIELD, TASTE_FIELD = KTH_SIM, KTH_K, KTH_TOP, TASTE
 TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
 # A departed user counts as having been in B's top-K when their similarity is this close to B's last entry
 # (float32 products computed in another shape differ in the last bits); a false alarm only costs a recompute.
@@ -92,9 +91,9 @@ def row_change(
         or any(abs(a - b) > 1e-6 + 1e-5 * abs(b) for a, b in zip(old_top, window, strict=True))
     ):
         # The three statistics are written together, so a stored window always matches its kth_sim and K.
-        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window})
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window})
     if retasted and taste_changed(table.stored_taste(i), taste):
-        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window, TASTE_FIELD: taste})  # None deletes
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window, TASTE: taste})  # None deletes
         table.set_taste(i, taste)
     if change:
         table.set_stats(i, kth, k, window)
@@ -111,8 +110,8 @@ def top_stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:
 
 def stored_stats(payload: dict[str, Any], k: int) -> tuple[float, list[float]] | None:
     """The stored ``(kth_sim, kth_top)`` when usable for K (consistent with each other), else None."""
-    lst, kth = payload.get(TOP_FIELD), payload.get(KTH_FIELD)
-    if payload.get(KTH_K_FIELD) != k or not isinstance(lst, list) or not isinstance(kth, int | float):
+    lst, kth = payload.get(KTH_TOP), payload.get(KTH_SIM)
+    if payload.get(KTH_K) != k or not isinstance(lst, list) or not isinstance(kth, int | float):
         return None
     if kth == NO_KTH:
         return (NO_KTH, lst) if len(lst) < k else None
@@ -128,19 +127,19 @@ def payload_change(
 
     ``taste`` is written only when ``retasted``."""
     change: dict[str, Any] = {}
-    old_kth, old_top = old.get(KTH_FIELD), old.get(TOP_FIELD)
+    old_kth, old_top = old.get(KTH_SIM), old.get(KTH_TOP)
     if (
         not isinstance(old_kth, int | float)
         or abs(float(old_kth) - kth) > 1e-6
-        or old.get(KTH_K_FIELD) != k
+        or old.get(KTH_K) != k
         or not isinstance(old_top, list)
         or len(old_top) != len(window)
         or not np.allclose(np.asarray(old_top, dtype=np.float64), window, atol=1e-6)
     ):
         # The three statistics are written together, so a stored window always matches its kth_sim and K.
-        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window})
-    if retasted and taste_changed(old.get(TASTE_FIELD), taste):
-        change.update({KTH_FIELD: kth, KTH_K_FIELD: k, TOP_FIELD: window, TASTE_FIELD: taste})  # None deletes
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window})
+    if retasted and taste_changed(old.get(TASTE), taste):
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window, TASTE: taste})  # None deletes
     return change or None
 
 

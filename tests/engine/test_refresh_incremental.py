@@ -16,9 +16,7 @@ import pytest
 from engine.compatibility import Profile
 from engine.likes import record_likes
 from engine.reciprocity import (
-    KTH_FIELD,
     NO_KTH,
-    TOP_FIELD,
     TOP_KEEP,
     compatible_topk,
     departures,
@@ -26,7 +24,7 @@ from engine.reciprocity import (
     refresh,
     refresh_changed,
 )
-from engine.schema import USERS, user_point_id
+from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.store.base import Point
@@ -83,9 +81,9 @@ def disagreements(store: Store, settings: Settings) -> list[str]:
     wrong = []
     for pid, payload in stats(store).items():
         old = before[pid]
-        window = old[TOP_FIELD]
-        tail = payload[TOP_FIELD][len(payload[TOP_FIELD]) - len(window) :]
-        same_kth = abs(payload[KTH_FIELD] - old[KTH_FIELD]) <= 1e-6
+        window = old[KTH_TOP]
+        tail = payload[KTH_TOP][len(payload[KTH_TOP]) - len(window) :]
+        same_kth = abs(payload[KTH_SIM] - old[KTH_SIM]) <= 1e-6
         if not same_kth or len(tail) != len(window) or not np.allclose(tail, window, atol=1e-6):
             wrong.append(old["user_id"])
     return wrong
@@ -109,11 +107,11 @@ def test_full_pass_stores_the_top_k_list_exactly(db: tuple[Store, Settings]) -> 
             reverse=True,
         )
         window = sims[max(0, K - TOP_KEEP) : K] if len(sims) >= K else sims
-        np.testing.assert_allclose(p.payload[TOP_FIELD], window, atol=1e-5)
-        assert p.payload[KTH_FIELD] == pytest.approx(sims[K - 1] if len(sims) >= K else NO_KTH, abs=1e-5)
+        np.testing.assert_allclose(p.payload[KTH_TOP], window, atol=1e-5)
+        assert p.payload[KTH_SIM] == pytest.approx(sims[K - 1] if len(sims) >= K else NO_KTH, abs=1e-5)
     without_taste = [i for i, t in enumerate(tastes) if t is None]
     expected = exact_kth(vectors, profiles, K)
-    got = np.array([pts[i].payload[KTH_FIELD] for i in without_taste])
+    got = np.array([pts[i].payload[KTH_SIM] for i in without_taste])
     np.testing.assert_allclose(got, expected[without_taste], atol=1e-5)
 
 
@@ -146,7 +144,7 @@ def test_incremental_refresh_equals_a_full_pass(db: tuple[Store, Settings]) -> N
     after = after_incremental
     untouched = [pid for pid in after if pid in before and after[pid] == before[pid]]
     assert len(untouched) > 100
-    moved = {pid for pid in after if pid in before and after[pid][TOP_FIELD] != before[pid][TOP_FIELD]}
+    moved = {pid for pid in after if pid in before and after[pid][KTH_TOP] != before[pid][KTH_TOP]}
     assert rep.rewritten >= len(moved) > 0
 
 
@@ -155,7 +153,7 @@ def test_arrivals_above_a_window_make_it_run_out_and_recompute(db: tuple[Store, 
     holds entries, so the window cannot tell the new K-th and that user is recomputed; still exact."""
     store, settings = db
     rng = populated(store, settings, 300, seed=6)
-    target = next(p for p in stats(store).values() if p[KTH_FIELD] > NO_KTH and "male" in p["seeking"])
+    target = next(p for p in stats(store).values() if p[KTH_SIM] > NO_KTH and "male" in p["seeking"])
     (tp,) = store.retrieve(USERS, [user_point_id(target["user_id"])], with_vectors=True)
     near = []
     for i in range(10):
@@ -168,14 +166,14 @@ def test_arrivals_above_a_window_make_it_run_out_and_recompute(db: tuple[Store, 
     assert rep.recomputed > 10  # the arrivals and at least the target
     assert_same_as_full_pass(store, settings)
     (after,) = store.retrieve(USERS, [tp.id])
-    assert after.payload[KTH_FIELD] > target[KTH_FIELD]
+    assert after.payload[KTH_SIM] > target[KTH_SIM]
 
 
 def test_incremental_refresh_without_the_departures_leaves_stale_statistics(db: tuple[Store, Settings]) -> None:
     """The control for the test above: what the departures are for (a full pass must then rewrite)."""
     store, settings = db
     populated(store, settings, 400, seed=3)
-    hubs = sorted(stats(store).values(), key=lambda p: -p[KTH_FIELD])[:10]
+    hubs = sorted(stats(store).values(), key=lambda p: -p[KTH_SIM])[:10]
     store.delete(USERS, [user_point_id(p["user_id"]) for p in hubs])
     refresh_changed(store, settings)
     assert len(disagreements(store, settings)) > 0
@@ -202,7 +200,7 @@ def test_delete_user_refreshes_the_others_at_once(db: tuple[Store, Settings]) ->
     # The user most often in others' top-K lists: deleting them moves the most statistics.
     pts = list(store.scroll(USERS, with_vectors=True))
     vecs = np.stack([np.asarray(p.vector, np.float32) for p in pts])
-    lasts = np.array([p.payload[KTH_FIELD] for p in pts])
+    lasts = np.array([p.payload[KTH_SIM] for p in pts])
     hub = pts[int(np.argmax(((vecs @ vecs.T) >= lasts[:, None]).sum(axis=0)))].payload["user_id"]
     assert delete_user(store, hub, settings=settings) == 1
     assert store.retrieve(USERS, [user_point_id(hub)]) == []

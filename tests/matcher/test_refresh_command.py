@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.reciprocity import KTH_FIELD, TOP_FIELD
-from engine.schema import USERS, user_point_id
+from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
 from matcher.cli import main
@@ -24,7 +23,7 @@ def test_refresh_command_computes_then_finds_nothing_to_do(tmp_path: Path, capsy
     assert "refresh: 60 users, 60 rewritten, 0 skipped" in capsys.readouterr().out
     with open_store(settings) as store:
         (p,) = store.retrieve(USERS, [user_point_id("u0")])
-        assert len(p.payload[TOP_FIELD]) == 30  # fewer compatible users than K=50: all of them, best first
-        assert p.payload[KTH_FIELD] == -1.0 and p.payload[TOP_FIELD] == sorted(p.payload[TOP_FIELD], reverse=True)
+        assert len(p.payload[KTH_TOP]) == 30  # fewer compatible users than K=50: all of them, best first
+        assert p.payload[KTH_SIM] == -1.0 and p.payload[KTH_TOP] == sorted(p.payload[KTH_TOP], reverse=True)
     assert main([*flags, "refresh"]) == 0
     assert "refresh: 60 users, 0 rewritten" in capsys.readouterr().out

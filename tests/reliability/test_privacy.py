@@ -17,10 +17,10 @@ import pytest
 
 from engine.errors import UserNotFound
 from engine.feedback import Event, record_feedback
-from engine.likes import LIKED_FIELD, TASTE_FIELD, record_likes
+from engine.likes import record_likes
 from engine.recommend import recommend
 from engine.rerank import taste_vector
-from engine.schema import FEEDBACK, META, PHOTOS, USERS, user_point_id
+from engine.schema import FEEDBACK, LIKED_IDS, META, PHOTOS, TASTE, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store
 from engine.users import delete_user
@@ -61,7 +61,7 @@ def test_delete_user_leaves_nothing_in_any_collection(populated: Settings, demo:
         victim_vecs = [p.vector for c in (PHOTOS, USERS) for p in before[c] if p.payload["user_id"] == VICTIM]
         assert victim_pids and len(victim_vecs) == len(victim_pids) + 1
         # The like histories really name the victim before the erasure (else this test proves nothing).
-        likers = [p for p in before[USERS] if VICTIM in (p.payload.get(LIKED_FIELD) or [])]
+        likers = [p for p in before[USERS] if VICTIM in (p.payload.get(LIKED_IDS) or [])]
         assert {p.payload["user_id"] for p in likers} == {u for u, liked in LIKES.items() if VICTIM in liked}
 
         victim_events = [p for p in before[FEEDBACK] if VICTIM in json.dumps(p.payload)]
@@ -92,12 +92,12 @@ def test_delete_user_leaves_nothing_in_any_collection(populated: Settings, demo:
         if uid not in LIKES:
             continue
         remaining = [u for u in LIKES[uid] if u != VICTIM]
-        assert p.payload[LIKED_FIELD] == remaining, uid
+        assert p.payload[LIKED_IDS] == remaining, uid
         if remaining:
             want = taste_vector(vec[uid], np.stack([vec[u] for u in remaining]), settings.recommend.taste_blend)
-            np.testing.assert_allclose(p.payload[TASTE_FIELD], want, atol=1e-5, err_msg=uid)
+            np.testing.assert_allclose(p.payload[TASTE], want, atol=1e-5, err_msg=uid)
         else:
-            assert TASTE_FIELD not in p.payload, uid
+            assert TASTE not in p.payload, uid
 
     # Nobody is recommended the victim any more; the victim cannot ask for recommendations.
     with open_store(settings) as store:
@@ -124,7 +124,7 @@ def test_payloads_hold_no_photo_bytes(populated: Settings, demo: Path) -> None:
         points = all_points(store)
     photo_keys = {"user_id", "gender", "age", "photo_sha256", "source_path", "encoder_id"}
     user_keys = {"user_id", "gender", "age", "seeking", "age_min", "age_max", "n_photos", "photo_ids",
-                 "encoder_id", "kth_sim", "kth_k", "kth_top", LIKED_FIELD, TASTE_FIELD}  # fmt: skip
+                 "encoder_id", "kth_sim", "kth_k", "kth_top", LIKED_IDS, TASTE}  # fmt: skip
     dumped = []
     for collection, allowed in ((PHOTOS, photo_keys), (USERS, user_keys)):
         for p in points[collection]:
