@@ -40,7 +40,7 @@ def synthetic_log(users: int, events: int, dim: int, seed: int) -> tuple[np.ndar
 
 
 def bench_fit(args: argparse.Namespace) -> dict[str, float]:
-    from engine.preference import fit_preference
+    from engine.preference_fit import fit_preference
 
     t = time.perf_counter()
     v, a, b, like = synthetic_log(args.users, args.events, args.dim, args.seed)

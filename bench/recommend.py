@@ -220,7 +220,7 @@ def _write_model(store: Store, pop: Population, settings: Settings, args: argpar
     from rebuild import lay_feedback
 
     from engine.learning import write_model
-    from engine.preference import fit_preference
+    from engine.preference_fit import fit_preference
 
     n = len(pop.ids)
     rng = np.random.default_rng(args.seed + 7)

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from engine.errors import InvalidInput
 from engine.feedback import decision_arrays
 from engine.filters import Filter, MatchAny
-from engine.preference import FEATURES, PreferenceConfig, PreferenceModel, fit_preference, like_logit, shrunk_taste
+from engine.preference import FEATURES, PreferenceConfig, PreferenceModel
+from engine.preference_fit import fit_preference, like_logit, shrunk_taste
 from engine.schema import FEEDBACK, META, USER_ID, USERS, usable_vector, user_point_id
 from engine.served_model import (
     CHUNK_ROWS,

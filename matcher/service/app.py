@@ -11,8 +11,9 @@ import io
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from engine.errors import InvalidInput, MatcherError, UserNotFound
+from engine.exposure import ExposureLedger
 from engine.recommend import explain_empty, recommend
 from engine.schema import PHOTOS, SOURCE_PATH, TASTE, USERS, photo_ids_of, user_point_id
 from engine.settings import Settings
@@ -55,6 +57,20 @@ class _State:
         self.compare: Store | None = None
         self.encoder = encoder
         self.lock = threading.Lock()  # the embedded store and the encoder are used one request at a time
+        # Impressions served, per store: the engine's impression budget and cold-start slots read them
+        # (engine.exposure). A period is a UTC day, as the budget is counted per day.
+        self.ledgers: dict[str, ExposureLedger] = {}
+        self.period: date | None = None
+        self.today: Callable[[], date] = lambda: datetime.now(UTC).date()
+
+    def ledger(self, name: str) -> ExposureLedger:
+        """The ledger of store ``name``; a new UTC day starts a new period in every ledger."""
+        day = self.today()
+        if day != self.period:
+            for led in self.ledgers.values():
+                led.new_period()
+            self.period = day
+        return self.ledgers.setdefault(name, ExposureLedger())
 
     def get_encoder(self) -> Embedder:
         if self.encoder is None:
@@ -108,6 +124,7 @@ def create_app(
                 state.store = None
 
     app = FastAPI(title="profile-matcher", description=__doc__, lifespan=lifespan)
+    app.state.matcher = state  # the ledgers and the clock, for tests and operators
     install_error_handlers(app)
     api_key = settings.serve.api_key
 
@@ -166,7 +183,7 @@ def create_app(
             )
         with state.lock:
             st = pick(store)
-            matches = recommend(user_id, k, store=st, settings=s)
+            matches = recommend(user_id, k, store=st, settings=s, exposure=state.ledger(store))
             payloads = {
                 str(p.payload.get("user_id")): p.payload
                 for p in st.retrieve(USERS, [user_point_id(m.user_id) for m in matches])

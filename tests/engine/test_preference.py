@@ -9,7 +9,8 @@ from engine.compatibility import Profile
 from engine.errors import InvalidInput
 from engine.feedback import Event, record_feedback
 from engine.learning import load_model_global, rebuild_preferences
-from engine.preference import auc, congestion_factor, fit_preference, predict
+from engine.preference import auc, congestion_factor, predict
+from engine.preference_fit import fit_preference
 from engine.recommend import recommend
 from engine.schema import user_point_id
 from engine.served_model import served_model

@@ -11,7 +11,8 @@ import pytest
 from engine.compatibility import Profile
 from engine.feedback import Event, decision_arrays, record_feedback
 from engine.learning import _config, _users, rebuild_preferences, update_preferences
-from engine.preference import SideStats, fit_preference, like_logit, served_probabilities
+from engine.preference import SideStats, served_probabilities
+from engine.preference_fit import fit_preference, like_logit
 from engine.recommend import recommend
 from engine.rerank import aggregate
 from engine.schema import META, user_point_id

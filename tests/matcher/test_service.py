@@ -61,6 +61,39 @@ def test_recommendations_have_match_fields_gender_age_and_photo_url(client: Test
     assert big["note"] == f"only {len(big['matches'])} compatible users"
 
 
+def test_the_service_counts_impressions_and_starts_a_new_period_each_day(served: Settings, tiny_encoder: Any) -> None:
+    """The service passes its ledger to recommend(): with a budget of one impression per day, a user shown
+    once goes behind everyone not shown yet, and a new UTC day starts the count again."""
+    from datetime import date
+
+    from matcher.service.app import create_app
+
+    def ids(c: TestClient, uid: str) -> list[str]:
+        r = c.get(f"/users/{uid}/recommendations", params={"k": 2})
+        assert r.status_code == 200, r.text
+        return [m["user_id"] for m in r.json()["matches"]]
+
+    # An asker with at least four compatible users (asked of an app of its own, whose ledger is its own).
+    import csv
+
+    root = served.serve.photos_root
+    assert root is not None
+    with open(root / "metadata.csv", newline="") as fh:
+        users = list(dict.fromkeys(row["user_id"] for row in csv.DictReader(fh)))
+    with TestClient(create_app(served, encoder=tiny_encoder)) as c:
+        uid = next(
+            u for u in users if len(c.get(f"/users/{u}/recommendations", params={"k": 1000}).json()["matches"]) >= 4
+        )
+    rs = served.recommend.model_copy(update={"exposure_budget": 1, "explore_slots": 0})
+    app = create_app(served.model_copy(update={"recommend": rs}), encoder=tiny_encoder)
+    with TestClient(app) as c:
+        first = ids(c, uid)
+        second = ids(c, uid)
+        assert len(first) == len(second) == 2 and not set(first) & set(second)
+        app.state.matcher.today = lambda: date(2999, 1, 1)
+        assert ids(c, uid) == first
+
+
 def test_unknown_user_is_404_with_the_cli_message(client: TestClient) -> None:
     r = client.get("/users/nobody-xyz/recommendations")
     assert r.status_code == 404
