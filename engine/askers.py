@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
-from engine.feedback import around
+from engine.feedback_cache import around_cached
 from engine.filters import Filter, MatchAny
 from engine.likes import liked_vectors
 from engine.rerank import (
@@ -159,5 +159,5 @@ def load_askers(
                 t = l2_normalize(pt)
                 if t.shape == own.shape and np.any(t):
                     a.pref_taste = t
-        askers[-1].about, askers[-1].blocked = around(store, u)  # one read of the asker's feedback
+        askers[-1].about, askers[-1].blocked = around_cached(store, u)  # this process's copy, or one read
     return askers

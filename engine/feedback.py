@@ -183,6 +183,7 @@ def record_feedback(
     added = updated = 0
     touched: set[str] = set()
     pids = list(pending)
+    writes_before, own_writes = store.write_count(FEEDBACK), 0
     for start in range(0, len(pids), batch_size):
         chunk = pids[start : start + batch_size]
         stored = {p.id: p.payload for p in store.retrieve(FEEDBACK, chunk)}
@@ -197,8 +198,14 @@ def record_feedback(
                 updated += 1
             write.append(Point(id=pid, vector=_PLACEHOLDER, payload=_payload(e)))
             touched.update((e.viewer_id, e.candidate_id))
-        store.upsert(FEEDBACK, write)
+        if write:
+            store.upsert(FEEDBACK, write)
+            own_writes += 1
     unchanged = len(batch) - added - updated
+    if touched:  # engine.feedback_cache reads this module: imported late
+        from engine.feedback_cache import forget_users
+
+        forget_users(store, touched, writes_before, own_writes)
     if update_model and touched:
         from engine.learning import update_preferences  # engine.learning reads feedback: imported late
 

@@ -50,6 +50,7 @@ from engine.schema import (
 )
 from engine.settings import Settings, load_settings
 from engine.store.base import Query, ScoredPoint, Store
+from engine.user_copies import popular_leg
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,22 @@ def _stage1_query(asker: Asker, k: int, exclude: Iterable[str], settings: Settin
 
 def _stage1(store: Store, asker: Asker, q: Query) -> list[ScoredPoint]:
     """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
-    log found most appealing (``popular_ids``, half the pool), in one batch. Appeal is learned from
-    received likes, not from the photos, so a taste query alone could miss the people everyone likes."""
-    popular = asker.served.popular if asker.served is not None else None
-    if popular is None or not popular.ids:
+    log found most appealing (``popular_ids``, half the pool): answered in numpy from this process's copy of
+    those users (``engine.user_copies``) where the store allows one, else in one batch with the first. Appeal is
+    learned from received likes, not from the photos, so a taste query alone could miss the people everyone
+    likes."""
+    sm = asker.served
+    popular = sm.popular if sm is not None else None
+    if sm is None or popular is None or not popular.ids:
         return store.query(USERS, q)
     flt = q.filter or Filter()
     only = Filter(must=(*flt.must, popular), must_not=flt.must_not)
     second = replace(q, filter=only, limit=max(1, q.limit // 2))
-    first, extra = store.query_batch(USERS, [q, second])
+    local = popular_leg(store, sm, second)
+    if local is not None:
+        first, extra = store.query(USERS, q), local
+    else:
+        first, extra = store.query_batch(USERS, [q, second])
     seen = {c.id for c in first}
     return first + [c for c in extra if c.id not in seen]
 

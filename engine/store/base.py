@@ -207,6 +207,14 @@ class Store(ABC):
                     p.payload[key] = value
         self.upsert(collection, points)
 
+    def write_count(self, collection: str) -> int | None:
+        """How many write calls (``upsert``, ``set_payload``, ``delete``, ``delete_by_filter``, ``setup``) this
+        object has made to ``collection`` so far, each counted once it returned (or failed); None where other
+        processes may write to the same collections (a Qdrant server), so no process may cache what they hold.
+        Embedded stores hold their folder's lock: there, this count changing is the only way their content
+        changes, and per-process caches (``engine.feedback_cache``, ``engine.user_copies``) key on it."""
+        return None
+
     def cache_folder(self) -> Path | None:
         """Folder for caches derived from the users collection (engine.refresh_cache), or None where this
         backend keeps none (a Qdrant server: no local folder)."""

@@ -76,6 +76,10 @@ def empty_filter_error() -> InvalidInput:
     return InvalidInput("delete_by_filter: the filter is empty (refusing to delete every point)")
 
 
+# ``_calling`` names of backend calls that change a collection (``Store.write_count`` counts them).
+_WRITES = frozenset({"upsert", "set_payload", "delete", "create", "create_collection", "delete_collection", "rewrite"})
+
+
 class QdrantStore(Store):
     """``Store`` parts shared by the Qdrant backends; a subclass supplies the primitives marked abstract."""
 
@@ -126,6 +130,19 @@ class QdrantStore(Store):
         except Exception as exc:
             self._raise_mapped(exc, what, collection)
             raise
+        finally:
+            if what in _WRITES and collection is not None:
+                self._wrote(collection)
+
+    def _wrote(self, collection: str) -> None:
+        """Count one write call to ``collection`` (after it: a reader that saw the old count re-reads)."""
+        counts = self.__dict__.setdefault("_write_counts", {})
+        counts[collection] = counts.get(collection, 0) + 1
+
+    def write_count(self, collection: str) -> int | None:
+        if self.backend == "server":  # other processes may write: nothing this process holds can be trusted
+            return None
+        return int(self.__dict__.get("_write_counts", {}).get(collection, 0))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -202,6 +219,8 @@ class QdrantStore(Store):
             payload[cache.CACHE_KEY] = keep
         self._write_meta(payload)
         self._token, self._token_known = keep, True
+        for c in (*COLLECTION_INDEXES, *AUX_INDEXES, META):  # collections dropped or made: caches re-read
+            self._wrote(c)
         log.info("store ready on %s: encoder %s, dim %d", self.where, encoder_id, dim)
 
     def _ensure(self, collection: str, dim: int, indexes: dict[str, str]) -> None:

@@ -1,0 +1,211 @@
+"""Per-process copies of what ``recommend()`` reads from the users collection, keyed on
+``Store.write_count(USERS)`` so that no write to the collection (a new photo, a profile change, a deletion, a
+re-ingestion) leaves them stale; where that count is None (a Qdrant server, written by other processes too)
+nothing is kept and the callers ask the store, as before.
+
+* **Stage 1's second leg on the learned path, in numpy** (:func:`popular_leg`): the filtered query restricted
+  to the model's most appealing users (``ServedModel.popular``, 500 users). Appeal is learned from received
+  likes, not from photos, so a taste query alone could miss the people everyone likes; that leg scores at
+  most a few hundred known points, so their stored vectors and filter payloads are kept here and the query is
+  evaluated in numpy — the backend-neutral ``Filter`` (``engine.filters``: match-any on keywords or list
+  payloads, integer ranges, id sets) and cosine scores — returning the ids and vectors the store would, best
+  first. The copy is also keyed on the served model (id, generation, erasures: the popular set changes only
+  with them). Scores are float32 dot products of unit vectors as the store computes them; candidates whose
+  scores tie to the last bit may come in another order than the store's.
+* **Photo ids** (:func:`photo_ids`): the ``photo_ids`` of users returned by ``recommend()`` (the learned path
+  reads them for the top ``k`` only, to pick each one's best photo), read once per user and kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.filters import Condition, Filter, HasId, MatchAny, Range
+from engine.schema import PHOTO_IDS, USERS
+from engine.served_model import ServedModel
+from engine.store.base import Query, ScoredPoint, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Copy:
+    key: tuple[str, int, int, int]  # model id, generation, erasures, users write count
+    ids: list[str]  # point ids of the popular users that are stored
+    index: dict[str, int]
+    vectors: np.ndarray  # (n, d) float32, as the store holds them (unit)
+    payloads: list[dict[str, Any]]
+    columns: dict[tuple[str, str], Any]  # per (kind, payload key): a float column (ranges) or value -> row mask (match-any)
+
+
+_CACHE: weakref.WeakKeyDictionary[Store, _Copy] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def _load(store: Store, sm: ServedModel, key: tuple[str, int, int, int]) -> _Copy:
+    pids = sorted(sm.popular.ids)
+    points = [p for p in store.retrieve(USERS, pids, with_vectors=True) if p.vector is not None]
+    points.sort(key=lambda p: p.id)
+    dim = int(points[0].vector.shape[0]) if points and points[0].vector is not None else 0
+    vectors = np.zeros((len(points), dim), np.float32)
+    for i, p in enumerate(points):
+        vectors[i] = np.asarray(p.vector, np.float32)  # as stored (unit: cosine), as stage 1 returns them
+    ids = [p.id for p in points]
+    return _Copy(key, ids, {p: i for i, p in enumerate(ids)}, vectors, [dict(p.payload or {}) for p in points], {})
+
+
+def _values(payload: dict[str, Any], key: str) -> list[Any]:
+    v = payload.get(key)
+    if v is None:
+        return []
+    return list(v) if isinstance(v, list | tuple) else [v]
+
+
+def _match_any(copy: _Copy, c: MatchAny) -> np.ndarray:
+    masks = copy.columns.get(("any", c.key))
+    if masks is None:  # value -> rows holding it (any element of a list payload)
+        masks = {}
+        for i, pl in enumerate(copy.payloads):
+            for v in _values(pl, c.key):
+                masks.setdefault(v, np.zeros(len(copy.ids), bool))[i] = True
+        copy.columns[("any", c.key)] = masks
+    out = np.zeros(len(copy.ids), bool)
+    for v in c.values:
+        m = masks.get(v)
+        if m is not None:
+            out |= m
+    return out
+
+
+def _range(copy: _Copy, c: Range) -> np.ndarray:
+    col = copy.columns.get(("num", c.key))
+    if col is None:  # NaN where the key is missing or not a number (the condition then fails, as in Qdrant)
+        col = np.full(len(copy.ids), np.nan)
+        for i, pl in enumerate(copy.payloads):
+            v = pl.get(c.key)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                col[i] = float(v)
+        copy.columns[("num", c.key)] = col
+    with np.errstate(invalid="ignore"):
+        ok = ~np.isnan(col)
+        if c.gte is not None:
+            ok &= col >= c.gte
+        if c.lte is not None:
+            ok &= col <= c.lte
+    return ok
+
+
+def _has_id(copy: _Copy, c: HasId) -> np.ndarray:
+    out = np.zeros(len(copy.ids), bool)
+    rows = [copy.index[p] for p in c.ids if p in copy.index]
+    out[rows] = True
+    return out
+
+
+def _condition(copy: _Copy, c: Condition) -> np.ndarray:
+    if isinstance(c, MatchAny):
+        return _match_any(copy, c)
+    if isinstance(c, Range):
+        return _range(copy, c)
+    return _has_id(copy, c)
+
+
+def _mask(copy: _Copy, flt: Filter | None) -> np.ndarray:
+    ok = np.ones(len(copy.ids), bool)
+    if flt is None:
+        return ok
+    for c in flt.must:
+        ok &= _condition(copy, c)
+    for c in flt.must_not:
+        ok &= ~_condition(copy, c)
+    return ok
+
+
+def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint] | None:
+    """``store.query(USERS, query)`` for a ``query`` whose filter restricts it to ``sm.popular`` (ids, scores
+    and vectors; no payload), answered from this process's copy; None where no copy may be kept (see the
+    module docstring) or the query asks for payloads. Raises ``StoreUnavailable`` (loading the copy)."""
+    writes = store.write_count(USERS)
+    if writes is None or query.with_payload or not sm.popular.ids:
+        return None
+    key = (sm.model_id, sm.gen, sm.erasures, writes)
+    with _LOCK:
+        copy = _CACHE.get(store)
+    if copy is None or copy.key != key:
+        copy = _load(store, sm, key)
+        with _LOCK:
+            if store.write_count(USERS) == writes:  # nothing written while it was read
+                _CACHE[store] = copy
+    idx = np.flatnonzero(_mask(copy, query.filter))
+    if len(idx) == 0:
+        return []
+    scores = copy.vectors[idx] @ _unit(query.vector)
+    order = np.argsort(-scores, kind="stable")[: query.limit]
+    vec = query.with_vectors
+    return [
+        ScoredPoint(copy.ids[idx[j]], float(scores[j]), None, copy.vectors[idx[j]].copy() if vec else None)
+        for j in order
+    ]
+
+
+@dataclass
+class _PhotoIds:
+    writes: int
+    users: dict[str, list[str]]
+
+
+_PHOTO_IDS: weakref.WeakKeyDictionary[Store, _PhotoIds] = weakref.WeakKeyDictionary()
+MAX_USERS = 200_000  # photo-id entries per store; past it the copy starts again empty
+
+
+def photo_ids(store: Store, point_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``point id -> {PHOTO_IDS: [...]}`` of the users points ``point_ids`` (those stored), from this
+    process's copy where it has them, the others in one ``retrieve`` (the whole payload, as before, where no
+    copy may be kept). Raises ``StoreUnavailable``."""
+    writes = store.write_count(USERS)
+    if writes is None:
+        return {p.id: p.payload for p in store.retrieve(USERS, point_ids)}
+    out: dict[str, dict[str, Any]] = {}
+    with _LOCK:
+        copy = _PHOTO_IDS.get(store)
+        if copy is None or copy.writes != writes:
+            copy = _PhotoIds(writes, {})
+            _PHOTO_IDS[store] = copy
+        for pid in point_ids:
+            have = copy.users.get(pid)
+            if have is not None:
+                out[pid] = {PHOTO_IDS: list(have)}
+    need = [p for p in point_ids if p not in out]
+    if need:
+        got = {p.id: [str(x) for x in (p.payload or {}).get(PHOTO_IDS) or []] for p in store.retrieve(USERS, need)}
+        with _LOCK:
+            keep = _PHOTO_IDS.get(store) is copy and store.write_count(USERS) == writes
+            if keep and len(copy.users) + len(got) > MAX_USERS:
+                copy.users.clear()
+            for pid, ph in got.items():
+                out[pid] = {PHOTO_IDS: list(ph)}
+                if keep:
+                    copy.users[pid] = ph
+    return out
+
+
+def forget(store: Store) -> None:
+    """Drop this process's copies for ``store`` (tests; the keys make it unnecessary otherwise)."""
+    with _LOCK:
+        _CACHE.pop(store, None)
+        _PHOTO_IDS.pop(store, None)
+
+
+__all__ = ["forget", "photo_ids", "popular_leg"]

@@ -1,0 +1,145 @@
+"""The per-process copies ``recommend()`` serves from (``engine.feedback_cache``, ``engine.user_copies``): they
+answer exactly what the store would, and no write leaves them stale (feedback, delete-user, a profile change,
+a model rebuild, a write that bypasses ``record_feedback``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine import feedback_cache, user_copies
+from engine.askers import load_askers
+from engine.feedback import Event, around, record_feedback
+from engine.filters import Filter
+from engine.learning import rebuild_preferences
+from engine.recommend import _stage1_query, recommend
+from engine.schema import FEEDBACK, USERS, user_point_id
+from engine.served_model import served_model
+from engine.settings import Settings
+from engine.store import Store
+from engine.store.base import Point
+from engine.users import delete_user
+from tests.engine.test_recommend import db  # noqa: F401 - db is a fixture
+from tests.engine.test_recommend_learned import _world
+
+__all__ = ["db"]
+
+
+def _second(store: Store, settings: Settings, user_id: str, exclude: tuple[str, ...] = ()) -> tuple[object, object]:
+    """The learned stage 1's popular-users query for ``user_id``, and the served model."""
+    asker = load_askers(store, [user_id], settings)[0]
+    q = _stage1_query(asker, 10, exclude, settings)
+    sm = asker.served
+    assert sm is not None and sm.popular.ids
+    flt = q.filter or Filter()
+    only = Filter(must=(*flt.must, sm.popular), must_not=flt.must_not)
+    return replace(q, filter=only, limit=max(1, q.limit // 2)), sm
+
+
+def _same_as_store(store: Store, settings: Settings, user_id: str, exclude: tuple[str, ...] = ()) -> int:
+    q, sm = _second(store, settings, user_id, exclude)
+    got = user_copies.popular_leg(store, sm, q)  # type: ignore[arg-type]
+    want = store.query(USERS, q)  # type: ignore[arg-type]
+    assert got is not None
+    assert [p.id for p in got] == [p.id for p in want], user_id
+    np.testing.assert_allclose([p.score for p in got], [p.score for p in want], atol=1e-5)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a.vector, b.vector)
+    return len(want)
+
+
+def test_the_popular_leg_answers_what_the_store_answers(db: tuple[Store, Settings]) -> None:
+    store, settings = db
+    people, events = _world(store)
+    record_feedback(store, events)
+    rebuild_preferences(store, settings)
+    ids = [p["user_id"] for p in people]
+    seen = sum(_same_as_store(store, settings, u) for u in ids)
+    assert seen > 100  # the comparison is not vacuous
+    _same_as_store(store, settings, ids[0], exclude=tuple(ids[1:20]))
+    # A profile change (a write to the users collection) is seen at once.
+    who = next(p for p in people[1:] if p["gender"] != "female")
+    moved = store.retrieve(USERS, [user_point_id(who["user_id"])], with_vectors=True)[0]
+    moved.payload.update(gender="female", age=30, age_min=18, age_max=60, seeking=["female", "male", "nonbinary"])
+    store.upsert(USERS, [Point(moved.id, -np.asarray(moved.vector), moved.payload)])
+    for u in ids:
+        _same_as_store(store, settings, u)
+    # A deleted user is never returned; a rebuild changes the popular set and the copy follows.
+    delete_user(store, ids[5], settings=settings)
+    rebuild_preferences(store, settings)
+    for u in ids:
+        if u != ids[5]:
+            _same_as_store(store, settings, u)
+
+
+def test_the_popular_leg_steps_aside_where_other_processes_write(
+    db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings = db
+    _, events = _world(store, n=30)
+    record_feedback(store, events)
+    rebuild_preferences(store, settings)
+    q, sm = _second(store, settings, "u000")
+    monkeypatch.setattr(store, "write_count", lambda collection: None)  # as a Qdrant server reports
+    assert user_copies.popular_leg(store, sm, q) is None  # type: ignore[arg-type]
+
+
+def test_the_feedback_copy_is_never_stale(db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, settings = db
+    people, events = _world(store, n=40)
+    record_feedback(store, events)
+    ids = [p["user_id"] for p in people]
+    me, other = ids[0], ids[1]
+
+    def check() -> None:
+        for u in ids[:8]:
+            got = feedback_cache.around_cached(store, u)
+            assert got == around(store, u), u
+
+    check()
+    # Served from the copy: no read of the feedback collection at all.
+    real = store.scroll_payload
+    monkeypatch.setattr(store, "scroll_payload", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    assert feedback_cache.around_cached(store, me) == feedback_cache.around_cached(store, me)
+    monkeypatch.setattr(store, "scroll_payload", real)
+    # A like, a pass that replaces it, a block (both ways), through record_feedback.
+    record_feedback(store, [Event(other, me, "like", 100.0)])
+    assert feedback_cache.around_cached(store, me)[0][other] == "like"
+    record_feedback(store, [Event(other, me, "pass", 101.0)])
+    assert feedback_cache.around_cached(store, me)[0][other] == "pass"
+    record_feedback(store, [Event(me, ids[2], "block", 102.0)])
+    assert ids[2] in feedback_cache.around_cached(store, me)[1]
+    assert me in feedback_cache.around_cached(store, ids[2])[1]
+    check()
+    # A model rebuild writes no feedback: the copy stays and stays right.
+    rebuild_preferences(store, settings)
+    check()
+    # delete-user removes every decision about and by them, in every copy.
+    assert other in feedback_cache.around_cached(store, me)[0]
+    delete_user(store, other, settings=settings)
+    assert other not in feedback_cache.around_cached(store, me)[0]
+    check()
+    # A write that bypasses record_feedback (the simulator clearing the log) is seen too.
+    gone = [p.id for p in store.scroll(FEEDBACK)]
+    store.delete(FEEDBACK, gone)
+    assert feedback_cache.around_cached(store, me) == ({}, set())
+
+
+def test_recommend_ranks_the_same_with_and_without_the_copies(
+    db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings = db
+    people, events = _world(store)
+    record_feedback(store, events[: len(events) // 2])
+    rebuild_preferences(store, settings)
+    record_feedback(store, events[len(events) // 2 :])  # an incremental update on top
+    ids = [p["user_id"] for p in people]
+    with_copies = {u: recommend(u, 8, store=store, settings=settings) for u in ids}
+    assert served_model(store) is not None
+    monkeypatch.setattr(store, "write_count", lambda collection: None)  # every read from the store
+    feedback_cache.forget(store)
+    user_copies.forget(store)
+    for u in ids:
+        assert recommend(u, 8, store=store, settings=settings) == with_copies[u], u
