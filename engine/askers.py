@@ -57,6 +57,7 @@ class Asker:
     served: ServedModel | None = None
     row: int = -1
     pref_taste: np.ndarray | None = None
+    vectors_kept: bool = False  # the candidates' vectors come from this process's copy (engine.user_copies)
 
     @property
     def taste_is_own(self) -> bool:
@@ -154,6 +155,7 @@ def load_askers(
         if sm is not None:
             a = askers[-1]
             a.model, a.served, a.row = sm.shared, sm, int(sm.index.get(p.id, -1))
+            a.vectors_kept = store.write_count(USERS) is not None
             pt = sm.query_taste(a.row)
             if pt is not None:
                 t = l2_normalize(pt)

@@ -46,7 +46,7 @@ from engine.served_model import ServedModel
 from engine.settings import Settings
 from engine.store.base import Query, ScoredPoint, Store
 from engine.topk import NO_KTH
-from engine.user_copies import photo_ids
+from engine.user_copies import photo_ids, user_vectors
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,15 @@ def _photo_similarity(store: Store, asker: Asker, cands: list[ScoredPoint]) -> n
     if cands and all(c.vector is not None for c in cands):
         cand_vecs = candidate_vectors(cands, asker.vector.shape[0])
         return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
+    kept = user_vectors(store, [c.id for c in cands])  # this process's copy of the users' vectors
+    if kept is not None:
+        dim = asker.vector.shape[0]
+        rows = np.zeros((len(cands), dim), dtype=np.float32)  # as candidate_vectors builds them
+        for i, c in enumerate(cands):
+            v = c.vector if c.vector is not None else kept.get(c.id)
+            if v is not None and v.shape == (dim,):
+                rows[i] = v
+        return np.asarray(l2_normalize(rows) @ l2_normalize(asker.vector), dtype=np.float64)
     ids = [c.id for c in cands]
     q = Query(
         vector=l2_normalize(asker.vector),

@@ -63,20 +63,23 @@ def _stage1_query(asker: Asker, k: int, exclude: Iterable[str], settings: Settin
     limit = k * settings.recommend.oversample
     vector = asker.taste
     fields: tuple[str, ...] | bool = CANDIDATE_FIELDS
+    vectors = True
     if asker.model is not None:  # the learned taste (likes and passes) picks the candidates the model scores
         limit = max(limit, settings.recommend.learned_pool)
         if asker.pref_taste is not None:
             vector = asker.pref_taste
         # The model's statistics and user ids come from the served copy, by point id: no payload crosses.
-        # (The vectors do, for the photo signal: one more exact query restricted to the candidates by id cost
-        # more than moving them, measured at 10,000 users.)
+        # The vectors (for the photo signal) come from this process's copy where the store allows one
+        # (engine.user_copies), else with the results (one more exact query restricted to the candidates by
+        # id cost more than moving them, measured at 10,000 users).
         fields = False
+        vectors = not asker.vectors_kept
     return Query(
         vector=vector,
         limit=limit,
         filter=compatible_filter(asker.profile, exclude=[*exclude, *sorted(asker.blocked)]),
         with_payload=fields,
-        with_vectors=True,  # the reverse direction (photo rerank) and the photo signal are scored from them
+        with_vectors=vectors,  # the reverse direction (photo rerank) and the photo signal are scored from them
     )
 
 

@@ -129,6 +129,7 @@ class ServedModel:
     cold: np.ndarray  # (width,) float64
     index: dict[str, int] = field(default_factory=dict)
     popular: HasId = field(default_factory=lambda: HasId(frozenset()))
+    meta_writes: int | None = None  # the store's write count on META when this copy was last found current
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -276,6 +277,12 @@ _LOCK = threading.Lock()
 def served_model(store: Store) -> ServedModel | None:
     """The stored model, from this process's copy when it is current (see the module docstring); None when
     no model is stored. Raises ``StoreUnavailable``."""
+    writes = store.write_count(META)
+    with _LOCK:
+        have = _CACHE.get(store)
+    # An embedded store is written only through this object: no META write since the last check, no new version.
+    if have is not None and writes is not None and have.meta_writes == writes:
+        return have
     for _ in range(3):  # a rebuild replacing the model while we read it: read the new version again
         version = read_version(store)
         if version is None:
@@ -287,6 +294,7 @@ def served_model(store: Store) -> ServedModel | None:
             have = _CACHE.get(store)
         same = have is not None and have.model_id == model_id and have.erasures == erasures
         if have is not None and same and have.gen == gen:
+            have.meta_writes = writes
             return have
         if have is not None and same and have.gen < gen:
             patches = _blocks(store, [patch_point_id(model_id, g) for g in range(have.gen + 1, gen + 1)])
@@ -295,10 +303,12 @@ def served_model(store: Store) -> ServedModel | None:
                     for b in patches:
                         have.apply(b)
                     have.gen = gen
+                    have.meta_writes = writes
                 return have
             continue
         sm = _load(store, model_id, gen, erasures)
         if sm is not None:
+            sm.meta_writes = writes
             with _LOCK:
                 _CACHE[store] = sm
             return sm

@@ -112,6 +112,11 @@ class Store(ABC):
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         """Points with these ids that exist (missing ids are left out), in no particular order."""
 
+    def retrieve_vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """``point id -> vector`` (float32, as stored) of the points with these ids that exist and have one;
+        no payload (backends override this to leave payloads in the store)."""
+        return {p.id: p.vector for p in self.retrieve(collection, ids, with_vectors=True) if p.vector is not None}
+
     @abstractmethod
     def scroll(
         self, collection: str, flt: Filter | None = None, *, with_vectors: bool = False, batch_size: int = 1000

@@ -437,6 +437,23 @@ class EdgeStore(QdrantStore):
             recs = shard.retrieve(uuids, True, with_vectors)
         return self._points(recs)
 
+    def retrieve_vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """``Store.retrieve_vectors``: the payloads stay in the store (keys by the ids asked for: no UUID is
+        turned back into a string)."""
+        if not ids:
+            return {}
+        shard = self._shard(collection)
+        by_uuid: dict[Any, str] = {_uuid(i): i for i in ids}
+        uuids: list[Any] = list(by_uuid)
+        with self._calling("retrieve", collection):
+            recs = shard.retrieve(uuids, False, True)
+        out: dict[str, np.ndarray] = {}
+        for r in recs:
+            v = _vector(r.vector)
+            if v is not None:
+                out[by_uuid.get(r.id) or str(r.id)] = v
+        return out
+
     def _scroll_page(
         self, collection: str, flt: Filter | None, offset: Any, limit: int, with_vectors: bool
     ) -> tuple[list[Point], Any]:

@@ -136,6 +136,16 @@ def test_recommend_ranks_the_same_with_and_without_the_copies(
     rebuild_preferences(store, settings)
     record_feedback(store, events[len(events) // 2 :])  # an incremental update on top
     ids = [p["user_id"] for p in people]
+    for u in ids:  # fills every copy
+        recommend(u, 8, store=store, settings=settings)
+    # New vectors and photo lists for a third of the users (a re-ingestion): the copies must not serve the old.
+    points = store.retrieve(USERS, [user_point_id(u) for u in ids[::3]], with_vectors=True)
+    rng = np.random.default_rng(5)
+    store.upsert(
+        USERS,
+        [Point(p.id, rng.standard_normal(p.vector.shape).astype(np.float32), {**p.payload, "photo_ids": []})
+         for p in points if p.vector is not None],
+    )  # fmt: skip
     with_copies = {u: recommend(u, 8, store=store, settings=settings) for u in ids}
     assert served_model(store) is not None
     monkeypatch.setattr(store, "write_count", lambda collection: None)  # every read from the store
@@ -143,3 +153,14 @@ def test_recommend_ranks_the_same_with_and_without_the_copies(
     user_copies.forget(store)
     for u in ids:
         assert recommend(u, 8, store=store, settings=settings) == with_copies[u], u
+
+
+def test_vectors_without_payloads(db: tuple[Store, Settings]) -> None:
+    store, _ = db
+    people, _ = _world(store, n=12)
+    pids = [user_point_id(p["user_id"]) for p in people] + [user_point_id("nobody")]
+    got = store.retrieve_vectors(USERS, pids)
+    want = {p.id: p.vector for p in store.retrieve(USERS, pids, with_vectors=True)}
+    assert set(got) == set(want) == set(pids[:-1])
+    for pid, v in want.items():
+        np.testing.assert_array_equal(got[pid], v)
