@@ -46,7 +46,7 @@ from engine.served_model import ServedModel
 from engine.settings import Settings
 from engine.store.base import Query, ScoredPoint, Store
 from engine.topk import NO_KTH
-from engine.user_copies import photo_ids, user_vectors
+from engine.user_copies import kept_vectors, photo_ids
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _photo_similarity(store: Store, asker: Asker, cands: list[ScoredPoint]) -> n
     if cands and all(c.vector is not None for c in cands):
         cand_vecs = candidate_vectors(cands, asker.vector.shape[0])
         return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
-    kept = user_vectors(store, [c.id for c in cands])  # this process's copy of the users' vectors
+    kept = kept_vectors(store, USERS, [c.id for c in cands])  # this process's copy of the users' vectors
     if kept is not None:
         dim = asker.vector.shape[0]
         rows = np.zeros((len(cands), dim), dtype=np.float32)  # as candidate_vectors builds them
@@ -300,12 +300,23 @@ def _learned_matches(
 
 
 def _best_photos(store: Store, asker: Asker, payloads: list[dict[str, Any]]) -> list[str | None]:
-    """Each candidate's photo nearest the asker's taste (one exact query restricted to their photos)."""
+    """Each candidate's photo nearest the asker's taste: from this process's copy of their photos' vectors
+    (``engine.user_copies``), else one exact query restricted to their photos."""
     photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in photo_ids_of(pl)}
     best: list[str | None] = [None] * len(payloads)
     if not photo_owner:
         return best
     taste = asker.pref_taste if asker.pref_taste is not None else asker.taste
+    kept = kept_vectors(store, PHOTOS, list(photo_owner))  # this process's copy of the photos' vectors
+    if kept is not None:  # the exact query's answer in numpy: the best-scoring stored photo of each owner
+        ids = [p for p in photo_owner if p in kept]
+        if ids:
+            scores = np.stack([kept[p] for p in ids]) @ np.asarray(taste, np.float32)
+            for j in np.argsort(-scores, kind="stable"):
+                owner = photo_owner[ids[j]]
+                if best[owner] is None:
+                    best[owner] = ids[j]
+        return best
     only = Filter(must=(MatchAny.of(USER_ID, [str(pl.get(USER_ID)) for pl in payloads]),))
     res = store.query(
         PHOTOS, Query(vector=taste, limit=2 * len(photo_owner), filter=only, with_payload=False, exact=True)

@@ -12,10 +12,13 @@ nothing is kept and the callers ask the store, as before.
   first. The copy is also keyed on the served model (id, generation, erasures: the popular set changes only
   with them). Scores are float32 dot products of unit vectors as the store computes them; candidates whose
   scores tie to the last bit may come in another order than the store's.
-* **Vectors** (:func:`user_vectors`): the users' vectors the learned path scores the photo signal with
+* **Vectors** (:func:`kept_vectors`): the users' vectors the learned path scores the photo signal with
   (cos(v_asker, v_B) for a few hundred candidates per call). Moving them with stage 1's results cost two
   thirds of a call (the bindings build a list of 512 floats per candidate: ~15 ms of ~25 ms at 10,000 users,
   cProfile); kept here, stage 1 asks for ids and scores only, and a user's vector crosses once per process.
+  The same for the photos of the top ``k`` (keyed on ``write_count(PHOTOS)``): each one's best photo for the
+  asker is the argmax of float32 dot products in numpy instead of one exact query on ``photos`` per call
+  (two photos of one user whose scores tie to the last bit may be picked the other way round).
 * **Photo ids** (:func:`photo_ids`): the ``photo_ids`` of users returned by ``recommend()`` (the learned path
   reads them for the top ``k`` only, to pick each one's best photo), read once per user and kept.
 """
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from engine.filters import Condition, Filter, HasId, MatchAny, Range
-from engine.schema import PHOTO_IDS, USERS
+from engine.schema import PHOTO_IDS, PHOTOS, USERS
 from engine.served_model import ServedModel
 from engine.store.base import Query, ScoredPoint, Store
 
@@ -208,40 +211,44 @@ def photo_ids(store: Store, point_ids: list[str]) -> dict[str, dict[str, Any]]:
 @dataclass
 class _Vectors:
     writes: int
-    users: dict[str, np.ndarray]
+    points: dict[str, np.ndarray]
 
 
-_VECTORS: weakref.WeakKeyDictionary[Store, _Vectors] = weakref.WeakKeyDictionary()
-MAX_VECTORS = 100_000  # vectors per store (~200 MB at 512-d); past it the copy starts again empty
+_VECTORS: dict[str, weakref.WeakKeyDictionary[Store, _Vectors]] = {
+    USERS: weakref.WeakKeyDictionary(),
+    PHOTOS: weakref.WeakKeyDictionary(),
+}
+MAX_VECTORS = 100_000  # vectors per store and collection (~200 MB at 512-d); past it the copy starts again empty
 
 
-def user_vectors(store: Store, point_ids: list[str]) -> dict[str, np.ndarray] | None:
-    """``point id -> vector`` (float32, as stored) of the users points ``point_ids`` (those stored), from this
-    process's copy where it has them, the others in one payload-free read (``Store.retrieve_vectors``) and
-    kept; None where no copy may be kept (the caller then has the store send the vectors with its query).
-    Raises ``StoreUnavailable``."""
-    writes = store.write_count(USERS)
+def kept_vectors(store: Store, collection: str, point_ids: list[str]) -> dict[str, np.ndarray] | None:
+    """``point id -> vector`` (float32, as stored) of the points ``point_ids`` of ``collection`` (``USERS`` or
+    ``PHOTOS``; those stored), from this process's copy where it has them, the others in one payload-free
+    read (``Store.retrieve_vectors``) and kept, keyed on ``Store.write_count(collection)``; None where no copy
+    may be kept (the caller then asks the store as before). Raises ``StoreUnavailable``."""
+    writes = store.write_count(collection)
     if writes is None:
         return None
+    copies = _VECTORS[collection]
     out: dict[str, np.ndarray] = {}
     with _LOCK:
-        copy = _VECTORS.get(store)
+        copy = copies.get(store)
         if copy is None or copy.writes != writes:
             copy = _Vectors(writes, {})
-            _VECTORS[store] = copy
-        get = copy.users.get
+            copies[store] = copy
+        get = copy.points.get
         for pid in point_ids:
             v = get(pid)
             if v is not None:
                 out[pid] = v
     need = [p for p in point_ids if p not in out]
     if need:
-        got = store.retrieve_vectors(USERS, need)
+        got = store.retrieve_vectors(collection, need)
         with _LOCK:
-            if _VECTORS.get(store) is copy and store.write_count(USERS) == writes:
-                if len(copy.users) + len(got) > MAX_VECTORS:
-                    copy.users.clear()
-                copy.users.update(got)
+            if copies.get(store) is copy and store.write_count(collection) == writes:
+                if len(copy.points) + len(got) > MAX_VECTORS:
+                    copy.points.clear()
+                copy.points.update(got)
         out.update(got)
     return out
 
@@ -251,7 +258,8 @@ def forget(store: Store) -> None:
     with _LOCK:
         _CACHE.pop(store, None)
         _PHOTO_IDS.pop(store, None)
-        _VECTORS.pop(store, None)
+        for copies in _VECTORS.values():
+            copies.pop(store, None)
 
 
-__all__ = ["forget", "photo_ids", "popular_leg", "user_vectors"]
+__all__ = ["forget", "kept_vectors", "photo_ids", "popular_leg"]

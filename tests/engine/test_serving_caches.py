@@ -15,7 +15,7 @@ from engine.feedback import Event, around, record_feedback
 from engine.filters import Filter
 from engine.learning import rebuild_preferences
 from engine.recommend import _stage1_query, recommend
-from engine.schema import FEEDBACK, USERS, user_point_id
+from engine.schema import FEEDBACK, PHOTOS, USERS, user_point_id
 from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store
@@ -138,16 +138,23 @@ def test_recommend_ranks_the_same_with_and_without_the_copies(
     ids = [p["user_id"] for p in people]
     for u in ids:  # fills every copy
         recommend(u, 8, store=store, settings=settings)
-    # New vectors and photo lists for a third of the users (a re-ingestion): the copies must not serve the old.
+    # New vectors and one photo fewer for a third of the users (a re-ingestion that dropped a photo: its point
+    # is deleted and the user's photo_ids shrink): the copies must not serve the old.
     points = store.retrieve(USERS, [user_point_id(u) for u in ids[::3]], with_vectors=True)
     rng = np.random.default_rng(5)
+    store.delete(PHOTOS, [str(p.payload["photo_ids"][0]) for p in points])
     store.upsert(
         USERS,
-        [Point(p.id, rng.standard_normal(p.vector.shape).astype(np.float32), {**p.payload, "photo_ids": []})
+        [Point(p.id, rng.standard_normal(p.vector.shape).astype(np.float32),
+               {**p.payload, "photo_ids": p.payload["photo_ids"][1:]})
          for p in points if p.vector is not None],
     )  # fmt: skip
+    # New photo vectors for others (their best photo for an asker changes): the photos' copy must follow too.
+    photos = [p for p in store.scroll(PHOTOS, with_vectors=True) if p.payload.get("user_id") in ids[1::3]]
+    store.upsert(PHOTOS, [Point(p.id, -np.asarray(p.vector), p.payload) for p in photos if p.vector is not None])
     with_copies = {u: recommend(u, 8, store=store, settings=settings) for u in ids}
     assert served_model(store) is not None
+    assert sum(m.best_photo_id is not None for ms in with_copies.values() for m in ms) > 100
     monkeypatch.setattr(store, "write_count", lambda collection: None)  # every read from the store
     feedback_cache.forget(store)
     user_copies.forget(store)
