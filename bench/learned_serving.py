@@ -38,6 +38,11 @@ from engine.store.base import Store
 STAGES = (
     ("load_askers", "askers.py"),
     ("around", "feedback.py"),
+    ("around_cached", "feedback_cache.py"),
+    ("popular_leg", "user_copies.py"),
+    ("kept_vectors", "user_copies.py"),
+    ("photo_ids", "user_copies.py"),
+    ("served_model", "served_model.py"),
     ("_stage1", "recommend.py"),
     ("_learned_matches", "matches.py"),
     ("_photo_similarity", "matches.py"),
@@ -46,6 +51,8 @@ STAGES = (
     ("_best_photos", "matches.py"),
     ("retrieve", "edge.py"),
     ("scroll_payload", "edge.py"),
+    ("retrieve_vectors", "edge.py"),
+    ("query", "edge.py"),
 )
 
 

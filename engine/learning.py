@@ -221,11 +221,17 @@ def _vectors_of(store: Store, user_ids: list[str]) -> dict[str, np.ndarray]:
         # Vectors only: the payloads (a third to half of the read, measured at 10,000 users) stay in the store;
         # the point id is a hash of the user id, so the ids asked for name the users.
         part = {user_point_id(x): x for x in user_ids[s : s + 1024]}
-        for pid, vec in store.retrieve_vectors(USERS, list(part)).items():
-            v = usable_vector(Point(pid, vec))
-            if v is not None and pid in part:
-                v = v.astype(np.float32)
-                out[part[pid]] = v / np.maximum(np.linalg.norm(v), np.float32(1e-12))
+        got = [(part[p], v) for p, v in store.retrieve_vectors(USERS, list(part)).items() if p in part and v.size]
+        if not got:
+            continue
+        dim = got[0][1].shape[0]
+        got = [(u, v) for u, v in got if v.shape == (dim,)]
+        m = np.stack([v for _, v in got]).astype(np.float32)
+        usable = np.any(m != 0, axis=1) & np.all(np.isfinite(m), axis=1)  # as usable_vector, for all rows at once
+        # Each row's norm as np.linalg.norm computes one vector's (a 2-d norm sums in another order: last bits).
+        norms = np.array([np.linalg.norm(v) for v in m], dtype=np.float32)
+        unit = m / np.maximum(norms, np.float32(1e-12))[:, None]
+        out.update((u, unit[i]) for i, (u, _) in enumerate(got) if usable[i])
     return out
 
 

@@ -18,9 +18,13 @@ the formula documented in ``engine.rerank``. The asker is loaded by ``engine.ask
 ``engine.matches``.
 
 With a learned model (``engine.learning``), the per-user statistics come from the process's served copy of
-the model (``engine.served_model``, checked against the stored version on every call, so never stale):
-stage 1 brings only the candidates' ids, scores and vectors (for the photo signal), no payload; the photo ids
-are read for the top ``k`` only. The asker's feedback is read once (``engine.feedback.around``).
+the model (``engine.served_model``, checked against the stored version, so never stale): stage 1 brings only
+the candidates' ids and scores (and vectors, for the photo signal, where the store allows no per-process
+copy); the photo ids are read for the top ``k`` only. Where the store is embedded (``Store.write_count`` is
+not None: this process is its only writer), what a call reads besides stage 1's first query comes from
+per-process copies keyed on that count, so never stale either: the asker's feedback
+(``engine.feedback_cache``), the popular users' leg of stage 1, the candidates' vectors, the top ``k``'s photo
+ids and photos' vectors (``engine.user_copies``).
 """
 
 from __future__ import annotations
