@@ -223,11 +223,14 @@ def _photo_similarity(store: Store, asker: Asker, cands: list[ScoredPoint]) -> n
     kept = kept_vectors(store, USERS, [c.id for c in cands])  # this process's copy of the users' vectors
     if kept is not None:
         dim = asker.vector.shape[0]
-        rows = np.zeros((len(cands), dim), dtype=np.float32)  # as candidate_vectors builds them
-        for i, c in enumerate(cands):
-            v = c.vector if c.vector is not None else kept.get(c.id)
-            if v is not None and v.shape == (dim,):
-                rows[i] = v
+        vs = [c.vector if c.vector is not None else kept.get(c.id) for c in cands]
+        if all(v is not None and v.shape == (dim,) for v in vs):
+            rows = np.stack(vs).astype(np.float32, copy=False)  # type: ignore[arg-type]
+        else:  # zero rows where a vector is missing, as candidate_vectors builds them
+            rows = np.zeros((len(cands), dim), dtype=np.float32)
+            for i, v in enumerate(vs):
+                if v is not None and v.shape == (dim,):
+                    rows[i] = v
         return np.asarray(l2_normalize(rows) @ l2_normalize(asker.vector), dtype=np.float64)
     ids = [c.id for c in cands]
     q = Query(

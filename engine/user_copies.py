@@ -49,6 +49,7 @@ class _Copy:
     vectors: np.ndarray  # (n, d) float32, as the store holds them (unit)
     payloads: list[dict[str, Any]]
     columns: dict[tuple[str, str], Any]  # per (kind, key): a float column (ranges), or value -> row mask
+    source: frozenset[str] = frozenset()  # the popular ids the copy was made of (``ServedModel.popular.ids``)
 
 
 _CACHE: weakref.WeakKeyDictionary[Store, _Copy] = weakref.WeakKeyDictionary()
@@ -70,7 +71,8 @@ def _load(store: Store, sm: ServedModel, key: tuple[str, int, int, int]) -> _Cop
     for i, p in enumerate(points):
         vectors[i] = np.asarray(p.vector, np.float32)  # as stored (unit: cosine), as stage 1 returns them
     ids = [p.id for p in points]
-    return _Copy(key, ids, {p: i for i, p in enumerate(ids)}, vectors, [dict(p.payload or {}) for p in points], {})
+    payloads = [dict(p.payload or {}) for p in points]
+    return _Copy(key, ids, {p: i for i, p in enumerate(ids)}, vectors, payloads, {}, sm.popular.ids)
 
 
 def _values(payload: dict[str, Any], key: str) -> list[Any]:
@@ -115,6 +117,8 @@ def _range(copy: _Copy, c: Range) -> np.ndarray:
 
 
 def _has_id(copy: _Copy, c: HasId) -> np.ndarray:
+    if c.ids is copy.source:  # the popular set itself: every row of the copy
+        return np.ones(len(copy.ids), bool)
     out = np.zeros(len(copy.ids), bool)
     rows = [copy.index[p] for p in c.ids if p in copy.index]
     out[rows] = True
