@@ -46,7 +46,8 @@ import numpy as np
 
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
-from engine.reciprocity import compatible_kth, refresh
+from engine.reciprocity.full import refresh
+from engine.reciprocity.topk import compatible_kth
 from engine.recommend import recommend
 from engine.schema import KTH_K, KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
 from engine.served_model import served_model

@@ -25,6 +25,7 @@ from engine.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.feedback import LIKE, PASS
 from engine.filters import Filter, HasId, MatchAny
 from engine.preference import congestion_factor, served_probabilities_arrays
+from engine.reciprocity.topk import NO_KTH
 from engine.rerank import (
     RerankInput,
     RerankResult,
@@ -45,7 +46,6 @@ from engine.schema import (
 from engine.served_model import ServedModel
 from engine.settings import Settings
 from engine.store.base import Query, ScoredPoint, Store
-from engine.topk import NO_KTH
 
 log = logging.getLogger(__name__)
 

@@ -219,7 +219,7 @@ def register_refresh(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
 
 
 def _refresh_command(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.reciprocity import refresh
+    from engine.reciprocity.full import refresh
     from engine.store import open_store
 
     with open_store(settings, create=False) as store:  # statistics of stored users: no store, nothing to refresh

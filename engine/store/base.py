@@ -208,7 +208,7 @@ class Store(ABC):
         self.upsert(collection, points)
 
     def cache_folder(self) -> Path | None:
-        """Folder for caches derived from the users collection (engine.refresh_cache), or None where this
+        """Folder for caches derived from the users collection (engine.reciprocity.table), or None where this
         backend keeps none (a Qdrant server: no local folder)."""
         return None
 

@@ -1,4 +1,4 @@
-"""The refresh cache (engine.refresh_cache): the incremental pass starts from the users table the previous
+"""The refresh cache (engine.reciprocity.table): the incremental pass starts from the users table the previous
 pass saved beside the store, re-reads only the users journaled since, and still equals a full pass. A cache
 that may be stale is never used: a lost journal, another token in META, a count that disagrees, a kill
 between the writes and the save; and a deleted user's vector and id do not stay in it."""
@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import engine.reciprocity_incremental as reciprocity_incremental
+import engine.reciprocity.incremental as reciprocity_incremental
 from engine.likes import record_likes
-from engine.reciprocity import refresh, refresh_changed
-from engine.refresh_cache import cache_files, load
+from engine.reciprocity.full import refresh
+from engine.reciprocity.incremental import refresh_changed
+from engine.reciprocity.table import cache_files, load
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store

@@ -15,15 +15,10 @@ import pytest
 
 from engine.compatibility import Profile
 from engine.likes import record_likes
-from engine.reciprocity import (
-    NO_KTH,
-    TOP_KEEP,
-    compatible_topk,
-    departures,
-    exact_kth,
-    refresh,
-    refresh_changed,
-)
+from engine.reciprocity.full import departures, refresh
+from engine.reciprocity.incremental import refresh_changed
+from engine.reciprocity.stats import TOP_KEEP
+from engine.reciprocity.topk import NO_KTH, compatible_topk, exact_kth
 from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store

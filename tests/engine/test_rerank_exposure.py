@@ -10,7 +10,7 @@ from engine.errors import InvalidInput
 from engine.exposure import ExposureLedger, ExposurePolicy, choose, fresh_mask, select
 from engine.feedback import Event, record_feedback
 from engine.learning import rebuild_preferences
-from engine.reciprocity import refresh
+from engine.reciprocity.full import refresh
 from engine.recommend import recommend
 from engine.rerank import aggregate
 from engine.settings import Settings

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.reciprocity import refresh_changed
+from engine.reciprocity.incremental import refresh_changed
 from engine.schema import USERS
 from engine.settings import Settings
 from engine.store import open_store
@@ -22,7 +22,7 @@ from tests.engine.test_refresh_incremental import DIM, K, assert_same_as_full_pa
 CHILD = """
 import os, signal, sys
 from pathlib import Path
-import engine.reciprocity_incremental as inc
+import engine.reciprocity.incremental as inc
 from engine.settings import Settings
 from engine.store import open_store
 
