@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.feedback import Event, record_feedback
-from engine.learning import rebuild_preferences, update_preferences
+from engine.learned.rebuild import rebuild_preferences, update_preferences
 from engine.recommend import recommend
 from engine.settings import Settings
 from engine.store import open_store

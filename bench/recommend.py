@@ -46,11 +46,11 @@ import numpy as np
 
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
+from engine.learned.served import served_model
 from engine.reciprocity.full import refresh
 from engine.reciprocity.topk import compatible_kth
 from engine.recommend import recommend
 from engine.schema import KTH_K, KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
-from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.store.base import Point, Query
@@ -220,8 +220,8 @@ def _write_model(store: Store, pop: Population, settings: Settings, args: argpar
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as `python bench/recommend.py`
     from rebuild import lay_feedback
 
-    from engine.learning import write_model
-    from engine.preference_fit import fit_preference
+    from engine.learned.fit import fit_preference
+    from engine.learned.rebuild import write_model
 
     n = len(pop.ids)
     rng = np.random.default_rng(args.seed + 7)

@@ -14,6 +14,7 @@ import numpy as np
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.feedback import around
 from engine.filters import Filter, MatchAny
+from engine.learned.served import ServedModel, served_model
 from engine.likes import liked_vectors
 from engine.rerank import (
     l2_normalize,
@@ -33,7 +34,6 @@ from engine.schema import (
     usable_vector,
     user_point_id,
 )
-from engine.served_model import ServedModel, served_model
 from engine.settings import Settings
 from engine.store.base import Point, Store
 

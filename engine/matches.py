@@ -24,7 +24,8 @@ from engine.askers import Asker, stored_kth
 from engine.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.feedback import LIKE, PASS
 from engine.filters import Filter, HasId, MatchAny
-from engine.preference import congestion_factor, served_probabilities_arrays
+from engine.learned.model import congestion_factor, served_probabilities_arrays
+from engine.learned.served import ServedModel
 from engine.reciprocity.topk import NO_KTH
 from engine.rerank import (
     RerankInput,
@@ -43,7 +44,6 @@ from engine.schema import (
     USERS,
     photo_ids_of,
 )
-from engine.served_model import ServedModel
 from engine.settings import Settings
 from engine.store.base import Query, ScoredPoint, Store
 

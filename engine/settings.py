@@ -80,7 +80,7 @@ class RecommendSettings(BaseModel):
     max_likes: int = Field(200, ge=0, description="Newest likes kept per user in the stored like history.")
     model: Literal["learned", "photo"] = Field(
         "learned",
-        description="'learned': the preference model of engine.preference when one is stored "
+        description="'learned': the preference model of engine.learned.model when one is stored "
         "(matcher rebuild-model), else photos; 'photo': always the photo-only rerank.",
     )
     learned_pool: int = Field(
@@ -113,7 +113,7 @@ class RecommendSettings(BaseModel):
 
 
 class PreferenceSettings(BaseModel):
-    """The learned preference model (engine/preference.py); see its docstring for the meaning."""
+    """The learned preference model (engine/learned/model.py); see its docstring for the meaning."""
 
     prior_weight: float = Field(10.0, gt=0.0, description="Pseudo-decisions in the smoothed like rates.")
     taste_shrink: float = Field(10.0, gt=0.0, description="Pseudo-decisions pulling a taste to the population's.")

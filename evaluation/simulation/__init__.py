@@ -58,7 +58,7 @@ truth-based reference under the same exposure constraint).
 Feedback (default on, ``simulate(feedback=False)`` / ``--no-feedback`` to turn off): every learning strategy
 (the engine ones, ``qdrant_*``, ``recon``) runs on a clone of the ingested store of its own, and each round's
 likes *and* passes are recorded into it (``engine.feedback``) before the next round; the engine then rebuilds
-its learned preference model (``engine.learning``), as a nightly batch would. Strategies get the store and the
+its learned preference model (``engine.learned.rebuild``), as a nightly batch would. Strategies get the store and the
 users' ids only, never the hidden traits (a test runs them with ``truth.json`` deleted).
 
 A shown pair's outcome is fixed by a counter-based uniform ``u(i, j)`` of the seed (``i`` likes ``j`` iff

@@ -1,4 +1,4 @@
-"""The learned model as stored and served (engine.served_model, engine.learning): the ranking recommend()
+"""The learned model as stored and served (engine.learned.served, engine.learned.rebuild): the ranking recommend()
 serves equals the model's own scores computed from first principles, the served copy is never stale
 (feedback batches, rebuilds, erasures), and an incremental update gives what a full rebuild gives for the
 users it touches, without rewriting the others."""
@@ -10,21 +10,13 @@ import pytest
 
 from engine.compatibility import Profile
 from engine.feedback import Event, decision_arrays, record_feedback
-from engine.learning import _config, _users, rebuild_preferences, update_preferences
-from engine.preference import SideStats, served_probabilities
-from engine.preference_fit import fit_preference, like_logit
+from engine.learned.fit import fit_preference, like_logit
+from engine.learned.model import SideStats, served_probabilities
+from engine.learned.rebuild import _config, _users, rebuild_preferences, update_preferences
+from engine.learned.served import BLOCK_KEY, chunk_point_id, decode, forget, patch_point_id, read_version, served_model
 from engine.recommend import recommend
 from engine.rerank import aggregate
 from engine.schema import META, user_point_id
-from engine.served_model import (
-    BLOCK_KEY,
-    chunk_point_id,
-    decode,
-    forget,
-    patch_point_id,
-    read_version,
-    served_model,
-)
 from engine.settings import Settings
 from engine.store import Store
 from engine.users import delete_user

@@ -9,7 +9,7 @@ import pytest
 from engine.errors import InvalidInput
 from engine.exposure import ExposureLedger, ExposurePolicy, choose, fresh_mask, select
 from engine.feedback import Event, record_feedback
-from engine.learning import rebuild_preferences
+from engine.learned.rebuild import rebuild_preferences
 from engine.reciprocity.full import refresh
 from engine.recommend import recommend
 from engine.rerank import aggregate

@@ -1,7 +1,7 @@
-"""The learned preference model (``engine.preference``) in the store: the full rebuild, the incremental update
+"""The learned preference model (``engine.learned.model``) in the store: the full rebuild, the incremental update
 after a feedback batch, and what serving reads.
 
-Where it lives: ``engine.served_model`` (columnar blocks in the ``matcher_meta`` collection: the shared part —
+Where it lives: ``engine.learned.served`` (columnar blocks in the ``matcher_meta`` collection: the shared part —
 weights, standardisation, cold-start row, reduced space and taste basis — and per-user rows of ~70 statistics
 plus the 64-d taste coordinates). ``recommend()`` serves it through ``served_model``'s per-store copy, which is
 checked against the stored version on every call. A store without a model serves the photo-only engine.
@@ -35,10 +35,9 @@ from tqdm import tqdm
 from engine.errors import InvalidInput
 from engine.feedback import decision_arrays
 from engine.filters import Filter, MatchAny
-from engine.preference import FEATURES, PreferenceConfig, PreferenceModel
-from engine.preference_fit import fit_preference, like_logit, shrunk_taste
-from engine.schema import FEEDBACK, META, USER_ID, USERS, usable_vector, user_point_id
-from engine.served_model import (
+from engine.learned.fit import fit_preference, like_logit, shrunk_taste
+from engine.learned.model import FEATURES, PreferenceConfig, PreferenceModel
+from engine.learned.served import (
     CHUNK_ROWS,
     MODEL_KEY,
     MODEL_POINT_ID,
@@ -54,12 +53,13 @@ from engine.served_model import (
     write_blocks,
     write_version,
 )
+from engine.schema import FEEDBACK, META, USER_ID, USERS, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
-# Payload keys the model wrote on users points before it moved to engine.served_model (no longer written).
+# Payload keys the model wrote on users points before it moved to engine.learned.served (no longer written).
 PREF_FIELD = "pref"
 PREF_TASTE_FIELD = "pref_taste"
 _META_VECTOR = np.ones(1, dtype=np.float32)
@@ -315,7 +315,7 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
 def _scrub(store: Store, sm: Any, pids: list[str]) -> None:
     """Blank the rows of ``pids`` (deleted users) in every stored block that holds them (the chunk of the
     last rebuild and earlier patches), so an erasure leaves no statistics of theirs in the model's blocks."""
-    from engine.served_model import BLOCK_KEY, decode
+    from engine.learned.served import BLOCK_KEY, decode
 
     gone = set(pids)
     ids = [chunk_point_id(sm.model_id, i) for i in range(int(sm.shared.get("chunks", 0)))]
