@@ -53,15 +53,21 @@ from engine.learned.served import (
     write_blocks,
     write_version,
 )
-from engine.schema import FEEDBACK, META, USER_ID, USERS, usable_vector, user_point_id
+from engine.schema import (
+    FEEDBACK,
+    LEGACY_MODEL_FIELDS,
+    LEGACY_MODEL_STATS,
+    META,
+    USER_ID,
+    USERS,
+    usable_vector,
+    user_point_id,
+)
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
-# Payload keys the model wrote on users points before it moved to engine.learned.served (no longer written).
-PREF_FIELD = "pref"
-PREF_TASTE_FIELD = "pref_taste"
 _META_VECTOR = np.ones(1, dtype=np.float32)
 
 
@@ -97,8 +103,8 @@ def _users(store: Store) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     pids: list[str] = []
     vecs: list[np.ndarray] = []
     legacy: list[str] = []
-    for p in store.scroll_payload(USERS, (USER_ID, PREF_FIELD), with_vectors=True, batch_size=2048):
-        if PREF_FIELD in (p.payload or {}):
+    for p in store.scroll_payload(USERS, (USER_ID, LEGACY_MODEL_STATS), with_vectors=True, batch_size=2048):
+        if LEGACY_MODEL_STATS in (p.payload or {}):
             legacy.append(p.id)
         v = usable_vector(p)
         if v is None:
@@ -146,7 +152,7 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = C
     if legacy:  # once per store: the per-user payloads of the old format (half a KB to 5 KB per user)
         log.info("model rebuild: removing the old per-user model payloads of %d users", len(legacy))
         for s in range(0, len(legacy), 1024):
-            store.set_payload(USERS, {pid: {PREF_FIELD: None, PREF_TASTE_FIELD: None} for pid in legacy[s : s + 1024]})
+            store.set_payload(USERS, {pid: dict.fromkeys(LEGACY_MODEL_FIELDS) for pid in legacy[s : s + 1024]})
     seconds["write_s"] = time.perf_counter() - t
     weights = dict(zip(("bias", *FEATURES), model.weights.round(4).tolist(), strict=True))
     return RebuildReport(n, int(viewer.size), seconds, weights)
@@ -353,8 +359,6 @@ def _pairs(rows: list[dict[str, Any]], index: dict[str, int]) -> np.ndarray:
 
 __all__ = [
     "MODEL_POINT_ID",
-    "PREF_FIELD",
-    "PREF_TASTE_FIELD",
     "RebuildReport",
     "UpdateReport",
     "load_model_global",
