@@ -4,7 +4,7 @@ Two payload fields, written by :func:`record_likes` and refreshed by ``engine.re
 
 * ``liked_ids``: the user ids this user liked, oldest first, the newest ``recommend.max_likes`` kept.
 * ``taste``: the user's taste vector, ``normalize((1 - taste_blend) · own + taste_blend · mean(liked))``
-  (``engine.rerank.taste_vector``) as a list of floats; present only when ``liked_ids`` is not empty.
+  (``engine.ranking.rerank.taste_vector``) as a list of floats; present only when ``liked_ids`` is not empty.
 
 Storing ``taste`` lets ``recommend()`` score the reverse direction s(B→A) with each candidate's own taste
 from the one stage-1 query, without fetching the vectors of everyone each candidate liked. It is computed
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
-from engine.rerank import taste_vector
+from engine.ranking.rerank import taste_vector
 from engine.schema import LIKED_IDS, TASTE, USER_ID, USERS, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store

@@ -29,13 +29,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from engine.askers import Asker, check_k, load_askers
 from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import UserNotFound
-from engine.exposure import ExposureLedger
 from engine.filters import Filter, HasId
-from engine.matches import Match, rerank_candidates
-from engine.rerank import (
+from engine.ranking.askers import Asker, check_k, load_askers
+from engine.ranking.exposure import ExposureLedger
+from engine.ranking.matches import Match, rerank_candidates
+from engine.ranking.rerank import (
     l2_normalize,
 )
 from engine.schema import (

@@ -29,7 +29,7 @@ The weights ``w`` (and the standardisation ``z``) are fitted on a held-out fifth
 out), with the signals computed from the other four fifths, so the model learns how much each signal
 predicts a decision it has not seen; then every statistic is recomputed on the whole log for serving
 (``engine.learned.fit``). This module holds the model's types and how a pair is scored. Pure numpy:
-importable without torch. See ``engine.matches`` for how it is served (the two directions fused by
+importable without torch. See ``engine.ranking.matches`` for how it is served (the two directions fused by
 ``recommend.learned_aggregation``, the expected mutual match by default).
 """
 

@@ -48,9 +48,9 @@ that a real app estimates from like counts), ``similarity`` (one-sided: the stor
 viewer's mean vector under the compatibility filter — ANN only), ``engine`` (``recommend()`` excluding those
 already shown; with ``engine_likes`` also given the viewer's likes so far), ``engine_capped`` (the engine
 with its impression budget, ``recommend.exposure_budget``, set to ``exposure_cap`` per round; every engine
-strategy holds an ``engine.exposure.ExposureLedger``, one period per round), ``qdrant_average`` / ``qdrant_best``
-(Qdrant's Recommendation API, ``average_vector`` / ``best_score``, the viewer's logged likes as positives and
-passes as negatives, same filter), ``recon`` (RECON-style reciprocal content score; ``baselines``) and
+strategy holds an ``engine.ranking.exposure.ExposureLedger``, one period per round), ``qdrant_average`` /
+``qdrant_best`` (Qdrant's Recommendation API, ``average_vector`` / ``best_score``, the viewer's logged likes as
+positives and passes as negatives, same filter), ``recon`` (RECON-style reciprocal content score; ``baselines``) and
 ``oracle`` (ranks by the true mutual-like probability ``P(i→j) · P(j→i)``: the ceiling) and
 ``oracle_capped`` (the oracle skipping anyone already shown ``exposure_cap`` times this round: the
 truth-based reference under the same exposure constraint).

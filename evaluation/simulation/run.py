@@ -179,7 +179,7 @@ def shared_strategies(
         if name not in strategies:
             continue
         st, st_settings = own.get(name, (store, settings))
-        if name == "engine_capped":  # the engine's own impression budget (engine.exposure), at the run's cap
+        if name == "engine_capped":  # the engine's own impression budget (engine.ranking.exposure), at the run's cap
             rec = st_settings.recommend.model_copy(update={"exposure_budget": cap})
             st_settings = st_settings.model_copy(update={"recommend": rec})
         log_ = FeedbackLog(st, ids, after=engine_after_feedback(st_settings)) if name in own else None

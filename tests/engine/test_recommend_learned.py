@@ -14,8 +14,8 @@ from engine.learned.fit import fit_preference, like_logit
 from engine.learned.model import SideStats, served_probabilities
 from engine.learned.rebuild import _config, _users, rebuild_preferences, update_preferences
 from engine.learned.served import BLOCK_KEY, chunk_point_id, decode, forget, patch_point_id, read_version, served_model
+from engine.ranking.rerank import aggregate
 from engine.recommend import recommend
-from engine.rerank import aggregate
 from engine.schema import LEGACY_MODEL_FIELDS, LEGACY_MODEL_STATS, LEGACY_MODEL_TASTE, META, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import Store

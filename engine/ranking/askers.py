@@ -16,7 +16,7 @@ from engine.feedback import around
 from engine.filters import Filter, MatchAny
 from engine.learned.served import ServedModel, served_model
 from engine.likes import liked_vectors
-from engine.rerank import (
+from engine.ranking.rerank import (
     l2_normalize,
     taste_vector,
 )

@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.askers import Asker, stored_kth
-from engine.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.feedback import LIKE, PASS
 from engine.filters import Filter, HasId, MatchAny
 from engine.learned.model import congestion_factor, served_probabilities_arrays
 from engine.learned.served import ServedModel
-from engine.reciprocity.topk import NO_KTH
-from engine.rerank import (
+from engine.ranking.askers import Asker, stored_kth
+from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose
+from engine.ranking.rerank import (
     RerankInput,
     RerankResult,
     RerankWeights,
@@ -36,6 +35,7 @@ from engine.rerank import (
     l2_normalize,
     rerank,
 )
+from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
     PHOTO_IDS,
     PHOTOS,
