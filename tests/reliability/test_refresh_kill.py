@@ -17,7 +17,7 @@ from engine.reciprocity.incremental import refresh_changed
 from engine.schema import USERS
 from engine.settings import Settings
 from engine.store import open_store
-from tests.engine.test_refresh_incremental import DIM, K, assert_same_as_full_pass, populated, user_point
+from tests.engine.reciprocity_population import DIM, K, assert_same_as_full_pass, populated, user_point
 
 CHILD = """
 import os, signal, sys
