@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.rerank import aggregate
+from engine.ranking.rerank import aggregate
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.feedback import Event, record_feedback
-from engine.learning import rebuild_preferences, update_preferences
+from engine.learned.rebuild import rebuild_preferences, update_preferences
 from engine.recommend import recommend
 from engine.settings import Settings
 from engine.store import open_store
@@ -42,12 +42,12 @@ STAGES = (
     ("popular_leg", "user_copies.py"),
     ("kept_vectors", "user_copies.py"),
     ("photo_ids", "user_copies.py"),
-    ("served_model", "served_model.py"),
+    ("served_model", "served.py"),
     ("_stage1", "recommend.py"),
     ("_learned_matches", "matches.py"),
     ("_photo_similarity", "matches.py"),
     ("_candidate_user_ids", "matches.py"),
-    ("served_probabilities_arrays", "preference.py"),
+    ("served_probabilities_arrays", "model.py"),
     ("_best_photos", "matches.py"),
     ("retrieve", "edge.py"),
     ("scroll_payload", "edge.py"),

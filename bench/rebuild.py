@@ -1,8 +1,8 @@
-"""Benchmark of the learned preference model's full rebuild (``engine.learning.rebuild_preferences``).
+"""Benchmark of the learned preference model's full rebuild (``engine.learned.rebuild.rebuild_preferences``).
 
 Two parts, in one run:
 
-``fit``   ``engine.preference.fit_preference`` on a synthetic log held in numpy: ``--users`` users with
+``fit``   ``engine.learned.fit.fit_preference`` on a synthetic log held in numpy: ``--users`` users with
           ``--dim``-d unit vectors, ``--events`` likes and passes (viewers and candidates drawn at random,
           like probability from a hidden appeal and pickiness). Timed whole (both passes: the held-out fit
           of the weights and the full statistics).
@@ -40,7 +40,7 @@ def synthetic_log(users: int, events: int, dim: int, seed: int) -> tuple[np.ndar
 
 
 def bench_fit(args: argparse.Namespace) -> dict[str, float]:
-    from engine.preference_fit import fit_preference
+    from engine.learned.fit import fit_preference
 
     t = time.perf_counter()
     v, a, b, like = synthetic_log(args.users, args.events, args.dim, args.seed)
@@ -73,7 +73,7 @@ def lay_feedback(store: object, ids: list[str], a: np.ndarray, b: np.ndarray, li
 
 
 def bench_store(args: argparse.Namespace) -> dict[str, float]:
-    from engine.learning import rebuild_preferences
+    from engine.learned.rebuild import rebuild_preferences
     from engine.schema import USERS, user_point_id
     from engine.settings import Settings
     from engine.store import Point, open_store

@@ -7,7 +7,7 @@ of the same filtered query (timed too: ``exact_p50_ms``), all in the same run on
 exact baseline is Qdrant's own: the same filtered query on the same store with ``exact=True`` search params
 (``qdrant_exact_p50_ms``, and its recall@20 against numpy); ``p50_over_exact`` and ``p50_over_qdrant_exact``
 are recommend()'s p50 over each. ``repeat_p50_ms``: the same askers asking again right after (what the
-per-process copies keyed on the asker, ``engine.feedback_cache``, serve; the first pass is each asker's
+per-process copies keyed on the asker, ``engine.ranking.feedback_cache``, serve; the first pass is each asker's
 first call in the process).
 
 Data: vectors generated directly (no encoder), dim 512: users drawn around 64 cluster centres (so there
@@ -51,10 +51,11 @@ import numpy as np
 
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
-from engine.reciprocity import compatible_kth, refresh
+from engine.learned.served import served_model
+from engine.reciprocity.full import refresh
+from engine.reciprocity.topk import compatible_kth
 from engine.recommend import recommend
 from engine.schema import KTH_K, KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
-from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.store.base import Point, Query
@@ -224,8 +225,8 @@ def _write_model(store: Store, pop: Population, settings: Settings, args: argpar
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as `python bench/recommend.py`
     from rebuild import lay_feedback
 
-    from engine.learning import write_model
-    from engine.preference_fit import fit_preference
+    from engine.learned.fit import fit_preference
+    from engine.learned.rebuild import write_model
 
     n = len(pop.ids)
     rng = np.random.default_rng(args.seed + 7)

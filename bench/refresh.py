@@ -5,7 +5,7 @@ For each population size n, on the embedded Edge store (the default backend), in
 1. write n synthetic users with 3 photos each (``bench/recommend.py``'s population: 512-d vectors around 64
    Zipf-sized clusters, ages 18-65 with ±5-year windows), ``optimize()``; with ``--store DIR`` this written
    store is kept in DIR and reused by later runs (copied, never modified);
-2. the first full pass (``engine.reciprocity.refresh``: every user's statistics computed and written, and the
+2. the first full pass (``engine.reciprocity.full.refresh``: every user's statistics computed and written, and the
    refresh cache saved beside the store);
 3. ``recommend()`` p50/p99 over ``--queries`` users (k=20, default settings) and the process RSS;
 4. add 1 % more users (photos and user points, as ingestion writes them: journaled for the cache), copy the
@@ -53,13 +53,14 @@ from recommend import (  # noqa: E402 - bench/recommend.py is a script beside th
     photo_points,
 )
 
-from engine.reciprocity import compatible_topk, refresh, refresh_changed  # noqa: E402
+from engine.reciprocity.full import refresh  # noqa: E402
+from engine.reciprocity.incremental import refresh_changed  # noqa: E402
+from engine.reciprocity.topk import Groups, compatible_topk  # noqa: E402
 from engine.recommend import recommend  # noqa: E402
 from engine.schema import KTH_SIM, PHOTOS, STAT_FIELDS, USERS, photo_point_id, user_point_id  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from engine.store import Store, open_store  # noqa: E402
 from engine.store.base import Point  # noqa: E402
-from engine.topk import Groups  # noqa: E402
 from engine.users import delete_user  # noqa: E402
 
 log = logging.getLogger("bench.refresh")

@@ -1,7 +1,16 @@
-"""The serving core of profile-matcher: schema, the store seam over Qdrant, filters, reranking, recommend().
+"""The serving core of profile-matcher: the records and the store seam over Qdrant, ``recommend()``, and what
+learns from the logged decisions. Importable without torch: nothing under ``engine`` imports ``training``,
+``ingestion``, ``evaluation`` or ``matcher`` (tests/engine/test_layout.py).
 
-Importable without torch: nothing under ``engine`` imports ``training``, ``ingestion`` or ``evaluation``
-(the CLI entry point reaches them lazily, by name, only when their command runs).
+At the top, the API and the records: ``recommend`` (``recommend()``, stage 1), ``settings``, ``errors``,
+``schema`` (collections, point ids, payload fields, ``Profile``), ``filters``, ``compatibility``, ``feedback``
+(the decision log), ``likes`` (like histories and tastes), ``users`` (stats, erasure), ``redaction``. Below,
+one subpackage per role, each with a docstring that maps it:
+
+* ``store`` — the store seam and its backends (embedded Edge, qdrant-client local mode or a server);
+* ``ranking`` — stage 2 of ``recommend()``: the askers, the matches shown, the photo-path maths, exposure;
+* ``learned`` — the two-sided preference model: fitting, rebuilding, serving;
+* ``reciprocity`` — each user's ``kth_sim`` and the passes that keep it exact.
 """
 
 from __future__ import annotations

@@ -202,12 +202,12 @@ def record_feedback(
             store.upsert(FEEDBACK, write)
             own_writes += 1
     unchanged = len(batch) - added - updated
-    if touched:  # engine.feedback_cache reads this module: imported late
-        from engine.feedback_cache import forget_users
+    if touched:  # engine.ranking.feedback_cache reads this module: imported late
+        from engine.ranking.feedback_cache import forget_users
 
         forget_users(store, touched, writes_before, own_writes)
     if update_model and touched:
-        from engine.learning import update_preferences  # engine.learning reads feedback: imported late
+        from engine.learned.rebuild import update_preferences  # engine.learned.rebuild reads feedback: imported late
 
         update_preferences(store, touched)
     log.info("feedback: %d events, %d new pairs, %d updated, %d unchanged", len(batch), added, updated, unchanged)
@@ -332,7 +332,7 @@ def delete_feedback_of(store: Store, user_id: str) -> int:
         removed = _delete_events_of(store, user_id, others)
     # The learned model: their row goes (it holds their own vector's coordinates even without any decision),
     # and the users they decided with are recomputed without them.
-    from engine.learning import update_preferences  # engine.learning reads feedback: imported late
+    from engine.learned.rebuild import update_preferences  # engine.learned.rebuild reads feedback: imported late
 
     update_preferences(store, [user_id, *sorted(others)])
     return removed

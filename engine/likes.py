@@ -1,10 +1,10 @@
 """A user's like history, kept in their own point of the ``users`` collection.
 
-Two payload fields, written by :func:`record_likes` and refreshed by ``engine.reciprocity.refresh``:
+Two payload fields, written by :func:`record_likes` and refreshed by ``engine.reciprocity.full.refresh``:
 
 * ``liked_ids``: the user ids this user liked, oldest first, the newest ``recommend.max_likes`` kept.
 * ``taste``: the user's taste vector, ``normalize((1 - taste_blend) · own + taste_blend · mean(liked))``
-  (``engine.rerank.taste_vector``) as a list of floats; present only when ``liked_ids`` is not empty.
+  (``engine.ranking.rerank.taste_vector``) as a list of floats; present only when ``liked_ids`` is not empty.
 
 Storing ``taste`` lets ``recommend()`` score the reverse direction s(B→A) with each candidate's own taste
 from the one stage-1 query, without fetching the vectors of everyone each candidate liked. It is computed
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
-from engine.rerank import taste_vector
+from engine.ranking.rerank import taste_vector
 from engine.schema import LIKED_IDS, TASTE, USER_ID, USERS, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
@@ -68,7 +68,7 @@ def record_likes(
 ) -> list[str]:
     """Add ``liked_ids`` to ``user_id``'s stored like history (or replace it) and update their ``taste``.
 
-    The user's own reciprocity statistics are recomputed at once (``engine.reciprocity.refresh_user``).
+    The user's own reciprocity statistics are recomputed at once (``engine.reciprocity.full.refresh_user``).
     Returns the stored history. Raises ``UserNotFound`` for an unknown user (the asker or a liked one),
     ``NoUserVector`` if the user has no vector, ``InvalidInput`` if a user likes themselves.
     """
@@ -98,7 +98,7 @@ def record_likes(
     store.upsert(USERS, [Point(id=point.id, vector=own, payload=payload)])
     # Their own list is ranked by the new taste: recompute their kth_sim (imported here: reciprocity
     # builds on this module's tastes).
-    from engine.reciprocity import refresh_user
+    from engine.reciprocity.full import refresh_user
 
     refresh_user(store, settings, user_id)
     log.info("user %s: %d likes stored", user_id, len(history))

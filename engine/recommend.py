@@ -23,8 +23,8 @@ the candidates' ids and scores (and vectors, for the photo signal, where the sto
 copy); the photo ids are read for the top ``k`` only. Where the store is embedded (``Store.write_count`` is
 not None: this process is its only writer), what a call reads besides stage 1's first query comes from
 per-process copies keyed on that count, so never stale either: the asker's feedback
-(``engine.feedback_cache``), the popular users' leg of stage 1, the candidates' vectors, the top ``k``'s photo
-ids and photos' vectors (``engine.user_copies``).
+(``engine.ranking.feedback_cache``), the popular users' leg of stage 1, the candidates' vectors, the top ``k``'s photo
+ids and photos' vectors (``engine.ranking.user_copies``).
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from engine.askers import Asker, check_k, load_askers
 from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import UserNotFound
-from engine.exposure import ExposureLedger
 from engine.filters import Filter, HasId
-from engine.matches import Match, rerank_candidates
-from engine.rerank import (
+from engine.ranking.askers import Asker, check_k, load_askers
+from engine.ranking.exposure import ExposureLedger
+from engine.ranking.matches import Match, rerank_candidates
+from engine.ranking.rerank import (
     l2_normalize,
 )
+from engine.ranking.user_copies import popular_leg
 from engine.schema import (
     KTH_SIM,
     PHOTO_IDS,
@@ -54,7 +55,6 @@ from engine.schema import (
 )
 from engine.settings import Settings, load_settings
 from engine.store.base import Query, ScoredPoint, Store
-from engine.user_copies import popular_leg
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _stage1_query(asker: Asker, k: int, exclude: Iterable[str], settings: Settin
             vector = asker.pref_taste
         # The model's statistics and user ids come from the served copy, by point id: no payload crosses.
         # The vectors (for the photo signal) come from this process's copy where the store allows one
-        # (engine.user_copies), else with the results (one more exact query restricted to the candidates by
+        # (engine.ranking.user_copies), else with the results (one more exact query restricted to the candidates by
         # id cost more than moving them, measured at 10,000 users).
         fields = False
         vectors = not asker.vectors_kept
@@ -90,7 +90,7 @@ def _stage1_query(asker: Asker, k: int, exclude: Iterable[str], settings: Settin
 def _stage1(store: Store, asker: Asker, q: Query) -> list[ScoredPoint]:
     """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
     log found most appealing (``popular_ids``, half the pool): answered in numpy from this process's copy of
-    those users (``engine.user_copies``) where the store allows one, else in one batch with the first. Appeal is
+    those users (``engine.ranking.user_copies``) where the store allows one, else in one batch with the first. Appeal is
     learned from received likes, not from the photos, so a taste query alone could miss the people everyone
     likes."""
     sm = asker.served

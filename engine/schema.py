@@ -47,11 +47,16 @@ TASTE = "taste"  # users point, engine.likes: taste vector as floats, only with 
 KTH_SIM = "kth_sim"  # users point, engine.reciprocity: K-th best compatible similarity
 KTH_K = "kth_k"  # ... the K it was computed with (a changed setting makes it stale)
 KTH_TOP = "kth_top"  # ... the tail of the top-K similarities (ranks K-7..K), best first: what arrivals merge into
+# users point, no longer written: the learned model's per-user statistics and its taste coordinates, as the
+# first version of engine.learned.rebuild stored them; a full rebuild removes them (engine.learned.served holds both)
+LEGACY_MODEL_STATS = "pref"
+LEGACY_MODEL_TASTE = "pref_taste"
 
 PROFILE_FIELDS: tuple[str, ...] = (USER_ID, GENDER, AGE, SEEKING, AGE_MIN, AGE_MAX)
 USER_FIELDS: tuple[str, ...] = (*PROFILE_FIELDS, N_PHOTOS, PHOTO_IDS, ENCODER_ID)  # what ingestion owns
 PHOTO_FIELDS: tuple[str, ...] = (USER_ID, GENDER, AGE, PHOTO_SHA256, SOURCE_PATH, ENCODER_ID)
 STAT_FIELDS: tuple[str, ...] = (KTH_SIM, KTH_K, KTH_TOP)  # written together by every reciprocity pass
+LEGACY_MODEL_FIELDS: tuple[str, ...] = (LEGACY_MODEL_STATS, LEGACY_MODEL_TASTE)  # removed together by a rebuild
 
 
 class PhotoPayload(TypedDict):

@@ -54,7 +54,7 @@ class IngestSettings(BaseModel):
 
 
 class RecommendSettings(BaseModel):
-    """Weights and sizes of the two-stage recommender; see engine/rerank.py for their meaning."""
+    """Weights and sizes of the two-stage recommender; see engine/ranking/rerank.py for their meaning."""
 
     # 4: at 10,000 users (bench/recommend.py) the top 20 came from stage-1 positions <= 49 at p99 with 200
     # candidates, and 80 candidates gave the same list as 200 for 98 % of askers (99.97 % of the top 10).
@@ -80,7 +80,7 @@ class RecommendSettings(BaseModel):
     max_likes: int = Field(200, ge=0, description="Newest likes kept per user in the stored like history.")
     model: Literal["learned", "photo"] = Field(
         "learned",
-        description="'learned': the preference model of engine.preference when one is stored "
+        description="'learned': the preference model of engine.learned.model when one is stored "
         "(matcher rebuild-model), else photos; 'photo': always the photo-only rerank.",
     )
     learned_pool: int = Field(
@@ -100,7 +100,7 @@ class RecommendSettings(BaseModel):
         40,
         ge=0,
         description="Impressions per candidate per period (an ExposureLedger passed to recommend()) before "
-        "they go behind every candidate under budget; 0 turns it off (engine.exposure).",
+        "they go behind every candidate under budget; 0 turns it off (engine.ranking.exposure).",
     )
     # 2: every newcomer shown k times in their first round in 0.97 / 0.98 of cases at 600 users (one slot:
     # 0.67 / 0.97), for 0.02 of the aspiration share (docs/results.md).
@@ -113,7 +113,7 @@ class RecommendSettings(BaseModel):
 
 
 class PreferenceSettings(BaseModel):
-    """The learned preference model (engine/preference.py); see its docstring for the meaning."""
+    """The learned preference model (engine/learned/model.py); see its docstring for the meaning."""
 
     prior_weight: float = Field(10.0, gt=0.0, description="Pseudo-decisions in the smoothed like rates.")
     taste_shrink: float = Field(10.0, gt=0.0, description="Pseudo-decisions pulling a taste to the population's.")

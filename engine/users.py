@@ -10,7 +10,7 @@ from engine.errors import InvalidInput
 from engine.feedback import delete_feedback_of
 from engine.filters import Filter, HasId, MatchAny
 from engine.likes import liked_vectors, taste_payload
-from engine.reciprocity import departures, refresh_departed
+from engine.reciprocity.full import departures, refresh_departed
 from engine.schema import (
     LIKED_IDS,
     META,
@@ -39,7 +39,7 @@ def delete_user(store: Store, user_id: str, *, settings: Settings | None = None)
     On the embedded Edge store the collections are then rewritten (``Store.finish_erasure``), so neither the
     id nor the vectors remain anywhere in the store's files. Returns the number of points removed (0 if the
     user was not stored). Other users' reciprocity statistics
-    are refreshed at once (``engine.reciprocity.refresh_departed``: those who had the user in their top-K, and
+    are refreshed at once (``engine.reciprocity.full.refresh_departed``: those who had the user in their top-K, and
     those whose taste changed). ``settings`` gives ``recommend`` (``taste_blend``, ``reciprocity_k``; from
     the environment if None). Raises ``InvalidInput`` for an empty id, and ``StoreUnavailable`` if the
     store fails.

@@ -4,7 +4,7 @@ For teams with data. The log is a CSV of ``viewer_id, viewed_id, liked`` over us
 (each row one impression and the viewer's decision). For every logged pair two scores are computed from the
 store's vectors:
 
-* ``engine``: the reciprocal score of ``recommend()``'s stage 2 (``engine.rerank``, with the same lookups
+* ``engine``: the reciprocal score of ``recommend()``'s stage 2 (``engine.ranking.rerank``, with the same lookups
   and settings), computed for exactly the logged pairs;
 * ``similarity``: one-sided cosine of the two users' mean vectors (what an ANN-only recommender ranks by).
 

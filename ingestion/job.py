@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from engine.errors import InvalidInput
 from engine.filters import Filter, MatchAny
-from engine.reciprocity import Departed, RefreshReport, refresh, refresh_changed
+from engine.reciprocity.full import refresh
+from engine.reciprocity.incremental import refresh_changed
+from engine.reciprocity.stats import Departed, RefreshReport
 from engine.schema import (
     ENCODER_ID,
     PHOTO_FIELDS,

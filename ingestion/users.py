@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.reciprocity import Departed, departures
+from engine.reciprocity.full import departures
+from engine.reciprocity.stats import Departed
 from engine.schema import (
     META,
     NO_PHOTOS_KIND,

@@ -219,7 +219,7 @@ def register_refresh(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
 
 
 def _refresh_command(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.reciprocity import refresh
+    from engine.reciprocity.full import refresh
     from engine.store import open_store
 
     with open_store(settings, create=False) as store:  # statistics of stored users: no store, nothing to refresh
@@ -234,9 +234,9 @@ def register_rebuild_model(sub: argparse._SubParsersAction) -> None:  # noqa: SL
     p = sub.add_parser(
         "rebuild-model",
         help="fit the learned preference model on every stored like and pass (the full batch rebuild)",
-        description="Fit engine.preference's model (pickiness, received-like appeal, taste from likes and "
+        description="Fit the model of engine.learned.model (pickiness, received-like appeal, taste from likes and "
         "passes, latent factors, photo similarity; weights fitted on held-out pairs) on the store's feedback "
-        "collection and write it into the meta collection (engine.served_model). recommend() serves it from "
+        "collection and write it into the meta collection (engine.learned.served). recommend() serves it from "
         "then on (recommend.model=learned); until the first rebuild it ranks by photos. Between rebuilds, each "
         "feedback batch updates the statistics of the users it touches; weights and factors wait for this.",
     )
@@ -244,7 +244,7 @@ def register_rebuild_model(sub: argparse._SubParsersAction) -> None:  # noqa: SL
 
 
 def _rebuild_model_command(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.learning import rebuild_preferences
+    from engine.learned.rebuild import rebuild_preferences
     from engine.store import open_store
 
     with open_store(settings, create=False) as store:

@@ -217,11 +217,12 @@ class Store(ABC):
         object has made to ``collection`` so far, each counted once it returned (or failed); None where other
         processes may write to the same collections (a Qdrant server), so no process may cache what they hold.
         Embedded stores hold their folder's lock: there, this count changing is the only way their content
-        changes, and per-process caches (``engine.feedback_cache``, ``engine.user_copies``) key on it."""
+        changes, and per-process caches (``engine.ranking.feedback_cache``, ``engine.ranking.user_copies``) key
+        on it."""
         return None
 
     def cache_folder(self) -> Path | None:
-        """Folder for caches derived from the users collection (engine.refresh_cache), or None where this
+        """Folder for caches derived from the users collection (engine.reciprocity.table), or None where this
         backend keeps none (a Qdrant server: no local folder)."""
         return None
 

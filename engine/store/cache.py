@@ -1,6 +1,6 @@
 """Bookkeeping for caches derived from the users collection (the reciprocity refresh's sidecar).
 
-A cache (``engine.refresh_cache``) is a file set in ``<store_path>/<prefix>refresh_cache/`` named by a
+A cache (``engine.reciprocity.table``) is a file set in ``<store_path>/<prefix>refresh_cache/`` named by a
 random *token*; META records the token of the one cache that matches the users collection. The store keeps
 that match honest, whatever code writes:
 

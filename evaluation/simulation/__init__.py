@@ -48,9 +48,9 @@ that a real app estimates from like counts), ``similarity`` (one-sided: the stor
 viewer's mean vector under the compatibility filter — ANN only), ``engine`` (``recommend()`` excluding those
 already shown; with ``engine_likes`` also given the viewer's likes so far), ``engine_capped`` (the engine
 with its impression budget, ``recommend.exposure_budget``, set to ``exposure_cap`` per round; every engine
-strategy holds an ``engine.exposure.ExposureLedger``, one period per round), ``qdrant_average`` / ``qdrant_best``
-(Qdrant's Recommendation API, ``average_vector`` / ``best_score``, the viewer's logged likes as positives and
-passes as negatives, same filter), ``recon`` (RECON-style reciprocal content score; ``baselines``) and
+strategy holds an ``engine.ranking.exposure.ExposureLedger``, one period per round), ``qdrant_average`` /
+``qdrant_best`` (Qdrant's Recommendation API, ``average_vector`` / ``best_score``, the viewer's logged likes as
+positives and passes as negatives, same filter), ``recon`` (RECON-style reciprocal content score; ``baselines``) and
 ``oracle`` (ranks by the true mutual-like probability ``P(i→j) · P(j→i)``: the ceiling) and
 ``oracle_capped`` (the oracle skipping anyone already shown ``exposure_cap`` times this round: the
 truth-based reference under the same exposure constraint).
@@ -58,7 +58,7 @@ truth-based reference under the same exposure constraint).
 Feedback (default on, ``simulate(feedback=False)`` / ``--no-feedback`` to turn off): every learning strategy
 (the engine ones, ``qdrant_*``, ``recon``) runs on a clone of the ingested store of its own, and each round's
 likes *and* passes are recorded into it (``engine.feedback``) before the next round; the engine then rebuilds
-its learned preference model (``engine.learning``), as a nightly batch would. Strategies get the store and the
+its learned preference model (``engine.learned.rebuild``), as a nightly batch would. Strategies get the store and the
 users' ids only, never the hidden traits (a test runs them with ``truth.json`` deleted).
 
 A shown pair's outcome is fixed by a counter-based uniform ``u(i, j)`` of the seed (``i`` likes ``j`` iff

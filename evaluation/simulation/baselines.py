@@ -24,7 +24,7 @@ import numpy as np
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import InvalidInput
 from engine.feedback import LIKE, PASS
-from engine.rerank import aggregate, l2_normalize
+from engine.ranking.rerank import aggregate, l2_normalize
 from engine.schema import USERS, user_point_id
 from engine.store import Query, RecommendQuery, Store
 from evaluation.simulation.feedback import FeedbackLog

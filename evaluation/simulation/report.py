@@ -172,7 +172,7 @@ _METHOD_NOTES = """\
   viewer; it is the ceiling for a per-viewer ranking, not a global optimum under exposure limits.
   `oracle_capped` is the same, skipping anyone already shown `exposure_cap` times this round: the
   truth-based reference for `engine_capped`, the engine with its impression budget set to that cap
-  (`engine.exposure`; every engine strategy holds an impression ledger, one period per round).
+  (`engine.ranking.exposure`; every engine strategy holds an impression ledger, one period per round).
 - `market` (a reference, like the oracle it knows the true P): serves viewers in the round's order and ranks
   each one's candidates by P(i→j)·P(j→i)·P(j still has attention), the last factor Poisson in the likes it
   already sent j this round. With unlimited attention it is the oracle.

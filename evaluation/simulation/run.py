@@ -179,7 +179,7 @@ def shared_strategies(
         if name not in strategies:
             continue
         st, st_settings = own.get(name, (store, settings))
-        if name == "engine_capped":  # the engine's own impression budget (engine.exposure), at the run's cap
+        if name == "engine_capped":  # the engine's own impression budget (engine.ranking.exposure), at the run's cap
             rec = st_settings.recommend.model_copy(update={"exposure_budget": cap})
             st_settings = st_settings.model_copy(update={"recommend": rec})
         log_ = FeedbackLog(st, ids, after=engine_after_feedback(st_settings)) if name in own else None
@@ -197,11 +197,11 @@ def shared_strategies(
 
 def engine_after_feedback(settings: Settings) -> Callable[[Store], object] | None:
     """What runs after each round's decisions are stored, for the engine: the full rebuild of its learned
-    preference model (``engine.learning.rebuild_preferences``), as a nightly batch would between rounds.
+    preference model (``engine.learned.rebuild.rebuild_preferences``), as a nightly batch would between rounds.
     None when the engine is set to the photo-only rerank."""
     if settings.recommend.model != "learned":
         return None
-    from engine.learning import rebuild_preferences
+    from engine.learned.rebuild import rebuild_preferences
 
     quiet = settings.model_copy(update={"progress": False})
     return lambda store: rebuild_preferences(store, quiet)

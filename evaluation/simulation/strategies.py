@@ -215,7 +215,7 @@ class EngineStrategy:
         use_likes: bool = False,
         feedback: FeedbackLog | None = None,
     ) -> None:
-        from engine.exposure import ExposureLedger
+        from engine.ranking.exposure import ExposureLedger
         from engine.recommend import recommend
 
         self.name = name

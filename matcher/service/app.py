@@ -24,7 +24,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from engine.errors import InvalidInput, MatcherError, UserNotFound
-from engine.exposure import ExposureLedger
+from engine.ranking.exposure import ExposureLedger
 from engine.recommend import explain_empty, recommend
 from engine.schema import PHOTOS, SOURCE_PATH, TASTE, USERS, photo_ids_of, user_point_id
 from engine.settings import Settings
@@ -58,7 +58,7 @@ class _State:
         self.encoder = encoder
         self.lock = threading.Lock()  # the embedded store and the encoder are used one request at a time
         # Impressions served, per store: the engine's impression budget and cold-start slots read them
-        # (engine.exposure). A period is a UTC day, as the budget is counted per day.
+        # (engine.ranking.exposure). A period is a UTC day, as the budget is counted per day.
         self.ledgers: dict[str, ExposureLedger] = {}
         self.period: date | None = None
         self.today: Callable[[], date] = lambda: datetime.now(UTC).date()

@@ -88,3 +88,19 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
     finally:
         for store in reversed(factory.opened):
             store.close()
+
+
+@pytest.fixture(params=["edge", "local"])
+def reciprocity_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Settings]]:
+    """An empty store and its settings, per embedded backend, for the reciprocity passes' tests: set up for
+    ``reciprocity_population.DIM``-d vectors, with ``recommend.reciprocity_k = reciprocity_population.K``."""
+    from tests.engine.reciprocity_population import DIM, K
+
+    settings = Settings(store_path=tmp_path / "q", store_backend=request.param, progress=False)
+    settings = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"reciprocity_k": K})})
+    store = open_store(settings)
+    store.setup("test-encoder", DIM)
+    try:
+        yield store, settings
+    finally:
+        store.close()

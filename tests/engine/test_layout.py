@@ -17,12 +17,21 @@ ALLOWED = {
     "ingestion": {"engine", "training"},
     "evaluation": {"engine", "training", "ingestion"},
 }
+# engine's rooms (README.md, Layout): the modules at its top (the API, settings, errors, the records and what
+# reads and writes them) and one subpackage per role. A new module goes into the subpackage of its role; one
+# more at the top, or a new subpackage, is a decision to make here and in the README.
+ENGINE_TOP = {
+    "__init__", "compatibility", "errors", "feedback", "filters", "likes", "recommend", "redaction", "schema",
+    "settings", "users",
+}  # fmt: skip
+ENGINE_PACKAGES = {"learned", "ranking", "reciprocity", "store"}
 
 
 def test_engine_and_recommend_import_without_torch() -> None:
     code = (
         "import sys, engine, engine.recommend, engine.store, engine.store.edge, engine.store.client, "
-        "engine.users, engine.feedback; "
+        "engine.users, engine.feedback, engine.reciprocity.full, engine.reciprocity.incremental, "
+        "engine.learned.rebuild, engine.learned.served; "
         "print(sorted(m for m in ('torch', 'transformers', 'training', 'ingestion', 'evaluation') "
         "if m in sys.modules))"
     )
@@ -73,3 +82,13 @@ def test_cli_wiring_is_light_and_complete() -> None:
     for name in ("recommend", "stats", "delete-user", "ingest", "train", "embed", "simulate", "demo", "serve"):
         assert f"'{name}'" in commands, (name, commands)
     assert heavy == "[]"
+
+
+def test_engine_keeps_its_rooms() -> None:
+    """No module lands at engine/'s top by default, and no folder of modules is left without an ``__init__``."""
+    engine = ROOT / "engine"
+    top = {path.stem for path in engine.glob("*.py")}
+    folders = {path.name for path in engine.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert top == ENGINE_TOP, f"not agreed: {sorted(top - ENGINE_TOP)}; gone: {sorted(ENGINE_TOP - top)}"
+    assert folders == ENGINE_PACKAGES, sorted(folders ^ ENGINE_PACKAGES)
+    assert all((engine / name / "__init__.py").is_file() for name in ENGINE_PACKAGES)

@@ -1,4 +1,4 @@
-"""The learned two-sided preference (engine.preference) and its serving through recommend()."""
+"""The learned two-sided preference (engine.learned.model) and its serving through recommend()."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 from engine.compatibility import Profile
 from engine.errors import InvalidInput
 from engine.feedback import Event, record_feedback
-from engine.learning import load_model_global, rebuild_preferences
-from engine.preference import auc, congestion_factor, predict
-from engine.preference_fit import fit_preference
+from engine.learned.fit import fit_preference
+from engine.learned.model import auc, congestion_factor, predict
+from engine.learned.rebuild import load_model_global, rebuild_preferences
+from engine.learned.served import served_model
 from engine.recommend import recommend
 from engine.schema import user_point_id
-from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store
 from tests.engine.test_recommend import db, put_users, random_population  # noqa: F401 - db is a fixture

@@ -11,7 +11,7 @@ import pytest
 
 from engine.compatibility import Profile
 from engine.errors import InvalidInput
-from engine.reciprocity import NO_KTH, compatible_kth, exact_kth
+from engine.reciprocity.topk import NO_KTH, compatible_kth, exact_kth
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store

@@ -14,7 +14,8 @@ import pytest
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.likes import record_likes
-from engine.reciprocity import exact_kth, refresh
+from engine.reciprocity.full import refresh
+from engine.reciprocity.topk import exact_kth
 from engine.recommend import Match, explain_empty, recommend, recommend_many, score_candidates
 from engine.schema import KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
@@ -365,7 +366,7 @@ def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: Any, tmp
 
     settings = Settings(store_path=tmp_path / "demo-store", progress=False)
     report = run_ingest(demo_dir, demo_dir / "metadata.csv", settings=settings, encoder=tiny_encoder)
-    assert report.reciprocity_refreshed  # the job ran engine.reciprocity.refresh
+    assert report.reciprocity_refreshed  # the job ran engine.reciprocity.full.refresh
 
     people: dict[str, dict] = {}
     with open(demo_dir / "metadata.csv", newline="", encoding="utf-8") as f:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.feedback import Event, record_feedback
-from engine.reciprocity import refresh
+from engine.reciprocity.full import refresh
 from engine.recommend import recommend, recommend_many
 from engine.settings import Settings
 from engine.store import Store

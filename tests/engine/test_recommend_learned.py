@@ -1,4 +1,4 @@
-"""The learned model as stored and served (engine.served_model, engine.learning): the ranking recommend()
+"""The learned model as stored and served (engine.learned.served, engine.learned.rebuild): the ranking recommend()
 serves equals the model's own scores computed from first principles, the served copy is never stale
 (feedback batches, rebuilds, erasures), and an incremental update gives what a full rebuild gives for the
 users it touches, without rewriting the others."""
@@ -10,21 +10,13 @@ import pytest
 
 from engine.compatibility import Profile
 from engine.feedback import Event, decision_arrays, record_feedback
-from engine.learning import _config, _users, rebuild_preferences, update_preferences
-from engine.preference import SideStats, served_probabilities
-from engine.preference_fit import fit_preference, like_logit
+from engine.learned.fit import fit_preference, like_logit
+from engine.learned.model import SideStats, served_probabilities
+from engine.learned.rebuild import _config, _users, rebuild_preferences, update_preferences
+from engine.learned.served import BLOCK_KEY, chunk_point_id, decode, forget, patch_point_id, read_version, served_model
+from engine.ranking.rerank import aggregate
 from engine.recommend import recommend
-from engine.rerank import aggregate
-from engine.schema import META, user_point_id
-from engine.served_model import (
-    BLOCK_KEY,
-    chunk_point_id,
-    decode,
-    forget,
-    patch_point_id,
-    read_version,
-    served_model,
-)
+from engine.schema import LEGACY_MODEL_FIELDS, LEGACY_MODEL_STATS, LEGACY_MODEL_TASTE, META, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import Store
 from engine.users import delete_user
@@ -206,3 +198,21 @@ def test_delete_user_leaves_no_row_in_the_model(db: tuple[Store, Settings]) -> N
         assert user_point_id(gone) not in block["point_ids"] and gone not in block["user_ids"]
         assert decode(block["stats"]).shape[0] == len(block["point_ids"])
     assert update_preferences(store, []) is None  # nothing touched: nothing written
+
+
+def test_a_rebuild_removes_the_legacy_model_payloads(db: tuple[Store, Settings]) -> None:
+    """Users points that still carry the per-user model payloads of the first stored format lose exactly
+    those two keys at the next full rebuild; the rest of their payload stays."""
+    store, settings = db
+    people, events = _world(store, n=30, seed=5)
+    record_feedback(store, events)
+    old = [user_point_id(p["user_id"]) for p in people[:4]]
+    legacy = {LEGACY_MODEL_STATS: {"appeal": 0.2}, LEGACY_MODEL_TASTE: [0.1, 0.3]}
+    store.set_payload(USERS, dict.fromkeys(old, legacy))
+    before = {p.id: dict(p.payload) for p in store.retrieve(USERS, old)}
+    assert sorted(_users(store)[3]) == sorted(old)
+    rebuild_preferences(store, settings)
+    assert _users(store)[3] == []
+    for p in store.retrieve(USERS, old):
+        expected = {k: v for k, v in before[p.id].items() if k not in LEGACY_MODEL_FIELDS}
+        assert dict(p.payload) == expected and len(expected) == len(before[p.id]) - 2

@@ -1,43 +1,30 @@
-"""The refresh cache (engine.refresh_cache): the incremental pass starts from the users table the previous
+"""The refresh cache (engine.reciprocity.table): the incremental pass starts from the users table the previous
 pass saved beside the store, re-reads only the users journaled since, and still equals a full pass. A cache
 that may be stale is never used: a lost journal, another token in META, a count that disagrees, a kill
 between the writes and the save; and a deleted user's vector and id do not stay in it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-import engine.reciprocity_incremental as reciprocity_incremental
+import engine.reciprocity.incremental as reciprocity_incremental
 from engine.likes import record_likes
-from engine.reciprocity import refresh, refresh_changed
-from engine.refresh_cache import cache_files, load
+from engine.reciprocity.full import refresh
+from engine.reciprocity.incremental import refresh_changed
+from engine.reciprocity.table import cache_files, load
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
-from engine.store import Store, open_store
+from engine.store import Store
 from engine.store.cache import journal_path
 from engine.users import delete_user
-from tests.engine.test_refresh_incremental import DIM, K, assert_same_as_full_pass, populated, user_point
+from tests.engine.reciprocity_population import DIM, assert_same_as_full_pass, populated, user_point
 
 
-@pytest.fixture(params=["edge", "local"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Settings]]:
-    settings = Settings(store_path=tmp_path / "q", store_backend=request.param, progress=False)  # type: ignore[call-arg]
-    settings = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"reciprocity_k": K})})
-    store = open_store(settings)
-    store.setup("test-encoder", DIM)
-    try:
-        yield store, settings
-    finally:
-        store.close()
-
-
-def test_a_full_pass_saves_the_cache_and_writes_are_journaled(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_a_full_pass_saves_the_cache_and_writes_are_journaled(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     rng = populated(store, settings, 200, seed=11)
     folder, token = store.cache_folder(), store.cache_token()
     assert folder is not None and token is not None
@@ -49,10 +36,10 @@ def test_a_full_pass_saves_the_cache_and_writes_are_journaled(db: tuple[Store, S
     assert journal_path(folder, token).read_text().split() == [user_point_id("late"), user_point_id("u3")]
 
 
-def test_incremental_pass_from_the_cache_equals_a_full_pass(db: tuple[Store, Settings]) -> None:
+def test_incremental_pass_from_the_cache_equals_a_full_pass(reciprocity_db: tuple[Store, Settings]) -> None:
     """Arrivals, rewritten users (new vector and profile) and new like histories, none of them named to
     the pass: the journal alone tells it what changed."""
-    store, settings = db
+    store, settings = reciprocity_db
     rng = populated(store, settings, 400, seed=12)
     store.upsert(USERS, [user_point(f"new{i}", rng) for i in range(20)])
     store.upsert(USERS, [user_point(f"u{i}", rng) for i in range(100, 106)])
@@ -69,8 +56,8 @@ def test_incremental_pass_from_the_cache_equals_a_full_pass(db: tuple[Store, Set
     assert_same_as_full_pass(store, settings)
 
 
-def test_a_lost_journal_or_another_token_is_not_trusted(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_a_lost_journal_or_another_token_is_not_trusted(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     rng = populated(store, settings, 300, seed=13)
     folder, token = store.cache_folder(), store.cache_token()
     assert folder is not None and token is not None
@@ -88,9 +75,11 @@ def test_a_lost_journal_or_another_token_is_not_trusted(db: tuple[Store, Setting
     assert_same_as_full_pass(store, settings)
 
 
-def test_a_count_that_disagrees_is_not_trusted(db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_count_that_disagrees_is_not_trusted(
+    reciprocity_db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A write the journal missed (here: one made with journaling switched off) shows in the point count."""
-    store, settings = db
+    store, settings = reciprocity_db
     rng = populated(store, settings, 300, seed=14)
     monkeypatch.setattr(type(store), "_before_write", lambda self, collection, ids: None)
     store.upsert(USERS, [user_point(f"late{i}", rng) for i in range(3)])
@@ -101,11 +90,11 @@ def test_a_count_that_disagrees_is_not_trusted(db: tuple[Store, Settings], monke
 
 
 def test_a_kill_between_the_writes_and_the_save_leaves_nothing_stale(
-    db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+    reciprocity_db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pass wrote statistics, then died before saving its table: the old cache's journal lists every
     write, so the next pass re-reads them (or scrolls) and the result is still exact."""
-    store, settings = db
+    store, settings = reciprocity_db
     rng = populated(store, settings, 300, seed=15)
     old_token = store.cache_token()
     store.upsert(USERS, [user_point(f"new{i}", rng) for i in range(15)])
@@ -123,8 +112,8 @@ def test_a_kill_between_the_writes_and_the_save_leaves_nothing_stale(
     assert_same_as_full_pass(store, settings)
 
 
-def test_a_deleted_user_leaves_no_trace_in_the_cache(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_a_deleted_user_leaves_no_trace_in_the_cache(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     populated(store, settings, 200, seed=16)
     folder = store.cache_folder()
     assert folder is not None and store.cache_token() is not None
@@ -142,8 +131,8 @@ def test_a_deleted_user_leaves_no_trace_in_the_cache(db: tuple[Store, Settings])
     assert loaded is not None and user_point_id("u77") not in set(loaded[0].ids.tolist())
 
 
-def test_setup_keeps_the_cache_and_a_rebuild_drops_it(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_setup_keeps_the_cache_and_a_rebuild_drops_it(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     populated(store, settings, 100, seed=17)
     token, folder = store.cache_token(), store.cache_folder()
     assert token is not None and folder is not None

@@ -6,95 +6,34 @@ top-K at once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
 
 from engine.compatibility import Profile
 from engine.likes import record_likes
-from engine.reciprocity import (
-    NO_KTH,
-    TOP_KEEP,
-    compatible_topk,
-    departures,
-    exact_kth,
-    refresh,
-    refresh_changed,
-)
+from engine.reciprocity.full import departures, refresh
+from engine.reciprocity.incremental import refresh_changed
+from engine.reciprocity.stats import TOP_KEEP
+from engine.reciprocity.topk import NO_KTH, compatible_topk, exact_kth
 from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
 from engine.settings import Settings
-from engine.store import Store, open_store
+from engine.store import Store
 from engine.store.base import Point
 from engine.users import delete_user
-
-DIM = 16
-K = 12
-GENDERS = ("female", "male", "nonbinary")
-
-
-@pytest.fixture(params=["edge", "local"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Settings]]:
-    settings = Settings(store_path=tmp_path / "q", store_backend=request.param, progress=False)  # type: ignore[call-arg]
-    # K above the window kept per user (TOP_KEEP), so merges that shrink the window are exercised too.
-    settings = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"reciprocity_k": K})})
-    store = open_store(settings)
-    store.setup("test-encoder", DIM)
-    try:
-        yield store, settings
-    finally:
-        store.close()
+from tests.engine.reciprocity_population import (
+    DIM,
+    GENDERS,
+    K,
+    assert_same_as_full_pass,
+    disagreements,
+    populated,
+    stats,
+    user_point,
+)
 
 
-def user_point(uid: str, rng: np.random.Generator) -> Point:
-    """A user with a random unit vector and a random profile (varied genders, seeking sets, windows)."""
-    g = GENDERS[int(rng.integers(3))]
-    age = int(rng.integers(18, 50))
-    seeking = sorted(set(rng.choice(GENDERS, size=int(rng.integers(1, 4))).tolist()))
-    lo, hi = max(18, age - int(rng.integers(0, 12))), age + int(rng.integers(0, 12))
-    v = rng.standard_normal(DIM).astype(np.float32)
-    payload = {"user_id": uid, "gender": g, "age": age, "seeking": seeking, "age_min": lo, "age_max": hi}
-    return Point(id=user_point_id(uid), vector=v / np.linalg.norm(v), payload=payload)
-
-
-def stats(store: Store) -> dict[str, dict[str, Any]]:
-    return {p.id: dict(p.payload) for p in store.scroll(USERS)}
-
-
-def populated(store: Store, settings: Settings, n: int, seed: int) -> np.random.Generator:
-    rng = np.random.default_rng(seed)
-    store.upsert(USERS, [user_point(f"u{i}", rng) for i in range(n)])
-    for i in range(0, 40, 4):  # some like histories: those users' lists are ranked by their taste
-        record_likes(store, f"u{i}", [f"u{i + 1}", f"u{i + 2}"], settings=settings)
-    refresh(store, settings)
-    return rng
-
-
-def disagreements(store: Store, settings: Settings) -> list[str]:
-    """Users whose stored statistics a full pass changes: a different ``kth_sim``, or a stored window that
-    is not the tail of the full pass's (an incremental window may be shorter: it loses an entry each time an
-    arrival lands above it, and the full pass fills it again). Runs the full pass."""
-    before = stats(store)
-    refresh(store, settings)
-    wrong = []
-    for pid, payload in stats(store).items():
-        old = before[pid]
-        window = old[KTH_TOP]
-        tail = payload[KTH_TOP][len(payload[KTH_TOP]) - len(window) :]
-        same_kth = abs(payload[KTH_SIM] - old[KTH_SIM]) <= 1e-6
-        if not same_kth or len(tail) != len(window) or not np.allclose(tail, window, atol=1e-6):
-            wrong.append(old["user_id"])
-    return wrong
-
-
-def assert_same_as_full_pass(store: Store, settings: Settings) -> None:
-    assert disagreements(store, settings) == []
-
-
-def test_full_pass_stores_the_top_k_list_exactly(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_full_pass_stores_the_top_k_list_exactly(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     populated(store, settings, 200, seed=1)
     pts = list(store.scroll(USERS, with_vectors=True))
     vectors = np.stack([np.asarray(p.vector, np.float32) for p in pts])
@@ -115,8 +54,8 @@ def test_full_pass_stores_the_top_k_list_exactly(db: tuple[Store, Settings]) -> 
     np.testing.assert_allclose(got, expected[without_taste], atol=1e-5)
 
 
-def test_incremental_refresh_equals_a_full_pass(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_incremental_refresh_equals_a_full_pass(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     rng = populated(store, settings, 400, seed=2)
     before = stats(store)
     # 20 arrivals, 6 users rewritten (new vector and profile), 6 deleted, 3 new like histories.
@@ -148,10 +87,10 @@ def test_incremental_refresh_equals_a_full_pass(db: tuple[Store, Settings]) -> N
     assert rep.rewritten >= len(moved) > 0
 
 
-def test_arrivals_above_a_window_make_it_run_out_and_recompute(db: tuple[Store, Settings]) -> None:
+def test_arrivals_above_a_window_make_it_run_out_and_recompute(reciprocity_db: tuple[Store, Settings]) -> None:
     """Ten near-copies of one user's taste, compatible with them: more newcomers above their window than it
     holds entries, so the window cannot tell the new K-th and that user is recomputed; still exact."""
-    store, settings = db
+    store, settings = reciprocity_db
     rng = populated(store, settings, 300, seed=6)
     target = next(p for p in stats(store).values() if p[KTH_SIM] > NO_KTH and "male" in p["seeking"])
     (tp,) = store.retrieve(USERS, [user_point_id(target["user_id"])], with_vectors=True)
@@ -169,9 +108,11 @@ def test_arrivals_above_a_window_make_it_run_out_and_recompute(db: tuple[Store, 
     assert after.payload[KTH_SIM] > target[KTH_SIM]
 
 
-def test_incremental_refresh_without_the_departures_leaves_stale_statistics(db: tuple[Store, Settings]) -> None:
+def test_incremental_refresh_without_the_departures_leaves_stale_statistics(
+    reciprocity_db: tuple[Store, Settings],
+) -> None:
     """The control for the test above: what the departures are for (a full pass must then rewrite)."""
-    store, settings = db
+    store, settings = reciprocity_db
     populated(store, settings, 400, seed=3)
     hubs = sorted(stats(store).values(), key=lambda p: -p[KTH_SIM])[:10]
     store.delete(USERS, [user_point_id(p["user_id"]) for p in hubs])
@@ -179,10 +120,10 @@ def test_incremental_refresh_without_the_departures_leaves_stale_statistics(db: 
     assert len(disagreements(store, settings)) > 0
 
 
-def test_missing_statistics_are_computed_as_arrivals(db: tuple[Store, Settings]) -> None:
+def test_missing_statistics_are_computed_as_arrivals(reciprocity_db: tuple[Store, Settings]) -> None:
     """A user written without statistics (a run stopped before its refresh) is found and merged in, with
     no arrival named; a changed K makes every list stale and the pass recomputes everyone."""
-    store, settings = db
+    store, settings = reciprocity_db
     rng = populated(store, settings, 300, seed=4)
     store.upsert(USERS, [user_point(f"late{i}", rng) for i in range(5)])
     rep = refresh_changed(store, settings)
@@ -194,8 +135,8 @@ def test_missing_statistics_are_computed_as_arrivals(db: tuple[Store, Settings])
     assert refresh(store, other_k).rewritten == 0
 
 
-def test_delete_user_refreshes_the_others_at_once(db: tuple[Store, Settings]) -> None:
-    store, settings = db
+def test_delete_user_refreshes_the_others_at_once(reciprocity_db: tuple[Store, Settings]) -> None:
+    store, settings = reciprocity_db
     populated(store, settings, 400, seed=5)
     # The user most often in others' top-K lists: deleting them moves the most statistics.
     pts = list(store.scroll(USERS, with_vectors=True))
@@ -238,10 +179,10 @@ def test_compatible_topk_on_large_and_small_groups(coarse: bool) -> None:
     np.testing.assert_allclose(compatible_topk(v, profiles, K, queries=queries)[rows], got, atol=1e-6)
 
 
-def test_record_likes_refreshes_the_likers_own_statistics(db: tuple[Store, Settings]) -> None:
+def test_record_likes_refreshes_the_likers_own_statistics(reciprocity_db: tuple[Store, Settings]) -> None:
     """A new like history changes the liker's taste, hence what their own list is ranked by: their kth_sim
     is recomputed at once (nobody else's depends on their taste)."""
-    store, settings = db
+    store, settings = reciprocity_db
     populated(store, settings, 300, seed=8)
     record_likes(store, "u100", ["u7", "u8", "u9"], settings=settings)
     assert disagreements(store, settings) == []

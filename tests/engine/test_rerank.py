@@ -1,4 +1,4 @@
-"""The reranking maths (engine/rerank.py): aggregation, taste, best photo, reciprocity, the whole formula."""
+"""The reranking maths (engine/ranking/rerank.py): aggregation, taste, best photo, reciprocity, the whole formula."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidInput
-from engine.rerank import (
+from engine.ranking.rerank import (
     RerankInput,
     RerankWeights,
     aggregate,

@@ -1,5 +1,6 @@
-"""Stage 2's fusion by expected mutual match and its exposure control (engine/rerank.py, engine/exposure.py),
-and recommend() honouring an impression budget and cold-start slots through an ExposureLedger."""
+"""Stage 2's fusion by expected mutual match and its exposure control (engine/ranking/rerank.py,
+engine/ranking/exposure.py), and recommend() honouring an impression budget and cold-start slots through an
+ExposureLedger."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidInput
-from engine.exposure import ExposureLedger, ExposurePolicy, choose, fresh_mask, select
 from engine.feedback import Event, record_feedback
-from engine.learning import rebuild_preferences
-from engine.reciprocity import refresh
+from engine.learned.rebuild import rebuild_preferences
+from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose, fresh_mask, select
+from engine.ranking.rerank import aggregate
+from engine.reciprocity.full import refresh
 from engine.recommend import recommend
-from engine.rerank import aggregate
 from engine.settings import Settings
 from engine.store import Store
 from tests.engine.test_recommend import DIM, db, put_users, user  # noqa: F401 - db is a fixture

@@ -1,6 +1,6 @@
-"""The per-process copies ``recommend()`` serves from (``engine.feedback_cache``, ``engine.user_copies``): they
-answer exactly what the store would, and no write leaves them stale (feedback, delete-user, a profile change,
-a model rebuild, a write that bypasses ``record_feedback``)."""
+"""The per-process copies ``recommend()`` serves from (``engine.ranking.feedback_cache``,
+``engine.ranking.user_copies``): they answer exactly what the store would, and no write leaves them stale
+(feedback, delete-user, a profile change, a model rebuild, a write that bypasses ``record_feedback``)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine import feedback_cache, user_copies
-from engine.askers import load_askers
 from engine.feedback import Event, around, record_feedback
 from engine.filters import Filter
-from engine.learning import rebuild_preferences
+from engine.learned.rebuild import rebuild_preferences
+from engine.learned.served import served_model
+from engine.ranking import feedback_cache, user_copies
+from engine.ranking.askers import load_askers
 from engine.recommend import _stage1_query, recommend
 from engine.schema import FEEDBACK, PHOTOS, USERS, user_point_id
-from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point

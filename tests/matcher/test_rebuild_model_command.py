@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.learning import load_model_global
+from engine.learned.rebuild import load_model_global
+from engine.learned.served import served_model
 from engine.schema import user_point_id
-from engine.served_model import served_model
 from engine.settings import Settings
 from engine.store import open_store
 from matcher.cli import main

@@ -18,8 +18,8 @@ import pytest
 from engine.errors import UserNotFound
 from engine.feedback import Event, record_feedback
 from engine.likes import record_likes
+from engine.ranking.rerank import taste_vector
 from engine.recommend import recommend
-from engine.rerank import taste_vector
 from engine.schema import FEEDBACK, LIKED_IDS, META, PHOTOS, TASTE, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import open_store

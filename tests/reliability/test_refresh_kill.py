@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from engine.reciprocity import refresh_changed
+from engine.reciprocity.incremental import refresh_changed
 from engine.schema import USERS
 from engine.settings import Settings
 from engine.store import open_store
-from tests.engine.test_refresh_incremental import DIM, K, assert_same_as_full_pass, populated, user_point
+from tests.engine.reciprocity_population import DIM, K, assert_same_as_full_pass, populated, user_point
 
 CHILD = """
 import os, signal, sys
 from pathlib import Path
-import engine.reciprocity_incremental as inc
+import engine.reciprocity.incremental as inc
 from engine.settings import Settings
 from engine.store import open_store
 

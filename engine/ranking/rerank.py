@@ -29,7 +29,7 @@ and the final score aggregates the two directions with a mean that punishes one-
 
       score = H(s(A→B), s(B→A)) = 2 · s(A→B) · s(B→A) / (s(A→B) + s(B→A))
 
-or, where each direction is a probability (the learned model of ``engine.preference``), by the expected
+or, where each direction is a probability (the learned model of ``engine.learned.model``), by the expected
 mutual match ``product`` = P(A→B) · P(B→A) ** γ, γ (``reverse_exponent``) weighing the reply.
 
 All weights are ``RecommendSettings`` fields, not constants here.

@@ -12,10 +12,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
-from engine.feedback_cache import around_cached
 from engine.filters import Filter, MatchAny
+from engine.learned.served import ServedModel, served_model
 from engine.likes import liked_vectors
-from engine.rerank import (
+from engine.ranking.feedback_cache import around_cached
+from engine.ranking.rerank import (
     l2_normalize,
     taste_vector,
 )
@@ -33,7 +34,6 @@ from engine.schema import (
     usable_vector,
     user_point_id,
 )
-from engine.served_model import ServedModel, served_model
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
@@ -57,7 +57,7 @@ class Asker:
     served: ServedModel | None = None
     row: int = -1
     pref_taste: np.ndarray | None = None
-    vectors_kept: bool = False  # the candidates' vectors come from this process's copy (engine.user_copies)
+    vectors_kept: bool = False  # the candidates' vectors come from this process's copy (engine.ranking.user_copies)
 
     @property
     def taste_is_own(self) -> bool:

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.askers import Asker, stored_kth
-from engine.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.feedback import LIKE, PASS
 from engine.filters import Filter, HasId, MatchAny
-from engine.preference import congestion_factor, served_probabilities_arrays
-from engine.rerank import (
+from engine.learned.model import congestion_factor, served_probabilities_arrays
+from engine.learned.served import ServedModel
+from engine.ranking.askers import Asker, stored_kth
+from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose
+from engine.ranking.rerank import (
     RerankInput,
     RerankResult,
     RerankWeights,
@@ -34,6 +35,8 @@ from engine.rerank import (
     l2_normalize,
     rerank,
 )
+from engine.ranking.user_copies import kept_vectors, photo_ids
+from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
     PHOTO_IDS,
     PHOTOS,
@@ -42,11 +45,8 @@ from engine.schema import (
     USERS,
     photo_ids_of,
 )
-from engine.served_model import ServedModel
 from engine.settings import Settings
 from engine.store.base import Query, ScoredPoint, Store
-from engine.topk import NO_KTH
-from engine.user_copies import kept_vectors, photo_ids
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def _learned_matches(
 
 def _best_photos(store: Store, asker: Asker, payloads: list[dict[str, Any]]) -> list[str | None]:
     """Each candidate's photo nearest the asker's taste: from this process's copy of their photos' vectors
-    (``engine.user_copies``), else one exact query restricted to their photos."""
+    (``engine.ranking.user_copies``), else one exact query restricted to their photos."""
     photo_owner = {str(ph): i for i, pl in enumerate(payloads) for ph in photo_ids_of(pl)}
     best: list[str | None] = [None] * len(payloads)
     if not photo_owner:

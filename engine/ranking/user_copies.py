@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from engine.filters import Condition, Filter, HasId, MatchAny, Range
+from engine.learned.served import ServedModel
 from engine.schema import PHOTO_IDS, PHOTOS, USERS
-from engine.served_model import ServedModel
 from engine.store.base import Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
-"""Fitting the learned two-sided preference (``engine.preference``) on a log of likes and passes.
+"""Fitting the learned two-sided preference (``engine.learned.model``) on a log of likes and passes.
 
 ``fit_preference`` computes every per-user statistic (smoothed like rates, Rocchio tastes in the users' main
 directions, SVD factors of the interaction matrix) with chunked segment sums over the log, so memory stays
 bounded at 10 M events; the weights are fitted by Newton's method on a held-out fifth of the pairs, with the
 statistics of the other four fifths, then everything is recomputed on the whole log for serving.
-``like_logit`` and ``shrunk_taste`` are the two formulas the incremental update (``engine.learning``) reuses.
+``like_logit`` and ``shrunk_taste`` are the two formulas the incremental update (``engine.learned.rebuild``) reuses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput
-from engine.preference import (
+from engine.learned.model import (
     EVENT_CHUNK,
     FEATURES,
     PreferenceConfig,

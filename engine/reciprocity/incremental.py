@@ -1,6 +1,6 @@
 """The incremental reciprocity pass (``refresh_changed``, what ingestion runs): recompute exactly only the
 users whose top-K a change can move, and merge arrivals into the others' stored windows; see
-``engine.reciprocity`` for the statistics and the passes, ``engine.refresh_cache`` for the table it starts
+``engine.reciprocity`` for the statistics and the passes, ``engine.reciprocity.table`` for the table it starts
 from.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import InvalidInput
-from engine.reciprocity_stats import (
+from engine.reciprocity.stats import (
     DEPARTED_TOL,
     RETRIEVE,
     TOP_KEEP,
@@ -27,11 +27,11 @@ from engine.reciprocity_stats import (
     top_stats,
     write_changes,
 )
-from engine.refresh_cache import Table, load, save
+from engine.reciprocity.table import Table, load, save
+from engine.reciprocity.topk import NO_KTH, Groups, against, compatible_topk
 from engine.schema import USERS, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Store
-from engine.topk import NO_KTH, Groups, against, compatible_topk
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def refresh_changed(
     ``arrived``: user ids stored or rewritten since the statistics were last computed (their vector or
     profile is read from the store as it is now). ``departed``: the users deleted or rewritten, as they were
     before (:func:`departures`; a rewritten user is in both). ``retasted``: users whose like history changed.
-    With a trusted cache (``engine.refresh_cache``) these only add to what its journal lists; without one
+    With a trusted cache (``engine.reciprocity.table``) these only add to what its journal lists; without one
     the users collection is scrolled and these must name every change.
 
     Exactly recomputed: arrivals, retasted users and users who liked an arrival (their taste changes), every

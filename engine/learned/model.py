@@ -28,8 +28,8 @@ Each direction is a logistic model over a few signals, every one of them learned
 The weights ``w`` (and the standardisation ``z``) are fitted on a held-out fifth of the log (pairs hashed
 out), with the signals computed from the other four fifths, so the model learns how much each signal
 predicts a decision it has not seen; then every statistic is recomputed on the whole log for serving
-(``engine.preference_fit``). This module holds the model's types and how a pair is scored. Pure numpy:
-importable without torch. See ``engine.matches`` for how it is served (the two directions fused by
+(``engine.learned.fit``). This module holds the model's types and how a pair is scored. Pure numpy:
+importable without torch. See ``engine.ranking.matches`` for how it is served (the two directions fused by
 ``recommend.learned_aggregation``, the expected mutual match by default).
 """
 
@@ -271,7 +271,7 @@ def served_probabilities(
 def served_probabilities_arrays(
     shared: dict[str, Any], asker: dict[str, np.ndarray], candidates: dict[str, np.ndarray], photo: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``served_probabilities`` from stacked statistics (``engine.served_model.ServedModel.side``): the asker
+    """``served_probabilities`` from stacked statistics (``engine.learned.served.ServedModel.side``): the asker
     as one row, the n candidates as n rows; the same arithmetic, without one ``SideStats`` per candidate."""
     n = len(photo)
     if n == 0:

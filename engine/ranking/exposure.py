@@ -16,7 +16,7 @@ so a viewer is never left short while enough candidates remain:
   until ``explore_min`` viewers have been shown them, so their first period brings them that many
   impressions wherever stage 1 finds them, and the log then learns their appeal.
 * **congestion penalty** (``congestion_capacity``, ``congestion_strength``): the fused score is multiplied
-  by ``min(1, capacity / likes received per period) ** strength`` (``engine.preference.congestion_factor``).
+  by ``min(1, capacity / likes received per period) ** strength`` (``engine.learned.model.congestion_factor``).
 
 ``select`` returns the chosen candidates in display order (by fused score); pure numpy.
 """

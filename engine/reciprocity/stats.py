@@ -1,5 +1,5 @@
 """The per-user bookkeeping the reciprocity passes share (``engine.reciprocity``,
-``engine.reciprocity_incremental``): a user's statistics from their top-K row, what is stored, what changed
+``engine.reciprocity.incremental``): a user's statistics from their top-K row, what is stored, what changed
 and must be written, tastes, and merging new similarities into a stored window.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from engine.likes import taste_payload
-from engine.refresh_cache import Table
+from engine.reciprocity.table import Table
+from engine.reciprocity.topk import NO_KTH
 from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile
 from engine.store.base import Store
-from engine.topk import NO_KTH
 
 TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
 # A departed user counts as having been in B's top-K when their similarity is this close to B's last entry

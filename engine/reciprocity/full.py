@@ -1,34 +1,14 @@
-"""The batch passes behind cheap rank reciprocity: each user's ``kth_sim``, stored in their payload.
-
-``kth_sim`` of user B is the cosine similarity between B's taste (B's mean vector, or the ``taste`` of
-``engine.likes`` when B has a like history: what B's own list is ranked by) and B's K-th nearest
-*compatible* user (``K = recommend.reciprocity_k``; compatibility as in ``engine.compatibility``).
-"Is A within B's top-K?" then becomes ``cos(t_B, v_A) >= kth_sim_B``: one comparison at query time instead
-of a reverse ANN query per candidate (the same idea as CSLS's per-point neighbourhood radius against hubness).
-A user with fewer than K compatible users gets ``kth_sim = -1`` (everyone compatible is in their top-K).
-
-Next to ``kth_sim`` each user keeps ``kth_top``: ranks K-7..K of their top-K similarities (all of them
-when they have fewer than K compatible users). That window is what makes an *incremental* refresh exact: a
-new user enters B's top-K exactly when ``cos(t_B, v_new)`` beats ``kth_sim``, and the new ``kth_sim`` is then
-read off the window merged with it, without scoring B against their whole pool again.
+"""The full reciprocity pass, and the passes for a few users: deletions and a new like history (see the
+package docstring, ``engine.reciprocity``, for the statistics themselves).
 
 * :func:`refresh` — the full batch pass (``matcher refresh``): one ``scroll`` of the users collection with
-  vectors, then exact brute force (``engine.topk.compatible_topk``: one matrix product per compatible
-  group), about ``n x (compatible users per user) x dim`` multiply-adds — quadratic in n.
-* :func:`refresh_changed` — what ingestion runs: recomputes exactly only the users whose top-K the change
-  can move, and merges arrivals into the others' windows. It starts from the table the previous pass saved
-  beside the store (``engine.refresh_cache``: validated by a token in META and a journal of every users
-  point written since) and re-reads only the journaled users; without a cache it scrolls. Its work is then
-  ``changes x pool x dim`` plus the writes, and the result equals a full pass
-  (tests/engine/test_refresh_incremental.py).
+  vectors, then exact brute force (``engine.reciprocity.topk.compatible_topk``: one matrix product per
+  compatible group), about ``n x (compatible users per user) x dim`` multiply-adds — quadratic in n. It saves
+  the users table beside the store for the incremental pass (``engine.reciprocity.table``).
 * :func:`refresh_departed` / :func:`refresh_user` — ``delete-user`` and a new like history: a few users,
   each recomputed with one exact filtered top-K query of the store.
-
-Only the points whose statistics changed are written, and only those payload keys (``Store.set_payload``:
-on Edge the points keep their HNSW index, so no ``optimize()`` is needed). The modules: this one (the full
-pass, deletions, one user), ``engine.reciprocity_incremental`` (``refresh_changed``, re-exported here),
-``engine.reciprocity_stats`` (per-user bookkeeping both share), ``engine.topk`` (the exact top-K
-computation) and ``engine.refresh_cache`` (the users table and its cache).
+* :func:`departures` — the stored state of users about to be deleted or rewritten, for
+  ``engine.reciprocity.incremental.refresh_changed``.
 """
 
 from __future__ import annotations
@@ -41,10 +21,8 @@ import numpy as np
 
 from engine.compatibility import compatible_filter
 from engine.errors import InvalidInput
-from engine.reciprocity_incremental import refresh_changed
-from engine.reciprocity_stats import (
+from engine.reciprocity.stats import (
     DEPARTED_TOL,
-    TOP_KEEP,
     Departed,
     RefreshReport,
     payload_change,
@@ -55,20 +33,15 @@ from engine.reciprocity_stats import (
     top_stats,
     write_changes,
 )
-from engine.refresh_cache import Table, save
+from engine.reciprocity.table import Table, save
+from engine.reciprocity.topk import NO_KTH, compatible_topk
 from engine.schema import TASTE, USERS, Profile, usable_vector, user_point_id
 from engine.settings import Settings
 from engine.store.base import Point, Query, ScoredPoint, Store
-from engine.topk import NO_KTH, compatible_kth, compatible_topk, exact_kth
 
 log = logging.getLogger(__name__)
 
-# The top-K, incremental and bookkeeping functions callers use are re-exported here: one import for the refresh.
-__all__ = [
-    "NO_KTH", "TOP_KEEP", "Departed",
-    "RefreshReport", "compatible_kth", "compatible_topk", "departures", "exact_kth", "kth_from_results", "refresh",
-    "refresh_changed", "refresh_departed", "refresh_user",
-]  # fmt: skip
+__all__ = ["departures", "kth_from_results", "refresh", "refresh_departed", "refresh_user"]
 
 
 def kth_from_results(results: Sequence[ScoredPoint], k: int) -> float:
@@ -96,7 +69,7 @@ def departures(store: Store, user_ids: Iterable[str]) -> list[Departed]:
 
 def refresh(store: Store, settings: Settings, *, chunk: int = 2048) -> RefreshReport:
     """Recompute ``kth_sim``, ``kth_top`` (and ``taste`` where there are likes) for every user, write back
-    what changed, and save the users table as the refresh cache (``engine.refresh_cache``): the full batch
+    what changed, and save the users table as the refresh cache (``engine.reciprocity.table``): the full batch
     pass (``matcher refresh``).
 
     ``chunk``: most users scored in one similarity block (memory: ``chunk`` x compatible users x 4 bytes).

@@ -1,7 +1,7 @@
-"""The learned preference model (``engine.preference``) in the store: the full rebuild, the incremental update
+"""The learned preference model (``engine.learned.model``) in the store: the full rebuild, the incremental update
 after a feedback batch, and what serving reads.
 
-Where it lives: ``engine.served_model`` (columnar blocks in the ``matcher_meta`` collection: the shared part —
+Where it lives: ``engine.learned.served`` (columnar blocks in the ``matcher_meta`` collection: the shared part —
 weights, standardisation, cold-start row, reduced space and taste basis — and per-user rows of ~70 statistics
 plus the 64-d taste coordinates). ``recommend()`` serves it through ``served_model``'s per-store copy, which is
 checked against the stored version on every call. A store without a model serves the photo-only engine.
@@ -35,10 +35,9 @@ from tqdm import tqdm
 from engine.errors import InvalidInput
 from engine.feedback import decision_arrays
 from engine.filters import Filter, MatchAny
-from engine.preference import FEATURES, PreferenceConfig, PreferenceModel
-from engine.preference_fit import fit_preference, like_logit, shrunk_taste
-from engine.schema import FEEDBACK, META, USER_ID, USERS, usable_vector, user_point_id
-from engine.served_model import (
+from engine.learned.fit import fit_preference, like_logit, shrunk_taste
+from engine.learned.model import FEATURES, PreferenceConfig, PreferenceModel
+from engine.learned.served import (
     CHUNK_ROWS,
     MODEL_KEY,
     MODEL_POINT_ID,
@@ -54,14 +53,21 @@ from engine.served_model import (
     write_blocks,
     write_version,
 )
+from engine.schema import (
+    FEEDBACK,
+    LEGACY_MODEL_FIELDS,
+    LEGACY_MODEL_STATS,
+    META,
+    USER_ID,
+    USERS,
+    usable_vector,
+    user_point_id,
+)
 from engine.settings import Settings
 from engine.store.base import Point, Store
 
 log = logging.getLogger(__name__)
 
-# Payload keys the model wrote on users points before it moved to engine.served_model (no longer written).
-PREF_FIELD = "pref"
-PREF_TASTE_FIELD = "pref_taste"
 _META_VECTOR = np.ones(1, dtype=np.float32)
 
 
@@ -97,8 +103,8 @@ def _users(store: Store) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     pids: list[str] = []
     vecs: list[np.ndarray] = []
     legacy: list[str] = []
-    for p in store.scroll_payload(USERS, (USER_ID, PREF_FIELD), with_vectors=True, batch_size=2048):
-        if PREF_FIELD in (p.payload or {}):
+    for p in store.scroll_payload(USERS, (USER_ID, LEGACY_MODEL_STATS), with_vectors=True, batch_size=2048):
+        if LEGACY_MODEL_STATS in (p.payload or {}):
             legacy.append(p.id)
         v = usable_vector(p)
         if v is None:
@@ -146,7 +152,7 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = C
     if legacy:  # once per store: the per-user payloads of the old format (half a KB to 5 KB per user)
         log.info("model rebuild: removing the old per-user model payloads of %d users", len(legacy))
         for s in range(0, len(legacy), 1024):
-            store.set_payload(USERS, {pid: {PREF_FIELD: None, PREF_TASTE_FIELD: None} for pid in legacy[s : s + 1024]})
+            store.set_payload(USERS, {pid: dict.fromkeys(LEGACY_MODEL_FIELDS) for pid in legacy[s : s + 1024]})
     seconds["write_s"] = time.perf_counter() - t
     weights = dict(zip(("bias", *FEATURES), model.weights.round(4).tolist(), strict=True))
     return RebuildReport(n, int(viewer.size), seconds, weights)
@@ -324,7 +330,7 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
 def _scrub(store: Store, sm: Any, pids: list[str]) -> None:
     """Blank the rows of ``pids`` (deleted users) in every stored block that holds them (the chunk of the
     last rebuild and earlier patches), so an erasure leaves no statistics of theirs in the model's blocks."""
-    from engine.served_model import BLOCK_KEY, decode
+    from engine.learned.served import BLOCK_KEY, decode
 
     gone = set(pids)
     ids = [chunk_point_id(sm.model_id, i) for i in range(int(sm.shared.get("chunks", 0)))]
@@ -362,8 +368,6 @@ def _pairs(rows: list[dict[str, Any]], index: dict[str, int]) -> np.ndarray:
 
 __all__ = [
     "MODEL_POINT_ID",
-    "PREF_FIELD",
-    "PREF_TASTE_FIELD",
     "RebuildReport",
     "UpdateReport",
     "load_model_global",

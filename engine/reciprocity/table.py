@@ -3,7 +3,7 @@
 :class:`Table` holds every users point with a usable vector and profile as arrays: ids, the (n, d) matrix of
 mean vectors, the compatibility attributes (genders as bits of an append-only vocabulary), like histories
 (CSR), stored tastes, and the stored statistics (``kth_sim``, ``kth_k``, ``kth_top``). A full pass builds it
-from one scroll of the users collection; an incremental pass (``engine.reciprocity.refresh_changed``) can
+from one scroll of the users collection; an incremental pass (``engine.reciprocity.incremental.refresh_changed``) can
 instead :func:`load` the table the previous pass saved, and re-read only the users written since.
 
 The cache is trusted only when all of these hold (else the caller scrolls, and nothing is lost):
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.reciprocity.topk import Groups
 from engine.schema import KTH_K, KTH_SIM, KTH_TOP, LIKED_IDS, TASTE, Profile
 from engine.store.base import Point, Store
 from engine.store.cache import journal_path, read_journal
-from engine.topk import Groups
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ to the collection, whatever code makes it (``record_feedback``, ``delete_feedbac
 process can write behind it. When the count moved, the whole copy is dropped, except after
 ``record_feedback``'s own writes (:func:`forget_users`), which drop only the users whose answer changed.
 Where ``write_count`` is None (a Qdrant server, written by other processes too) nothing is cached and every
-call reads the store, as before. (The served model's version point, ``engine.served_model``, would serve the
+call reads the store, as before. (The served model's version point, ``engine.learned.served``, would serve the
 same purpose across processes at one ``retrieve`` per call; the embedded store needs none.)
 """
 
