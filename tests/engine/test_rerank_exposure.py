@@ -64,6 +64,14 @@ def test_explore_slots_take_the_best_fresh_candidates() -> None:
                    decisions_received=received)  # fmt: skip
     assert picks.tolist() == [0, 1, 4]
     assert fresh_mask(np.array([9, 10, 0]), np.array([0, 0, 10]), 10).tolist() == [True, False, False]
+    # A newcomer (no decision received) already shown a few times this period still comes before an
+    # established user with a few decisions and no impression yet; newcomers shown enough do not block.
+    score = np.array([0.9, 0.8, 0.3, 0.2, 0.1])
+    received = np.array([50, 0, 2, 0, 50])
+    seen = np.array([0, 10, 0, 3, 0])
+    picks = select(score, 2, ExposurePolicy(explore_slots=1, explore_min=10), period_impressions=seen,
+                   decisions_received=received)  # fmt: skip
+    assert picks.tolist() == [0, 3]
     with pytest.raises(InvalidInput, match="explore_slots"):
         ExposurePolicy(explore_slots=-1)
 
