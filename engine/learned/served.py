@@ -76,6 +76,11 @@ def patch_point_id(model_id: str, gen: int) -> str:
     return str(uuid.uuid5(_NS, f"{model_id}/patch/{gen}"))
 
 
+# Stage 1's fresh leg names at most this many users by id (a HasId filter): the cold-start slots need a few
+# per asker, and a filter of 100,000 ids would cost more than the query.
+FRESH_IDS_MAX = 5000
+
+
 @dataclass(frozen=True)
 class Layout:
     """Column layout of a statistics row: pickiness, appeal, taste (rank), vproj (rank), viewer factors,
@@ -130,6 +135,7 @@ class ServedModel:
     index: dict[str, int] = field(default_factory=dict)
     popular: HasId = field(default_factory=lambda: HasId(frozenset()))
     meta_writes: int | None = None  # the store's write count on META when this copy was last found current
+    _fresh: tuple[tuple[int, int, int], HasId] | None = None  # (explore_min, gen, rows) -> fresh_ids' answer
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -137,6 +143,23 @@ class ServedModel:
         # Stage 1's second query is restricted to these: one condition object per model (a backend may keep
         # its translation of a condition it sees again).
         self.popular = HasId.of(str(p) for p in self.shared.get("popular_ids") or [])
+
+    def fresh_ids(self, explore_min: int, limit: int = FRESH_IDS_MAX) -> HasId:
+        """The users in the model with fewer than ``explore_min`` decisions received (cold start), as one
+        condition for stage 1's fresh leg: at most ``limit`` of them, those with the fewest decisions first
+        (stable). Kept until the copy changes (a patch, new rows) or ``explore_min`` does."""
+        key = (int(explore_min), self.gen, len(self.point_ids))
+        if self._fresh is not None and self._fresh[0] == key:
+            return self._fresh[1]
+        if len(self.stats) == 0:
+            ids = HasId(frozenset())
+        else:
+            received = self.stats[:, self.layout.slices()["n"].start + 1]
+            rows = np.flatnonzero(received < explore_min)
+            rows = rows[np.argsort(received[rows], kind="stable")][:limit]
+            ids = HasId.of(self.point_ids[int(i)] for i in rows)
+        self._fresh = (key, ids)
+        return ids
 
     def rows(self, point_ids: list[str]) -> np.ndarray:
         """(n,) row of each point id, -1 for users not in the model."""
@@ -323,6 +346,7 @@ def forget(store: Store) -> None:
 
 
 __all__ = [
+    "FRESH_IDS_MAX",
     "MODEL_POINT_ID",
     "MODEL_VERSION_POINT_ID",
     "Layout",

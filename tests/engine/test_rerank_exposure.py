@@ -65,6 +65,14 @@ def test_explore_slots_take_the_best_fresh_candidates() -> None:
                    decisions_received=received)  # fmt: skip
     assert picks.tolist() == [0, 1, 4]
     assert fresh_mask(np.array([9, 10, 0]), np.array([0, 0, 10]), 10).tolist() == [True, False, False]
+    # A newcomer (no decision received) already shown a few times this period still comes before an
+    # established user with a few decisions and no impression yet; newcomers shown enough do not block.
+    score = np.array([0.9, 0.8, 0.3, 0.2, 0.1])
+    received = np.array([50, 0, 2, 0, 50])
+    seen = np.array([0, 10, 0, 3, 0])
+    picks = select(score, 2, ExposurePolicy(explore_slots=1, explore_min=10), period_impressions=seen,
+                   decisions_received=received)  # fmt: skip
+    assert picks.tolist() == [0, 3]
     with pytest.raises(InvalidInput, match="explore_slots"):
         ExposurePolicy(explore_slots=-1)
 
@@ -84,21 +92,30 @@ def test_ledger_counts_periods_and_choose_records() -> None:
     assert ledger.total_counts(ids).tolist() == [0, 0, 0]
 
 
-def _market(store: Store, settings: Settings, n: int = 60, new: int = 4) -> tuple[list[str], list[str]]:
+def _market(
+    store: Store, settings: Settings, n: int = 60, new: int = 4, *, outliers: bool = False
+) -> tuple[list[str], list[str]]:
     """n users, half women seeking men and half men seeking women (everyone compatible with the other half);
     a random like/pass log among all but the last ``new`` of each gender (newcomers: no decision either way),
-    and the learned model rebuilt from it. Returns (all ids, newcomer ids)."""
+    and the learned model rebuilt from it. ``outliers``: the newcomers' vectors point away from everyone
+    else's, so no taste query ranks them high. Returns (all ids, newcomer ids)."""
     rng = np.random.default_rng(3)
-    people = [user(f"u{i:03d}", "female" if i % 2 else "male", 30, rng.standard_normal(DIM), rng=rng)
-              for i in range(n)]  # fmt: skip
+    people, first = [], {}
+    for i in range(n):
+        vec = rng.standard_normal(DIM)
+        if outliers and i >= n - 2 * new:  # everyone likes a high first coordinate; newcomers' is the lowest
+            vec[0] = -6.0
+        first[f"u{i:03d}"] = float(vec[0])
+        people.append(user(f"u{i:03d}", "female" if i % 2 else "male", 30, vec, rng=rng))
     put_users(store, people)
     store.optimize()
     refresh(store, settings)
     ids = [p["user_id"] for p in people]
     newcomers = ids[-2 * new :]
     old = [u for u in ids if u not in newcomers]
+    liked = (lambda b: first[b] > 0) if outliers else (lambda b: rng.random() < 0.4)  # noqa: E731
     events = [
-        Event(a, b, "like" if rng.random() < 0.4 else "pass", 1.0)
+        Event(a, b, "like" if liked(b) else "pass", 1.0)
         for a in old
         for b in old
         if (int(a[1:]) + int(b[1:])) % 2 == 1 and rng.random() < 0.5
@@ -143,3 +160,16 @@ def test_recommend_explores_newcomers(db: tuple[Store, Settings]) -> None:
     s = _with(settings, explore_slots=1, explore_min=need)
     explored = dict(zip(ids, _serve(ids, store, s, k).period_counts(ids).tolist(), strict=True))
     assert min(explored[u] for u in newcomers) >= need  # every newcomer reaches explore_min in their first period
+
+
+def test_newcomers_outside_every_pool_still_get_their_slots(db: tuple[Store, Settings]) -> None:
+    """Stage 1's fresh leg: newcomers whom no asker's taste query would fetch (a pool of k) are still among
+    the candidates, so the cold-start slots reach them (without the leg none of them is ever shown)."""
+    store, settings = db
+    ids, newcomers = _market(store, settings, outliers=True)
+    k, need = 5, 5
+    settings = _with(settings, exposure_budget=0, oversample=1, learned_pool=1, explore_slots=0)
+    plain = _serve(ids, store, settings, k).period_counts(newcomers)
+    assert plain.max() == 0  # the pool alone never holds them
+    s = _with(settings, explore_slots=1, explore_min=need)
+    assert _serve(ids, store, s, k).period_counts(newcomers).min() >= need
