@@ -16,9 +16,9 @@ their photos (as ingestion writes it). Genders 47/47/6 % female/male/nonbinary, 
 age window ±5 years, seeking the other binary gender (10 % of binary users seek both; nonbinary users
 seek everyone).
 
-``kth_sim`` (engine.reciprocity) is computed once with exact numpy (``engine.reciprocity.compatible_kth``,
+``kth_sim`` (engine.reciprocity) is computed once with exact numpy (``engine.reciprocity.topk.compatible_kth``,
 what ``refresh`` runs) and written into the users' payloads at upsert time on every backend, so all
-backends serve the same data; with ``--refresh`` the real ``engine.reciprocity.refresh`` pass (scroll of
+backends serve the same data; with ``--refresh`` the real ``engine.reciprocity.full.refresh`` pass (scroll of
 the users with vectors, the numpy pass, rewrite of changed points) is also timed on each backend.
 ``store_disk_mb`` is the embedded store's folder size after ``optimize()``.
 
@@ -413,12 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         "--local-disk", action="store_true", help="local mode on disk as the product opens it (slow writes)"
     )
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--model", action="store_true", help="serve a learned preference model (engine.learning)")
+    ap.add_argument("--model", action="store_true", help="serve a learned preference model (engine.learned.rebuild)")
     ap.add_argument("--decisions", type=int, default=30, help="--model: logged decisions per user")
     ap.add_argument("--oversample", type=int, default=None, help="override recommend.oversample")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--refresh", action="store_true", help="also time engine.reciprocity.refresh per backend")
+    ap.add_argument("--refresh", action="store_true", help="also time engine.reciprocity.full.refresh per backend")
     ap.add_argument("--workdir", type=Path, default=None, help="embedded stores go here (default: temp)")
     ap.add_argument(
         "--keep", action="store_true", help="keep the embedded stores in --workdir (for bench/learned_serving.py)"
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 omp_threads=os.environ.get("OMP_NUM_THREADS"),
                 generate_s=round(gen_s, 2),
                 kth_s=round(kth_s, 2),
-                kth_source="exact numpy (engine.reciprocity.compatible_kth, what refresh runs), written at upsert",
+                kth_source="exact numpy (engine.reciprocity.topk.compatible_kth, what refresh runs), written at upsert",
             )
             rows.append(row)
             if args.json:

@@ -156,7 +156,7 @@ def record_feedback(
     """Store ``events`` (idempotent; see the module docstring) and return what changed.
 
     ``update_model``: when a learned model is stored, the users whose decisions changed get their statistics
-    recomputed at once (``engine.learning.update_preferences``: pickiness, appeal, taste, counts; weights and
+    recomputed at once (``engine.learned.rebuild.update_preferences``: pickiness, appeal, taste, counts; weights and
     factors wait for the next full rebuild).
     ``require_known``: every user named must have a point in ``users`` (else ``UserNotFound`` for the first
     unknown one, and nothing is written). Within the batch, events on one pair are reduced as the store

@@ -5,7 +5,7 @@ blended with the people they liked when there is a like history), both sides' ge
 never the asker nor anyone in ``exclude``; ``recommend.oversample × k`` candidates, with their mean vectors
 and only the payload keys the rerank needs.
 
-Stage 2 (rerank, ``engine.rerank``): one more store lookup, restricted to the candidates:
+Stage 2 (rerank, ``engine.ranking.rerank``): one more store lookup, restricted to the candidates:
 
 * ``photos``: the asker's taste against every candidate photo (exact scoring over a few hundred points)
   -> each candidate's best photo for the asker.
@@ -14,11 +14,11 @@ The reverse direction (the asker's own vector and photos against the candidates'
 numpy from the vectors stage 1 brought back: on Edge that costs less than the query per asker photo it
 replaces, since moving scored points into Python costs more than the search itself. Candidates with a
 stored ``taste`` (a like history) are scored in the reverse direction with that taste. The final score is
-the formula documented in ``engine.rerank``. The asker is loaded by ``engine.askers``; stage 2 is
-``engine.matches``.
+the formula documented in ``engine.ranking.rerank``. The asker is loaded by ``engine.ranking.askers``; stage 2 is
+``engine.ranking.matches``.
 
-With a learned model (``engine.learning``), the per-user statistics come from the process's served copy of
-the model (``engine.served_model``, checked against the stored version, so never stale): stage 1 brings only
+With a learned model (``engine.learned.rebuild``), the per-user statistics come from the process's served copy of
+the model (``engine.learned.served``, checked against the stored version, so never stale): stage 1 brings only
 the candidates' ids and scores (and vectors, for the photo signal, where the store allows no per-process
 copy); the photo ids are read for the top ``k`` only. Where the store is embedded (``Store.write_count`` is
 not None: this process is its only writer), what a call reads besides stage 1's first query comes from
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 # Payload keys stage 1 fetches per candidate: nothing else crosses into Python.
 CANDIDATE_FIELDS: tuple[str, ...] = (USER_ID, PHOTO_IDS, KTH_SIM, TASTE)
 _QUERY_CHUNK = 64  # stage-1 queries per store round trip in recommend_many
-FRESH_PER_SLOT = 25  # stage 1's fresh leg: candidates per cold-start slot (engine.exposure)
+FRESH_PER_SLOT = 25  # stage 1's fresh leg: candidates per cold-start slot (engine.ranking.exposure)
 
 
 def _stage1_query(asker: Asker, k: int, exclude: Iterable[str], settings: Settings) -> Query:
@@ -162,7 +162,7 @@ def recommend(
     replaces the model's s(candidate→user): 1 for a like, 0 for a pass. ``likes``: user ids this user liked; they
     override the stored like history (``engine.likes``). Without ``store`` the store named by ``settings``
     (default: from the environment) is opened and closed again. ``exposure``: the serving process's
-    ``ExposureLedger``; the impression budget and cold-start slots (``engine.exposure``) read it, and the
+    ``ExposureLedger``; the impression budget and cold-start slots (``engine.ranking.exposure``) read it, and the
     returned list is recorded in it.
     Raises ``UserNotFound`` (unknown ``user_id`` or liked id), ``NoUserVector`` (no valid photo),
     ``InvalidInput`` (a ``ValueError``) for ``k <= 0``, ``StoreUnavailable``.

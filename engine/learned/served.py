@@ -8,7 +8,7 @@ Stored (all in the ``META`` collection, 1-d placeholder vectors)::
     chunk points            per-user rows of ``CHUNK_ROWS`` users each: point ids, user ids, the statistics
                             (float64, rounded to 5 decimals as the payloads were) and the 64-d taste
                             coordinates (float32), base64 (id: uuid5 of model id and chunk number)
-    patch points            rows an incremental update (``engine.learning.update_preferences``) rewrote, one
+    patch points            rows an incremental update (``engine.learned.rebuild.update_preferences``) rewrote, one
                             point per generation (id: uuid5 of model id and generation)
     MODEL_VERSION_POINT_ID  ``{"model": id, "gen": g}``: written last, so a reader that sees it finds
                             everything it names
@@ -167,7 +167,7 @@ class ServedModel:
         return np.fromiter((get(p, -1) for p in point_ids), dtype=np.int64, count=len(point_ids))
 
     def side(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The statistics of ``rows`` (-1: the cold row) as ``engine.preference.pair_features`` takes them."""
+        """The statistics of ``rows`` (-1: the cold row) as ``engine.learned.model.pair_features`` takes them."""
         rows = np.asarray(rows, np.int64)
         block = self.stats[np.maximum(rows, 0)] if len(self.stats) else np.zeros((len(rows), self.layout.width))
         block[rows < 0] = self.cold

@@ -1,5 +1,5 @@
 """The asker of ``recommend()``: their point, taste, photos, logged feedback and, with a learned model, their
-row in the served copy (``engine.served_model``), loaded for many askers in a few store calls."""
+row in the served copy (``engine.learned.served``), loaded for many askers in a few store calls."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ class Asker:
     # Logged feedback (engine.feedback): who decided what about the asker, and who is blocked either way.
     about: dict[str, str] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
-    # The learned preference model (engine.learning), when one is stored and recommend.model is "learned":
-    # its shared part, the served copy (engine.served_model) and the asker's row in it (-1: not in the model).
+    # The learned preference model (engine.learned.rebuild), when one is stored and recommend.model is "learned":
+    # its shared part, the served copy (engine.learned.served) and the asker's row in it (-1: not in the model).
     model: dict[str, Any] | None = None
     served: ServedModel | None = None
     row: int = -1

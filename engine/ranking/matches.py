@@ -1,15 +1,15 @@
 """Stage 2 of ``recommend()``: from stage 1's candidates to the ``k`` matches shown, with what explains each.
 
-Photo-only path (``engine.rerank``): one lookup of the candidates' photos gives each candidate's best photo for
+Photo-only path (``engine.ranking.rerank``): one lookup of the candidates' photos gives each candidate's best photo for
 the asker; the reverse direction (the asker's own vector and photos against the candidates' mean vectors, or a
 candidate's stored ``taste``) is scored in numpy from the vectors stage 1 brought back, the k-reciprocal rank
 test from the K-th similarities, the two directions fused (``recommend.aggregation``).
 
-Learned path (``engine.preference``): P(A likes B) and P(B likes A) from the served copy of the model, fused
+Learned path (``engine.learned.model``): P(A likes B) and P(B likes A) from the served copy of the model, fused
 (``recommend.learned_aggregation``, the expected mutual match by default), then the congestion penalty.
 
 On both, a candidate's logged decision about the asker replaces s(B→A), and the ``k`` shown are chosen by
-``engine.exposure`` (impression budget and cold-start slots, with the serving process's ledger).
+``engine.ranking.exposure`` (impression budget and cold-start slots, with the serving process's ledger).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def rerank_candidates(
     exposure: ExposureLedger | None = None,
 ) -> list[Match]:
     """Stage 2 for one asker: one lookup of the candidates' photos, the numpy rerank, the top ``k``
-    (``engine.exposure`` with a ledger)."""
+    (``engine.ranking.exposure`` with a ledger)."""
     n = len(cands)
     if n == 0:
         return []
@@ -258,9 +258,9 @@ def _learned_matches(
     exposure: ExposureLedger | None = None,
 ) -> list[Match]:
     """Stage 2 with the learned model: P(A likes B) and P(B likes A) from the served statistics
-    (``engine.preference.served_probabilities_arrays``), fused (``learned_aggregation``: the expected mutual
+    (``engine.learned.model.served_probabilities_arrays``), fused (``learned_aggregation``: the expected mutual
     match by default), logged replies applied, then the congestion penalty and, with a ledger, the impression
-    budget and cold-start slots (``engine.exposure``); the best photo is the candidate's photo nearest the
+    budget and cold-start slots (``engine.ranking.exposure``); the best photo is the candidate's photo nearest the
     asker's taste."""
     sm = asker.served
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in load_askers

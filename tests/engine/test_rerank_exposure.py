@@ -140,7 +140,7 @@ def test_recommend_honours_the_impression_budget(db: tuple[Store, Settings]) -> 
     store, settings = db
     ids, _ = _market(store, settings)
     k, budget = 5, 6  # 30 viewers x 5 slots over 30 candidates per side: 5 each on average, some slack
-    settings = _with(settings, exposure_budget=0, explore_slots=0)  # the defaults have both on
+    settings = _with(settings, exposure_budget=0, explore_slots=0)  # cold-start slots are on by default
     free = _serve(ids, store, settings, k).period_counts(ids)
     assert free.max() > budget  # without a budget the likeliest matches are shown far more often
     capped = _serve(ids, store, _with(settings, exposure_budget=budget), k).period_counts(ids)
