@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from engine.settings import Settings
 from engine.store import Store, open_store
+from tests.engine.stores import embedded_store
 
 # The Qdrant server the store is tested against; qdrant-client 1.20 talks to servers 1.19-1.21.
 # docker/compose.yaml pins the same image.
@@ -96,11 +97,4 @@ def reciprocity_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[t
     ``reciprocity_population.DIM``-d vectors, with ``recommend.reciprocity_k = reciprocity_population.K``."""
     from tests.engine.reciprocity_population import DIM, K
 
-    settings = Settings(store_path=tmp_path / "q", store_backend=request.param, progress=False)
-    settings = settings.model_copy(update={"recommend": settings.recommend.model_copy(update={"reciprocity_k": K})})
-    store = open_store(settings)
-    store.setup("test-encoder", DIM)
-    try:
-        yield store, settings
-    finally:
-        store.close()
+    yield from embedded_store(tmp_path, request.param, DIM, reciprocity_k=K)

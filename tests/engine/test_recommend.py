@@ -21,6 +21,7 @@ from engine.schema import KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.store.base import Point
+from tests.engine.stores import embedded_store
 
 DIM = 16
 
@@ -28,16 +29,7 @@ DIM = 16
 @pytest.fixture(params=["edge", "local"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Settings]]:
     """An empty store set up for ``DIM``-d vectors, with small reciprocity K, per embedded backend."""
-    settings = Settings(store_path=tmp_path / "q", store_backend=request.param, progress=False)
-    settings = settings.model_copy(
-        update={"recommend": settings.recommend.model_copy(update={"reciprocity_k": 5, "oversample": 10})}
-    )
-    store = open_store(settings)
-    store.setup("test-encoder", DIM)
-    try:
-        yield store, settings
-    finally:
-        store.close()
+    yield from embedded_store(tmp_path, request.param, DIM, reciprocity_k=5, oversample=10)
 
 
 def unit(v: np.ndarray) -> np.ndarray:
