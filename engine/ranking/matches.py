@@ -35,7 +35,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     rerank,
 )
-from engine.ranking.user_copies import kept_vectors, photo_ids
+from engine.ranking.user_copies import kept_vectors, listed_photos
 from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
     PHOTO_IDS,
@@ -287,7 +287,7 @@ def _learned_matches(
     have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
     need = [c.id for c in top if c.id not in have]
     if need:  # this process's copy, else a retrieve by id (a scroll restricted by HasId cost 5x more)
-        have.update(photo_ids(store, need))
+        have.update(listed_photos(store, need))
     best = _best_photos(store, asker, [{USER_ID: user_ids[i], **(have.get(cands[i].id) or {})} for i in order])
     return [
         Match(

@@ -181,7 +181,7 @@ _PHOTO_IDS: weakref.WeakKeyDictionary[Store, _PhotoIds] = weakref.WeakKeyDiction
 MAX_USERS = 200_000  # photo-id entries per store; past it the copy starts again empty
 
 
-def photo_ids(store: Store, point_ids: list[str]) -> dict[str, dict[str, Any]]:
+def listed_photos(store: Store, point_ids: list[str]) -> dict[str, dict[str, Any]]:
     """``point id -> {PHOTO_IDS: [...]}`` of the users points ``point_ids`` (those stored), from this
     process's copy where it has them, the others in one ``retrieve`` (the whole payload, as before, where no
     copy may be kept). Raises ``StoreUnavailable``."""
@@ -266,4 +266,4 @@ def forget(store: Store) -> None:
             copies.pop(store, None)
 
 
-__all__ = ["forget", "kept_vectors", "photo_ids", "popular_leg"]
+__all__ = ["forget", "kept_vectors", "listed_photos", "popular_leg"]
