@@ -100,12 +100,13 @@ def _fresh_query(asker: Asker, q: Query, settings: Settings, exposure: ExposureL
     if sm is None or exposure is None or rs.explore_slots <= 0:
         return None
     fresh = sm.fresh_ids(rs.explore_min)
-    if not fresh.ids:
-        return None
+    return _restricted(q, fresh, FRESH_PER_SLOT * rs.explore_slots) if fresh.ids else None
+
+
+def _restricted(q: Query, only: HasId, limit: int) -> Query:
+    """``q`` with ``only`` added to its filter's conditions and ``limit`` candidates (stage 1's extra legs)."""
     flt = q.filter or Filter()
-    return replace(
-        q, filter=Filter(must=(*flt.must, fresh), must_not=flt.must_not), limit=FRESH_PER_SLOT * rs.explore_slots
-    )
+    return replace(q, filter=Filter(must=(*flt.must, only), must_not=flt.must_not), limit=limit)
 
 
 def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) -> list[ScoredPoint]:
@@ -115,20 +116,16 @@ def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) ->
     learned from received likes, not from the photos, so a taste query alone could miss the people everyone
     likes. ``fresh`` (``_fresh_query``): the cold-start leg, in the same batch as the first query."""
     sm = asker.served
-    popular = sm.popular if sm is not None else None
     batch = [q] if fresh is None else [q, fresh]
-    legs: list[list[ScoredPoint]]
-    if sm is None or popular is None or not popular.ids:
-        legs = store.query_batch(USERS, batch) if fresh is not None else [store.query(USERS, q)]
-    else:
-        flt = q.filter or Filter()
-        only = Filter(must=(*flt.must, popular), must_not=flt.must_not)
-        second = replace(q, filter=only, limit=max(1, q.limit // 2))
+    local: list[ScoredPoint] | None = None
+    if sm is not None and sm.popular.ids:
+        second = _restricted(q, sm.popular, max(1, q.limit // 2))
         local = popular_leg(store, sm, second)
-        if local is not None:
-            legs = [*(store.query_batch(USERS, batch) if fresh is not None else [store.query(USERS, q)]), local]
-        else:
-            legs = store.query_batch(USERS, [*batch, second])
+        if local is None:  # no per-process copy: the store answers it in the same batch
+            batch.append(second)
+    legs = store.query_batch(USERS, batch) if len(batch) > 1 else [store.query(USERS, q)]
+    if local is not None:
+        legs = [*legs, local]
     out, seen = list(legs[0]), {c.id for c in legs[0]}
     for leg in legs[1:]:
         for c in leg:
