@@ -139,8 +139,13 @@ def plot_newcomers(result: SimulationResult, path: Path) -> Path | None:
     axes = fig.subplots(1, 2)
     names = [s.strategy for s in worlds[0].strategies if s.newcomers]
     width = 0.8 / len(worlds)
+    shown = (
+        ("shown_possible_share", "newcomers shown ≥ min(k, compatible users) times, first round")
+        if any("shown_possible_share" in s.newcomers for s in worlds[0].strategies)
+        else ("shown_k_share", "newcomers shown ≥ k times in their first round")
+    )
     for ax, key, title, target in (
-        (axes[0], "shown_k_share", "newcomers shown ≥ k times in their first round", 1.0),
+        (axes[0], *shown, 1.0),
         (axes[1], "success_ratio", "newcomers' effective matches / established users'", 0.85),
     ):
         for wi, w in enumerate(worlds):

@@ -69,6 +69,8 @@ NEWCOMER_LABELS: dict[str, str] = {
     "first_round_exposure": "times shown, first round (newcomers)",
     "first_round_exposure_established": "times shown, same round (established)",
     "shown_k_share": "newcomers shown ≥ k times in their first round",
+    "shown_possible_share": "newcomers shown ≥ min(k, compatible users) times",
+    "fewer_viewers_than_k": "newcomers with fewer than k compatible users",
     "first_round_recommendations": "recommendations received, first round (newcomers)",
     "matches_since_arrival": "effective matches since arrival (newcomers)",
     "matches_since_arrival_established": "effective matches, same rounds (established)",
@@ -76,7 +78,9 @@ NEWCOMER_LABELS: dict[str, str] = {
 }
 
 
-def newcomer_stats(imp: Impressions, joins: np.ndarray, k: int) -> dict[str, float]:
+def newcomer_stats(
+    imp: Impressions, joins: np.ndarray, k: int, compat: np.ndarray | None = None
+) -> dict[str, float]:
     """How the users who arrive late fare against those there from the start (empty dict if none do).
 
     ``joins`` (n,) each user's arrival round (0-based; one cohort of newcomers, arriving in round r0).
@@ -84,6 +88,11 @@ def newcomer_stats(imp: Impressions, joins: np.ndarray, k: int) -> dict[str, flo
     r0), the share shown at least ``k`` times, and the recommendations they receive. Success: effective
     matches a user takes part in (as viewer or candidate) from r0 on, per user, and the newcomers' mean
     over the established users' mean.
+
+    ``compat`` (n, n) bool, the mutual filter, adds what the market allows: a newcomer with fewer than ``k``
+    compatible users present in r0 cannot be shown ``k`` times, whatever the strategy (each viewer sees a
+    candidate once). ``shown_possible_share``: newcomers shown at least ``min(k, compatible viewers)`` times;
+    ``fewer_viewers_than_k``: how many newcomers that bound is below ``k`` for.
     """
     joins = np.asarray(joins)
     late = joins > 0
@@ -99,12 +108,22 @@ def newcomer_stats(imp: Impressions, joins: np.ndarray, k: int) -> dict[str, flo
         np.float64
     )
     est = ~late
+    possible: dict[str, float] = {}
+    if compat is not None:
+        present = joins <= r0
+        viewers = (np.asarray(compat, bool)[present][:, late]).sum(axis=0)  # compat[i, i] is False
+        bound = np.minimum(k, viewers)
+        possible = {
+            "shown_possible_share": float((exposure[late] >= bound).mean()),
+            "fewer_viewers_than_k": float((viewers < k).sum()),
+        }
     new_m, est_m = float(matches[late].mean()), float(matches[est].mean()) if est.any() else float("nan")
     return {
         "newcomers": float(late.sum()),
         "first_round_exposure": float(exposure[late].mean()),
         "first_round_exposure_established": float(exposure[est].mean()) if est.any() else float("nan"),
         "shown_k_share": float((exposure[late] >= k).mean()),
+        **possible,
         "first_round_recommendations": float(recs[late].mean()),
         "matches_since_arrival": new_m,
         "matches_since_arrival_established": est_m,
@@ -274,12 +293,14 @@ def evaluate(
     k: int = 0,
     mutual: np.ndarray | None = None,
     attention: int | None = None,
+    compat: np.ndarray | None = None,
 ) -> list[StrategyResult]:
     """Metrics, intervals, lift over ``random`` and share of the ``oracle``'s lift, for every strategy.
 
     ``bootstrap``: ``"two_way"`` resamples viewers and candidates independently (default), ``"viewer"``
     viewers only (narrower: it ignores that a candidate's decisions recur across viewers). ``joins`` (n,),
-    each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round).
+    each user's arrival round, adds ``newcomer_stats`` (with ``k`` the recommendations per round and
+    ``compat`` (n, n), the mutual filter, for what the market allows newcomers).
     ``mutual`` (n, n), the world's ``P(i→j)·P(j→i)`` masked by the filter, gives the envy share (NaN
     without), attention-aware with ``attention`` (``envious_users``). One set of bootstrap weights serves
     all strategies, so lifts and shares have paired intervals. Raises ``InvalidInput`` for an unknown
@@ -324,7 +345,7 @@ def evaluate(
                 metrics,
                 lift,
                 share,
-                newcomer_stats(imp, joins, k) if joins is not None else {},
+                newcomer_stats(imp, joins, k, compat) if joins is not None else {},
             )
         )
     return results
@@ -408,13 +429,13 @@ def newcomer_table(w: WorldResult) -> str:
     rows = [s for s in w.strategies if s.newcomers]
     if not rows:
         return ""
-    keys = [key for key in NEWCOMER_LABELS if key != "newcomers"]
+    keys = [key for key in NEWCOMER_LABELS if key != "newcomers" and any(key in s.newcomers for s in rows)]
     lines = [
         "| strategy | " + " | ".join(NEWCOMER_LABELS[key] for key in keys) + " |",
         "|" + "---|" * (len(keys) + 1),
     ]
     for s in rows:
-        cells = [f"{s.newcomers[key]:.2f}" for key in keys]
+        cells = [f"{s.newcomers[key]:.2f}" if key in s.newcomers else "-" for key in keys]
         lines.append(f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -268,6 +268,7 @@ class WorldRun:
             k=self.k,
             mutual=world.mutual() * compat,
             attention=self.attention,
+            compat=compat,
         )
         rnd: dict[str, float] = {}
         if "random" in imps:

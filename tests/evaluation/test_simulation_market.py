@@ -253,6 +253,14 @@ def test_newcomers_enter_at_the_round_asked(cal: Calibration, pop: Population, t
         assert stats["first_round_recommendations"] == pytest.approx(float(recs.mean()))
         exposure = np.bincount(imp.candidate[(imp.round == 2)], minlength=pop.n)[late]
         assert stats["shown_k_share"] == pytest.approx(float((exposure >= k).mean()))
+        assert "shown_possible_share" not in stats  # without the filter, what the market allows is unknown
+        # With it: a newcomer with fewer than k compatible users can be shown at most that many times.
+        with_compat = newcomer_stats(imp, joins, k, compat)
+        viewers = compat[:, late].sum(axis=0)
+        assert with_compat["fewer_viewers_than_k"] == float((viewers < k).sum()) >= 1
+        bound = np.minimum(k, viewers)
+        assert with_compat["shown_possible_share"] == pytest.approx(float((exposure >= bound).mean()))
+        assert with_compat["shown_possible_share"] >= with_compat["shown_k_share"]
         assert stats["success_ratio"] == pytest.approx(
             stats["matches_since_arrival"] / stats["matches_since_arrival_established"]
         )
