@@ -20,6 +20,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     taste_vector,
 )
+from engine.ranking.user_copies import asker_points
 from engine.schema import (
     KTH_SIM,
     META,
@@ -109,7 +110,7 @@ def load_askers(
 
     Raises ``UserNotFound`` (first unknown id) or ``NoUserVector``.
     """
-    points = store.retrieve(USERS, [user_point_id(u) for u in user_ids], with_vectors=True)
+    points = asker_points(store, [user_point_id(u) for u in user_ids])  # this process's copy, or one retrieve
     by_id = {p.id: p for p in points}
     photo_ids: list[str] = []
     found: list[tuple[Point, np.ndarray]] = []

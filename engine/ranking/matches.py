@@ -35,7 +35,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     rerank,
 )
-from engine.ranking.user_copies import kept_vectors, listed_photos
+from engine.ranking.user_copies import kept_vectors, listed_photos, unit_rows
 from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
     PHOTO_IDS,
@@ -199,14 +199,19 @@ def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint],
     """Each candidate's user id: from its payload when it came with one, else from the served model (the
     point id is a hash of the user id, so that mapping never goes stale), else one ``retrieve`` for users the
     model does not know yet."""
-    out = [str((c.payload or {}).get(USER_ID) or "") for c in cands]
-    missing = []
-    for i in range(len(cands)):
-        if not out[i]:
-            if rows[i] >= 0:
-                out[i] = sm.user_ids[rows[i]]
-            else:
-                missing.append(i)
+    if all(c.payload is None for c in cands):  # stage 1 on the learned path: ids from the model's rows
+        uids = sm.user_ids
+        out = [uids[r] if r >= 0 else "" for r in rows.tolist()]
+        missing = [i for i, r in enumerate(rows.tolist()) if r < 0]
+    else:
+        out = [str((c.payload or {}).get(USER_ID) or "") for c in cands]
+        missing = []
+        for i in range(len(cands)):
+            if not out[i]:
+                if rows[i] >= 0:
+                    out[i] = sm.user_ids[rows[i]]
+                else:
+                    missing.append(i)
     if missing:
         got = {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, [cands[i].id for i in missing])}
         for i in missing:
@@ -214,12 +219,20 @@ def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint],
     return out
 
 
-def _photo_similarity(store: Store, asker: Asker, cands: list[ScoredPoint]) -> np.ndarray:
-    """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else one
-    exact query restricted to the candidates (0 for one no longer stored)."""
+def _photo_similarity(
+    store: Store, asker: Asker, cands: list[ScoredPoint], rows: np.ndarray | None = None
+) -> np.ndarray:
+    """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else from
+    this process's unit rows (``user_copies.unit_rows``, with the candidates' model ``rows``) or kept vectors,
+    else one exact query restricted to the candidates (0 for one no longer stored)."""
     if cands and all(c.vector is not None for c in cands):
         cand_vecs = candidate_vectors(cands, asker.vector.shape[0])
         return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
+    sm = asker.served
+    if rows is not None and sm is not None and all(c.vector is None for c in cands):
+        units = unit_rows(store, sm, [c.id for c in cands], rows, asker.vector.shape[0])
+        if units is not None:  # one gather and one product: the same float32 arithmetic as below
+            return np.asarray(units @ l2_normalize(asker.vector), dtype=np.float64)
     kept = kept_vectors(store, USERS, [c.id for c in cands])  # this process's copy of the users' vectors
     if kept is not None:
         dim = asker.vector.shape[0]
@@ -244,6 +257,12 @@ def _photo_similarity(store: Store, asker: Asker, cands: list[ScoredPoint]) -> n
     return np.array([sim.get(i, 0.0) for i in ids], dtype=np.float64)
 
 
+def _model_rows(sm: ServedModel, cands: list[ScoredPoint]) -> np.ndarray:
+    """``sm.rows`` of the candidates' point ids, (n,) int64 (-1: not in the model), in one list pass."""
+    get = sm.index.get
+    return np.array([get(c.id, -1) for c in cands], dtype=np.int64).reshape(len(cands))
+
+
 def _policy(settings: Settings) -> ExposurePolicy:
     rs = settings.recommend
     return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
@@ -265,15 +284,14 @@ def _learned_matches(
     sm = asker.served
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in load_askers
     rs = settings.recommend
-    rows = sm.rows([c.id for c in cands])
+    rows = _model_rows(sm, cands)
     user_ids = _candidate_user_ids(store, sm, cands, rows)
-    payloads: list[dict[str, Any]] = [{USER_ID: u} for u in user_ids]
     sides = sm.side(rows)
-    photo = _photo_similarity(store, asker, cands)
+    photo = _photo_similarity(store, asker, cands, rows)
     a_to_b, b_to_a = served_probabilities_arrays(asker.model, sm.side(np.array([asker.row])), sides, photo)
     fusion, gamma = rs.learned_aggregation, rs.reverse_exponent
     out = RerankResult(score=aggregate(a_to_b, b_to_a, fusion, gamma), a_to_b=a_to_b, b_to_a=b_to_a)
-    out = _with_logged_replies(out, payloads, asker.about, fusion, gamma)
+    out = _with_logged_replies_of(out, user_ids, asker.about, fusion, gamma)
     if rs.congestion_capacity > 0:
         received = np.asarray(sides["likes_received"], dtype=np.float64)
         factor = congestion_factor(
@@ -342,15 +360,27 @@ def _with_logged_replies(
     0 for a pass (a match is then impossible, so the fused score drops to 0 with the harmonic mean)."""
     if not about:
         return out
-    b_to_a = out.b_to_a.copy()
-    known = False
-    for i, pl in enumerate(payloads):
-        d = about.get(str(pl.get(USER_ID)))
-        if d == LIKE:
-            b_to_a[i], known = 1.0, True
-        elif d == PASS:
-            b_to_a[i], known = 0.0, True
-    if not known:
+    return _with_logged_replies_of(out, [str(pl.get(USER_ID)) for pl in payloads], about, aggregation, reverse_exponent)
+
+
+def _with_logged_replies_of(
+    out: RerankResult,
+    user_ids: list[str],
+    about: dict[str, str],
+    aggregation: str,
+    reverse_exponent: float = 1.0,
+) -> RerankResult:
+    """``_with_logged_replies`` for candidates given by user id (``user_ids`` (n,), in ``out``'s order)."""
+    if not about:
         return out
+    got = about.get
+    decided = [got(u) for u in user_ids]
+    like = np.array([d == LIKE for d in decided], dtype=bool).reshape(len(decided))
+    passed = np.array([d == PASS for d in decided], dtype=bool).reshape(len(decided))
+    if not (like.any() or passed.any()):
+        return out
+    b_to_a = out.b_to_a.copy()
+    b_to_a[like] = 1.0
+    b_to_a[passed] = 0.0
     score = aggregate(out.a_to_b, b_to_a, aggregation, reverse_exponent)
     return RerankResult(score=score, a_to_b=out.a_to_b, b_to_a=b_to_a)

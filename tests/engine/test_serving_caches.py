@@ -15,6 +15,7 @@ from engine.learned.rebuild import rebuild_preferences
 from engine.learned.served import served_model
 from engine.ranking import feedback_cache, user_copies
 from engine.ranking.askers import load_askers
+from engine.ranking.rerank import l2_normalize
 from engine.recommend import _stage1_query, recommend
 from engine.schema import FEEDBACK, PHOTOS, USERS, user_point_id
 from engine.settings import Settings
@@ -171,3 +172,44 @@ def test_vectors_without_payloads(db: tuple[Store, Settings]) -> None:
     assert set(got) == set(want) == set(pids[:-1])
     for pid, v in want.items():
         np.testing.assert_array_equal(got[pid], v)
+
+
+def test_unit_rows_and_asker_points_are_what_the_store_holds(db: tuple[Store, Settings]) -> None:
+    """``user_copies.unit_rows`` is bit for bit ``l2_normalize`` of the stacked stored vectors (zero rows for a
+    point not stored; users outside the model too), and it and ``asker_points`` follow a write at once."""
+    store, settings = db
+    people, events = _world(store)
+    record_feedback(store, events)
+    rebuild_preferences(store, settings)
+    sm = served_model(store)
+    assert sm is not None
+    pids = [user_point_id(p["user_id"]) for p in people][:40] + [user_point_id("nobody")]
+    rows = np.array([sm.index.get(p, -1) for p in pids], np.int64)
+    rows[3] = -1  # served as a user the model does not know: read, never kept
+    dim = len(sm.space)
+
+    def want() -> np.ndarray:
+        got = store.retrieve_vectors(USERS, pids)
+        stacked = np.stack([got[p] if p in got else np.zeros(dim, np.float32) for p in pids])
+        return l2_normalize(stacked)
+
+    first = user_copies.unit_rows(store, sm, pids, rows, dim)
+    again = user_copies.unit_rows(store, sm, pids[::-1], rows[::-1], dim)  # from the copy, another order
+    assert first is not None and again is not None
+    np.testing.assert_array_equal(first, want())
+    np.testing.assert_array_equal(again, want()[::-1])
+    assert not np.any(first[-1])  # the point that is not stored
+    before = {p.id: p for p in user_copies.asker_points(store, pids[:5])}
+    assert set(before) == set(pids[:5])
+    # A re-ingestion of one user's vector and profile: both copies follow at once.
+    p = store.retrieve(USERS, [pids[1]], with_vectors=True)[0]
+    store.upsert(USERS, [Point(p.id, -np.asarray(p.vector), {**p.payload, "age": 61})])
+    moved = user_copies.unit_rows(store, sm, pids, rows, dim)
+    assert moved is not None
+    np.testing.assert_array_equal(moved, want())
+    np.testing.assert_allclose(moved[1], -first[1], atol=1e-6)  # the store may re-normalise what it is given
+    after = {q.id: q for q in user_copies.asker_points(store, pids[:5])}
+    assert after[pids[1]].payload["age"] == 61 and before[pids[1]].payload["age"] != 61
+    np.testing.assert_allclose(after[pids[1]].vector, -np.asarray(before[pids[1]].vector), atol=1e-6)
+    after[pids[2]].payload["age"] = 99  # a caller changing what it got does not change the copy
+    assert user_copies.asker_points(store, [pids[2]])[0].payload["age"] != 99
