@@ -13,7 +13,7 @@ from engine.feedback import Event, around, record_feedback
 from engine.filters import Filter
 from engine.learned.rebuild import rebuild_preferences
 from engine.learned.served import served_model
-from engine.ranking import feedback_cache, user_copies
+from engine.ranking import feedback_cache, served_ids, user_copies
 from engine.ranking.askers import load_askers
 from engine.ranking.rerank import l2_normalize
 from engine.recommend import _stage1_query, recommend
@@ -213,3 +213,32 @@ def test_unit_rows_and_asker_points_are_what_the_store_holds(db: tuple[Store, Se
     np.testing.assert_allclose(after[pids[1]].vector, -np.asarray(before[pids[1]].vector), atol=1e-6)
     after[pids[2]].payload["age"] = 99  # a caller changing what it got does not change the copy
     assert user_copies.asker_points(store, [pids[2]])[0].payload["age"] != 99
+
+
+def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> None:
+    """``served_ids``: user ids and logged replies of model rows by numpy gathers equal the per-candidate
+    lookups (a -1 row: ``""`` and no decision; a block is no reply), and follow an incremental update."""
+    store, settings = db
+    people, events = _world(store)
+    ids = [p["user_id"] for p in people]
+    record_feedback(store, [e for e in events if ids[-1] not in (e.viewer_id, e.candidate_id)])
+    rebuild_preferences(store, settings)
+    sm = served_model(store)
+    assert sm is not None
+    rows = np.array([sm.index.get(user_point_id(u), -1) for u in ids[:30]] + [-1], np.int64)
+    assert served_ids.user_ids_of_rows(sm, rows) == [sm.user_ids[r] for r in rows[:-1]] + [""]
+    about = {ids[1]: "like", ids[2]: "pass", ids[3]: "block", "stranger": "like"}
+    code = served_ids.decided(sm, rows, about)
+    want = [
+        {"like": served_ids.LIKED, "pass": served_ids.PASSED}.get(about.get(sm.user_ids[r], ""), 0) for r in rows[:-1]
+    ]
+    assert code.tolist() == [*want, served_ids.NONE]
+    assert code.tolist().count(served_ids.LIKED) == 1 and code.tolist().count(served_ids.PASSED) == 1
+    # An incremental update (a new generation of the copy): the arrays are made again and still agree.
+    gen = sm.gen
+    record_feedback(store, [e for e in events if ids[-1] in (e.viewer_id, e.candidate_id)])
+    sm = served_model(store)
+    assert sm is not None and sm.gen > gen
+    last = np.array([sm.index[user_point_id(ids[-1])]], np.int64)
+    assert served_ids.user_ids_of_rows(sm, last) == [ids[-1]]
+    assert served_ids.decided(sm, last, {ids[-1]: "pass"}).tolist() == [served_ids.PASSED]
