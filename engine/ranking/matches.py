@@ -35,7 +35,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     rerank,
 )
-from engine.ranking.served_ids import LIKED, PASSED, decided, user_ids_of_rows
+from engine.ranking.served_ids import LIKED, PASSED, bare, decided, model_rows, point_ids, user_ids_of_rows
 from engine.ranking.user_copies import kept_vectors, listed_photos, unit_rows
 from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
@@ -200,7 +200,7 @@ def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint],
     """Each candidate's user id: from its payload when it came with one, else from the served model (the
     point id is a hash of the user id, so that mapping never goes stale), else one ``retrieve`` for users the
     model does not know yet."""
-    if all(c.payload is None for c in cands):  # stage 1 on the learned path: ids from the model's rows
+    if bare(cands, "payload"):  # stage 1 on the learned path: ids from the model's rows
         out = user_ids_of_rows(sm, rows)
         missing = [int(i) for i in np.flatnonzero(rows < 0)]
     else:
@@ -229,8 +229,8 @@ def _photo_similarity(
         cand_vecs = candidate_vectors(cands, asker.vector.shape[0])
         return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
     sm = asker.served
-    if rows is not None and sm is not None and all(c.vector is None for c in cands):
-        units = unit_rows(store, sm, [c.id for c in cands], rows, asker.vector.shape[0])
+    if rows is not None and sm is not None and bare(cands, "vector"):
+        units = unit_rows(store, sm, point_ids(cands), rows, asker.vector.shape[0])
         if units is not None:  # one gather and one product: the same float32 arithmetic as below
             return np.asarray(units @ l2_normalize(asker.vector), dtype=np.float64)
     kept = kept_vectors(store, USERS, [c.id for c in cands])  # this process's copy of the users' vectors
@@ -257,12 +257,6 @@ def _photo_similarity(
     return np.array([sim.get(i, 0.0) for i in ids], dtype=np.float64)
 
 
-def _model_rows(sm: ServedModel, cands: list[ScoredPoint]) -> np.ndarray:
-    """``sm.rows`` of the candidates' point ids, (n,) int64 (-1: not in the model), in one list pass."""
-    get = sm.index.get
-    return np.array([get(c.id, -1) for c in cands], dtype=np.int64).reshape(len(cands))
-
-
 def _policy(settings: Settings) -> ExposurePolicy:
     rs = settings.recommend
     return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
@@ -284,7 +278,7 @@ def _learned_matches(
     sm = asker.served
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in load_askers
     rs = settings.recommend
-    rows = _model_rows(sm, cands)
+    rows = model_rows(sm, cands)
     user_ids = _candidate_user_ids(store, sm, cands, rows)
     sides = sm.side(rows)
     photo = _photo_similarity(store, asker, cands, rows)
@@ -381,7 +375,7 @@ def _with_logged_replies_rows(
     outside the model (-1 rows) by ``user_ids``."""
     if not about:
         return out
-    if not all(c.payload is None for c in cands):
+    if not bare(cands, "payload"):
         return _with_logged_replies(out, [{USER_ID: u} for u in user_ids], about, aggregation, reverse_exponent)
     code = decided(sm, rows, about)
     for i in np.flatnonzero(rows < 0):

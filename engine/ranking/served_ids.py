@@ -1,6 +1,7 @@
-"""Per-process arrays of a served model's user ids (``engine.learned.served.ServedModel``), so that stage 2
-of the learned ``recommend()`` maps its few hundred candidates' model rows to user ids, and the asker's logged
-replies to those rows, with numpy gathers instead of a Python step per candidate.
+"""Stage 2's per-candidate lookups without a Python step per candidate: the candidates' model rows
+(:func:`model_rows`, ``map`` over C callables), and per-process arrays of a served model's user ids
+(``engine.learned.served.ServedModel``), so that the learned ``recommend()`` maps its few hundred candidates'
+rows to user ids, and the asker's logged replies to those rows, with numpy gathers.
 
 Kept per served-model object (a reload makes a new object) and remade when its row count or generation
 moves (an incremental update appends users; rows are never reordered within one object, and a row's user id
@@ -13,15 +14,37 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 
 import numpy as np
 
 from engine.feedback import LIKE, PASS
 from engine.learned.served import ServedModel
+from engine.store.base import ScoredPoint
 
 log = logging.getLogger(__name__)
 
 NONE, LIKED, PASSED = 0, 1, 2  # codes of ``decided``
+
+
+_ID = attrgetter("id")
+
+
+def point_ids(cands: list[ScoredPoint]) -> list[str]:
+    """The candidates' point ids, in order."""
+    return list(map(_ID, cands))
+
+
+def model_rows(sm: ServedModel, cands: list[ScoredPoint]) -> np.ndarray:
+    """``sm.rows`` of the candidates' point ids, (n,) int64 (-1: not in the model)."""
+    return np.array(list(map(sm.index.get, map(_ID, cands), repeat(-1))), dtype=np.int64).reshape(len(cands))
+
+
+def bare(cands: list[ScoredPoint], what: str) -> bool:
+    """Whether no candidate carries a ``what`` (``"payload"`` or ``"vector"``), as stage 1 on the learned path
+    returns them."""
+    return list(map(attrgetter(what), cands)).count(None) == len(cands)
 
 
 @dataclass
@@ -81,4 +104,4 @@ def decided(sm: ServedModel, rows: np.ndarray, about: dict[str, str]) -> np.ndar
     return out
 
 
-__all__ = ["LIKED", "NONE", "PASSED", "decided", "user_ids_of_rows"]
+__all__ = ["LIKED", "NONE", "PASSED", "bare", "decided", "model_rows", "point_ids", "user_ids_of_rows"]
