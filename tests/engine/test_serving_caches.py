@@ -217,14 +217,16 @@ def test_unit_rows_and_asker_points_are_what_the_store_holds(db: tuple[Store, Se
 
 def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> None:
     """``served_ids``: user ids and logged replies of model rows by numpy gathers equal the per-candidate
-    lookups (a -1 row: ``""`` and no decision; a block is no reply), and follow an incremental update."""
+    lookups (a -1 row: ``""`` and no decision; a block is no reply), and follow a model that gained a user."""
     store, settings = db
     people, events = _world(store)
     ids = [p["user_id"] for p in people]
     record_feedback(store, [e for e in events if ids[-1] not in (e.viewer_id, e.candidate_id)])
+    newcomer = store.retrieve(USERS, [user_point_id(ids[-1])], with_vectors=True)[0]
+    store.delete(USERS, [newcomer.id])  # not in the model the rebuild makes; ingested again below
     rebuild_preferences(store, settings)
     sm = served_model(store)
-    assert sm is not None
+    assert sm is not None and newcomer.id not in sm.index
     rows = np.array([sm.index.get(user_point_id(u), -1) for u in ids[:30]] + [-1], np.int64)
     assert served_ids.user_ids_of_rows(sm, rows) == [sm.user_ids[r] for r in rows[:-1]] + [""]
     about = {ids[1]: "like", ids[2]: "pass", ids[3]: "block", "stranger": "like"}
@@ -234,11 +236,18 @@ def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> N
     ]
     assert code.tolist() == [*want, served_ids.NONE]
     assert code.tolist().count(served_ids.LIKED) == 1 and code.tolist().count(served_ids.PASSED) == 1
-    # An incremental update (a new generation of the copy): the arrays are made again and still agree.
-    gen = sm.gen
+    # The newcomer ingested and deciding: the incremental update appends their row to the same served copy,
+    # and the arrays are made again.
+    n, before = len(sm.user_ids), sm
+    store.upsert(USERS, [newcomer])
+    dim = len(sm.space)
+    assert user_copies.unit_rows(store, sm, [user_point_id(ids[0])], rows[:1], dim) is not None  # made at n rows
     record_feedback(store, [e for e in events if ids[-1] in (e.viewer_id, e.candidate_id)])
     sm = served_model(store)
-    assert sm is not None and sm.gen > gen
+    assert sm is before and len(sm.user_ids) > n
+    grown = user_copies.unit_rows(store, sm, [newcomer.id], np.array([sm.index[newcomer.id]]), dim)
+    assert grown is not None  # the unit rows grew with the model (no write to users since they were made)
+    np.testing.assert_array_equal(grown, l2_normalize(store.retrieve_vectors(USERS, [newcomer.id])[newcomer.id][None]))
     last = np.array([sm.index[user_point_id(ids[-1])]], np.int64)
     assert served_ids.user_ids_of_rows(sm, last) == [ids[-1]]
     assert served_ids.decided(sm, last, {ids[-1]: "pass"}).tolist() == [served_ids.PASSED]
