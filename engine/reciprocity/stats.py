@@ -15,7 +15,7 @@ import numpy as np
 from engine.likes import taste_payload
 from engine.reciprocity.table import Table
 from engine.reciprocity.topk import NO_KTH
-from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile
+from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile, window_of, window_value
 from engine.store.base import Store
 
 TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
@@ -91,9 +91,9 @@ def row_change(
         or any(abs(a - b) > 1e-6 + 1e-5 * abs(b) for a, b in zip(old_top, window, strict=True))
     ):
         # The three statistics are written together, so a stored window always matches its kth_sim and K.
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window})
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window)})
     if retasted and taste_changed(table.stored_taste(i), taste):
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window, TASTE: taste})  # None deletes
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window), TASTE: taste})  # None deletes
         table.set_taste(i, taste)
     if change:
         table.set_stats(i, kth, k, window)
@@ -110,8 +110,8 @@ def top_stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:
 
 def stored_stats(payload: dict[str, Any], k: int) -> tuple[float, list[float]] | None:
     """The stored ``(kth_sim, kth_top)`` when usable for K (consistent with each other), else None."""
-    lst, kth = payload.get(KTH_TOP), payload.get(KTH_SIM)
-    if payload.get(KTH_K) != k or not isinstance(lst, list) or not isinstance(kth, int | float):
+    lst, kth = window_of(payload.get(KTH_TOP)), payload.get(KTH_SIM)
+    if payload.get(KTH_K) != k or lst is None or not isinstance(kth, int | float):
         return None
     if kth == NO_KTH:
         return (NO_KTH, lst) if len(lst) < k else None
@@ -127,19 +127,19 @@ def payload_change(
 
     ``taste`` is written only when ``retasted``."""
     change: dict[str, Any] = {}
-    old_kth, old_top = old.get(KTH_SIM), old.get(KTH_TOP)
+    old_kth, old_top = old.get(KTH_SIM), window_of(old.get(KTH_TOP))
     if (
         not isinstance(old_kth, int | float)
         or abs(float(old_kth) - kth) > 1e-6
         or old.get(KTH_K) != k
-        or not isinstance(old_top, list)
+        or old_top is None
         or len(old_top) != len(window)
         or not np.allclose(np.asarray(old_top, dtype=np.float64), window, atol=1e-6)
     ):
         # The three statistics are written together, so a stored window always matches its kth_sim and K.
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window})
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window)})
     if retasted and taste_changed(old.get(TASTE), taste):
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window, TASTE: taste})  # None deletes
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window), TASTE: taste})  # None deletes
     return change or None
 
 

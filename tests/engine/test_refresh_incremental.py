@@ -15,7 +15,7 @@ from engine.reciprocity.full import departures, refresh
 from engine.reciprocity.incremental import refresh_changed
 from engine.reciprocity.stats import TOP_KEEP
 from engine.reciprocity.topk import NO_KTH, compatible_topk, exact_kth
-from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
+from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point
@@ -46,7 +46,7 @@ def test_full_pass_stores_the_top_k_list_exactly(reciprocity_db: tuple[Store, Se
             reverse=True,
         )
         window = sims[max(0, K - TOP_KEEP) : K] if len(sims) >= K else sims
-        np.testing.assert_allclose(p.payload[KTH_TOP], window, atol=1e-5)
+        np.testing.assert_allclose(window_of(p.payload[KTH_TOP]), window, atol=1e-5)
         assert p.payload[KTH_SIM] == pytest.approx(sims[K - 1] if len(sims) >= K else NO_KTH, abs=1e-5)
     without_taste = [i for i, t in enumerate(tastes) if t is None]
     expected = exact_kth(vectors, profiles, K)
@@ -186,3 +186,28 @@ def test_record_likes_refreshes_the_likers_own_statistics(reciprocity_db: tuple[
     populated(store, settings, 300, seed=8)
     record_likes(store, "u100", ["u7", "u8", "u9"], settings=settings)
     assert disagreements(store, settings) == []
+
+
+def test_windows_in_either_stored_form_give_the_full_pass_result(reciprocity_db: tuple[Store, Settings]) -> None:
+    """``kth_top`` is written as one string (``schema.window_value``: a list of floats cost ~10x more to hand
+    to the Edge bindings); stores written before hold lists. An incremental pass that reads a mix of both from
+    the payloads (no cache: it scrolls) merges the arrivals into them and leaves every user's ``kth_sim``
+    as a full pass computes it; what it rewrites is in the string form."""
+    store, settings = reciprocity_db
+    rng = populated(store, settings, 300, seed=21)
+    before = stats(store)
+    assert all(isinstance(p[KTH_TOP], str) for p in before.values())
+    as_lists = {pid: {KTH_TOP: window_of(p[KTH_TOP])} for pid, p in sorted(before.items())[::2]}
+    store.set_payload(USERS, as_lists)
+    assert all(isinstance(p[KTH_TOP], list) for pid, p in stats(store).items() if pid in as_lists)
+    store.set_cache_token(None)  # every window is read from the payloads
+    store.upsert(USERS, [user_point(f"new{i}", rng) for i in range(15)])
+    rep = refresh_changed(store, settings, arrived=[f"new{i}" for i in range(15)])
+    assert rep.cache != "used" and rep.merged > 0 and rep.recomputed < 100
+    after = stats(store)
+    moved = [pid for pid in as_lists if after[pid][KTH_SIM] != before[pid][KTH_SIM]]
+    assert moved and all(isinstance(after[pid][KTH_TOP], str) for pid in moved)
+    refresh(store, settings)
+    full = stats(store)
+    assert sorted(pid for pid in full if abs(full[pid][KTH_SIM] - after[pid][KTH_SIM]) > 1e-6) == []
+    assert_same_as_full_pass(store, settings)
