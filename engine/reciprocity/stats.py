@@ -64,9 +64,12 @@ def tastes_of(table: Table, rows: Iterable[int], blend: float) -> dict[int, list
 
 
 def queries_of(table: Table, tastes: dict[int, list[float] | None]) -> np.ndarray:
-    """(n, d) float32: what each user's list is ranked by (new taste, else stored taste, else mean vector)."""
-    queries = table.matrix.copy()
+    """(n, d) float32: what each user's list is ranked by (new taste, else stored taste, else mean vector).
+    Read only: where nobody has a taste it is ``table.matrix`` itself (no copy of the n x d matrix)."""
     has = np.flatnonzero(table.taste_row >= 0)
+    if len(has) == 0 and all(t is None for t in tastes.values()):
+        return table.matrix
+    queries = table.matrix.copy()
     queries[has] = table.tastes[table.taste_row[has]]
     for i, t in tastes.items():
         queries[i] = table.matrix[i] if t is None else np.asarray(t, dtype=np.float32)
@@ -98,6 +101,40 @@ def row_change(
     if change:
         table.set_stats(i, kth, k, window)
     return change or None
+
+
+def rows_change(table: Table, stats: dict[int, tuple[float, list[float]]], k: int) -> dict[str, dict[str, Any]]:
+    """:func:`row_change` for many rows at once, without tastes: ``stats`` maps row -> new ``(kth_sim,
+    kth_top)``. Returns point id -> the keys to write, for the rows whose statistics changed beyond float
+    noise (the same test as :func:`row_change`), and updates the table to them. The comparison and the
+    table update are array operations: the merged users of an incremental pass are ~40 % of everyone."""
+    if not stats:
+        return {}
+    rows = np.fromiter(stats, dtype=np.int64, count=len(stats))
+    windows = [stats[i][1] for i in rows.tolist()]
+    kths = np.array([stats[i][0] for i in rows.tolist()], dtype=np.float64)
+    lens = np.array([len(w) for w in windows], dtype=np.int64)
+    width = max(table.top.shape[1], int(lens.max()))
+    if width > table.top.shape[1]:
+        table.top = np.pad(table.top, ((0, 0), (0, width - table.top.shape[1])), constant_values=np.nan)
+    new_top = np.full((len(rows), width), np.nan)
+    which = np.repeat(np.arange(len(rows)), lens)  # row of each window entry, and its column below
+    new_top[which, np.arange(len(which)) - np.repeat(np.cumsum(lens) - lens, lens)] = [x for w in windows for x in w]
+    old_kth = table.kth[rows]
+    same = (
+        np.isfinite(old_kth)
+        & (np.abs(old_kth - kths) <= 1e-6)
+        & (table.kth_k[rows] == k)
+        & (table.top_len[rows] == lens)
+        & np.all(np.isclose(table.top[rows], new_top, rtol=1e-5, atol=1e-6, equal_nan=True), axis=1)
+    )
+    moved = np.flatnonzero(~same)
+    r = rows[moved]
+    table.kth[r], table.kth_k[r], table.top_len[r], table.top[r] = kths[moved], k, lens[moved], new_top[moved]
+    return {
+        str(table.ids[i]): {KTH_SIM: float(kths[j]), KTH_K: k, KTH_TOP: window_value(windows[j])}
+        for j, i in zip(moved.tolist(), r.tolist(), strict=True)
+    }
 
 
 def top_stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:

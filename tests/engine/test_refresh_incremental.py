@@ -6,6 +6,8 @@ top-K at once."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,10 @@ from engine.compatibility import Profile
 from engine.likes import record_likes
 from engine.reciprocity.full import departures, refresh
 from engine.reciprocity.incremental import refresh_changed
-from engine.reciprocity.stats import TOP_KEEP
+from engine.reciprocity.stats import TOP_KEEP, row_change, rows_change
+from engine.reciprocity.table import Table
 from engine.reciprocity.topk import NO_KTH, compatible_topk, exact_kth
-from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of
+from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of, window_value
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point
@@ -211,3 +214,38 @@ def test_windows_in_either_stored_form_give_the_full_pass_result(reciprocity_db:
     full = stats(store)
     assert sorted(pid for pid in full if abs(full[pid][KTH_SIM] - after[pid][KTH_SIM]) > 1e-6) == []
     assert_same_as_full_pass(store, settings)
+
+
+def test_rows_change_is_row_change_for_many_rows() -> None:
+    """The array form the incremental pass uses for its merged users writes the same keys and leaves the
+    same table as the per-row one: unchanged rows (within float noise) untouched, longer windows widening
+    the table, a missing window or another K rewritten."""
+    rng = np.random.default_rng(9)
+    points = []
+    for i in range(40):
+        p = user_point(f"u{i}", rng)
+        window = sorted(rng.uniform(0, 1, int(rng.integers(1, TOP_KEEP + 1))).tolist(), reverse=True)
+        p.payload |= {KTH_SIM: window[-1], "kth_k": K, KTH_TOP: window_value(window)}
+        points.append(p)
+    points[3].payload.pop(KTH_TOP)
+    points[4].payload["kth_k"] = K + 1
+    base = Table.from_points(points)
+    new: dict[int, tuple[float, list[float]]] = {}
+    for i in range(len(base)):
+        old = base.top[i, : max(base.top_len[i], 0)].tolist() or [0.5]
+        if i % 3 == 0:
+            window = [x + 1e-8 for x in old]  # float noise: nothing to write
+        elif i % 3 == 1:
+            window = sorted([*old, float(rng.uniform(0, 1))], reverse=True)[: TOP_KEEP + 2]
+        else:
+            window = sorted([float(x) for x in rng.uniform(0, 1, len(old))], reverse=True)
+        new[i] = (window[-1], window)
+    one, many = copy.deepcopy(base), copy.deepcopy(base)
+    want = {
+        str(one.ids[i]): c for i, (kth, w) in new.items() if (c := row_change(one, i, kth, w, K, None, retasted=False))
+    }
+    got = rows_change(many, new, K)
+    assert got == want and 20 < len(got) < len(new)
+    assert str(base.ids[3]) in got and str(base.ids[4]) in got
+    for name in ("kth", "kth_k", "top_len", "top"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
