@@ -12,6 +12,8 @@ For each population size n, on the embedded Edge store (the default backend), in
    store folder, and refresh the same state both ways: the full pass on the copy (the reference time), the
    incremental pass (``refresh_changed``, what ingestion runs) on the original; ``incremental_kth_mismatches``
    counts users whose ``kth_sim`` differs between the two (0: exact); ``*_stages``: seconds per stage;
+   ``*_cpu_s``: CPU seconds of the process (all its threads) beside each wall time, which on a shared
+   machine depends less on what else runs (``incremental_over_full_cpu``: their ratio);
    ``--again``: 1 % more, and a second incremental pass from the cache the first one saved;
 5. ``--deletes`` users removed with ``delete_user`` (each one's refresh included); ``delete_kth_mismatches``:
    users whose ``kth_sim`` a full pass changes right after the deletions (0: refreshed at once).
@@ -124,9 +126,10 @@ def _disk_mb(path: Path) -> float:
 
 def _timed(row: dict[str, Any], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     _reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
     row[f"{name}_s"] = round(time.perf_counter() - t0, 2)
+    row[f"{name}_cpu_s"] = round(time.process_time() - c0, 2)  # every thread of the process: robust to load
     row[f"{name}_peak_rss_mb"] = round(_status("VmHWM"))
     log.warning("%s: %s s", name, row[f"{name}_s"])
     return out
@@ -210,6 +213,7 @@ def run_store(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         if args.reference:
             row["incremental_kth_mismatches"] = _mismatches(exact, _stats_of(store))  # 0: the same kth_sim
             row["incremental_over_full"] = round(row["incremental_s"] / row["full_s"], 4)
+            row["incremental_over_full_cpu"] = round(row["incremental_cpu_s"] / row["full_cpu_s"], 4)
         else:  # against the first full pass (which wrote every user: a little slower than one after 1 %)
             row["incremental_over_full_first"] = round(row["incremental_s"] / row["full_first_s"], 4)
         if args.again:

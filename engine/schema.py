@@ -9,6 +9,7 @@ leaves the others' keys alone.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ LIKED_IDS = "liked_ids"  # users point, engine.likes: user ids liked, oldest fir
 TASTE = "taste"  # users point, engine.likes: taste vector as floats, only with likes
 KTH_SIM = "kth_sim"  # users point, engine.reciprocity: K-th best compatible similarity
 KTH_K = "kth_k"  # ... the K it was computed with (a changed setting makes it stale)
-KTH_TOP = "kth_top"  # ... the tail of the top-K similarities (ranks K-7..K), best first: what arrivals merge into
+KTH_TOP = "kth_top"  # ... the tail of the top-K similarities (ranks K-7..K), best first: what arrivals merge into;
+# one string of comma-separated floats (window_value / window_of; earlier passes wrote a list of floats)
 # users point, no longer written: the learned model's per-user statistics and its taste coordinates, as the
 # first version of engine.learned.rebuild stored them; a full rebuild removes them (engine.learned.served holds both)
 LEGACY_MODEL_STATS = "pref"
@@ -205,6 +207,28 @@ def photo_payload(profile: Profile, sha256: str, source_path: str, encoder_id: s
         source_path=source_path,
         encoder_id=encoder_id,
     )
+
+
+def window_value(window: Sequence[float]) -> str:
+    """``kth_top`` as written: each float's shortest round-trip repr, joined by commas (exact; ``""`` for an
+    empty window). One string rather than a list of floats because the Edge bindings convert each payload
+    value by trying the JSON types in turn, a Python exception per miss: ~4 us a float, so a list of 8 cost
+    ~75 us a point to hand over and one string ~8 us, and the incremental pass writes ~40 % of users."""
+    return repr(list(map(float, window)))[1:-1].replace(" ", "")  # one repr call for the whole list
+
+
+def window_of(value: Any) -> list[float] | None:
+    """A stored ``kth_top`` as floats, best first: the string :func:`window_value` writes, or the list of
+    numbers earlier passes wrote (both read the same); None when it is neither (missing or malformed)."""
+    if isinstance(value, str):
+        try:
+            out = [float(x) for x in value.split(",")] if value else []
+        except ValueError:
+            return None
+        return out if all(math.isfinite(x) for x in out) else None
+    if isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return [float(x) for x in value]
+    return None
 
 
 def photo_ids_of(payload: Mapping[str, Any] | None) -> list[str]:

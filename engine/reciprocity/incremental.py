@@ -23,6 +23,7 @@ from engine.reciprocity.stats import (
     merge_window,
     queries_of,
     row_change,
+    rows_change,
     tastes_of,
     top_stats,
     write_changes,
@@ -61,8 +62,10 @@ def _from_cache(
         return "no cache"
     old, journal = loaded
     touched = set(journal) | _pids(arrived) | _pids(retasted) | _pids(d.user_id for d in departed)
-    row0 = {str(p): i for i, p in enumerate(old.ids.tolist())}
     wanted = sorted(touched)
+    # Rows of the touched users only (a dict of every id cost more than the rest of this step).
+    hit = np.flatnonzero(np.isin(old.ids, np.array(wanted, dtype=str))) if wanted else np.zeros(0, np.int64)
+    row0 = {str(old.ids[i]): int(i) for i in hit.tolist()}
     points = [
         p
         for s in range(0, len(wanted), RETRIEVE)
@@ -178,11 +181,7 @@ def refresh_changed(
         change = row_change(table, i, *top_stats(exact[j], k), k, tastes.get(i), retasted=i in tastes)
         if change is not None:
             changes[str(table.ids[i])] = change
-    for i, (kth, window) in merged.items():
-        if not recompute[i]:
-            change = row_change(table, i, kth, window, k, None, retasted=False)
-            if change is not None:
-                changes[str(table.ids[i])] = change
+    changes.update(rows_change(table, {i: got for i, got in merged.items() if not recompute[i]}, k))
     stages["exact"] = time.perf_counter() - t0 - sum(stages.values())
     write_changes(store, changes, settings.ingest.write_batch_size)
     stages["write"] = time.perf_counter() - t0 - sum(stages.values())

@@ -15,7 +15,7 @@ import numpy as np
 from engine.likes import taste_payload
 from engine.reciprocity.table import Table
 from engine.reciprocity.topk import NO_KTH
-from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile
+from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile, window_of, window_value
 from engine.store.base import Store
 
 TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
@@ -64,9 +64,12 @@ def tastes_of(table: Table, rows: Iterable[int], blend: float) -> dict[int, list
 
 
 def queries_of(table: Table, tastes: dict[int, list[float] | None]) -> np.ndarray:
-    """(n, d) float32: what each user's list is ranked by (new taste, else stored taste, else mean vector)."""
-    queries = table.matrix.copy()
+    """(n, d) float32: what each user's list is ranked by (new taste, else stored taste, else mean vector).
+    Read only: where nobody has a taste it is ``table.matrix`` itself (no copy of the n x d matrix)."""
     has = np.flatnonzero(table.taste_row >= 0)
+    if len(has) == 0 and all(t is None for t in tastes.values()):
+        return table.matrix
+    queries = table.matrix.copy()
     queries[has] = table.tastes[table.taste_row[has]]
     for i, t in tastes.items():
         queries[i] = table.matrix[i] if t is None else np.asarray(t, dtype=np.float32)
@@ -91,13 +94,47 @@ def row_change(
         or any(abs(a - b) > 1e-6 + 1e-5 * abs(b) for a, b in zip(old_top, window, strict=True))
     ):
         # The three statistics are written together, so a stored window always matches its kth_sim and K.
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window})
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window)})
     if retasted and taste_changed(table.stored_taste(i), taste):
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window, TASTE: taste})  # None deletes
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window), TASTE: taste})  # None deletes
         table.set_taste(i, taste)
     if change:
         table.set_stats(i, kth, k, window)
     return change or None
+
+
+def rows_change(table: Table, stats: dict[int, tuple[float, list[float]]], k: int) -> dict[str, dict[str, Any]]:
+    """:func:`row_change` for many rows at once, without tastes: ``stats`` maps row -> new ``(kth_sim,
+    kth_top)``. Returns point id -> the keys to write, for the rows whose statistics changed beyond float
+    noise (the same test as :func:`row_change`), and updates the table to them. The comparison and the
+    table update are array operations: the merged users of an incremental pass are ~40 % of everyone."""
+    if not stats:
+        return {}
+    rows = np.fromiter(stats, dtype=np.int64, count=len(stats))
+    windows = [stats[i][1] for i in rows.tolist()]
+    kths = np.array([stats[i][0] for i in rows.tolist()], dtype=np.float64)
+    lens = np.array([len(w) for w in windows], dtype=np.int64)
+    width = max(table.top.shape[1], int(lens.max()))
+    if width > table.top.shape[1]:
+        table.top = np.pad(table.top, ((0, 0), (0, width - table.top.shape[1])), constant_values=np.nan)
+    new_top = np.full((len(rows), width), np.nan)
+    which = np.repeat(np.arange(len(rows)), lens)  # row of each window entry, and its column below
+    new_top[which, np.arange(len(which)) - np.repeat(np.cumsum(lens) - lens, lens)] = [x for w in windows for x in w]
+    old_kth = table.kth[rows]
+    same = (
+        np.isfinite(old_kth)
+        & (np.abs(old_kth - kths) <= 1e-6)
+        & (table.kth_k[rows] == k)
+        & (table.top_len[rows] == lens)
+        & np.all(np.isclose(table.top[rows], new_top, rtol=1e-5, atol=1e-6, equal_nan=True), axis=1)
+    )
+    moved = np.flatnonzero(~same)
+    r = rows[moved]
+    table.kth[r], table.kth_k[r], table.top_len[r], table.top[r] = kths[moved], k, lens[moved], new_top[moved]
+    return {
+        str(table.ids[i]): {KTH_SIM: float(kths[j]), KTH_K: k, KTH_TOP: window_value(windows[j])}
+        for j, i in zip(moved.tolist(), r.tolist(), strict=True)
+    }
 
 
 def top_stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:
@@ -110,8 +147,8 @@ def top_stats(top: np.ndarray, k: int) -> tuple[float, list[float]]:
 
 def stored_stats(payload: dict[str, Any], k: int) -> tuple[float, list[float]] | None:
     """The stored ``(kth_sim, kth_top)`` when usable for K (consistent with each other), else None."""
-    lst, kth = payload.get(KTH_TOP), payload.get(KTH_SIM)
-    if payload.get(KTH_K) != k or not isinstance(lst, list) or not isinstance(kth, int | float):
+    lst, kth = window_of(payload.get(KTH_TOP)), payload.get(KTH_SIM)
+    if payload.get(KTH_K) != k or lst is None or not isinstance(kth, int | float):
         return None
     if kth == NO_KTH:
         return (NO_KTH, lst) if len(lst) < k else None
@@ -127,19 +164,19 @@ def payload_change(
 
     ``taste`` is written only when ``retasted``."""
     change: dict[str, Any] = {}
-    old_kth, old_top = old.get(KTH_SIM), old.get(KTH_TOP)
+    old_kth, old_top = old.get(KTH_SIM), window_of(old.get(KTH_TOP))
     if (
         not isinstance(old_kth, int | float)
         or abs(float(old_kth) - kth) > 1e-6
         or old.get(KTH_K) != k
-        or not isinstance(old_top, list)
+        or old_top is None
         or len(old_top) != len(window)
         or not np.allclose(np.asarray(old_top, dtype=np.float64), window, atol=1e-6)
     ):
         # The three statistics are written together, so a stored window always matches its kth_sim and K.
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window})
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window)})
     if retasted and taste_changed(old.get(TASTE), taste):
-        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window, TASTE: taste})  # None deletes
+        change.update({KTH_SIM: kth, KTH_K: k, KTH_TOP: window_value(window), TASTE: taste})  # None deletes
     return change or None
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from engine.errors import InvalidInput
 from engine.reciprocity.topk import Groups
-from engine.schema import KTH_K, KTH_SIM, KTH_TOP, LIKED_IDS, TASTE, Profile
+from engine.schema import KTH_K, KTH_SIM, KTH_TOP, LIKED_IDS, TASTE, Profile, window_of
 from engine.store.base import Point, Store
 from engine.store.cache import journal_path, read_journal
 
@@ -121,7 +121,7 @@ class Table:
             cols["kth"].append(float(kth) if isinstance(kth, int | float) else np.nan)
             kk = payload.get(KTH_K)
             cols["k"].append(kk if isinstance(kk, int) else -1)
-            tops.append([float(x) for x in top] if isinstance(top, list) else None)
+            tops.append(window_of(top))
         n = len(cols["ids"])
         width = max([8, *(len(t) for t in tops if t is not None)])
         top_arr = np.full((n, width), np.nan)

@@ -22,7 +22,8 @@ from engine.schema import Profile
 NO_KTH = -1.0  # kth_sim of a user with fewer than K compatible users
 _BLOCK_ENTRIES = 1 << 24  # similarities per block in compatible_topk (64 MB of float32)
 _SMALL_GROUP = 64  # groups of at most this many rows are scored in (gender, age) blocks (_topk_in_age_blocks)
-_AGE_BLOCK = 64  # rows per product there
+_AGE_BLOCK = 64  # rows per product there, at most
+_AGE_SPAN = 4  # ... whose ages differ by at most this many years
 
 
 def gender_bits(profiles: Sequence[Profile]) -> dict[str, int]:
@@ -197,15 +198,22 @@ def _topk_in_age_blocks(
     cols_vecs = vectors[order]
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
+    # The candidates' attributes in that order: a slice of them is a view, like the slice of vectors.
+    c_seeks, c_age, c_lo, c_hi = (x[order] for x in (grp.seeks, grp.age, grp.lo, grp.hi))
     rows_seeks = grp.seeks[sel[at]]
     at = at[np.lexsort((grp.age[sel[at]], rows_seeks))]
-    rows_seeks = grp.seeks[sel[at]]
+    rows_seeks, rows_age = grp.seeks[sel[at]], grp.age[sel[at]]
     cuts = np.flatnonzero(np.r_[True, rows_seeks[1:] != rows_seeks[:-1], True])
     for s0, s1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
         want = int(rows_seeks[s0])
         sought = [j for j, code in enumerate(codes.tolist()) if code & want]
-        for b in range(s0, s1, _AGE_BLOCK):
-            pos = at[b : min(b + _AGE_BLOCK, s1)]
+        b = s0
+        while b < s1:
+            # Rows whose ages span at most _AGE_SPAN years: the union of their windows, which every row of
+            # the block is scored against, is then at most that much wider than one window.
+            e = min(b + _AGE_BLOCK, s0 + int(np.searchsorted(rows_age[s0:s1], rows_age[b] + _AGE_SPAN, "right")))
+            pos = at[b:e]
+            b = e
             r = sel[pos]
             lo, hi = int(grp.lo[r].min()), int(grp.hi[r].max())
             slices = [
@@ -216,29 +224,27 @@ def _topk_in_age_blocks(
             ]
             if not slices:
                 continue
-            if len(slices) == 1:
-                c_pos = np.arange(*slices[0])
-                c_vecs = cols_vecs[slices[0][0] : slices[0][1]]
-            else:
-                c_pos = np.concatenate([np.arange(x, y) for x, y in slices])
-                c_vecs = cols_vecs[c_pos]
-            c = order[c_pos]
-            ok = (
-                ((grp.seeks[c][None, :] & grp.gender[r][:, None]) != 0)
-                & (grp.age[c][None, :] >= grp.lo[r][:, None])
-                & (grp.age[c][None, :] <= grp.hi[r][:, None])
-                & (grp.lo[c][None, :] <= grp.age[r][:, None])
-                & (grp.hi[c][None, :] >= grp.age[r][:, None])
-            )
-            own = np.searchsorted(c_pos, rank[r])
-            inside = (own < len(c_pos)) & (c_pos[np.minimum(own, len(c_pos) - 1)] == rank[r])
-            ok[np.flatnonzero(inside), own[inside]] = False  # never oneself
             if isinstance(queries, np.ndarray):
                 q = _rows_of(queries, r)
             else:
                 q = np.stack([queries.get(int(i), vectors[i]) for i in r]) if queries else vectors[r]
-            sims = q @ c_vecs.T
-            sims[~ok] = -np.inf
+            # One product per slice, in place in the matrix (no copy of the candidates' vectors).
+            parts = [q @ cols_vecs[x:y].T for x, y in slices]
+            sims = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            c_pos = np.concatenate([np.arange(x, y) for x, y in slices])
+            cut = [c[x:y] for c in (c_seeks, c_age, c_lo, c_hi) for x, y in slices]
+            cs, ca, cl, ch = (np.concatenate(cut[i * len(slices) : (i + 1) * len(slices)]) for i in range(4))
+            bad = (
+                ((cs[None, :] & grp.gender[r][:, None]) == 0)
+                | (ca[None, :] < grp.lo[r][:, None])
+                | (ca[None, :] > grp.hi[r][:, None])
+                | (cl[None, :] > grp.age[r][:, None])
+                | (ch[None, :] < grp.age[r][:, None])
+            )
+            own = np.searchsorted(c_pos, rank[r])
+            inside = (own < len(c_pos)) & (c_pos[np.minimum(own, len(c_pos) - 1)] == rank[r])
+            bad[np.flatnonzero(inside), own[inside]] = True  # never oneself
+            sims[bad] = -np.inf
             m = len(c_pos)
             width = min(k, m)
             if width < m:

@@ -42,7 +42,6 @@ from engine.store.qdrant_base import (
     QdrantStore,
     default_vector,
     empty_filter_error,
-    payload_changes,
     upsert_vectors,
     with_payload,
 )
@@ -414,19 +413,21 @@ class EdgeStore(QdrantStore):
             return
         self._before_write(collection, list(changes))
         shard = self._shard(collection)
-        have = [str(r.id) for r in self._retrieve_ids(shard, collection, list(changes))]
+        # Each id is made a UUID once, and the stored ones are matched as UUIDs (no string built back per
+        # id): a reciprocity pass writes tens of thousands of small updates, one operation each.
+        uids: list[Any] = [_uuid(pid) for pid in changes]
+        with self._calling("retrieve", collection):
+            have = {r.id for r in shard.retrieve(uids, False, False)}
         with self._calling("set_payload", collection):
-            for pid, put, drop in payload_changes(changes, have):
-                uid: Any = _uuid(pid)
+            for uid, fields in zip(uids, changes.values(), strict=True):
+                if uid not in have:
+                    continue  # not stored: skipped
+                put = {k: v for k, v in fields.items() if v is not None}
+                drop = [k for k, v in fields.items() if v is None]
                 if put:
                     shard.update(qe.UpdateOperation.set_payload([uid], put))
                 if drop:
                     shard.update(qe.UpdateOperation.delete_payload([uid], drop))
-
-    def _retrieve_ids(self, shard: qe.EdgeShard, collection: str, ids: Sequence[str]) -> list[Any]:
-        uuids: list[Any] = [_uuid(i) for i in ids]
-        with self._calling("retrieve", collection):
-            return list(shard.retrieve(uuids, False, False))
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         if not ids:

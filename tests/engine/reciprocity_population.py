@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.likes import record_likes
 from engine.reciprocity.full import refresh
-from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
+from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point
@@ -53,8 +53,9 @@ def disagreements(store: Store, settings: Settings) -> list[str]:
     wrong = []
     for pid, payload in stats(store).items():
         old = before[pid]
-        window = old[KTH_TOP]
-        tail = payload[KTH_TOP][len(payload[KTH_TOP]) - len(window) :]
+        window, full = window_of(old[KTH_TOP]), window_of(payload[KTH_TOP])
+        assert window is not None and full is not None, f"{old['user_id']}: kth_top unreadable"
+        tail = full[len(full) - len(window) :]
         same_kth = abs(payload[KTH_SIM] - old[KTH_SIM]) <= 1e-6
         if not same_kth or len(tail) != len(window) or not np.allclose(tail, window, atol=1e-6):
             wrong.append(old["user_id"])

@@ -6,6 +6,8 @@ top-K at once."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,10 @@ from engine.compatibility import Profile
 from engine.likes import record_likes
 from engine.reciprocity.full import departures, refresh
 from engine.reciprocity.incremental import refresh_changed
-from engine.reciprocity.stats import TOP_KEEP
+from engine.reciprocity.stats import TOP_KEEP, row_change, rows_change
+from engine.reciprocity.table import Table
 from engine.reciprocity.topk import NO_KTH, compatible_topk, exact_kth
-from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id
+from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of, window_value
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point
@@ -46,7 +49,7 @@ def test_full_pass_stores_the_top_k_list_exactly(reciprocity_db: tuple[Store, Se
             reverse=True,
         )
         window = sims[max(0, K - TOP_KEEP) : K] if len(sims) >= K else sims
-        np.testing.assert_allclose(p.payload[KTH_TOP], window, atol=1e-5)
+        np.testing.assert_allclose(window_of(p.payload[KTH_TOP]), window, atol=1e-5)
         assert p.payload[KTH_SIM] == pytest.approx(sims[K - 1] if len(sims) >= K else NO_KTH, abs=1e-5)
     without_taste = [i for i, t in enumerate(tastes) if t is None]
     expected = exact_kth(vectors, profiles, K)
@@ -186,3 +189,63 @@ def test_record_likes_refreshes_the_likers_own_statistics(reciprocity_db: tuple[
     populated(store, settings, 300, seed=8)
     record_likes(store, "u100", ["u7", "u8", "u9"], settings=settings)
     assert disagreements(store, settings) == []
+
+
+def test_windows_in_either_stored_form_give_the_full_pass_result(reciprocity_db: tuple[Store, Settings]) -> None:
+    """``kth_top`` is written as one string (``schema.window_value``: a list of floats cost ~10x more to hand
+    to the Edge bindings); stores written before hold lists. An incremental pass that reads a mix of both from
+    the payloads (no cache: it scrolls) merges the arrivals into them and leaves every user's ``kth_sim``
+    as a full pass computes it; what it rewrites is in the string form."""
+    store, settings = reciprocity_db
+    rng = populated(store, settings, 300, seed=21)
+    before = stats(store)
+    assert all(isinstance(p[KTH_TOP], str) for p in before.values())
+    as_lists = {pid: {KTH_TOP: window_of(p[KTH_TOP])} for pid, p in sorted(before.items())[::2]}
+    store.set_payload(USERS, as_lists)
+    assert all(isinstance(p[KTH_TOP], list) for pid, p in stats(store).items() if pid in as_lists)
+    store.set_cache_token(None)  # every window is read from the payloads
+    store.upsert(USERS, [user_point(f"new{i}", rng) for i in range(15)])
+    rep = refresh_changed(store, settings, arrived=[f"new{i}" for i in range(15)])
+    assert rep.cache != "used" and rep.merged > 0 and rep.recomputed < 100
+    after = stats(store)
+    moved = [pid for pid in as_lists if after[pid][KTH_SIM] != before[pid][KTH_SIM]]
+    assert moved and all(isinstance(after[pid][KTH_TOP], str) for pid in moved)
+    refresh(store, settings)
+    full = stats(store)
+    assert sorted(pid for pid in full if abs(full[pid][KTH_SIM] - after[pid][KTH_SIM]) > 1e-6) == []
+    assert_same_as_full_pass(store, settings)
+
+
+def test_rows_change_is_row_change_for_many_rows() -> None:
+    """The array form the incremental pass uses for its merged users writes the same keys and leaves the
+    same table as the per-row one: unchanged rows (within float noise) untouched, longer windows widening
+    the table, a missing window or another K rewritten."""
+    rng = np.random.default_rng(9)
+    points = []
+    for i in range(40):
+        p = user_point(f"u{i}", rng)
+        window = sorted(rng.uniform(0, 1, int(rng.integers(1, TOP_KEEP + 1))).tolist(), reverse=True)
+        p.payload |= {KTH_SIM: window[-1], "kth_k": K, KTH_TOP: window_value(window)}
+        points.append(p)
+    points[3].payload.pop(KTH_TOP)
+    points[4].payload["kth_k"] = K + 1
+    base = Table.from_points(points)
+    new: dict[int, tuple[float, list[float]]] = {}
+    for i in range(len(base)):
+        old = base.top[i, : max(base.top_len[i], 0)].tolist() or [0.5]
+        if i % 3 == 0:
+            window = [x + 1e-8 for x in old]  # float noise: nothing to write
+        elif i % 3 == 1:
+            window = sorted([*old, float(rng.uniform(0, 1))], reverse=True)[: TOP_KEEP + 2]
+        else:
+            window = sorted([float(x) for x in rng.uniform(0, 1, len(old))], reverse=True)
+        new[i] = (window[-1], window)
+    one, many = copy.deepcopy(base), copy.deepcopy(base)
+    want = {
+        str(one.ids[i]): c for i, (kth, w) in new.items() if (c := row_change(one, i, kth, w, K, None, retasted=False))
+    }
+    got = rows_change(many, new, K)
+    assert got == want and 20 < len(got) < len(new)
+    assert str(base.ids[3]) in got and str(base.ids[4]) in got
+    for name in ("kth", "kth_k", "top_len", "top"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)

@@ -21,6 +21,8 @@ from engine.schema import (
     photo_payload,
     usable_vector,
     user_payload,
+    window_of,
+    window_value,
 )
 from engine.store.base import Point
 
@@ -71,3 +73,22 @@ def test_photo_ids_is_named_only_in_the_schema(package: str) -> None:
             if isinstance(node, ast.Constant) and node.value in (PHOTO_IDS, "photo_sha256", "n_photos", "kth_sim"):
                 bare.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not bare, bare
+
+
+def test_kth_top_is_stored_as_one_exact_string_and_old_lists_still_read() -> None:
+    rng = np.random.default_rng(3)
+    windows = [
+        [float(x) for x in np.sort(rng.random(8).astype(np.float32))[::-1]],  # what the passes write
+        sorted(rng.uniform(-1, 1, 5).tolist(), reverse=True),  # any float64
+        [-0.25],
+        [],
+    ]
+    for w in windows:
+        stored = window_value(w)
+        assert isinstance(stored, str)
+        assert window_of(stored) == w  # exact: shortest round-trip reprs
+        assert window_of(w) == w  # the list form earlier passes wrote
+    assert window_value([np.float64(0.5), np.float32(0.25)]) == "0.5,0.25"
+    assert window_of([1, 0.5]) == [1.0, 0.5]
+    for bad in (None, "0.5,x", "0.5,nan", "inf", [True, 0.5], ["0.5"], {"a": 1}, 0.5):
+        assert window_of(bad) is None, bad
