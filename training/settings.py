@@ -80,6 +80,13 @@ class TrainSettings(BaseModel):
     )
     seed: int = 0
     patience: int = Field(default=3, ge=1, description="Epochs without a better MAP@R before stopping.")
+    select_from: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Epochs before this share of the run are scored and logged but cannot become the best "
+        "(nor count towards patience); the untrained epoch 0 always can. 0 = every epoch.",
+    )
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 on GPU")
     activation_checkpointing: bool = Field(default=True, description="On GPU, when tower weights train.")
