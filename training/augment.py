@@ -1,5 +1,7 @@
 """Identity-keeping photo augmentations (Pillow + NumPy), deterministic under a seed.
 
+(The tensor path, ``augment_backend="tensor"``, reads the same settings: :mod:`training.tensor_augment`.)
+
 A person stays the same person under a small crop, a mirror image, a lighting change, a slight tilt and
 JPEG re-compression; these are the changes between two profile photos the model should ignore. Hue shifts
 are kept small because skin and hair colour are part of who someone is.
@@ -31,6 +33,10 @@ class AugmentSettings(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="Light from one side: a linear ramp of up to +-r/2 of full scale."
     )
     rotation_deg: float = Field(default=8.0, ge=0.0, le=45.0)
+    scale_jitter: float = Field(
+        default=0.15, ge=0.0, le=1.0, description="Tensor path: face square scaled by exp(U(-s, s)) (not crop_scale)."
+    )
+    shift: float = Field(default=0.06, ge=0.0, le=0.5, description="Tensor path: move by U(-s, s) x the face side.")
     jpeg_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jpeg_quality: tuple[int, int] = Field(default=(40, 95))
 

@@ -121,7 +121,8 @@ class EarlyStopping(TrainerCallback):
     """Stops the run after ``patience`` evaluations in a row without a new best of the monitored metric.
 
     The count lives in ``trainer.state.bad_epochs``, so it survives a resume. The untrained evaluation
-    (epoch 0) sets the first best but is not counted.
+    (epoch 0) sets the first best but is not counted, nor are epochs that cannot become the best
+    (``TrainSettings.select_from``).
     """
 
     def __init__(self, patience: int) -> None:
@@ -130,7 +131,7 @@ class EarlyStopping(TrainerCallback):
         self.patience = patience
 
     def on_evaluate(self, trainer: Trainer, epoch: int, metrics: dict[str, float], improved: bool) -> None:
-        if epoch == 0:
+        if epoch == 0 or not trainer.selectable(epoch):
             return
         state = trainer.state
         state.bad_epochs = 0 if improved else state.bad_epochs + 1

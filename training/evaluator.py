@@ -7,7 +7,8 @@ An evaluator is any callable ``(encoder) -> {metric: value}``; the trainer keeps
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -35,18 +36,46 @@ def retrieval_scores(emb: np.ndarray, labels: Sequence[int] | np.ndarray) -> dic
 
 
 class PhotoEvaluator:
-    """Embeds ``photos`` (full-size files, eval mode) with ``encoder.embed`` and scores them by ``labels``."""
+    """Embeds ``photos`` (full-size files, eval mode) through the encoder's own preprocessing and forward (what
+    ``encoder.embed`` does, chunk by chunk) and scores them by ``labels``.
 
-    def __init__(self, photos: Sequence[Photo], labels: np.ndarray, batch_size: int = 32) -> None:
+    Preprocessing does not depend on the weights, so its output is computed once and kept (up to
+    ``cache_bytes`` of ``pixel_values``; keyed by ``encoder.preprocessing_settings()``, so a change of
+    preprocessing recomputes it): decoding every validation photo at every epoch cost the demo's
+    80-epoch run a large share of its CPU (docs/training.md, round 4). The vectors are the same as
+    ``encoder.embed(images, batch_size)`` gives.
+    """
+
+    def __init__(
+        self, photos: Sequence[Photo], labels: np.ndarray, batch_size: int = 32, cache_bytes: int = 256 * 2**20
+    ) -> None:
         self.photos, self.labels, self.batch_size = list(photos), labels, batch_size
+        self.cache_bytes = cache_bytes
+        self._key: str | None = None
+        self._inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def inputs(self, encoder: Encoder) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(pixel_values, image_grid_thw)`` per chunk of ``batch_size`` photos (from the cache when valid)."""
+        key = json.dumps(encoder.preprocessing_settings(), sort_keys=True)
+        if key == self._key:
+            yield from self._inputs
+            return
+        self._key, self._inputs = None, []
+        kept, size = [], 0
+        bs = self.batch_size
+        for i in range(0, len(self.photos), bs):
+            pixel_values, grid = encoder.preprocess([load_image(p.path) for p in self.photos[i : i + bs]])
+            size += pixel_values.numel() * pixel_values.element_size()
+            if size <= self.cache_bytes:
+                kept.append((pixel_values, grid))
+            yield pixel_values, grid
+        if size <= self.cache_bytes:
+            self._key, self._inputs = key, kept
 
     def __call__(self, encoder: Encoder) -> dict[str, float]:
         encoder.eval()
-        bs = self.batch_size
-        chunks = [
-            encoder.embed([load_image(p.path) for p in self.photos[i : i + bs]], batch_size=bs)
-            for i in range(0, len(self.photos), bs)
-        ]
+        with torch.inference_mode():
+            chunks = [encoder(pv, grid).float().cpu().numpy() for pv, grid in self.inputs(encoder)]
         return retrieval_scores(np.concatenate(chunks), self.labels)
 
 

@@ -152,7 +152,12 @@ def train(
         batches = FeatureBatches(train_feats, train_ds.labels, settings.seed)
         evaluator = FeatureEvaluator(val_feats, val_ds.labels)
     else:
-        batches = ImageBatches(train_ds, encoder, settings)
+        if settings.augment_backend == "tensor":
+            from training.tensor_augment import TensorBatches
+
+            batches = TensorBatches(train_ds, encoder, settings)
+        else:
+            batches = ImageBatches(train_ds, encoder, settings)
         evaluator = PhotoEvaluator(val_photos, val_ds.labels, settings.eval_batch_size)
     callbacks: list[TrainerCallback] = [
         MetricsLog(out / "metrics.jsonl", fresh=not resuming),

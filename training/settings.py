@@ -61,6 +61,11 @@ class TrainSettings(BaseModel):
     proxy_lr: float = Field(default=1e-2, gt=0, description="Learning rate of the proxy loss's proxies.")
     distance: Literal["cosine", "euclidean"] = "cosine"
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    augment_backend: Literal["pillow", "tensor"] = Field(
+        default="pillow",
+        description="pillow: augment each decoded photo, then Qwen's processor, per step; tensor: face crops "
+        "cached once, augmented and patchified in torch (tower modes with face_crop > 0; training.tensor_augment).",
+    )
     cache_views: int = Field(default=8, ge=1, description="head mode: augmented views cached per photo.")
     work_pixels: int = Field(
         default=4, ge=1, description="Photos are shrunk to <= this x pixel_budget before augmenting."
@@ -75,6 +80,13 @@ class TrainSettings(BaseModel):
     )
     seed: int = 0
     patience: int = Field(default=3, ge=1, description="Epochs without a better MAP@R before stopping.")
+    select_from: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Epochs before this share of the run are scored and logged but cannot become the best "
+        "(nor count towards patience); the untrained epoch 0 always can. 0 = every epoch.",
+    )
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: bf16 on GPU")
     activation_checkpointing: bool = Field(default=True, description="On GPU, when tower weights train.")
@@ -86,6 +98,11 @@ class TrainSettings(BaseModel):
     def _check(self) -> TrainSettings:
         if self.loss_weights is not None and len(self.loss_weights) != len(self.losses):
             raise ValueError(f"{len(self.losses)} losses but {len(self.loss_weights)} loss_weights")
+        if self.augment_backend == "tensor":
+            if self.mode == "head" or self.face_crop <= 0:
+                raise ValueError("augment_backend 'tensor' is for tower modes with face_crop > 0")
+            if self.augment.hue > 0 or self.augment.jpeg_p > 0:
+                raise ValueError("augment_backend 'tensor' has no hue shift or JPEG: set augment.hue and jpeg_p to 0")
         return self
 
     def resolved_tower_lr(self) -> float:

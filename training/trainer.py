@@ -108,11 +108,15 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether ``epoch``'s evaluation may become the best (``settings.select_from``; epoch 0 always)."""
+        return epoch == 0 or epoch >= math.ceil(self.settings.select_from * self.settings.epochs)
+
     def _evaluate(self, epoch: int) -> tuple[dict[str, float], bool]:
         metrics = self.evaluator(self.model)
         if self.monitor not in metrics:
             raise KeyError(f"the evaluator returned no {self.monitor!r} (got {sorted(metrics)})")
-        improved = metrics[self.monitor] > self.state.best_map
+        improved = self.selectable(epoch) and metrics[self.monitor] > self.state.best_map
         if improved:
             self.state.best_map, self.state.best_epoch = metrics[self.monitor], epoch
             self.state.best_metrics = dict(metrics)

@@ -48,8 +48,12 @@ class Counter(TrainerCallback):
         self.completed = completed
 
 
-def _trainer(tiny_checkpoint: Path, tmp_path: Path, maps: list[float], patience: int, epochs: int = 8):
-    settings = TrainSettings(mode="head", dim=16, pixel_budget=64 * 64, p=4, k=2, epochs=epochs, patience=patience)
+def _trainer(
+    tiny_checkpoint: Path, tmp_path: Path, maps: list[float], patience: int, epochs: int = 8, select_from: float = 0.0
+):
+    settings = TrainSettings(
+        mode="head", dim=16, pixel_budget=64 * 64, p=4, k=2, epochs=epochs, patience=patience, select_from=select_from
+    )
     encoder, groups = build_model(str(tiny_checkpoint), settings)
     labels = np.repeat(np.arange(8), 2)
     feats = torch.randn(
@@ -105,6 +109,24 @@ def test_without_improvement_over_the_untrained_model_the_untrained_weights_are_
     state = trainer.train()
     assert not state.stopped_early and state.epoch == 3 and state.best_epoch == 0
     assert torch.equal(trainer.model.head.proj.weight.detach(), evaluator.heads[0])
+
+
+def test_epochs_before_select_from_cannot_become_the_best_nor_use_up_patience(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # 6 epochs, select_from 0.5: epochs 1-2 are scored but not selectable; epoch 2's 0.9 is a noise peak.
+    maps = [0.1, 0.3, 0.9, 0.2, 0.4, 0.35, 0.3]
+    trainer, evaluator, _ = _trainer(tiny_checkpoint, tmp_path, maps, patience=2, epochs=6, select_from=0.5)
+    state = trainer.train()
+    assert state.best_epoch == 4 and state.best_map == pytest.approx(0.4)
+    # Epochs 1-2 did not use up patience 2 (the run went on); epochs 5, 6 did, at the last epoch.
+    assert state.stopped_early is True and state.epoch == 6
+    assert torch.equal(trainer.model.head.proj.weight.detach(), evaluator.heads[4])
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e.get("best") for e in log] == [None, False, False, True, True, False, False]
+    # Without it the peak wins.
+    plain, _, _ = _trainer(tiny_checkpoint, tmp_path / "plain", maps, patience=2, epochs=6)
+    assert plain.train().best_epoch == 2
 
 
 def test_a_missing_monitored_metric_is_an_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
