@@ -51,10 +51,14 @@ def bench_fit(args: argparse.Namespace) -> dict[str, float]:
             "fit_s": time.perf_counter() - t}  # fmt: skip
 
 
-def lay_feedback(store: object, ids: list[str], a: np.ndarray, b: np.ndarray, like: np.ndarray, chunk: int) -> float:
+def lay_feedback(
+    store: object, ids: list[str], a: np.ndarray, b: np.ndarray, like: np.ndarray, chunk: int, optimize_every: int = 0
+) -> float:
     """Write the decisions straight into the ``feedback`` collection as ``record_feedback`` stores them (same
     point ids and payloads), in bulk upserts of ``chunk`` points: no per-event check or read-before-write,
-    which a bench laying down millions of fresh, unique pairs does not need. Returns seconds."""
+    which a bench laying down millions of fresh, unique pairs does not need. ``optimize_every`` > 0 calls
+    ``optimize()`` after each that many points (as a live store gets between batches; without it Edge keeps
+    the whole log in its appendable segment, 10 GB resident at ~5 M decisions here). Returns seconds."""
     from engine.feedback import LIKE, PASS, feedback_point_id
     from engine.schema import FEEDBACK
     from engine.store import Point
@@ -69,7 +73,22 @@ def lay_feedback(store: object, ids: list[str], a: np.ndarray, b: np.ndarray, li
                                 strict=True)
         ]  # fmt: skip
         store.upsert(FEEDBACK, pts)  # type: ignore[attr-defined]
+        done = s + len(pts)
+        if optimize_every > 0 and done // optimize_every > s // optimize_every:
+            store.optimize()  # type: ignore[attr-defined]
+            print(json.dumps({"laid": done, "s": round(time.perf_counter() - t, 1), "rss_mb": _rss_mb()}), flush=True)
     return time.perf_counter() - t
+
+
+def _rss_mb(key: str = "VmRSS") -> float:
+    """This process's resident set now (``VmHWM``: its peak), MB (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def bench_store(args: argparse.Namespace) -> dict[str, float]:
@@ -97,16 +116,19 @@ def bench_store(args: argparse.Namespace) -> dict[str, float]:
                 for i in range(s, min(n, s + 1000))
             ])  # fmt: skip
         users_s = time.perf_counter() - t
-        lay_s = lay_feedback(store, ids, a, b, like, args.chunk)
+        lay_s = lay_feedback(store, ids, a, b, like, args.chunk, args.optimize_every)
+        rss_laid = _rss_mb()
         t = time.perf_counter()
         store.optimize()
         optimize_s = time.perf_counter() - t
         t = time.perf_counter()
         rep = rebuild_preferences(store, settings)
         total = time.perf_counter() - t
+        rss_rebuilt, peak = _rss_mb(), _rss_mb("VmHWM")
         store.close()
     out = {"store_users": n, "store_events": int(a.size), "write_users_s": users_s, "lay_feedback_s": lay_s,
-           "lay_events_per_s": a.size / lay_s, "optimize_s": optimize_s, "rebuild_total_s": total}  # fmt: skip
+           "lay_events_per_s": a.size / lay_s, "optimize_s": optimize_s, "rebuild_total_s": total,
+           "rss_after_lay_mb": rss_laid, "rss_after_rebuild_mb": rss_rebuilt, "peak_rss_mb": peak}  # fmt: skip
     out.update({f"rebuild_{k}": v for k, v in rep.seconds.items()})
     out["read_events_per_s"] = a.size / max(rep.seconds["read_s"], 1e-9)
     return out
@@ -123,6 +145,7 @@ def main() -> None:
     ap.add_argument("--skip-store", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=20_000, help="feedback points per bulk upsert")
+    ap.add_argument("--optimize-every", type=int, default=0, help="optimize() after each N feedback points laid")
     ap.add_argument("--workdir", type=Path, default=None, help="the store's temporary folder goes here")
     ap.add_argument("--progress", action="store_true", help="show the rebuild's progress bars")
     args = ap.parse_args()
