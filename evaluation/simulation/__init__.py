@@ -73,7 +73,6 @@ from evaluation.simulation.metrics import (
     StrategyResult,
     WorldResult,
     evaluate,
-    strategy_table,
 )
 from evaluation.simulation.population import Population
 from evaluation.simulation.report import write_simulation_report
@@ -92,6 +91,7 @@ from evaluation.simulation.strategies import (
     popularity_strategy,
     random_strategy,
 )
+from evaluation.simulation.tables import strategy_table
 from evaluation.simulation.truth import TruthEncoder
 from evaluation.simulation.worlds import WORLDS, World, WorldSettings, build_world, pair_uniform, world_curve
 

@@ -1,12 +1,11 @@
 """Metrics of the impressions, with two-way (viewer × candidate) bootstrap intervals, and run records.
 
-Over 400 lines (446): the metrics, their bootstrap draws and the run records that carry them are read
-together; the tables (``strategy_table``, ``newcomer_table``) are the natural next split into report.py.
+The metrics, their bootstrap draws and the run records that carry them are read together; the tables that
+render the records are in ``evaluation.simulation.tables``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import numpy as np
 
 from engine.errors import InvalidInput
 from evaluation.simulation.rounds import Impressions
-from evaluation.simulation.strategies import STRATEGY_LABELS
 from evaluation.stats import Estimate, bootstrap_weights, gini_rows, percentile_interval
 
 METRICS: tuple[str, ...] = (
@@ -78,9 +76,7 @@ NEWCOMER_LABELS: dict[str, str] = {
 }
 
 
-def newcomer_stats(
-    imp: Impressions, joins: np.ndarray, k: int, compat: np.ndarray | None = None
-) -> dict[str, float]:
+def newcomer_stats(imp: Impressions, joins: np.ndarray, k: int, compat: np.ndarray | None = None) -> dict[str, float]:
     """How the users who arrive late fare against those there from the start (empty dict if none do).
 
     ``joins`` (n,) each user's arrival round (0-based; one cohort of newcomers, arriving in round r0).
@@ -386,86 +382,18 @@ class SimulationResult:
 
     def table(self, world: str | None = None) -> str:
         """Markdown table(s): each strategy's metrics (95 % CI), lift over random, share of oracle's lift."""
-        parts = []
-        for w in self.worlds:
-            if world is not None and w.world != world:
-                continue
-            part = f"World: {w.world}\n\n" + strategy_table(w)
-            newcomers = newcomer_table(w)
-            if newcomers:
-                part += "\n\nNewcomers:\n\n" + newcomers
-            parts.append(part)
-        return "\n\n".join(parts)
+        from evaluation.simulation.tables import simulation_tables
+
+        return simulation_tables(self.worlds, world)
 
     def compact_table(self) -> str:
         """A few columns per world that fit a terminal (< 90 characters a line): like and mutual rate,
         matches per user, mutual lift over random. Point values only; ``table()`` has the intervals."""
-        parts = []
-        for w in self.worlds:
-            head = f"  {'strategy':<42} {'like':>6} {'mutual':>7} {'matches/user':>12} {'lift':>5}"
-            lines = [f"world: {w.world}", head]
-            for s in w.strategies:
-                m = s.metrics
+        from evaluation.simulation.tables import compact_tables
 
-                def num(e: Estimate | None, d: int = 3) -> str:
-                    return "-" if e is None or not math.isfinite(e.value) else f"{e.value:.{d}f}"
-
-                label = STRATEGY_LABELS.get(s.strategy, s.strategy)[:42]
-                lines.append(
-                    f"  {label:<42} {num(m.get('like_rate')):>6} {num(m.get('mutual_rate')):>7} "
-                    f"{num(m.get('matches_per_user'), 2):>12} {num(s.lift.get('mutual_rate'), 2):>5}"
-                )
-            parts.append("\n".join(lines))
-        return "\n".join(parts)
+        return compact_tables(self.worlds)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["report_path"] = str(self.report_path) if self.report_path else None
         return d
-
-
-def newcomer_table(w: WorldResult) -> str:
-    """Markdown table of ``newcomer_stats`` per strategy ('' when no one arrived late)."""
-    rows = [s for s in w.strategies if s.newcomers]
-    if not rows:
-        return ""
-    keys = [key for key in NEWCOMER_LABELS if key != "newcomers" and any(key in s.newcomers for s in rows)]
-    lines = [
-        "| strategy | " + " | ".join(NEWCOMER_LABELS[key] for key in keys) + " |",
-        "|" + "---|" * (len(keys) + 1),
-    ]
-    for s in rows:
-        cells = [f"{s.newcomers[key]:.2f}" if key in s.newcomers else "-" for key in keys]
-        lines.append(f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def strategy_table(w: WorldResult) -> str:
-    head = (
-        "| strategy | like rate | mutual rate | matches / user | effective rate | effective / user "
-        "| prec@k viewer | prec@k candidate | coverage "
-        "| Gini | match Gini | zero-match share | envy (users) "
-        "| like lift | mutual lift | share of oracle lift (mutual) | share of oracle lift (like) |"
-    )
-    lines = [head, "|" + "---|" * 17]
-    for s in w.strategies:
-        m = s.metrics
-
-        def cell(e: Estimate | None, d: int = 3) -> str:
-            return "–" if e is None or not math.isfinite(e.value) else e.fmt(d)
-
-        def envy(e: Estimate) -> str:  # as a count of users, with its interval
-            if not math.isfinite(e.value):
-                return "–"
-            return f"{e.value * w.n_users:.0f} [{e.lo * w.n_users:.0f}, {e.hi * w.n_users:.0f}]"
-
-        lines.append(
-            f"| {STRATEGY_LABELS.get(s.strategy, s.strategy)} | {cell(m['like_rate'])} "
-            f"| {cell(m['mutual_rate'])} | {cell(m['matches_per_user'], 2)} "
-            f"| {cell(m['effective_rate'])} | {cell(m['effective_per_user'], 2)} "
-            f"| {cell(m['precision_viewer'])} | {cell(m['precision_candidate'])} | {cell(m['coverage'])} "
-            f"| {cell(m['gini'])} | {cell(m['match_gini'])} | {cell(m['zero_match_share'])} "
-            f"| {envy(m['envy_share'])} | {cell(s.lift.get('like_rate'), 2)} | {cell(s.lift.get('mutual_rate'), 2)} "
-            f"| {cell(s.oracle_share.get('mutual_rate'), 2)} | {cell(s.oracle_share.get('like_rate'), 2)} |"
-        )
-    return "\n".join(lines)

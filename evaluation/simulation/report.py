@@ -9,7 +9,8 @@ import numpy as np
 
 from evaluation.calibration import CalibrationData
 from evaluation.simulation.figures import plot_calibration, plot_newcomers, plot_oracle_share, plot_strategies
-from evaluation.simulation.metrics import SimulationResult, newcomer_table, strategy_table
+from evaluation.simulation.metrics import SimulationResult
+from evaluation.simulation.tables import newcomer_table, strategy_table
 
 
 def write_simulation_report(result: SimulationResult, calib: CalibrationData, out: Path) -> Path:

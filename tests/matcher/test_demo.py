@@ -64,8 +64,8 @@ def test_demo_prints_a_compact_simulation_table_and_points_to_the_full_one(tmp_p
         SimulationResult,
         StrategyResult,
         WorldResult,
-        strategy_table,
     )
+    from evaluation.simulation.tables import strategy_table
     from evaluation.stats import Estimate
     from matcher.demo import simulation_summary
 
