@@ -32,6 +32,7 @@ import threading
 import uuid
 import weakref
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -163,8 +164,8 @@ class ServedModel:
 
     def rows(self, point_ids: list[str]) -> np.ndarray:
         """(n,) row of each point id, -1 for users not in the model."""
-        get = self.index.get
-        return np.fromiter((get(p, -1) for p in point_ids), dtype=np.int64, count=len(point_ids))
+        # ``map`` over the dict's C ``get``: no Python step per id (stage 2 asks for a few hundred per call).
+        return np.array(list(map(self.index.get, point_ids, repeat(-1))), dtype=np.int64).reshape(len(point_ids))
 
     def side(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The statistics of ``rows`` (-1: the cold row) as ``engine.learned.model.pair_features`` takes them."""

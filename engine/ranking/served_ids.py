@@ -14,7 +14,6 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from itertools import repeat
 from operator import attrgetter
 
 import numpy as np
@@ -38,7 +37,7 @@ def point_ids(cands: list[ScoredPoint]) -> list[str]:
 
 def model_rows(sm: ServedModel, cands: list[ScoredPoint]) -> np.ndarray:
     """``sm.rows`` of the candidates' point ids, (n,) int64 (-1: not in the model)."""
-    return np.array(list(map(sm.index.get, map(_ID, cands), repeat(-1))), dtype=np.int64).reshape(len(cands))
+    return sm.rows(point_ids(cands))
 
 
 def bare(cands: list[ScoredPoint], what: str) -> bool:
