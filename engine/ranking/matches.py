@@ -15,6 +15,7 @@ On both, a candidate's logged decision about the asker replaces s(B→A), and th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from engine.filters import Filter, HasId, MatchAny
 from engine.learned.model import congestion_factor, served_probabilities_arrays
 from engine.learned.served import ServedModel
 from engine.ranking.askers import Asker, stored_kth
+from engine.ranking.audience import audience_sizes
 from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.ranking.rerank import (
     RerankInput,
@@ -181,7 +183,8 @@ def rerank_candidates(
     out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
     ids = [str(pl.get(USER_ID)) for pl in payloads]
     matches = []
-    for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure), start=1):
+    aud = _audience(store, [c.id for c in cands], ids, exposure)
+    for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure, aud), start=1):
         b = int(best_idx[i])
         matches.append(
             Match(
@@ -262,6 +265,16 @@ def _policy(settings: Settings) -> ExposurePolicy:
     return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
 
 
+def _audience(
+    store: Store, point_ids: list[str], user_ids: list[str], ledger: ExposureLedger | None
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The cold-start slots' audience sizes (``engine.ranking.audience``) of the candidates at some indices,
+    kept in ``ledger``; None without a ledger (no slots then)."""
+    if ledger is None:
+        return None
+    return lambda idx: audience_sizes(store, [point_ids[i] for i in idx], [user_ids[i] for i in idx], ledger)
+
+
 def _learned_matches(
     store: Store,
     asker: Asker,
@@ -293,7 +306,15 @@ def _learned_matches(
         )
         out = RerankResult(score=out.score * factor, a_to_b=out.a_to_b, b_to_a=out.b_to_a)
     received = np.asarray(sides["n"][:, 1], dtype=np.int64)  # decisions received
-    order = choose(out.score, k, _policy(settings), user_ids, received, exposure)
+    order = choose(
+        out.score,
+        k,
+        _policy(settings),
+        user_ids,
+        received,
+        exposure,
+        _audience(store, [c.id for c in cands], user_ids, exposure),
+    )
     top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
     have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
