@@ -15,7 +15,7 @@ kept in the serving process's ``ExposureLedger`` until its next period.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -58,4 +58,14 @@ def audience_sizes(
     return ledger.audience(user_ids)
 
 
-__all__ = ["audience_sizes"]
+def audience_of(
+    store: Store, point_ids: list[str], user_ids: list[str], ledger: ExposureLedger | None
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What ``engine.ranking.exposure.choose`` takes: given indices into the candidates (stage 1's, aligned
+    ids), their ``audience_sizes``; None without a ledger (no cold-start slots then)."""
+    if ledger is None:
+        return None
+    return lambda idx: audience_sizes(store, [point_ids[i] for i in idx], [user_ids[i] for i in idx], ledger)
+
+
+__all__ = ["audience_of", "audience_sizes"]

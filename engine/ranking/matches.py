@@ -15,7 +15,6 @@ On both, a candidate's logged decision about the asker replaces s(B→A), and th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ from engine.filters import Filter, HasId, MatchAny
 from engine.learned.model import congestion_factor, served_probabilities_arrays
 from engine.learned.served import ServedModel
 from engine.ranking.askers import Asker, stored_kth
-from engine.ranking.audience import audience_sizes
+from engine.ranking.audience import audience_of
 from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.ranking.rerank import (
     RerankInput,
@@ -183,7 +182,7 @@ def rerank_candidates(
     out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
     ids = [str(pl.get(USER_ID)) for pl in payloads]
     matches = []
-    aud = _audience(store, [c.id for c in cands], ids, exposure)
+    aud = audience_of(store, [c.id for c in cands], ids, exposure)
     for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure, aud), start=1):
         b = int(best_idx[i])
         matches.append(
@@ -265,16 +264,6 @@ def _policy(settings: Settings) -> ExposurePolicy:
     return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
 
 
-def _audience(
-    store: Store, point_ids: list[str], user_ids: list[str], ledger: ExposureLedger | None
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The cold-start slots' audience sizes (``engine.ranking.audience``) of the candidates at some indices,
-    kept in ``ledger``; None without a ledger (no slots then)."""
-    if ledger is None:
-        return None
-    return lambda idx: audience_sizes(store, [point_ids[i] for i in idx], [user_ids[i] for i in idx], ledger)
-
-
 def _learned_matches(
     store: Store,
     asker: Asker,
@@ -313,7 +302,7 @@ def _learned_matches(
         user_ids,
         received,
         exposure,
-        _audience(store, [c.id for c in cands], user_ids, exposure),
+        audience_of(store, [c.id for c in cands], user_ids, exposure),
     )
     top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
