@@ -358,8 +358,12 @@ def unit_rows(store: Store, sm: ServedModel, point_ids: list[str], rows: np.ndar
             copy.rows = np.vstack([copy.rows, np.zeros((grow, dim), np.float32)])
             copy.have = np.concatenate([copy.have, np.zeros(grow, bool)])
         inside = rows >= 0
-        out = copy.rows[np.where(inside, rows, 0)]
-        todo = np.flatnonzero(~inside | ~copy.have[np.maximum(rows, 0)])
+        if inside.all():  # the usual case: every candidate is in the model
+            out = copy.rows.take(rows, axis=0)
+            todo = np.flatnonzero(~copy.have.take(rows))
+        else:
+            out = copy.rows[np.where(inside, rows, 0)]
+            todo = np.flatnonzero(~inside | ~copy.have[np.maximum(rows, 0)])
     if len(todo):
         need = [point_ids[int(i)] for i in todo]
         got = _normalised(store.retrieve_vectors(USERS, need), need, dim)
