@@ -323,10 +323,11 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
         k, limit = args.k, args.k * settings.recommend.oversample
         if args.model:
             limit = max(limit, settings.recommend.learned_pool)
-        row["warm_s"] = row["warm_users"] = row["warm_events"] = None
+        row["warm_s"] = row["warm_users"] = row["warm_events"] = row["warm_photos"] = None
         if not args.no_warm:  # what a serving process does once after opening the store (engine.ranking.warm)
             warmed = warm(store, settings)
-            row["warm_s"], row["warm_users"], row["warm_events"] = warmed.seconds, warmed.users, warmed.events
+            row.update(warm_s=warmed.seconds, warm_users=warmed.users, warm_events=warmed.events)
+            row["warm_photos"] = warmed.photos
         for j, i in enumerate(askers[: min(5, len(askers))]):  # warm-up: page in the segments
             t0 = time.perf_counter()
             recommend(pop.ids[i], k, store=store, settings=settings)

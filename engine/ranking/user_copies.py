@@ -29,9 +29,10 @@ nothing is kept and the callers ask the store, as before.
 * **Photo ids** (:func:`listed_photos`): the ``photo_ids`` of users returned by ``recommend()`` (the learned path
   reads them for the top ``k`` only, to pick each one's best photo), read once per user and kept.
 
-:func:`fill_users` (``engine.ranking.warm``) fills all but the kept vectors for every user in one bulk scroll, so that
-no asker's first call reads them one by one (a vector crossing the Edge bindings costs ~50 us, a payload read at
-random ~0.1 ms: the unit rows of a first call's ~900 candidates were ~2.5-9 ms of it at 10,000 users).
+:func:`fill_users` (``engine.ranking.warm``) fills all but the kept vectors for every user in one bulk scroll,
+and :func:`fill_vectors` the photos' vectors, so that no asker's first call reads them one by one (a vector
+crossing the Edge bindings costs ~50 us, a payload read at random ~0.1 ms: the unit rows of a first call's ~900
+candidates were ~2.5-9 ms of it at 10,000 users).
 
 The module is over 300 lines because each copy's freshness rule sits beside the copy it guards.
 """
@@ -414,6 +415,21 @@ def fill_users(store: Store, sm: ServedModel | None, max_users: int) -> int | No
     return len(points)
 
 
+def fill_vectors(store: Store, collection: str, max_points: int) -> int | None:
+    """Read every point's vector of ``collection`` (``USERS`` or ``PHOTOS``) in one payload-free bulk scroll
+    into the copy :func:`kept_vectors` serves. Returns the vectors read, or None where nothing is kept (as
+    :func:`fill_users`; at most ``min(max_points, MAX_VECTORS)``). Raises ``StoreUnavailable``."""
+    writes = store.write_count(collection)
+    if writes is None or store.count(collection) > min(max_points, MAX_VECTORS):
+        return None
+    got = {p.id: p.vector for p in store.scroll_payload(collection, (), with_vectors=True) if p.vector is not None}
+    with _LOCK:
+        if store.write_count(collection) != writes:
+            return None
+        _VECTORS[collection][store] = _Vectors(writes, got)
+    return len(got)
+
+
 def forget(store: Store) -> None:
     """Drop this process's copies for ``store`` (tests; the keys make it unnecessary otherwise)."""
     with _LOCK:
@@ -425,4 +441,13 @@ def forget(store: Store) -> None:
             copies.pop(store, None)
 
 
-__all__ = ["asker_points", "fill_users", "forget", "kept_vectors", "listed_photos", "popular_leg", "unit_rows"]
+__all__ = [
+    "asker_points",
+    "fill_users",
+    "fill_vectors",
+    "forget",
+    "kept_vectors",
+    "listed_photos",
+    "popular_leg",
+    "unit_rows",
+]

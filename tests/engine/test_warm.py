@@ -14,7 +14,7 @@ from engine.learned.rebuild import rebuild_preferences
 from engine.ranking import feedback_cache, user_copies
 from engine.ranking.warm import warm
 from engine.recommend import recommend
-from engine.schema import FEEDBACK, USERS, user_point_id
+from engine.schema import FEEDBACK, PHOTOS, USERS, user_point_id
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point
@@ -45,7 +45,7 @@ def test_warm_copies_rank_as_the_store_and_spare_the_first_calls_reads(
     rebuild_preferences(store, settings)
     record_feedback(store, events[len(events) // 2 :])  # an incremental update on top
     report = warm(store, settings)
-    assert report.users == len(ids)
+    assert report.users == len(ids) and report.photos == store.count(PHOTOS) > len(ids)
     assert report.events == store.count(FEEDBACK) == len({(e.viewer_id, e.candidate_id) for e in events})
     # Every asker's feedback as around() reads it, and their users point as stored.
     for u in ids:
@@ -59,6 +59,7 @@ def test_warm_copies_rank_as_the_store_and_spare_the_first_calls_reads(
         return real_retrieve(collection, point_ids, **k)
 
     monkeypatch.setattr(store, "retrieve", retrieve)
+    monkeypatch.setattr(store, "retrieve_vectors", lambda *a, **k: (_ for _ in ()).throw(AssertionError("vectors")))
     warmed = {u: recommend(u, 8, store=store, settings=settings) for u in ids}
     monkeypatch.undo()
     assert ids[1] not in {m.user_id for m in warmed[ids[0]]} and ids[0] not in {m.user_id for m in warmed[ids[1]]}
@@ -122,4 +123,4 @@ def test_warm_steps_aside_where_other_processes_write(
     record_feedback(store, events)
     monkeypatch.setattr(store, "write_count", lambda collection: None)  # as a Qdrant server reports
     report = warm(store, settings)
-    assert report.users is None and report.events is None
+    assert report.users is None and report.events is None and report.photos is None
