@@ -54,6 +54,7 @@ import numpy as np
 from engine.compatibility import Profile, compatible_filter
 from engine.errors import StoreUnavailable
 from engine.learned.served import served_model
+from engine.ranking.exposure import ExposureLedger
 from engine.ranking.warm import warm
 from engine.reciprocity.full import refresh
 from engine.reciprocity.topk import compatible_kth
@@ -323,6 +324,10 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
         k, limit = args.k, args.k * settings.recommend.oversample
         if args.model:
             limit = max(limit, settings.recommend.learned_pool)
+        # As `matcher serve` calls it: with an exposure ledger, stage 1 on the learned path also runs the fresh
+        # leg (cold-start users) in the same batch as the taste query.
+        ledger = ExposureLedger() if args.ledger else None
+        row["ledger"] = args.ledger
         row["warm_s"] = row["warm_users"] = row["warm_events"] = row["warm_photos"] = None
         if not args.no_warm:  # what a serving process does once after opening the store (engine.ranking.warm)
             warmed = warm(store, settings)
@@ -330,7 +335,7 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
             row["warm_photos"] = warmed.photos
         for j, i in enumerate(askers[: min(5, len(askers))]):  # warm-up: page in the segments
             t0 = time.perf_counter()
-            recommend(pop.ids[i], k, store=store, settings=settings)
+            recommend(pop.ids[i], k, store=store, settings=settings, exposure=ledger)
             if j == 0:  # the process's first call (fills what warm did not)
                 row["first_call_in_process_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         lat, cand_lat, exact_lat, rec20, rec20_cand = [], [], [], [], []
@@ -339,7 +344,7 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
         depth: list[int] = []
         for i in askers:
             t0 = time.perf_counter()
-            matches = recommend(pop.ids[i], k, store=store, settings=settings)
+            matches = recommend(pop.ids[i], k, store=store, settings=settings, exposure=ledger)
             lat.append((time.perf_counter() - t0) * 1000)
             flt = compatible_filter(pop.profiles[i])
             qvec = pop.vectors[i]
@@ -371,7 +376,7 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
         again = []
         for i in askers:
             t0 = time.perf_counter()
-            recommend(pop.ids[i], k, store=store, settings=settings)
+            recommend(pop.ids[i], k, store=store, settings=settings, exposure=ledger)
             again.append((time.perf_counter() - t0) * 1000)
         p50, ex50, qex50 = _pct(lat, 50), _pct(exact_lat, 50), _pct(qexact_lat, 50)
         row.update(
@@ -433,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="embedded stores go here (default: temp)")
     ap.add_argument(
         "--keep", action="store_true", help="keep the embedded stores in --workdir (for bench/learned_serving.py)"
+    )
+    ap.add_argument(
+        "--ledger", action="store_true", help="pass an ExposureLedger to recommend() (as matcher serve does)"
     )
     ap.add_argument(
         "--no-warm", action="store_true", help="skip engine.ranking.warm (the copies then fill call by call)"
