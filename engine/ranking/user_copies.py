@@ -31,10 +31,11 @@ nothing is kept and the callers ask the store, as before.
 
 :func:`fill_users` (``engine.ranking.warm``) fills all but the kept vectors for every user in one bulk scroll,
 and :func:`fill_vectors` the photos' vectors, so that no asker's first call reads them one by one (a vector
-crossing the Edge bindings costs ~50 us, a payload read at random ~0.1 ms: the unit rows of a first call's ~900
+crossing the Edge bindings costs ~50 us, a payload read at random ~0.1 ms: the unit rows of a first call's ~620
 candidates were ~2.5-9 ms of it at 10,000 users).
 
-The module is over 300 lines because each copy's freshness rule sits beside the copy it guards.
+The module is over 400 lines because each copy's freshness rule sits beside the copy it guards, and the bulk
+fills (:func:`fill_users`, :func:`fill_vectors`) beside the copies they fill.
 """
 
 from __future__ import annotations
