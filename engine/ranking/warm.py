@@ -14,7 +14,7 @@ reads as before. What it fills is what the calls would have read, so rankings do
 A serving process calls it once after opening the store. Cost at 10,000 users, 30,000 photos and 300,000
 decisions (docs/benchmarks.md): seconds of wall time (the decisions are most of it, ~15-40 us each depending on
 the load), and memory for every user's vector twice (raw and unit length), every photo's vector and every
-user's logged decisions: +297 MB resident there, ~1 KB per decision and ~10 KB per user with three photos.
+user's logged decisions: +297 MB resident there (not split by part).
 """
 
 from __future__ import annotations
