@@ -42,6 +42,7 @@ from engine.ranking.matches import Match, rerank_candidates
 from engine.ranking.rerank import (
     l2_normalize,
 )
+from engine.ranking.served_ids import point_ids
 from engine.ranking.user_copies import popular_leg
 from engine.schema import (
     KTH_SIM,
@@ -126,7 +127,9 @@ def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) ->
     legs = store.query_batch(USERS, batch) if len(batch) > 1 else [store.query(USERS, q)]
     if local is not None:
         legs = [*legs, local]
-    out, seen = list(legs[0]), {c.id for c in legs[0]}
+    if len(legs) == 1:
+        return legs[0]
+    out, seen = list(legs[0]), set(point_ids(legs[0]))
     for leg in legs[1:]:
         for c in leg:
             if c.id not in seen:

@@ -12,6 +12,13 @@ process can write behind it. When the count moved, the whole copy is dropped, ex
 Where ``write_count`` is None (a Qdrant server, written by other processes too) nothing is cached and every
 call reads the store, as before. (The served model's version point, ``engine.learned.served``, would serve the
 same purpose across processes at one ``retrieve`` per call; the embedded store needs none.)
+
+:func:`fill_all` (called by ``engine.ranking.warm``) reads the whole log once, in one bulk scroll, and makes a
+*complete* copy: every user's answer as of that write count, so that a user with no entry has no feedback and
+an asker's first call reads nothing. ``around()`` costs ~3 ms per asker at 30 decisions each (the payload of
+each decision is read at random: ~0.1 ms per point on Edge, measured), the bulk read ~15 us per decision. After
+``record_feedback`` the users it touched are marked stale and read again one by one; any other write drops the
+copy (then it is filled user by user, as without ``fill_all``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from engine.feedback import around
+from engine.errors import InvalidInput
+from engine.feedback import EXCLUDING, around
 from engine.schema import FEEDBACK
 from engine.store.base import Store
 
@@ -35,6 +43,10 @@ MAX_USERS = 200_000  # entries per store (each a few dozen decisions); past it t
 class _Copy:
     writes: int  # the store's write count on FEEDBACK the entries are valid for
     users: dict[str, tuple[dict[str, str], frozenset[str]]] = field(default_factory=dict)
+    # Made by fill_all: ``users`` holds every user with feedback at ``writes``, except those in ``stale``
+    # (touched by record_feedback since: read again one by one); anyone else has none.
+    complete: bool = False
+    stale: set[str] = field(default_factory=set)
 
 
 _CACHE: weakref.WeakKeyDictionary[Store, _Copy] = weakref.WeakKeyDictionary()
@@ -54,6 +66,9 @@ def around_cached(store: Store, user_id: str) -> tuple[dict[str, str], set[str]]
             copy = _Copy(writes)
             _CACHE[store] = copy
         hit = copy.users.get(user_id)
+        none = hit is None and copy.complete and user_id not in copy.stale
+    if none:
+        return {}, set()
     if hit is not None:
         return dict(hit[0]), set(hit[1])
     about, blocked = around(store, user_id)
@@ -62,7 +77,9 @@ def around_cached(store: Store, user_id: str) -> tuple[dict[str, str], set[str]]
         if _CACHE.get(store) is copy and store.write_count(FEEDBACK) == writes:
             if len(copy.users) >= MAX_USERS:
                 copy.users.clear()
+                copy.complete = False
             copy.users[user_id] = (dict(about), frozenset(blocked))
+            copy.stale.discard(user_id)
     return about, blocked
 
 
@@ -80,7 +97,45 @@ def forget_users(store: Store, user_ids: Iterable[str], writes_before: int | Non
             return
         for u in user_ids:
             copy.users.pop(u, None)
+            if copy.complete:
+                copy.stale.add(u)
         copy.writes = now
+
+
+def fill_all(store: Store, max_events: int) -> int | None:
+    """Read the whole feedback log of ``store`` in one bulk scroll and keep a complete copy (see the module
+    docstring). Returns the decisions read, or None where nothing is kept: no copy may be kept
+    (``write_count`` is None), the log holds more than ``max_events`` decisions, or it was written meanwhile.
+    Raises ``StoreUnavailable``."""
+    writes = store.write_count(FEEDBACK)
+    if writes is None:
+        return None
+    try:
+        total = store.count(FEEDBACK)
+    except InvalidInput:  # no feedback collection: nobody has any
+        total = 0
+    if total > max_events:
+        return None
+    about: dict[str, dict[str, str]] = {}
+    blocked: dict[str, set[str]] = {}
+    n = 0
+    if total:
+        keys = ("viewer_id", "candidate_id", "decision")
+        for p in store.scroll_payload(FEEDBACK, keys, with_ids=False, batch_size=8192):
+            v, c, d = str(p.payload["viewer_id"]), str(p.payload["candidate_id"]), str(p.payload["decision"])
+            about.setdefault(c, {})[v] = d
+            if d in EXCLUDING:  # for good, both ways (what around() returns for each of them)
+                blocked.setdefault(c, set()).add(v)
+                blocked.setdefault(v, set()).add(c)
+            n += 1
+    users = {u: (about.get(u, {}), frozenset(blocked.get(u, ()))) for u in about.keys() | blocked.keys()}
+    if len(users) > MAX_USERS:
+        return None
+    with _LOCK:
+        if store.write_count(FEEDBACK) != writes:  # written while it was read
+            return None
+        _CACHE[store] = _Copy(writes, users, complete=True)
+    return n
 
 
 def forget(store: Store) -> None:
@@ -89,4 +144,4 @@ def forget(store: Store) -> None:
         _CACHE.pop(store, None)
 
 
-__all__ = ["around_cached", "forget", "forget_users"]
+__all__ = ["around_cached", "fill_all", "forget", "forget_users"]

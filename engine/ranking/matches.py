@@ -36,7 +36,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     rerank,
 )
-from engine.ranking.served_ids import LIKED, PASSED, bare, decided, model_rows, point_ids, user_ids_of_rows
+from engine.ranking.served_ids import LIKED, PASSED, bare, decided, point_ids, user_ids_of_rows
 from engine.ranking.user_copies import kept_vectors, listed_photos, unit_rows
 from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
@@ -198,11 +198,13 @@ def rerank_candidates(
     return matches
 
 
-def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint], rows: np.ndarray) -> list[str]:
+def _candidate_user_ids(
+    store: Store, sm: ServedModel, cands: list[ScoredPoint], rows: np.ndarray, no_payload: bool
+) -> list[str]:
     """Each candidate's user id: from its payload when it came with one, else from the served model (the
     point id is a hash of the user id, so that mapping never goes stale), else one ``retrieve`` for users the
-    model does not know yet."""
-    if bare(cands, "payload"):  # stage 1 on the learned path: ids from the model's rows
+    model does not know yet. ``no_payload``: ``bare(cands, "payload")``, as the caller found it."""
+    if no_payload:  # stage 1 on the learned path: ids from the model's rows
         out = user_ids_of_rows(sm, rows)
         missing = [int(i) for i in np.flatnonzero(rows < 0)]
     else:
@@ -222,17 +224,22 @@ def _candidate_user_ids(store: Store, sm: ServedModel, cands: list[ScoredPoint],
 
 
 def _photo_similarity(
-    store: Store, asker: Asker, cands: list[ScoredPoint], rows: np.ndarray | None = None
+    store: Store,
+    asker: Asker,
+    cands: list[ScoredPoint],
+    rows: np.ndarray | None = None,
+    pids: list[str] | None = None,
 ) -> np.ndarray:
     """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else from
     this process's unit rows (``user_copies.unit_rows``, with the candidates' model ``rows``) or kept vectors,
-    else one exact query restricted to the candidates (0 for one no longer stored)."""
-    if cands and all(c.vector is not None for c in cands):
+    else one exact query restricted to the candidates (0 for one no longer stored). ``pids``: the candidates'
+    point ids, when the caller has them."""
+    if cands and all(c.vector is not None for c in cands):  # stops at the first bare one (the learned path)
         cand_vecs = candidate_vectors(cands, asker.vector.shape[0])
         return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
     sm = asker.served
     if rows is not None and sm is not None and bare(cands, "vector"):
-        units = unit_rows(store, sm, point_ids(cands), rows, asker.vector.shape[0])
+        units = unit_rows(store, sm, pids if pids is not None else point_ids(cands), rows, asker.vector.shape[0])
         if units is not None:  # one gather and one product: the same float32 arithmetic as below
             return np.asarray(units @ l2_normalize(asker.vector), dtype=np.float64)
     kept = kept_vectors(store, USERS, [c.id for c in cands])  # this process's copy of the users' vectors
@@ -280,14 +287,16 @@ def _learned_matches(
     sm = asker.served
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in load_askers
     rs = settings.recommend
-    rows = model_rows(sm, cands)
-    user_ids = _candidate_user_ids(store, sm, cands, rows)
+    pids = point_ids(cands)
+    rows = sm.rows(pids)
+    no_payload = bare(cands, "payload")
+    user_ids = _candidate_user_ids(store, sm, cands, rows, no_payload)
     sides = sm.side(rows)
-    photo = _photo_similarity(store, asker, cands, rows)
+    photo = _photo_similarity(store, asker, cands, rows, pids)
     a_to_b, b_to_a = served_probabilities_arrays(asker.model, sm.side(np.array([asker.row])), sides, photo)
     fusion, gamma = rs.learned_aggregation, rs.reverse_exponent
     out = RerankResult(score=aggregate(a_to_b, b_to_a, fusion, gamma), a_to_b=a_to_b, b_to_a=b_to_a)
-    out = _with_logged_replies_rows(out, sm, cands, rows, user_ids, asker.about, fusion, gamma)
+    out = _with_logged_replies_rows(out, sm, no_payload, rows, user_ids, asker.about, fusion, gamma)
     if rs.congestion_capacity > 0:
         received = np.asarray(sides["likes_received"], dtype=np.float64)
         factor = congestion_factor(
@@ -373,7 +382,7 @@ def _with_logged_replies(
 def _with_logged_replies_rows(
     out: RerankResult,
     sm: ServedModel,
-    cands: list[ScoredPoint],
+    no_payload: bool,
     rows: np.ndarray,
     user_ids: list[str],
     about: dict[str, str],
@@ -381,11 +390,11 @@ def _with_logged_replies_rows(
     reverse_exponent: float = 1.0,
 ) -> RerankResult:
     """``_with_logged_replies`` from the candidates' model ``rows`` (``served_ids.decided``: one numpy gather,
-    no Python step per candidate) where their user ids are the model's (stage 1 brought no payload); users
-    outside the model (-1 rows) by ``user_ids``."""
+    no Python step per candidate) where their user ids are the model's (``no_payload``: stage 1 brought no
+    payload); users outside the model (-1 rows) by ``user_ids``."""
     if not about:
         return out
-    if not bare(cands, "payload"):
+    if not no_payload:
         return _with_logged_replies(out, [{USER_ID: u} for u in user_ids], about, aggregation, reverse_exponent)
     code = decided(sm, rows, about)
     for i in np.flatnonzero(rows < 0):

@@ -26,10 +26,16 @@ nothing is kept and the callers ask the store, as before.
   rows are read (payload-free) the first time a candidate needs them.
 * **Askers' points** (:func:`asker_points`): the users point (payload and vector) each asker is loaded from,
   read once per user and kept: a returning asker costs no ``retrieve``.
-* **Photo ids** (:func:`photo_ids`): the ``photo_ids`` of users returned by ``recommend()`` (the learned path
+* **Photo ids** (:func:`listed_photos`): the ``photo_ids`` of users returned by ``recommend()`` (the learned path
   reads them for the top ``k`` only, to pick each one's best photo), read once per user and kept.
 
-The module is over 300 lines because each copy's freshness rule sits beside the copy it guards.
+:func:`fill_users` (``engine.ranking.warm``) fills all but the kept vectors for every user in one bulk scroll,
+and :func:`fill_vectors` the photos' vectors, so that no asker's first call reads them one by one (a vector
+crossing the Edge bindings costs ~50 us, a payload read at random ~0.1 ms: the unit rows of a first call's ~620
+candidates were ~2.5-9 ms of it at 10,000 users).
+
+The module is over 400 lines because each copy's freshness rule sits beside the copy it guards, and the bulk
+fills (:func:`fill_users`, :func:`fill_vectors`) beside the copies they fill.
 """
 
 from __future__ import annotations
@@ -73,8 +79,12 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def _load(store: Store, sm: ServedModel, key: tuple[str, int, int, int]) -> _Copy:
-    pids = sorted(sm.popular.ids)
-    points = [p for p in store.retrieve(USERS, pids, with_vectors=True) if p.vector is not None]
+    return _popular_copy(store.retrieve(USERS, sorted(sm.popular.ids), with_vectors=True), sm, key)
+
+
+def _popular_copy(stored: list[Point], sm: ServedModel, key: tuple[str, int, int, int]) -> _Copy:
+    """The popular leg's copy from the users points ``stored`` (any order; those of popular users are kept)."""
+    points = [p for p in stored if p.vector is not None and p.id in sm.popular.ids]
     points.sort(key=lambda p: p.id)
     dim = int(points[0].vector.shape[0]) if points and points[0].vector is not None else 0
     vectors = np.zeros((len(points), dim), np.float32)
@@ -350,8 +360,12 @@ def unit_rows(store: Store, sm: ServedModel, point_ids: list[str], rows: np.ndar
             copy.rows = np.vstack([copy.rows, np.zeros((grow, dim), np.float32)])
             copy.have = np.concatenate([copy.have, np.zeros(grow, bool)])
         inside = rows >= 0
-        out = copy.rows[np.where(inside, rows, 0)]
-        todo = np.flatnonzero(~inside | ~copy.have[np.maximum(rows, 0)])
+        if inside.all():  # the usual case: every candidate is in the model
+            out = copy.rows.take(rows, axis=0)
+            todo = np.flatnonzero(~copy.have.take(rows))
+        else:
+            out = copy.rows[np.where(inside, rows, 0)]
+            todo = np.flatnonzero(~inside | ~copy.have[np.maximum(rows, 0)])
     if len(todo):
         need = [point_ids[int(i)] for i in todo]
         got = _normalised(store.retrieve_vectors(USERS, need), need, dim)
@@ -365,6 +379,58 @@ def unit_rows(store: Store, sm: ServedModel, point_ids: list[str], rows: np.ndar
     return out
 
 
+def fill_users(store: Store, sm: ServedModel | None, max_users: int) -> int | None:
+    """Read every users point (vector and payload) in one bulk scroll and fill the askers' points, the photo
+    ids and, with a served model ``sm``, its unit rows and the popular leg's copy (module docstring). Returns
+    the points read, or None where nothing is kept: ``write_count(USERS)`` is None, the collection holds more
+    than ``max_users`` points (or more than a copy may hold), or it was written meanwhile.
+    Raises ``StoreUnavailable``."""
+    writes = store.write_count(USERS)
+    if writes is None:
+        return None
+    total = store.count(USERS)
+    if total > min(max_users, MAX_POINTS, MAX_USERS):
+        return None
+    points = list(store.scroll(USERS, with_vectors=True, batch_size=2048))
+    vectors = {p.id: p.vector for p in points if p.vector is not None}
+    units: _Units | None = None
+    if sm is not None and points:
+        dim = next((int(v.shape[0]) for v in vectors.values()), 0)
+        n_model = len(sm.point_ids)
+        if dim and n_model * dim * 4 <= MAX_UNIT_BYTES:
+            # Every row read: a zero row where no vector of ``dim`` is stored, as unit_rows keeps one.
+            units = _Units(weakref.ref(sm), writes, _normalised(vectors, sm.point_ids, dim), np.ones(n_model, bool))
+    with _LOCK:
+        if store.write_count(USERS) != writes:  # written while it was read
+            return None
+        _POINTS[store] = _Points(
+            writes, {p.id: Point(p.id, None if p.vector is None else p.vector.copy(), dict(p.payload)) for p in points}
+        )
+        _PHOTO_IDS[store] = _PhotoIds(
+            writes, {p.id: [str(x) for x in (p.payload or {}).get(PHOTO_IDS) or []] for p in points}
+        )
+        if units is not None:
+            _UNITS[store] = units
+        if sm is not None and sm.popular.ids:
+            _CACHE[store] = _popular_copy(points, sm, (sm.model_id, sm.gen, sm.erasures, writes))
+    return len(points)
+
+
+def fill_vectors(store: Store, collection: str, max_points: int) -> int | None:
+    """Read every point's vector of ``collection`` (``USERS`` or ``PHOTOS``) in one payload-free bulk scroll
+    into the copy :func:`kept_vectors` serves. Returns the vectors read, or None where nothing is kept (as
+    :func:`fill_users`; at most ``min(max_points, MAX_VECTORS)``). Raises ``StoreUnavailable``."""
+    writes = store.write_count(collection)
+    if writes is None or store.count(collection) > min(max_points, MAX_VECTORS):
+        return None
+    got = {p.id: p.vector for p in store.scroll_payload(collection, (), with_vectors=True) if p.vector is not None}
+    with _LOCK:
+        if store.write_count(collection) != writes:
+            return None
+        _VECTORS[collection][store] = _Vectors(writes, got)
+    return len(got)
+
+
 def forget(store: Store) -> None:
     """Drop this process's copies for ``store`` (tests; the keys make it unnecessary otherwise)."""
     with _LOCK:
@@ -376,4 +442,13 @@ def forget(store: Store) -> None:
             copies.pop(store, None)
 
 
-__all__ = ["asker_points", "forget", "kept_vectors", "listed_photos", "popular_leg", "unit_rows"]
+__all__ = [
+    "asker_points",
+    "fill_users",
+    "fill_vectors",
+    "forget",
+    "kept_vectors",
+    "listed_photos",
+    "popular_leg",
+    "unit_rows",
+]
