@@ -148,6 +148,11 @@ class ServeSettings(BaseModel):
         10_000_000, ge=1, description="Largest image POST /embed accepts (the ingestion limits apply too)."
     )
     thumbnail_px: int = Field(256, ge=16, description="Longest side of a /photos thumbnail.")
+    warm: bool = Field(
+        True,
+        description="Fill the process's serving copies at start-up (engine.ranking.warm: users, decisions, photos "
+        "in bulk), so a user's first recommend() reads nothing one by one; off: they fill call by call.",
+    )
     compare_store_path: Path | None = Field(
         None,
         description="A second embedded store of the same photos made with another encoder (e.g. the untrained "

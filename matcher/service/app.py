@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from engine.errors import InvalidInput, MatcherError, UserNotFound
 from engine.ranking.exposure import ExposureLedger
+from engine.ranking.warm import WarmReport, warm
 from engine.recommend import explain_empty, recommend
 from engine.schema import PHOTOS, SOURCE_PATH, TASTE, USERS, photo_ids_of, user_point_id
 from engine.settings import Settings
@@ -56,6 +57,7 @@ class _State:
         self.store = store
         self.compare: Store | None = None
         self.encoder = encoder
+        self.warmed: list[WarmReport] = []  # what start-up filled (engine.ranking.warm), per store
         self.lock = threading.Lock()  # the embedded store and the encoder are used one request at a time
         # Impressions served, per store: the engine's impression budget and cold-start slots read them
         # (engine.ranking.exposure). A period is a UTC day, as the budget is counted per day.
@@ -114,6 +116,8 @@ def create_app(
         try:
             if state.compare is None and compare is not None:
                 state.compare = open_store(compare, create=False)
+            if settings.serve.warm:  # a user's first call then reads nothing one by one (docs/benchmarks.md)
+                state.warmed = [warm(st, settings) for st in (state.store, state.compare) if st is not None]
             yield
         finally:
             if own_compare and state.compare is not None:
@@ -319,4 +323,3 @@ def thumbnail(root: Path, rel: str, settings: Settings) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
-

@@ -226,3 +226,17 @@ def test_user_list_neighbours_and_a_second_strategy(client: TestClient, served: 
     for m in b["matches"]:
         assert m["score"] == pytest.approx(min(m["score_a_to_b"], m["score_b_to_a"]), abs=1e-6)
     assert client.get("/review").status_code == 200 and "Match review" in client.get("/review").text
+
+
+def test_start_up_warms_the_serving_copies_unless_told_not_to(served: Settings, tiny_encoder: Any) -> None:
+    """``serve.warm`` (default on): start-up fills the copies recommend() serves from (engine.ranking.warm), so a
+    user's first call reads nothing one by one; off, nothing is filled before the first request."""
+    from matcher.service.app import create_app
+
+    with TestClient(create_app(served, encoder=tiny_encoder)) as c:
+        warmed = c.app.state.matcher.warmed  # type: ignore[attr-defined]
+        assert len(warmed) == 1 and warmed[0].users == 24  # every stored user, read in bulk
+        assert c.get(f"/users/{_some_user(served)}/recommendations").status_code == 200
+    cold = served.model_copy(update={"serve": served.serve.model_copy(update={"warm": False})})
+    with TestClient(create_app(cold, encoder=tiny_encoder)) as c:
+        assert c.app.state.matcher.warmed == []  # type: ignore[attr-defined]
