@@ -198,10 +198,14 @@ def choose(
     aud: np.ndarray | None = None
     if seen is not None and audience is not None and policy.explore_slots > 0:
         got = np.zeros(len(seen), np.int64) if decisions_received is None else np.asarray(decisions_received)
-        fresh = np.flatnonzero(fresh_mask(got, seen, policy.explore_min))
+        fresh = np.flatnonzero(fresh_mask(got, seen, policy.explore_min) & (np.asarray(score) > 0))
         if fresh.size:
+            # Only the tiers of decisions received that can fill the slots compete on urgency (the order's
+            # first key): a few counts per call instead of one per fresh candidate (~0.4 ms each at 2,000 users).
+            tier = np.sort(got[fresh])[min(policy.explore_slots, k, fresh.size) - 1]
+            contenders = fresh[got[fresh] <= tier]
             aud = np.full(len(seen), np.nan)
-            aud[fresh] = audience(fresh)
+            aud[contenders] = audience(contenders)
     picks = select(score, k, policy, period_impressions=seen, decisions_received=decisions_received, audience=aud)
     if ledger is not None:
         ledger.record(user_ids[int(i)] for i in picks)

@@ -245,3 +245,23 @@ def test_audience_sizes_count_the_mutual_filter(db: tuple[Store, Settings]) -> N
     ledger.new_period()
     audience_sizes(store, pids[:3], uids[:3], ledger)
     assert calls["n"] == 43
+
+
+def test_audiences_are_counted_only_for_candidates_who_can_win_a_slot() -> None:
+    """The slots go to the fewest decisions received first: only that tier (down to the slots' count) needs
+    an audience, so a call counts a few, not every fresh candidate; the picks are those of counting all."""
+    asked: list[list[int]] = []
+
+    def audience(idx: np.ndarray) -> np.ndarray:
+        asked.append(idx.tolist())
+        return np.full(idx.size, 50.0)
+
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    received = np.array([50, 4, 0, 4, 7])  # one newcomer (0), two with 4 decisions, one with 7
+    ids = ["a", "b", "c", "d", "e"]
+    policy = ExposurePolicy(explore_slots=2, explore_min=10)
+    picks = choose(score, 3, policy, ids, received, ExposureLedger(), audience)
+    assert asked == [[1, 2, 3]]  # the newcomer and the 4-decision tier; not the 7 nor the established user
+    everyone = select(score, 3, policy, period_impressions=np.zeros(5, np.int64), decisions_received=received,
+                      audience=np.full(5, 50.0))  # fmt: skip
+    assert picks.tolist() == everyone.tolist() == [0, 1, 2]
