@@ -15,7 +15,7 @@ import numpy as np
 from engine.likes import taste_payload
 from engine.reciprocity.table import Table
 from engine.reciprocity.topk import NO_KTH
-from engine.schema import KTH_K, KTH_SIM, KTH_TOP, TASTE, USERS, Profile, window_of, window_value
+from engine.schema import KTH_K, KTH_SIM, KTH_TOP, STAT_FIELDS, TASTE, USERS, Profile, window_of, window_value
 from engine.store.base import Store
 
 TOP_KEEP = 8  # entries kept in kth_top: a window absorbs at least 7 arrivals above it before a recompute
@@ -189,10 +189,22 @@ def taste_changed(old: Any, taste: list[float] | None) -> bool:
     return before.shape != (len(taste),) or not np.allclose(before, taste, atol=1e-6)
 
 
-def write_changes(store: Store, changes: dict[str, dict[str, Any]], batch: int) -> None:
-    ids = list(changes)
+def write_changes(store: Store, changes: dict[str, dict[str, Any]], batch: int, *, legacy: Iterable[str] = ()) -> int:
+    """Write the payload part of ``changes`` (point id -> keys, as :func:`row_change` returns them): the
+    ``taste`` of users whose like history changed. The statistics themselves are not payload keys any more
+    (``engine.reciprocity.blocks``); ``legacy`` names points whose payload still holds them from a store
+    written before the blocks, and these keys are removed there. Returns how many points were written."""
+    out: dict[str, dict[str, Any]] = {}
+    for pid in legacy:
+        out[pid] = dict.fromkeys(STAT_FIELDS)  # None deletes the key
+    for pid, ch in changes.items():
+        rest = {k: v for k, v in ch.items() if k not in STAT_FIELDS}
+        if rest:
+            out.setdefault(pid, {}).update(rest)
+    ids = list(out)
     for start in range(0, len(ids), batch):
-        store.set_payload(USERS, {pid: changes[pid] for pid in ids[start : start + batch]})
+        store.set_payload(USERS, {pid: out[pid] for pid in ids[start : start + batch]})
+    return len(ids)
 
 
 def merge_window(kth: float, window: list[float], vals: list[float], k: int) -> tuple[float, list[float]] | None:
