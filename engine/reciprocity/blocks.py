@@ -168,6 +168,11 @@ def _ascii(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     a = np.asarray(ids)
     if a.dtype.kind == "S":
         return a.reshape(-1)
+    if a.dtype.kind == "U":
+        try:
+            return a.reshape(-1).astype("S")  # point ids are UUIDs: ASCII
+        except UnicodeEncodeError:
+            raise InvalidInput("reciprocity statistics: a point id is not ASCII") from None
     return np.array([str(x) for x in a.reshape(-1).tolist()], dtype="S") if a.size else np.zeros(0, "S36")
 
 

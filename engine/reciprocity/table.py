@@ -317,7 +317,8 @@ def load(store: Store) -> tuple[Table, list[str], str] | None:
         arrays = {a: np.load(where / f"{a}.npy", allow_pickle=False) for a in (*_ARRAYS, *_ARRAYS2) if a != "matrix"}
         arrays["matrix"] = np.load(where / "matrix.npy", mmap_mode="r", allow_pickle=False)
         genders = [str(g) for g in np.load(where / "genders.npy", allow_pickle=False)]
-        stats_version = str(np.load(where / "stats_version.npy", allow_pickle=False))
+        version_arr = np.load(where / "stats_version.npy", allow_pickle=False).reshape(-1)  # saved as (1,)
+        stats_version = str(version_arr[0]) if version_arr.size else ""
     except (OSError, ValueError) as exc:
         log.warning("cannot read the refresh cache %s: %s; not used", token, exc)
         return None

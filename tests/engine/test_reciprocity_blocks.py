@@ -141,3 +141,24 @@ def test_delete_user_leaves_no_row_of_theirs_in_any_block(reciprocity_db: tuple[
     assert user_point_id("u60").encode() not in raw and user_point_id("u61").encode() not in raw
     assert user_point_id("u62").encode() in raw  # (the check can find an id that is there)
     assert_same_as_full_pass(store, settings)
+
+
+def test_the_incremental_pass_reads_no_block_when_the_cache_matches_them(
+    reciprocity_db: tuple[Store, Settings], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The refresh cache records the statistics version it was saved with: when the blocks are still that
+    version, a new process's incremental pass takes the statistics from the cache and reads no block."""
+    store, settings = reciprocity_db
+    rng = populated(store, settings, 200, seed=36)
+    store.upsert(USERS, [user_point(f"new{i}", rng) for i in range(8)])
+    forget(store)  # a new process: no copy of the blocks in memory
+
+    def no_read(*_: object) -> None:
+        raise AssertionError("the blocks were read")
+
+    monkeypatch.setattr(blocks_mod, "_load", no_read)
+    rep = refresh_changed(store, settings, arrived=[f"new{i}" for i in range(8)])
+    assert rep.cache == "used" and rep.merged > 0
+    monkeypatch.undo()
+    forget(store)
+    assert_same_as_full_pass(store, settings)
