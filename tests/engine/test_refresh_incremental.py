@@ -286,3 +286,51 @@ def test_rows_change_is_row_change_for_many_rows() -> None:
     assert str(base.ids[3]) in got and str(base.ids[4]) in got
     for name in ("kth", "kth_k", "top_len", "top"):
         np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
+
+
+def test_merging_one_arrival_as_arrays_is_merge_window() -> None:
+    """The array merge the incremental pass uses for users with one arrival above their K-th gives what
+    ``merge_window`` gives one by one: inserted below the window's first entry (or into a window of all K),
+    the window shortened when it lands above it, and an emptied window sent to be recomputed."""
+    from engine.reciprocity.incremental import _merge_one
+    from engine.reciprocity.stats import merge_window
+
+    rng = np.random.default_rng(10)
+    points = [user_point(f"u{i}", rng) for i in range(300)]
+    for j, p in enumerate(points):
+        k = 4 if j % 5 == 0 else K  # a window of all K users (K <= TOP_KEEP) takes the insert path always
+        n = k if k <= TOP_KEEP else int(rng.integers(1, TOP_KEEP + 1))
+        window = sorted(rng.uniform(-0.5, 0.9, n).tolist(), reverse=True)
+        p.payload |= {KTH_SIM: window[-1], "kth_k": k, KTH_TOP: window_value(window)}
+    table = Table.from_points(points)
+    rows = np.arange(len(table))
+    ks = table.kth_k.copy()
+    # One new similarity above each K-th: below, equal to, or above the window's first entry.
+    first = table.top[rows, 0]
+    pick = rng.integers(0, 3, len(rows))
+    s = np.where(pick == 0, (table.kth + first) / 2, np.where(pick == 1, first, first + 0.05))
+    s = np.where(s > table.kth, s, table.kth + 1e-3)
+    got_rows, got_kth, got_lens, got_top, ran_out = [], [], [], [], []
+    for k in (4, K):
+        sel = rows[ks == k]
+        recompute = np.zeros(len(table), bool)
+        m = _merge_one(table, sel, s[sel], k, recompute)
+        got_rows += m.rows.tolist()
+        got_kth += m.kth.tolist()
+        got_lens += m.lens.tolist()
+        got_top += [m.top[i, : m.lens[i]].tolist() for i in range(len(m.rows))]
+        ran_out += np.flatnonzero(recompute).tolist()
+    want_rows, want_kth, want_top, want_out = [], [], [], []
+    for i in rows.tolist():
+        window = table.top[i, : table.top_len[i]].tolist()
+        w = merge_window(float(table.kth[i]), window, [float(s[i])], int(ks[i]))
+        if w is None:
+            want_out.append(i)
+        else:
+            want_rows.append(i)
+            want_kth.append(w[0])
+            want_top.append(w[1])
+    order = np.argsort(got_rows)
+    assert [got_rows[o] for o in order] == want_rows and sorted(ran_out) == want_out
+    assert [got_kth[o] for o in order] == want_kth and [got_top[o] for o in order] == want_top
+    assert len(want_out) > 0 and len({len(t) for t in want_top}) > 2  # every path taken
