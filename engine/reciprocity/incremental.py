@@ -289,9 +289,9 @@ def _merge_arrivals(
         r, c = np.nonzero(sims > last[members, None])
         who.append(members[r])
         vals.append(sims[r, c])
-    if not who:
+    rec, val = (np.concatenate(who), np.concatenate(vals).astype(np.float64)) if who else (np.zeros(0), np.zeros(0))
+    if len(rec) == 0:  # nobody's K-th beaten (before, an empty list here failed on its first receiver)
         return _Merged.empty()
-    rec, val = np.concatenate(who), np.concatenate(vals).astype(np.float64)
     order = np.lexsort((-val, rec))  # by receiver, best first
     rec, val = rec[order], val[order]
     starts = np.flatnonzero(np.r_[True, rec[1:] != rec[:-1]])
