@@ -11,10 +11,12 @@ so a viewer is never left short while enough candidates remain:
   recommendation); a new period (a day) starts with ``ExposureLedger.new_period()``.
 * **cold-start exploration** (``explore_slots``, ``explore_min``): up to ``explore_slots`` of the ``k``
   slots are reserved for *fresh* candidates — fewer than ``explore_min`` decisions received in the log *and*
-  fewer than ``explore_min`` impressions in this period — the least shown first (``max(decisions
-  received, impressions this period)``), by fused score among equals. A newcomer is fresh
-  until ``explore_min`` viewers have been shown them, so their first period brings them that many
-  impressions wherever stage 1 finds them, and the log then learns their appeal.
+  fewer than ``explore_min`` impressions in this period — those with the fewest decisions received first,
+  then the most *urgent*: the impressions they still need (``explore_min`` minus this period's) over their
+  audience (how many users the mutual filter lets see them, ``engine.ranking.audience``), by fused score
+  among equals. A newcomer is fresh until ``explore_min`` viewers have been shown them, so their first
+  period brings them that many impressions wherever stage 1 finds them (or as many as their audience
+  allows), and the log then learns their appeal.
 * **congestion penalty** (``congestion_capacity``, ``congestion_strength``): the fused score is multiplied
   by ``min(1, capacity / likes received per period) ** strength`` (``engine.learned.model.congestion_factor``).
 
@@ -24,7 +26,7 @@ so a viewer is never left short while enough candidates remain:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,12 +45,14 @@ class ExposureLedger:
         self._lock = threading.Lock()
         self._period: dict[str, int] = {}
         self._total: dict[str, int] = {}
+        self._audience: dict[str, int] = {}  # users the mutual filter lets see each user; kept for a period
         self.periods = 0  # periods started so far (new_period calls)
 
     def new_period(self) -> None:
         """Start a new period: per-period counts go back to 0 (totals are kept)."""
         with self._lock:
             self._period.clear()
+            self._audience.clear()  # profiles and arrivals change between periods: count again
             self.periods += 1
 
     def reset(self) -> None:
@@ -56,6 +60,7 @@ class ExposureLedger:
         with self._lock:
             self._period.clear()
             self._total.clear()
+            self._audience.clear()
             self.periods = 0
 
     def record(self, user_ids: Iterable[str]) -> None:
@@ -69,6 +74,16 @@ class ExposureLedger:
         """(n,) int64 impressions of each id in the current period."""
         with self._lock:
             return np.array([self._period.get(u, 0) for u in user_ids], dtype=np.int64)
+
+    def audience(self, user_ids: Sequence[str]) -> np.ndarray:
+        """(n,) float64 audience size of each id counted this period (``remember_audience``), NaN if not."""
+        with self._lock:
+            return np.array([self._audience.get(u, np.nan) for u in user_ids], dtype=np.float64)
+
+    def remember_audience(self, sizes: dict[str, int]) -> None:
+        """Keep each id's audience size (``engine.ranking.audience``) until the period ends."""
+        with self._lock:
+            self._audience.update(sizes)
 
     def total_counts(self, user_ids: Sequence[str]) -> np.ndarray:
         """(n,) int64 impressions of each id since the ledger was made (or reset)."""
@@ -97,6 +112,24 @@ def fresh_mask(decisions_received: np.ndarray, period_impressions: np.ndarray, e
     return (np.asarray(decisions_received) < explore_min) & (np.asarray(period_impressions) < explore_min)
 
 
+UNLIMITED = 1e12  # the audience of a candidate whose audience is unknown
+
+
+def urgency(period_impressions: np.ndarray, explore_min: int, audience: np.ndarray | None) -> np.ndarray:
+    """(n,) float64: impressions a fresh candidate still needs this period over the users who may see them.
+
+    ``(explore_min - impressions) / audience``; the viewers still to come this period are the same share of
+    every candidate's audience, so this orders candidates by the share of their remaining viewers they need.
+    An unknown audience (``None`` or NaN) counts as unlimited (``UNLIMITED``): those come after every known
+    one, the fewest shown first (the order of equal audiences). Audiences below 1 count as 1.
+    """
+    need = explore_min - np.asarray(period_impressions, dtype=np.float64)
+    if audience is None:
+        return need / UNLIMITED
+    aud = np.asarray(audience, dtype=np.float64)
+    return need / np.where(np.isfinite(aud), np.maximum(aud, 1.0), UNLIMITED)
+
+
 def select(
     score: np.ndarray,
     k: int,
@@ -104,14 +137,16 @@ def select(
     *,
     period_impressions: np.ndarray | None = None,
     decisions_received: np.ndarray | None = None,
+    audience: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of up to ``k`` candidates, in display order (fused ``score`` descending, stable).
 
     ``score`` (n,) the fused score (after any congestion penalty); ``period_impressions`` (n,) each
     candidate's impressions this period (None: budget and exploration off, no ledger);
-    ``decisions_received`` (n,) decisions each candidate received in the log (None: all 0).
+    ``decisions_received`` (n,) decisions each candidate received in the log (None: all 0); ``audience`` (n,)
+    how many users may be shown each candidate (NaN or None: unknown, taken as unlimited).
     Under-budget candidates come before over-budget ones; among the chosen, up to ``policy.explore_slots``
-    are the best fresh candidates (``fresh_mask``). Raises ``InvalidInput`` for ``k`` < 1.
+    are the fresh candidates (``fresh_mask``) first by ``urgency``. Raises ``InvalidInput`` for ``k`` < 1.
     """
     if k < 1:
         raise InvalidInput(f"k: must be a positive integer, got {k}")
@@ -128,14 +163,16 @@ def select(
         return order[:k]
     got = np.zeros(n, dtype=np.int64) if decisions_received is None else np.asarray(decisions_received)
     fresh = fresh_mask(got, seen, policy.explore_min) & (s > 0)  # score 0: a logged pass, no match possible
-    # The slots go to the fresh candidates with the fewest decisions received, then the fewest impressions
-    # this period, the best fused score among equals: a newcomer (no decision yet) comes before an established
-    # user who has had a few, whatever the fit. Measured: by score x need, established users with a few
-    # impressions took the slots and a third of the newcomers stayed short; by max(received, impressions),
-    # a fifth still did at 2,000 users in the aspiration world, where many established users stay fresh
-    # (docs/results.md).
+    # The slots go to the fresh candidates with the fewest decisions received, then the most urgent, the best
+    # fused score among equals: a newcomer (no decision yet) comes before an established user who has had a
+    # few, whatever the fit. Measured: by score x need, established users with a few impressions took the
+    # slots and a third of the newcomers stayed short; by max(received, impressions), a fifth still did at
+    # 2,000 users in the aspiration world, where many established users stay fresh (docs/results.md); by
+    # fewest impressions, a newcomer with 11 possible viewers got 9 at 1,000 users (two of its viewers gave
+    # their slots to newcomers hundreds could still see), hence urgency.
     cand = np.flatnonzero(fresh)
-    by_pri = cand[np.lexsort((cand, -s[cand], seen[cand], got[cand]))]  # fewest received, impressions; best
+    urg = urgency(seen[cand], policy.explore_min, None if audience is None else np.asarray(audience)[cand])
+    by_pri = cand[np.lexsort((cand, -s[cand], -urg, got[cand]))]  # fewest received, most urgent, best score
     explore = [int(i) for i in by_pri[: min(policy.explore_slots, k)]]
     chosen = set(explore)
     picks = explore + [int(i) for i in order if int(i) not in chosen][: k - len(explore)]
@@ -151,14 +188,24 @@ def choose(
     user_ids: Sequence[str],
     decisions_received: np.ndarray | None,
     ledger: ExposureLedger | None,
+    audience: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """``select`` with the counts read from ``ledger`` (None: plain top-``k`` by score), and the chosen
-    ``user_ids`` recorded in it as this period's impressions. Returns indices into ``score``, (≤ k,)."""
+    ``user_ids`` recorded in it as this period's impressions. ``audience``: given the indices of the fresh
+    candidates, their audience sizes (``engine.ranking.audience``); called only when cold-start slots are on
+    and someone is fresh. Returns indices into ``score``, (≤ k,)."""
     seen = ledger.period_counts(user_ids) if ledger is not None else None
-    picks = select(score, k, policy, period_impressions=seen, decisions_received=decisions_received)
+    aud: np.ndarray | None = None
+    if seen is not None and audience is not None and policy.explore_slots > 0:
+        got = np.zeros(len(seen), np.int64) if decisions_received is None else np.asarray(decisions_received)
+        fresh = np.flatnonzero(fresh_mask(got, seen, policy.explore_min))
+        if fresh.size:
+            aud = np.full(len(seen), np.nan)
+            aud[fresh] = audience(fresh)
+    picks = select(score, k, policy, period_impressions=seen, decisions_received=decisions_received, audience=aud)
     if ledger is not None:
         ledger.record(user_ids[int(i)] for i in picks)
     return picks
 
 
-__all__ = ["ExposureLedger", "ExposurePolicy", "choose", "fresh_mask", "select"]
+__all__ = ["ExposureLedger", "ExposurePolicy", "choose", "fresh_mask", "select", "urgency"]

@@ -25,6 +25,7 @@ from engine.filters import Filter, HasId, MatchAny
 from engine.learned.model import congestion_factor, served_probabilities_arrays
 from engine.learned.served import ServedModel
 from engine.ranking.askers import Asker
+from engine.ranking.audience import audience_of
 from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.ranking.rerank import (
     RerankInput,
@@ -182,7 +183,8 @@ def rerank_candidates(
     out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
     ids = [str(pl.get(USER_ID)) for pl in payloads]
     matches = []
-    for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure), start=1):
+    aud = audience_of(store, [c.id for c in cands], ids, exposure)
+    for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure, aud), start=1):
         b = int(best_idx[i])
         matches.append(
             Match(
@@ -294,7 +296,15 @@ def _learned_matches(
         )
         out = RerankResult(score=out.score * factor, a_to_b=out.a_to_b, b_to_a=out.b_to_a)
     received = np.asarray(sides["n"][:, 1], dtype=np.int64)  # decisions received
-    order = choose(out.score, k, _policy(settings), user_ids, received, exposure)
+    order = choose(
+        out.score,
+        k,
+        _policy(settings),
+        user_ids,
+        received,
+        exposure,
+        audience_of(store, [c.id for c in cands], user_ids, exposure),
+    )
     top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
     have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}

@@ -10,7 +10,7 @@ import pytest
 from engine.errors import InvalidInput
 from engine.feedback import Event, record_feedback
 from engine.learned.rebuild import rebuild_preferences
-from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose, fresh_mask, select
+from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose, fresh_mask, select, urgency
 from engine.ranking.rerank import aggregate
 from engine.reciprocity.full import refresh
 from engine.recommend import recommend
@@ -173,3 +173,75 @@ def test_newcomers_outside_every_pool_still_get_their_slots(db: tuple[Store, Set
     assert plain.max() == 0  # the pool alone never holds them
     s = _with(settings, explore_slots=1, explore_min=need)
     assert _serve(ids, store, s, k).period_counts(newcomers).min() >= need
+
+
+def test_slots_go_to_the_newcomer_whose_audience_is_running_out() -> None:
+    """A newcomer only 4 viewers may see needs 3 of them; one everyone may see can wait. Served one viewer
+    at a time with one slot each, ordering by fewest impressions alone leaves the first short (2 of 3: the
+    others' score wins the ties); ordering by urgency (impressions still needed over the audience) shows
+    both enough (engine.ranking.exposure.urgency)."""
+    policy = ExposurePolicy(explore_slots=1, explore_min=3)
+    ids = ["scarce", "plenty", "old"]
+    score = np.array([0.2, 0.3, 0.9])
+    received = np.array([0, 0, 50])
+    audience = {"scarce": 4.0, "plenty": 10.0}
+
+    def serve(with_audience: bool) -> list[int]:
+        ledger = ExposureLedger()
+        for v in range(10):
+            present = [0, 1, 2] if v < 4 else [1, 2]  # viewers 4-9 may not see the scarce newcomer
+            sub = [ids[i] for i in present]
+            aud = (lambda idx, sub=sub: np.array([audience[sub[i]] for i in idx])) if with_audience else None
+            choose(score[present], 2, policy, sub, received[present], ledger, aud)
+        return ledger.period_counts(ids[:2]).tolist()
+
+    assert serve(False)[0] < 3  # the old order: the scarce newcomer stays short
+    scarce, plenty = serve(True)
+    assert scarce == 3 and plenty >= 3
+    # urgency itself: need / audience, unknown audiences after every known one, fewest shown first
+    urg = urgency(np.array([0, 2, 0, 1]), 3, np.array([4.0, 4.0, np.nan, np.nan]))
+    assert urg[0] > urg[1] > urg[2] > urg[3] > 0
+
+
+def test_audience_sizes_count_the_mutual_filter(db: tuple[Store, Settings]) -> None:
+    """The audience of each user equals the brute-force count of the users they are compatible with (gender
+    sought both ways, both age windows), is counted once per period (kept in the ledger), and again after
+    the period ends."""
+    from engine.ranking.audience import audience_sizes
+    from engine.schema import USERS, Profile, user_point_id
+
+    store, _ = db
+    rng = np.random.default_rng(5)
+    people = []
+    for i in range(40):
+        gender = "female" if i % 3 else "male"
+        seeking = ["male"] if i % 4 else ["female", "male"]
+        age = int(rng.integers(20, 50))
+        lo = int(rng.integers(18, 35))
+        people.append(user(f"p{i:02d}", gender, age, rng.standard_normal(DIM), seeking=seeking, window=(lo, lo + 15)))
+    put_users(store, people)
+    profiles = [
+        Profile.from_payload(p.payload) for p in store.retrieve(USERS, [user_point_id(q["user_id"]) for q in people])
+    ]
+    expected = {a.user_id: sum(a.compatible(b) for b in profiles if b.user_id != a.user_id) for a in profiles}
+    assert len(set(expected.values())) > 3  # the audiences differ: the check can tell them apart
+    calls = {"n": 0}
+    count = store.count
+
+    def counting(*args: object, **kw: object) -> int:
+        calls["n"] += 1
+        return count(*args, **kw)  # type: ignore[arg-type]
+
+    store.count = counting  # type: ignore[method-assign]
+    ledger = ExposureLedger()
+    uids = [q["user_id"] for q in people] + ["ghost"]
+    pids = [user_point_id(u) for u in uids]
+    sizes = audience_sizes(store, pids, uids, ledger)
+    assert sizes[:-1].tolist() == [float(expected[u]) for u in uids[:-1]]
+    assert np.isnan(sizes[-1])  # not stored: unknown, not zero
+    assert calls["n"] == 40
+    audience_sizes(store, pids, uids, ledger)
+    assert calls["n"] == 40  # kept for the period
+    ledger.new_period()
+    audience_sizes(store, pids[:3], uids[:3], ledger)
+    assert calls["n"] == 43
