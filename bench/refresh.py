@@ -55,6 +55,7 @@ from recommend import (  # noqa: E402 - bench/recommend.py is a script beside th
     photo_points,
 )
 
+from engine.reciprocity.blocks import stored  # noqa: E402
 from engine.reciprocity.full import refresh  # noqa: E402
 from engine.reciprocity.incremental import refresh_changed  # noqa: E402
 from engine.reciprocity.topk import Groups, compatible_topk  # noqa: E402
@@ -106,7 +107,11 @@ def _write_users(store: Store, pop: Population, start: int, stop: int, batch: in
 
 
 def _stats_of(store: Store) -> dict[str, dict[str, Any]]:
-    """Every user's reciprocity statistics as stored."""
+    """Every user's reciprocity statistics as stored: in the blocks (``engine.reciprocity.blocks``), or in
+    the payloads of a store written before them."""
+    blocks = stored(store)
+    if blocks is not None:
+        return {p.id: blocks.payload_of(p.id) for p in store.scroll(USERS)}
     return {p.id: {f: p.payload.get(f) for f in STAT_FIELDS} for p in store.scroll(USERS)}
 
 

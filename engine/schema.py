@@ -45,10 +45,13 @@ PHOTO_SHA256 = "photo_sha256"  # photos point: hex digest of the file's bytes
 SOURCE_PATH = "source_path"  # photos point: POSIX path relative to PHOTOS_DIR; never the bytes
 LIKED_IDS = "liked_ids"  # users point, engine.likes: user ids liked, oldest first
 TASTE = "taste"  # users point, engine.likes: taste vector as floats, only with likes
-KTH_SIM = "kth_sim"  # users point, engine.reciprocity: K-th best compatible similarity
+# engine.reciprocity's statistics: stored in blocks in META (engine.reciprocity.blocks); these names are their
+# keys there and in the users points' payloads of stores written before the blocks (read until a pass writes
+# the blocks; `matcher refresh` then removes them from the payloads)
+KTH_SIM = "kth_sim"  # K-th best compatible similarity
 KTH_K = "kth_k"  # ... the K it was computed with (a changed setting makes it stale)
 KTH_TOP = "kth_top"  # ... the tail of the top-K similarities (ranks K-7..K), best first: what arrivals merge into;
-# one string of comma-separated floats (window_value / window_of; earlier passes wrote a list of floats)
+# in a payload one string of comma-separated floats (window_value / window_of; earlier passes wrote a list)
 # users point, no longer written: the learned model's per-user statistics and its taste coordinates, as the
 # first version of engine.learned.rebuild stored them; a full rebuild removes them (engine.learned.served holds both)
 LEGACY_MODEL_STATS = "pref"
@@ -57,7 +60,7 @@ LEGACY_MODEL_TASTE = "pref_taste"
 PROFILE_FIELDS: tuple[str, ...] = (USER_ID, GENDER, AGE, SEEKING, AGE_MIN, AGE_MAX)
 USER_FIELDS: tuple[str, ...] = (*PROFILE_FIELDS, N_PHOTOS, PHOTO_IDS, ENCODER_ID)  # what ingestion owns
 PHOTO_FIELDS: tuple[str, ...] = (USER_ID, GENDER, AGE, PHOTO_SHA256, SOURCE_PATH, ENCODER_ID)
-STAT_FIELDS: tuple[str, ...] = (KTH_SIM, KTH_K, KTH_TOP)  # written together by every reciprocity pass
+STAT_FIELDS: tuple[str, ...] = (KTH_SIM, KTH_K, KTH_TOP)  # kept together (blocks, or a legacy payload)
 LEGACY_MODEL_FIELDS: tuple[str, ...] = (LEGACY_MODEL_STATS, LEGACY_MODEL_TASTE)  # removed together by a rebuild
 
 

@@ -105,8 +105,8 @@ def _delete_one(store: Store, user_id: str, settings: Settings | None) -> tuple[
     scrubbed = _forget_likes_of(store, user_id, settings)
     events = delete_feedback_of(store, user_id)  # decisions the user gave and received, every direction
     removed += events
-    if gone or scrubbed:
-        refresh_departed(store, settings, gone, retasted=scrubbed)
+    # Always: the user's row must also leave the stored statistics' blocks (engine.reciprocity.blocks).
+    refresh_departed(store, settings, gone, retasted=scrubbed, erased=[user_id])
     log.info(
         "deleted user %s: %d points (%d feedback events); removed from %d like histories",
         user_id, removed, events, len(scrubbed),

@@ -21,6 +21,8 @@ from engine.ranking.rerank import (
     taste_vector,
 )
 from engine.ranking.user_copies import asker_points
+from engine.reciprocity.blocks import Stats
+from engine.reciprocity.blocks import stored as stored_stats
 from engine.schema import (
     KTH_SIM,
     META,
@@ -70,8 +72,11 @@ def check_k(k: int) -> None:
         raise InvalidInput(f"k: must be a positive integer, got {k!r}")
 
 
-def stored_kth(payload: dict[str, Any]) -> float:
-    """The users point's stored ``kth_sim`` (``engine.reciprocity``), NaN when not computed yet."""
+def stored_kth(payload: dict[str, Any], stats: Stats | None = None, point_id: str = "") -> float:
+    """The user's stored ``kth_sim`` (``engine.reciprocity``), NaN when not computed yet: from the statistics'
+    blocks ``stats`` where the store has them (``engine.reciprocity.blocks.stored``), else the payload."""
+    if stats is not None:
+        return float(stats.kth_of([point_id])[0])
     value = payload.get(KTH_SIM)
     return float(value) if isinstance(value, int | float) else math.nan
 
@@ -132,6 +137,7 @@ def load_askers(
     if sm is not None and not need_photos:
         photo_ids = []
     photos = {q.id: q for q in store.retrieve(PHOTOS, photo_ids, with_vectors=True)} if photo_ids else {}
+    kth_stats = stored_stats(store) if sm is None else None  # the learned path reads no kth_sim
     askers = []
     for u, (p, own) in zip(user_ids, found, strict=True):
         payload = p.payload or {}
@@ -150,7 +156,7 @@ def load_askers(
                 vector=own,
                 taste=taste,
                 photo_vectors=np.stack(kept) if kept else np.zeros((0, own.shape[0]), np.float32),
-                kth_sim=stored_kth(payload),
+                kth_sim=stored_kth(payload, kth_stats, p.id),
             )
         )
         if sm is not None:

@@ -24,7 +24,7 @@ from engine.feedback import LIKE, PASS
 from engine.filters import Filter, HasId, MatchAny
 from engine.learned.model import congestion_factor, served_probabilities_arrays
 from engine.learned.served import ServedModel
-from engine.ranking.askers import Asker, stored_kth
+from engine.ranking.askers import Asker
 from engine.ranking.audience import audience_of
 from engine.ranking.exposure import ExposureLedger, ExposurePolicy, choose
 from engine.ranking.rerank import (
@@ -38,6 +38,7 @@ from engine.ranking.rerank import (
 )
 from engine.ranking.served_ids import LIKED, PASSED, bare, decided, point_ids, user_ids_of_rows
 from engine.ranking.user_copies import kept_vectors, listed_photos, unit_rows
+from engine.reciprocity.blocks import kth_of_points
 from engine.reciprocity.topk import NO_KTH
 from engine.schema import (
     PHOTO_IDS,
@@ -162,7 +163,7 @@ def rerank_candidates(
             rev_mean[i] = float(t @ own)
             rev_photo[i] = float(np.max(asker.photo_vectors @ t)) if len(asker.photo_vectors) else -np.inf
 
-    kth_b = np.array([stored_kth(pl) for pl in payloads], dtype=np.float64)
+    kth_b = kth_of_points(store, [c.id for c in cands], payloads)  # the stored blocks, else the payloads
     out = rerank(
         RerankInput(
             fwd_mean=fwd_mean,

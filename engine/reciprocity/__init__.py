@@ -1,5 +1,5 @@
-"""Reciprocity statistics: each user's ``kth_sim`` and ``kth_top``, stored in their payload, and the passes
-that keep them exact.
+"""Reciprocity statistics: each user's ``kth_sim`` and ``kth_top``, stored as columnar blocks in
+``matcher_meta`` (``blocks``), and the passes that keep them exact.
 
 ``kth_sim`` of user B is the cosine similarity between B's taste (B's mean vector, or the ``taste`` of
 ``engine.likes`` when B has a like history: what B's own list is ranked by) and B's K-th nearest
@@ -13,8 +13,12 @@ when they have fewer than K compatible users). That window is what makes an *inc
 new user enters B's top-K exactly when ``cos(t_B, v_new)`` beats ``kth_sim``, and the new ``kth_sim`` is then
 read off the window merged with it, without scoring B against their whole pool again.
 
-Only the points whose statistics changed are written, and only those payload keys (``Store.set_payload``:
-on Edge the points keep their HNSW index, so no ``optimize()`` is needed).
+Where they are stored: not in the users' payloads any more (adding 1 % of users moves ~39 % of users' K-th
+neighbour, and Edge takes one partial payload update per user), but in blocks of 2,048 users in ``META``: a pass
+over the users table writes them all again (~50 upserts at 100,000 users), a pass over a few users one patch
+(``blocks``). Only ``taste`` (a like history) is still a payload key these passes write; the users points keep
+their HNSW index (no ``optimize()`` is needed). Stores written before are read from their payloads until a
+pass writes the blocks.
 
 The modules, import what you need from the one that defines it:
 
@@ -26,7 +30,10 @@ The modules, import what you need from the one that defines it:
 * ``stats`` — the per-user bookkeeping both share (statistics from a top-K row, what changed, writes).
 * ``topk`` — the exact top-K similarities over compatible users, in numpy (the computation itself).
 * ``table`` — the users table the passes work on, and its cache beside the store (validated by a token in
-  META and a journal of every users point written since, ``engine/store/cache.py``).
+  META and a journal of every users point written since, ``engine/store/cache.py``, and the statistics
+  version it matches).
+* ``blocks`` — where the statistics are stored, and the per-process copy ``recommend()`` reads.
 
-``recommend()`` reads the statistics (``engine.ranking``); ``engine.schema`` names the payload fields.
+``recommend()`` reads ``kth_sim`` through ``blocks.kth_of_points`` (``engine.ranking``); ``engine.schema``
+names the fields (the payload keys of stores written before the blocks).
 """

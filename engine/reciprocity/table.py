@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.reciprocity.blocks import Stats
 from engine.reciprocity.topk import Groups
 from engine.schema import KTH_K, KTH_SIM, KTH_TOP, LIKED_IDS, TASTE, Profile, window_of
 from engine.store.base import Point, Store
@@ -40,7 +41,7 @@ from engine.store.cache import journal_path, read_journal
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the arrays change; an older cache is then not used
+FORMAT = 2  # bump when the arrays change; an older cache is then not used (2: the stats version it matches)
 _STR = "<U1"  # dtype of empty string arrays
 
 
@@ -267,8 +268,10 @@ _ARRAYS = ("ids", "user_ids", "matrix", "gender", "seeks", "age", "lo", "hi", "l
 _ARRAYS2 = ("tastes", "kth", "kth_k", "top", "top_len", "skipped")
 
 
-def save(store: Store, table: Table) -> str | None:
-    """Write ``table`` as the cache of the users collection as it is now, and record it in META. Returns the
+def save(store: Store, table: Table, stats_version: str = "") -> str | None:
+    """Write ``table`` as the cache of the users collection as it is now, and record it in META.
+    ``stats_version``: the ``Version.key`` of the statistics blocks the table's statistics equal
+    (``engine.reciprocity.blocks``; "" for none). Returns the
     new token (None where the store keeps no cache). A failure to write is logged, not raised: the next
     incremental pass then scrolls. Files: ``users-<token>/`` (one ``.npy`` per array, written under a
     temporary name and renamed whole) and the empty ``journal-<token>``."""
@@ -281,6 +284,7 @@ def save(store: Store, table: Table) -> str | None:
         tmp.mkdir(parents=True)
         arrays = {a: getattr(table, a) for a in (*_ARRAYS, *_ARRAYS2)}
         arrays["format"] = np.array(FORMAT)
+        arrays["stats_version"] = np.array(stats_version, dtype=str)
         arrays["genders"] = np.array(table.genders, dtype=str).reshape(-1)
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
@@ -295,9 +299,10 @@ def save(store: Store, table: Table) -> str | None:
     return token
 
 
-def load(store: Store) -> tuple[Table, list[str]] | None:
-    """The cached table and the ids written since it was saved, or None when there is no cache to trust.
-    The matrix is a read-only map of its file (copied by :meth:`Table.replaced`)."""
+def load(store: Store) -> tuple[Table, list[str], str] | None:
+    """The cached table, the ids written since it was saved and the statistics version it was saved with
+    (:func:`save`), or None when there is no cache to trust. The matrix is a read-only map of its file
+    (copied by :meth:`Table.replaced`)."""
     folder, token = store.cache_folder(), store.cache_token()
     if folder is None or token is None:
         return None
@@ -312,6 +317,8 @@ def load(store: Store) -> tuple[Table, list[str]] | None:
         arrays = {a: np.load(where / f"{a}.npy", allow_pickle=False) for a in (*_ARRAYS, *_ARRAYS2) if a != "matrix"}
         arrays["matrix"] = np.load(where / "matrix.npy", mmap_mode="r", allow_pickle=False)
         genders = [str(g) for g in np.load(where / "genders.npy", allow_pickle=False)]
+        version_arr = np.load(where / "stats_version.npy", allow_pickle=False).reshape(-1)  # saved as (1,)
+        stats_version = str(version_arr[0]) if version_arr.size else ""
     except (OSError, ValueError) as exc:
         log.warning("cannot read the refresh cache %s: %s; not used", token, exc)
         return None
@@ -327,7 +334,37 @@ def load(store: Store) -> tuple[Table, list[str]] | None:
     if not shapes_ok:
         log.warning("the refresh cache %s is inconsistent; not used", token)
         return None
-    return table, journal
+    return table, journal, stats_version
+
+
+def overlay(table: Table, stats: Stats | None) -> None:
+    """Set every row's statistics to what ``stats`` (the stored blocks, ``engine.reciprocity.blocks``) holds
+    for it: NaN / -1 where it holds none, and where ``stats`` is None (a store with no blocks yet: its
+    statistics are in the payloads the table was read from) nothing changes."""
+    if stats is None:
+        return
+    r = stats.rows(table.ids)
+    hit = r >= 0
+    rr = np.maximum(r, 0)
+    width = max(table.top.shape[1], stats.top.shape[1])
+    top = np.full((len(table), width), np.nan)
+    if len(stats):
+        top[:, : stats.top.shape[1]] = stats.top[rr]
+        table.kth = np.where(hit, stats.kth[rr], np.nan)
+        table.kth_k = np.where(hit, stats.kth_k[rr], -1).astype(np.int64)
+        table.top_len = np.where(hit, stats.top_len[rr], -1).astype(np.int64)
+    else:
+        table.kth = np.full(len(table), np.nan)
+        table.kth_k = np.full(len(table), -1, np.int64)
+        table.top_len = np.full(len(table), -1, np.int64)
+    top[~hit] = np.nan
+    table.top = top
+
+
+def table_stats(table: Table) -> Stats:
+    """The table's statistics as :class:`~engine.reciprocity.blocks.Stats` (every row; what a pass over the
+    whole table writes)."""
+    return Stats.of(table.ids, table.kth, table.kth_k, table.top, table.top_len)
 
 
 def cache_files(folder: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.likes import record_likes
+from engine.reciprocity.blocks import stored
 from engine.reciprocity.full import refresh
 from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of
 from engine.settings import Settings
@@ -32,7 +33,10 @@ def user_point(uid: str, rng: np.random.Generator) -> Point:
 
 
 def stats(store: Store) -> dict[str, dict[str, Any]]:
-    return {p.id: dict(p.payload) for p in store.scroll(USERS)}
+    """Every users point's payload with its stored statistics (``engine.reciprocity.blocks``, or the payload's
+    own on a store written before the blocks) under the payload keys."""
+    blocks = stored(store)
+    return {p.id: {**p.payload, **(blocks.payload_of(p.id) if blocks else {})} for p in store.scroll(USERS)}
 
 
 def populated(store: Store, settings: Settings, n: int, seed: int) -> np.random.Generator:

@@ -14,10 +14,12 @@ import pytest
 
 from engine.errors import InvalidInput, NoUserVector, UserNotFound
 from engine.likes import record_likes
+from engine.reciprocity.blocks import kth_of_points
+from engine.reciprocity.blocks import stored as stored_stats
 from engine.reciprocity.full import refresh
 from engine.reciprocity.topk import exact_kth
 from engine.recommend import Match, explain_empty, recommend, recommend_many, score_candidates
-from engine.schema import KTH_SIM, PHOTOS, USERS, photo_point_id, user_point_id
+from engine.schema import PHOTOS, USERS, photo_point_id, user_point_id
 from engine.settings import Settings
 from engine.store import Store, open_store
 from engine.store.base import Point
@@ -190,7 +192,9 @@ def test_rerank_demotes_one_sided_nearest_neighbour(db: tuple[Store, Settings]) 
     assert b.score_b_to_a < b.score_a_to_b  # the one-sided direction is B's
     # The stored statistic behind it: B's 5th neighbour is closer to B than A is; C's is not.
     got = store.retrieve(USERS, [user_point_id(u) for u in "ABC"], with_vectors=True)
-    kth = {p.payload["user_id"]: p.payload[KTH_SIM] for p in got}
+    stats = stored_stats(store)
+    assert stats is not None  # the statistics live in their blocks (engine.reciprocity.blocks)
+    kth = {p.payload["user_id"]: float(stats.kth_of([p.id])[0]) for p in got}
     v = {p.payload["user_id"]: np.asarray(p.vector) for p in got}
     assert kth["B"] > float(v["A"] @ v["B"]) + 0.02
     assert kth["C"] < float(v["A"] @ v["C"]) - 0.02
@@ -210,7 +214,7 @@ def test_refresh_matches_exact_numpy_kth(db: tuple[Store, Settings]) -> None:
     vectors = np.stack([np.asarray(points[u].vector) for u in ids]).astype(np.float32)
     profiles = [Profile.from_payload(points[u].payload) for u in ids]
     expected = exact_kth(vectors, profiles, settings.recommend.reciprocity_k)
-    got = np.array([points[u].payload[KTH_SIM] for u in ids])
+    got = kth_of_points(store, [points[u].id for u in ids], [points[u].payload for u in ids])
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.sum(expected > -1) > 30  # most users have K compatible neighbours: the comparison is real
 
@@ -378,7 +382,8 @@ def test_demo_data_end_to_end_constraints(demo_dir: Path, tiny_encoder: Any, tmp
         assert stored and stored <= set(people)
         results = recommend_many(sorted(stored), 5, store=store, settings=settings)
         photo_owner = {p.id: p.payload["user_id"] for p in store.scroll(PHOTOS)}
-        assert all(KTH_SIM in p.payload for p in store.scroll(USERS))
+        blocks = stored_stats(store)  # every user's statistics, in their blocks
+        assert blocks is not None and (blocks.rows([p.id for p in store.scroll(USERS)]) >= 0).all()
     shown = 0
     for uid, matches in results.items():
         compatible = [v for v in stored if v != uid and both_accept(people[uid], people[v])]

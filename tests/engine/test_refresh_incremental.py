@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 
 from engine.compatibility import Profile
+from engine.filters import Filter, MatchAny
 from engine.likes import record_likes
+from engine.reciprocity.blocks import STATS_VERSION_POINT_ID, forget, kth_of_points, read_version, stored
 from engine.reciprocity.full import departures, refresh
 from engine.reciprocity.incremental import refresh_changed
 from engine.reciprocity.stats import TOP_KEEP, row_change, rows_change
 from engine.reciprocity.table import Table
 from engine.reciprocity.topk import NO_KTH, compatible_topk, exact_kth
-from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of, window_value
+from engine.schema import KTH_SIM, KTH_TOP, META, USERS, user_point_id, window_of, window_value
 from engine.settings import Settings
 from engine.store import Store
 from engine.store.base import Point
@@ -42,6 +44,8 @@ def test_full_pass_stores_the_top_k_list_exactly(reciprocity_db: tuple[Store, Se
     vectors = np.stack([np.asarray(p.vector, np.float32) for p in pts])
     profiles = [Profile.from_payload(p.payload) for p in pts]
     tastes = [p.payload.get("taste") for p in pts]
+    st = stats(store)
+    assert not any(KTH_SIM in p.payload for p in pts)  # the statistics live in the blocks, not the payloads
     for i, p in enumerate(pts):
         q = np.asarray(tastes[i], np.float32) if tastes[i] is not None else vectors[i]
         sims = sorted(
@@ -49,11 +53,11 @@ def test_full_pass_stores_the_top_k_list_exactly(reciprocity_db: tuple[Store, Se
             reverse=True,
         )
         window = sims[max(0, K - TOP_KEEP) : K] if len(sims) >= K else sims
-        np.testing.assert_allclose(window_of(p.payload[KTH_TOP]), window, atol=1e-5)
-        assert p.payload[KTH_SIM] == pytest.approx(sims[K - 1] if len(sims) >= K else NO_KTH, abs=1e-5)
+        np.testing.assert_allclose(window_of(st[p.id][KTH_TOP]), window, atol=1e-5)
+        assert st[p.id][KTH_SIM] == pytest.approx(sims[K - 1] if len(sims) >= K else NO_KTH, abs=1e-5)
     without_taste = [i for i, t in enumerate(tastes) if t is None]
     expected = exact_kth(vectors, profiles, K)
-    got = np.array([pts[i].payload[KTH_SIM] for i in without_taste])
+    got = np.array([st[pts[i].id][KTH_SIM] for i in without_taste])
     np.testing.assert_allclose(got, expected[without_taste], atol=1e-5)
 
 
@@ -107,8 +111,7 @@ def test_arrivals_above_a_window_make_it_run_out_and_recompute(reciprocity_db: t
     rep = refresh_changed(store, settings, arrived=[f"near{i}" for i in range(10)])
     assert rep.recomputed > 10  # the arrivals and at least the target
     assert_same_as_full_pass(store, settings)
-    (after,) = store.retrieve(USERS, [tp.id])
-    assert after.payload[KTH_SIM] > target[KTH_SIM]
+    assert stats(store)[tp.id][KTH_SIM] > target[KTH_SIM]
 
 
 def test_incremental_refresh_without_the_departures_leaves_stale_statistics(
@@ -144,10 +147,18 @@ def test_delete_user_refreshes_the_others_at_once(reciprocity_db: tuple[Store, S
     # The user most often in others' top-K lists: deleting them moves the most statistics.
     pts = list(store.scroll(USERS, with_vectors=True))
     vecs = np.stack([np.asarray(p.vector, np.float32) for p in pts])
-    lasts = np.array([p.payload[KTH_SIM] for p in pts])
+    st = stats(store)
+    lasts = np.array([st[p.id][KTH_SIM] for p in pts])
     hub = pts[int(np.argmax(((vecs @ vecs.T) >= lasts[:, None]).sum(axis=0)))].payload["user_id"]
     assert delete_user(store, hub, settings=settings) == 1
     assert store.retrieve(USERS, [user_point_id(hub)]) == []
+    forget(store)  # read the blocks back from the store, not this process's copy
+    blocks, version = stored(store), read_version(store)
+    assert blocks is not None and version is not None
+    assert blocks.rows([user_point_id(hub)])[0] == -1 and len(blocks) == version.rows == 399  # their row left
+    # ... every block: the previous set's points are deleted, only the new set's chunks remain.
+    kinds = store.count(META, Filter(must=(MatchAny.of("kind", ["reciprocity_stats"]),)))
+    assert kinds == version.chunks and version.gen == 0
     assert_same_as_full_pass(store, settings)
     # A liked user: the liker's taste loses them, so the liker's own list changes too.
     assert delete_user(store, "u1" if hub != "u1" else "u2", settings=settings) == 1
@@ -191,26 +202,52 @@ def test_record_likes_refreshes_the_likers_own_statistics(reciprocity_db: tuple[
     assert disagreements(store, settings) == []
 
 
-def test_windows_in_either_stored_form_give_the_full_pass_result(reciprocity_db: tuple[Store, Settings]) -> None:
-    """``kth_top`` is written as one string (``schema.window_value``: a list of floats cost ~10x more to hand
-    to the Edge bindings); stores written before hold lists. An incremental pass that reads a mix of both from
-    the payloads (no cache: it scrolls) merges the arrivals into them and leaves every user's ``kth_sim``
-    as a full pass computes it; what it rewrites is in the string form."""
+def _as_legacy(store: Store, as_lists: set[str]) -> None:
+    """Make ``store`` look written before the blocks: every user's statistics in their payload (``kth_top``
+    as a list of floats for ``as_lists``, else one string), no block, no cache."""
+    blocks = stored(store)
+    assert blocks is not None
+    changes = {}
+    for pid, p in stats(store).items():
+        window = window_of(p[KTH_TOP]) or []
+        changes[pid] = {
+            KTH_SIM: p[KTH_SIM],
+            "kth_k": p["kth_k"],
+            KTH_TOP: window if pid in as_lists else window_value(window),
+        }
+    store.set_payload(USERS, changes)
+    store.delete_by_filter(META, Filter(must=(MatchAny.of("kind", ["reciprocity_stats"]),)))
+    store.delete(META, [STATS_VERSION_POINT_ID])
+    forget(store)
+    store.set_cache_token(None)
+    assert read_version(store) is None and stored(store) is None
+
+
+def test_a_store_written_before_the_blocks_is_read_from_its_payloads(reciprocity_db: tuple[Store, Settings]) -> None:
+    """Stores written before ``engine.reciprocity.blocks`` hold the statistics in the payloads (``kth_top`` as
+    one string, or as a list of floats before that). ``recommend()`` reads them there, and an incremental pass
+    reads a mix of both forms (no cache: it scrolls), merges the arrivals into them, writes the blocks, and
+    leaves every user's statistics as a full pass computes them; a full pass then removes the payload copies."""
     store, settings = reciprocity_db
     rng = populated(store, settings, 300, seed=21)
     before = stats(store)
-    assert all(isinstance(p[KTH_TOP], str) for p in before.values())
-    as_lists = {pid: {KTH_TOP: window_of(p[KTH_TOP])} for pid, p in sorted(before.items())[::2]}
-    store.set_payload(USERS, as_lists)
-    assert all(isinstance(p[KTH_TOP], list) for pid, p in stats(store).items() if pid in as_lists)
-    store.set_cache_token(None)  # every window is read from the payloads
+    as_lists = {pid for pid in sorted(before)[::2]}
+    _as_legacy(store, as_lists)
+    legacy = stats(store)
+    assert all(isinstance(p[KTH_TOP], list) == (pid in as_lists) for pid, p in legacy.items())
+    some = sorted(before)[:5]
+    got = kth_of_points(store, some, [legacy[pid] for pid in some])  # what recommend() reads: the payloads
+    # (a payload float may come back one ulp off: Edge's JSON round trip, not this code)
+    np.testing.assert_allclose(got, [before[pid][KTH_SIM] for pid in some], rtol=1e-14, atol=0)
     store.upsert(USERS, [user_point(f"new{i}", rng) for i in range(15)])
     rep = refresh_changed(store, settings, arrived=[f"new{i}" for i in range(15)])
     assert rep.cache != "used" and rep.merged > 0 and rep.recomputed < 100
+    assert read_version(store) is not None  # the blocks now hold them
     after = stats(store)
     moved = [pid for pid in as_lists if after[pid][KTH_SIM] != before[pid][KTH_SIM]]
-    assert moved and all(isinstance(after[pid][KTH_TOP], str) for pid in moved)
+    assert moved
     refresh(store, settings)
+    assert not any(KTH_SIM in p.payload or KTH_TOP in p.payload for p in store.scroll(USERS))  # removed
     full = stats(store)
     assert sorted(pid for pid in full if abs(full[pid][KTH_SIM] - after[pid][KTH_SIM]) > 1e-6) == []
     assert_same_as_full_pass(store, settings)
@@ -249,3 +286,51 @@ def test_rows_change_is_row_change_for_many_rows() -> None:
     assert str(base.ids[3]) in got and str(base.ids[4]) in got
     for name in ("kth", "kth_k", "top_len", "top"):
         np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
+
+
+def test_merging_one_arrival_as_arrays_is_merge_window() -> None:
+    """The array merge the incremental pass uses for users with one arrival above their K-th gives what
+    ``merge_window`` gives one by one: inserted below the window's first entry (or into a window of all K),
+    the window shortened when it lands above it, and an emptied window sent to be recomputed."""
+    from engine.reciprocity.incremental import _merge_one
+    from engine.reciprocity.stats import merge_window
+
+    rng = np.random.default_rng(10)
+    points = [user_point(f"u{i}", rng) for i in range(300)]
+    for j, p in enumerate(points):
+        k = 4 if j % 5 == 0 else K  # a window of all K users (K <= TOP_KEEP) takes the insert path always
+        n = k if k <= TOP_KEEP else int(rng.integers(1, TOP_KEEP + 1))
+        window = sorted(rng.uniform(-0.5, 0.9, n).tolist(), reverse=True)
+        p.payload |= {KTH_SIM: window[-1], "kth_k": k, KTH_TOP: window_value(window)}
+    table = Table.from_points(points)
+    rows = np.arange(len(table))
+    ks = table.kth_k.copy()
+    # One new similarity above each K-th: below, equal to, or above the window's first entry.
+    first = table.top[rows, 0]
+    pick = rng.integers(0, 3, len(rows))
+    s = np.where(pick == 0, (table.kth + first) / 2, np.where(pick == 1, first, first + 0.05))
+    s = np.where(s > table.kth, s, table.kth + 1e-3)
+    got_rows, got_kth, got_lens, got_top, ran_out = [], [], [], [], []
+    for k in (4, K):
+        sel = rows[ks == k]
+        recompute = np.zeros(len(table), bool)
+        m = _merge_one(table, sel, s[sel], k, recompute)
+        got_rows += m.rows.tolist()
+        got_kth += m.kth.tolist()
+        got_lens += m.lens.tolist()
+        got_top += [m.top[i, : m.lens[i]].tolist() for i in range(len(m.rows))]
+        ran_out += np.flatnonzero(recompute).tolist()
+    want_rows, want_kth, want_top, want_out = [], [], [], []
+    for i in rows.tolist():
+        window = table.top[i, : table.top_len[i]].tolist()
+        w = merge_window(float(table.kth[i]), window, [float(s[i])], int(ks[i]))
+        if w is None:
+            want_out.append(i)
+        else:
+            want_rows.append(i)
+            want_kth.append(w[0])
+            want_top.append(w[1])
+    order = np.argsort(got_rows)
+    assert [got_rows[o] for o in order] == want_rows and sorted(ran_out) == want_out
+    assert [got_kth[o] for o in order] == want_kth and [got_top[o] for o in order] == want_top
+    assert len(want_out) > 0 and len({len(t) for t in want_top}) > 2  # every path taken

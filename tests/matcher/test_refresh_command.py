@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.schema import KTH_SIM, KTH_TOP, USERS, user_point_id, window_of
+from engine.reciprocity.blocks import stored
+from engine.schema import KTH_SIM, KTH_TOP, user_point_id, window_of
 from engine.settings import Settings
 from engine.store import open_store
 from matcher.cli import main
@@ -22,9 +23,11 @@ def test_refresh_command_computes_then_finds_nothing_to_do(tmp_path: Path, capsy
     assert main([*flags, "refresh"]) == 0
     assert "refresh: 60 users, 60 rewritten, 0 skipped" in capsys.readouterr().out
     with open_store(settings) as store:
-        (p,) = store.retrieve(USERS, [user_point_id("u0")])
-        window = window_of(p.payload[KTH_TOP])
+        blocks = stored(store)  # the statistics' blocks (engine.reciprocity.blocks), not the payload
+        assert blocks is not None
+        st = blocks.payload_of(user_point_id("u0"))
+        window = window_of(st[KTH_TOP])
         assert window is not None and len(window) == 30  # fewer compatible users than K=50: all of them, best first
-        assert p.payload[KTH_SIM] == -1.0 and window == sorted(window, reverse=True)
+        assert st[KTH_SIM] == -1.0 and window == sorted(window, reverse=True)
     assert main([*flags, "refresh"]) == 0
     assert "refresh: 60 users, 0 rewritten" in capsys.readouterr().out
