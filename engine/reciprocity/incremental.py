@@ -2,6 +2,10 @@
 users whose top-K a change can move, and merge arrivals into the others' stored windows; see
 ``engine.reciprocity`` for the statistics and the passes, ``engine.reciprocity.table`` for the table it starts
 from.
+
+Its products run on one BLAS thread (``threadpoolctl``): they are many small ones (a few hundred rows against
+one compatible group at a time), where a second thread waits more than it works. Measured at 100,000 users
+(docs/benchmarks.md): incremental / full 0.101-0.167 wall with two threads for both passes, 0.069 with one.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine.errors import InvalidInput
 from engine.reciprocity.blocks import read_version, stored, write_set
@@ -186,39 +192,8 @@ def refresh_changed(
     table, n = ch.table, len(ch.table)
     stages = {"read": time.perf_counter() - t0}
 
-    # Stored statistics; a user whose statistics cannot be trusted is recomputed, and handled as an
-    # arrival (they may be missing from others' lists too, e.g. after a run stopped before its refresh).
-    trusted = _trusted(table, k)
-    recompute = ~trusted
-    recompute[sorted(ch.restat)] = True
-    last = np.where(table.kth == NO_KTH, -np.inf, table.kth)  # a complete list takes anyone compatible
-    arrivals = sorted(ch.arrivals | set(np.flatnonzero(~trusted).tolist()))
-    recompute[arrivals] = True
-    moved = {str(u) for u in table.user_ids[arrivals].tolist()} | {str(u) for u in ch.gone.user_ids.tolist()}
-    retaste = ch.retaste | set(arrivals) | table.rows_liking(moved)
-    recompute[sorted(retaste)] = True
-    tastes = tastes_of(table, sorted(retaste), settings.recommend.taste_blend)
-    queries = queries_of(table, tastes)
-    grp = table.groups()
-    # Departures: whoever had a departed user in their top-K loses an entry they cannot refill alone.
-    if len(ch.gone):
-        for members, pool in against(grp, np.flatnonzero(~recompute), ch.gone.groups()):
-            sims = queries[members] @ ch.gone.matrix[pool].T
-            recompute[members[np.any(sims >= last[members, None] - DEPARTED_TOL, axis=1)]] = True
-    merged = _merge_arrivals(table, grp, queries, last, np.asarray(arrivals, dtype=np.int64), recompute, k)
-    rows = np.flatnonzero(recompute)
-    stages["score"] = time.perf_counter() - t0 - sum(stages.values())
-    exact = compatible_topk(table.matrix, grp, k, rows=rows, queries=queries, block=chunk, progress=settings.progress)
-    changes = {}
-    for j, i in enumerate(rows.tolist()):
-        change = row_change(table, i, *top_stats(exact[j], k), k, tastes.get(i), retasted=i in tastes)
-        if change is not None:
-            changes[str(table.ids[i])] = change
-    keep = ~recompute[merged.rows]
-    moved_rows = rows_moved(table, merged.rows[keep], merged.kth[keep], merged.top[keep], merged.lens[keep], k)
-    # The merged users' statistics go to the blocks with everyone's: only the count is needed of them here.
-    n_rewritten = len(changes) + len(moved_rows)
-    stages["exact"] = time.perf_counter() - t0 - sum(stages.values())
+    with threadpool_limits(limits=1, user_api="blas"):  # small products: one BLAS thread (docstring)
+        changes, n_rewritten, n_merged, n_arrivals, n_recomputed = _recompute(table, ch, k, settings, chunk, stages, t0)
     write_changes(store, changes, settings.ingest.write_batch_size)
     version = read_version(store)
     if n_rewritten or version is None or version.rows != len(table):
@@ -229,18 +204,17 @@ def refresh_changed(
     save(store, table, version.key)
     stages["save"] = time.perf_counter() - t0 - sum(stages.values())
     seconds = time.perf_counter() - t0
-    n_merged = int(keep.sum())
     log.info(
         "reciprocity refresh after %d arrivals, %d departures (cache: %s): %d of %d users recomputed, %d merged, "
         "%d rewritten, in %.1f s",
-        len(arrivals), len(ch.gone), ch.cache, len(rows), n, n_merged, n_rewritten, seconds,
+        n_arrivals, len(ch.gone), ch.cache, n_recomputed, n, n_merged, n_rewritten, seconds,
     )  # fmt: skip
     return RefreshReport(
         users=n,
         rewritten=n_rewritten,
         skipped=len(table.skipped),
         seconds=seconds,
-        recomputed=len(rows),
+        recomputed=n_recomputed,
         merged=n_merged,
         cache=ch.cache,
         stages={key: round(v, 3) for key, v in stages.items()},
@@ -315,9 +289,7 @@ def _merge_arrivals(
             rest_kth.append(got[0])
             rest_windows.append(got[1])
     lens = np.array([len(w) for w in rest_windows], dtype=np.int64)
-    parts.append(
-        _Merged(np.array(rest_rows, np.int64), np.array(rest_kth), windows_array(rest_windows, lens), lens)
-    )
+    parts.append(_Merged(np.array(rest_rows, np.int64), np.array(rest_kth), windows_array(rest_windows, lens), lens))
     width = max(p.top.shape[1] for p in parts)
     pad = [np.pad(p.top, ((0, 0), (0, width - p.top.shape[1])), constant_values=np.nan) for p in parts]
     return _Merged(
@@ -344,3 +316,44 @@ def _merge_one(table: Table, rows: np.ndarray, s: np.ndarray, k: int, recompute:
     recompute[rows[~ok]] = True
     rows, new, new_lens = rows[ok], new[ok], new_lens[ok]
     return _Merged(rows, new[np.arange(len(rows)), new_lens - 1], new, new_lens)
+
+
+def _recompute(
+    table: Table, ch: _Change, k: int, settings: Settings, chunk: int, stages: dict[str, float], t0: float
+) -> tuple[dict[str, dict[str, Any]], int, int, int, int]:
+    """The incremental pass's products (``refresh_changed``'s score and exact stages, timed into ``stages``):
+    the changes to write, and how many users are rewritten, merged, arrivals and recomputed."""
+    # Stored statistics; a user whose statistics cannot be trusted is recomputed, and handled as an
+    # arrival (they may be missing from others' lists too, e.g. after a run stopped before its refresh).
+    trusted = _trusted(table, k)
+    recompute = ~trusted
+    recompute[sorted(ch.restat)] = True
+    last = np.where(table.kth == NO_KTH, -np.inf, table.kth)  # a complete list takes anyone compatible
+    arrivals = sorted(ch.arrivals | set(np.flatnonzero(~trusted).tolist()))
+    recompute[arrivals] = True
+    moved = {str(u) for u in table.user_ids[arrivals].tolist()} | {str(u) for u in ch.gone.user_ids.tolist()}
+    retaste = ch.retaste | set(arrivals) | table.rows_liking(moved)
+    recompute[sorted(retaste)] = True
+    tastes = tastes_of(table, sorted(retaste), settings.recommend.taste_blend)
+    queries = queries_of(table, tastes)
+    grp = table.groups()
+    # Departures: whoever had a departed user in their top-K loses an entry they cannot refill alone.
+    if len(ch.gone):
+        for members, pool in against(grp, np.flatnonzero(~recompute), ch.gone.groups()):
+            sims = queries[members] @ ch.gone.matrix[pool].T
+            recompute[members[np.any(sims >= last[members, None] - DEPARTED_TOL, axis=1)]] = True
+    merged = _merge_arrivals(table, grp, queries, last, np.asarray(arrivals, dtype=np.int64), recompute, k)
+    rows = np.flatnonzero(recompute)
+    stages["score"] = time.perf_counter() - t0 - sum(stages.values())
+    exact = compatible_topk(table.matrix, grp, k, rows=rows, queries=queries, block=chunk, progress=settings.progress)
+    changes = {}
+    for j, i in enumerate(rows.tolist()):
+        change = row_change(table, i, *top_stats(exact[j], k), k, tastes.get(i), retasted=i in tastes)
+        if change is not None:
+            changes[str(table.ids[i])] = change
+    keep = ~recompute[merged.rows]
+    moved_rows = rows_moved(table, merged.rows[keep], merged.kth[keep], merged.top[keep], merged.lens[keep], k)
+    # The merged users' statistics go to the blocks with everyone's: only the count is needed of them here.
+    n_rewritten = len(changes) + len(moved_rows)
+    stages["exact"] = time.perf_counter() - t0 - sum(stages.values())
+    return changes, n_rewritten, int(keep.sum()), len(arrivals), len(rows)
