@@ -182,7 +182,7 @@ def bench_store(args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = args.store or Path(tmp) / "q"
-        if not (path / ".laid").is_file():
+        if not (path / ".laid").is_file() and not args.rebuild_only:
             out.update(build_store(args, path))
             (path / ".laid").write_text(json.dumps(out))
             if args.lay_only:
@@ -233,6 +233,7 @@ def main() -> None:
         help="keep the laid store in this folder; a folder laid before is reused (no laying)",
     )
     ap.add_argument("--lay-only", action="store_true", help="lay the store (with --store) and stop")
+    ap.add_argument("--rebuild-only", action="store_true", help="rebuild on the --store folder as it is (no laying)")
     ap.add_argument("--progress", action="store_true", help="show the rebuild's progress bars")
     args = ap.parse_args()
     rows = []
