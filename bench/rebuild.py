@@ -10,9 +10,12 @@ Two parts, in one run:
           embedded Edge store of ``--store-users`` users holding ``--store-events`` decisions in its
           ``feedback`` collection, laid down by bulk upserts of the points ``record_feedback`` would write
           (``lay_feedback``): read (users with vectors, the feedback payloads into arrays), fit, write (the
-          model's blocks). ``rebuild_total_s`` is the whole command's time.
+          model's blocks). ``rebuild_total_s`` is the whole command's time. ``--store DIR`` keeps the laid
+          store (a folder laid before is re-used: only the rebuild runs); ``--lay-only`` stops after laying,
+          ``--rebuild-only`` rebuilds a folder as it is (e.g. one whose laying was stopped).
 
-    OMP_NUM_THREADS=2 python bench/rebuild.py --skip-fit --store-users 100000 --store-events 10000000
+    OMP_NUM_THREADS=2 python bench/rebuild.py --skip-fit --store-users 100000 --store-events 10000000 \
+        --optimize-every 500000 --store /tmp/rebuild10m --progress
 """
 
 from __future__ import annotations
