@@ -29,11 +29,12 @@ def _log(n: int, m: int, seed: int = 3) -> tuple[list[str], np.ndarray, np.ndarr
     return [f"u{i}" for i in range(n)], a, b, rng.random(a.size) < 0.4
 
 
-def _points(store: Store) -> dict[str, tuple[dict[str, object], list[float]]]:
+def _points(store: Store) -> dict[str, tuple[dict[str, tuple[str, object]], list[float]]]:
+    """Every feedback point: id -> (payload with each value's type, vector); types count (3 != 3.0 here)."""
     out = {}
     for p in store.scroll(FEEDBACK, with_vectors=True):
         assert p.vector is not None
-        out[p.id] = (p.payload, p.vector.tolist())
+        out[p.id] = ({k: (type(v).__name__, v) for k, v in p.payload.items()}, p.vector.tolist())
     return out
 
 
