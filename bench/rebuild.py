@@ -131,7 +131,7 @@ def _rss_mb(key: str = "VmRSS") -> float:
 def _open(path: Path, progress: bool) -> tuple[object, object]:
     """The bench's Edge store at ``path`` and its settings. Users get no HNSW graph (an indexing threshold
     above their size): a rebuild only scrolls them, and building the graph inside the first ``optimize()``
-    of the log (~5 minutes at 100,000 512-d users here) is what made laying look like 1,440 decisions/s."""
+    of the log is what made laying look like 1,440 decisions/s (laying alone: 8,500-9,800/s here)."""
     from engine.settings import Settings
     from engine.store.edge import EdgeStore
 
