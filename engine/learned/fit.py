@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -32,26 +31,40 @@ log = logging.getLogger(__name__)
 
 
 class _Sorted:
-    """Events sorted by one key (viewer or candidate), for chunked per-user sums without ``np.add.at``."""
+    """Events sorted stably by one key (viewer or candidate), for per-user sums without ``np.add.at``."""
 
     def __init__(self, rows: np.ndarray, n: int) -> None:
         self.order = np.argsort(rows, kind="stable")
         self.rows = rows[self.order]
         self.n = n
 
-    def sums(self, gather: Any, width: int, mask: np.ndarray | None = None) -> np.ndarray:
-        """``out[r] = sum of gather(event indices)`` rows over the events of ``r`` (optionally where
-        ``mask``); ``gather`` maps (c,) event indices to (c, width) values."""
-        out = np.zeros((self.n, width), np.float64)
+    def sums(
+        self, src: np.ndarray, x: np.ndarray, sign: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n, w) float64: ``out[r] = sum of x[src[e]] * sign[e]`` over the events e of row r (where ``mask``);
+        ``x`` (n_src, w), ``src``/``sign``/``mask`` (m,).
+
+        Segment sums (``np.add.reduceat``) over the sorted events in blocks of ``EVENT_CHUNK``, one column at a
+        time: the column gathered per event comes from an (n_src,) array that stays in cache, and no
+        (block, w) array is built. The same additions in the same order as summing the gathered (block, w)
+        rows along axis 0 (numpy reduces each column of a segment the same way), so the same bits."""
         order, rows = self.order, self.rows
         if mask is not None:
             keep = mask[order]
             order, rows = order[keep], rows[keep]
+        src = src[order]
+        sgn = None if sign is None else np.asarray(sign, np.float64)[order]
+        xt = np.ascontiguousarray(np.asarray(x, np.float64).T)  # (w, n_src)
+        out = np.zeros((self.n, xt.shape[0]), np.float64)
         for a in range(0, rows.size, EVENT_CHUNK):
-            rr = rows[a : a + EVENT_CHUNK]
-            vals = np.asarray(gather(order[a : a + EVENT_CHUNK]), np.float64).reshape(rr.size, width)
+            rr, ss = rows[a : a + EVENT_CHUNK], src[a : a + EVENT_CHUNK]
             starts = np.r_[0, np.flatnonzero(np.diff(rr)) + 1]
-            out[rr[starts]] += np.add.reduceat(vals, starts, axis=0)
+            at = rr[starts]
+            for j, col in enumerate(xt):
+                vals = col[ss]
+                if sgn is not None:
+                    vals *= sgn[a : a + EVENT_CHUNK]
+                out[at, j] += np.add.reduceat(vals, starts)
         return out
 
 
@@ -97,8 +110,8 @@ def _tastes(
     n, d = vectors.shape
     lk = like.astype(bool)
     by_viewer = _Sorted(viewer, n)
-    s_like = by_viewer.sums(lambda e: vectors[cand[e]], d, lk)
-    s_pass = by_viewer.sums(lambda e: vectors[cand[e]], d, ~lk)
+    s_like = by_viewer.sums(cand, vectors, mask=lk)
+    s_pass = by_viewer.sums(cand, vectors, mask=~lk)
     n_like = np.bincount(viewer[lk], minlength=n).astype(np.float64)
     n_pass = np.bincount(viewer[~lk], minlength=n).astype(np.float64)
     if lk.any() and (~lk).any():
@@ -131,10 +144,10 @@ def _factors(
     width = min(n, f + 8)  # oversampling of the randomised range finder
 
     def m_times(x: np.ndarray) -> np.ndarray:  # M @ x, x (n, w)
-        return by_viewer.sums(lambda e: x[cand[e]] * y[e, None], x.shape[1])
+        return by_viewer.sums(cand, x, y)
 
     def mt_times(x: np.ndarray) -> np.ndarray:  # M.T @ x
-        return by_cand.sums(lambda e: x[viewer[e]] * y[e, None], x.shape[1])
+        return by_cand.sums(viewer, x, y)
 
     rng = np.random.default_rng(cfg.seed)
     q_basis, _ = np.linalg.qr(m_times(rng.standard_normal((n, width))))
@@ -161,13 +174,24 @@ def _basis(tastes: np.ndarray, rank: int) -> np.ndarray:
     return v[:, np.argsort(-w)[:r]]
 
 
+def _reduced(vectors: np.ndarray, cfg: PreferenceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The users' reduced space (d, r0) and their vectors in it (n, r0) float32: they depend on the vectors
+    only, so both fits of a rebuild (held-out and full) share them."""
+    space = _reduce(vectors, cfg.taste_dims, cfg.seed)
+    return space, (vectors.astype(np.float64) @ space).astype(np.float32)
+
+
 def _side(
-    vectors: np.ndarray, viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, cfg: PreferenceConfig
+    vectors: np.ndarray,
+    viewer: np.ndarray,
+    cand: np.ndarray,
+    like: np.ndarray,
+    cfg: PreferenceConfig,
+    reduced_space: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> UserSide:
     n = vectors.shape[0]
     rates = _rates(viewer, cand, like, n, cfg.prior_weight)
-    space = _reduce(vectors, cfg.taste_dims, cfg.seed)  # (d, r0)
-    reduced = (vectors.astype(np.float64) @ space).astype(np.float32)
+    space, reduced = reduced_space if reduced_space is not None else _reduced(vectors, cfg)
     taste_r, prior = _tastes(reduced, viewer, cand, like, cfg.taste_shrink)
     basis = _basis(taste_r, cfg.rank)
     pf, qf = _factors(viewer, cand, like, n, cfg)
@@ -244,13 +268,14 @@ def fit_preference(
         raise InvalidInput("preference: viewer, candidate and like must have the same length")
     if viewer.size and (min(viewer.min(), candidate.min()) < 0 or max(viewer.max(), candidate.max()) >= n):
         raise InvalidInput("preference: an event names a user index out of range")
-    photo_all = pair_cos(vectors, viewer, candidate)
-
     held = _holdout_mask(viewer, candidate, cfg.holdout, cfg.seed)
+    reduced_space = _reduced(vectors, cfg)
     f_count = len(FEATURES)
     if held.sum() >= 50 and (~held).sum() >= 50 and 0 < like[held].mean() < 1:
-        part = _side(vectors, viewer[~held], candidate[~held], like[~held], cfg)
-        x = pair_features(part, viewer[held], part, candidate[held], photo_all[held])
+        part = _side(vectors, viewer[~held], candidate[~held], like[~held], cfg, reduced_space)
+        # Only the held-out pairs' photo cosines are used: a fifth of the 512-d gathers of every pair.
+        photo = pair_cos(vectors, viewer[held], candidate[held])
+        x = pair_features(part, viewer[held], part, candidate[held], photo)
         mean, scale = x.mean(axis=0), x.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)
         weights = _fit_logistic((x - mean) / scale, like[held].astype(np.float64), cfg.l2)
@@ -258,7 +283,7 @@ def fit_preference(
         mean, scale = np.zeros(f_count), np.ones(f_count)
         weights = np.zeros(f_count + 1)
         weights[1 + FEATURES.index("photo")] = 1.0
-    users = _side(vectors, viewer, candidate, like, cfg)
+    users = _side(vectors, viewer, candidate, like, cfg, reduced_space)
     periods = 1.0
     if ts is not None and len(ts):
         t = np.asarray(ts, np.float64)

@@ -1,0 +1,70 @@
+"""bench/rebuild.py lays down the feedback store ``record_feedback`` would make: same point ids, placeholder
+vectors, payloads and payload indexes, and a rebuild on either store fits the same model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.feedback import Event, feedback_point_id, record_feedback
+from engine.learned.rebuild import rebuild_preferences
+from engine.schema import FEEDBACK
+from engine.settings import Settings
+from engine.store import Store, open_store
+from tests.engine.test_store_users import DIM, fill
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from rebuild import feedback_point_ids, lay_feedback  # noqa: E402
+
+
+def _log(n: int, m: int, seed: int = 3) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    b = np.where(a == b, (b + 1) % n, b)
+    _, first = np.unique(a * n + b, return_index=True)
+    a, b = a[first], b[first]
+    return [f"u{i}" for i in range(n)], a, b, rng.random(a.size) < 0.4
+
+
+def _points(store: Store) -> dict[str, tuple[dict[str, tuple[str, object]], list[float]]]:
+    """Every feedback point: id -> (payload with each value's type, vector); types count (3 != 3.0 here)."""
+    out = {}
+    for p in store.scroll(FEEDBACK, with_vectors=True):
+        assert p.vector is not None
+        out[p.id] = ({k: (type(v).__name__, v) for k, v in p.payload.items()}, p.vector.tolist())
+    return out
+
+
+def test_fast_point_ids_equal_feedback_point_id() -> None:
+    ids, a, b, _ = _log(50, 400)
+    assert feedback_point_ids(ids, a, b) == [feedback_point_id(ids[x], ids[y]) for x, y in zip(a, b, strict=True)]
+
+
+@pytest.mark.parametrize("optimize_every", [0, 97])
+def test_laid_store_equals_the_recorded_one(tmp_path: Path, optimize_every: int) -> None:
+    ids, a, b, like = _log(30, 500)
+    stores = []
+    for name in ("laid", "recorded"):
+        settings = Settings(store_path=tmp_path / name, progress=False)
+        store = open_store(settings)
+        store.setup("enc", DIM)
+        fill(store, dict.fromkeys(ids, 1))
+        stores.append((store, settings))
+    (laid, laid_settings), (recorded, recorded_settings) = stores
+    lay_feedback(laid, ids, a, b, like, chunk=64, optimize_every=optimize_every)
+    events = [
+        Event(ids[x], ids[y], "like" if lk else "pass", float(x % 97)) for x, y, lk in zip(a, b, like, strict=True)
+    ]
+    record_feedback(recorded, events)
+    got, want = _points(laid), _points(recorded)
+    assert len(want) == a.size
+    assert got == want
+    assert laid.payload_indexes(FEEDBACK) == recorded.payload_indexes(FEEDBACK)  # type: ignore[attr-defined]
+    r1, r2 = rebuild_preferences(laid, laid_settings), rebuild_preferences(recorded, recorded_settings)
+    assert (r1.users, r1.events) == (r2.users, r2.events) == (30, a.size)
+    assert r1.weights == r2.weights
+    for s, _ in stores:
+        s.close()
