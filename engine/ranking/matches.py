@@ -163,7 +163,8 @@ def rerank_candidates(
             rev_mean[i] = float(t @ own)
             rev_photo[i] = float(np.max(asker.photo_vectors @ t)) if len(asker.photo_vectors) else -np.inf
 
-    kth_b = kth_of_points(store, [c.id for c in cands], payloads)  # the stored blocks, else the payloads
+    pids = point_ids(cands)
+    kth_b = kth_of_points(store, pids, payloads)  # the stored blocks, else the payloads
     out = rerank(
         RerankInput(
             fwd_mean=fwd_mean,
@@ -183,7 +184,7 @@ def rerank_candidates(
     out = _with_logged_replies(out, payloads, asker.about, rs.aggregation)
     ids = [str(pl.get(USER_ID)) for pl in payloads]
     matches = []
-    aud = audience_of(store, [c.id for c in cands], ids, exposure)
+    aud = audience_of(store, pids, ids, exposure)
     for rank, i in enumerate(choose(out.score, k, _policy(settings), ids, None, exposure, aud), start=1):
         b = int(best_idx[i])
         matches.append(
@@ -312,7 +313,7 @@ def _learned_matches(
         user_ids,
         received,
         exposure,
-        audience_of(store, [c.id for c in cands], user_ids, exposure),
+        audience_of(store, pids, user_ids, exposure),
     )
     top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
