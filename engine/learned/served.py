@@ -240,10 +240,20 @@ def write_version(store: Store, model_id: str, gen: int, erasures: int = 0) -> N
     store.upsert(META, [Point(id=MODEL_VERSION_POINT_ID, vector=_META_VECTOR, payload=payload)])
 
 
-def write_blocks(store: Store, points: list[tuple[str, dict[str, Any]]]) -> None:
-    """Upsert block points ``(point id, block payload)`` into META, a few at a time (bounded request size)."""
+def write_blocks(
+    store: Store,
+    points: list[tuple[str, dict[str, Any]]],
+    *,
+    key: str = BLOCK_KEY,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Upsert block points ``(point id, block)`` into META, a few at a time (bounded request size on a server):
+    each point's payload is ``{key: block}`` plus ``extra``. Also ``engine.reciprocity.blocks``'s writer."""
+    more = extra or {}
     for s in range(0, len(points), 4):
-        store.upsert(META, [Point(id=pid, vector=_META_VECTOR, payload={BLOCK_KEY: b}) for pid, b in points[s : s + 4]])
+        store.upsert(
+            META, [Point(id=pid, vector=_META_VECTOR, payload={key: b, **more}) for pid, b in points[s : s + 4]]
+        )
 
 
 def read_shared(store: Store) -> dict[str, Any] | None:
@@ -255,12 +265,13 @@ def read_shared(store: Store) -> dict[str, Any] | None:
     return g if isinstance(g, dict) and "weights" in g else None
 
 
-def _blocks(store: Store, ids: list[str]) -> list[dict[str, Any]] | None:
-    """The blocks with these point ids, in that order; None if one is missing (a rebuild replaced them)."""
+def read_blocks(store: Store, ids: list[str], *, key: str = BLOCK_KEY) -> list[dict[str, Any]] | None:
+    """The blocks (payload ``key``) of these META point ids, in that order; None if one is missing (a rebuild
+    replaced them). Also ``engine.reciprocity.blocks``'s reader."""
     out: list[dict[str, Any]] = []
     for s in range(0, len(ids), 4):
         part = ids[s : s + 4]
-        got = {p.id: (p.payload or {}).get(BLOCK_KEY) for p in store.retrieve(META, part)}
+        got = {p.id: (p.payload or {}).get(key) for p in store.retrieve(META, part)}
         for pid in part:
             b = got.get(pid)
             if not isinstance(b, dict):
@@ -281,8 +292,8 @@ def _load(store: Store, model_id: str, gen: int, erasures: int) -> ServedModel |
         return None
     layout = Layout(int(shared["rank"]), int(shared["factors"]))
     space, basis = decode(shared["space"]), decode(shared["basis"])
-    chunks = _blocks(store, [chunk_point_id(model_id, i) for i in range(int(shared["chunks"]))])
-    patches = _blocks(store, [patch_point_id(model_id, g) for g in range(1, gen + 1)])
+    chunks = read_blocks(store, [chunk_point_id(model_id, i) for i in range(int(shared["chunks"]))])
+    patches = read_blocks(store, [patch_point_id(model_id, g) for g in range(1, gen + 1)])
     if chunks is None or patches is None:
         return None
     sm = ServedModel(
@@ -321,7 +332,7 @@ def served_model(store: Store) -> ServedModel | None:
             have.meta_writes = writes
             return have
         if have is not None and same and have.gen < gen:
-            patches = _blocks(store, [patch_point_id(model_id, g) for g in range(have.gen + 1, gen + 1)])
+            patches = read_blocks(store, [patch_point_id(model_id, g) for g in range(have.gen + 1, gen + 1)])
             if patches is not None:
                 with _LOCK:
                     for b in patches:
@@ -355,6 +366,7 @@ __all__ = [
     "block_payload",
     "chunk_point_id",
     "patch_point_id",
+    "read_blocks",
     "read_shared",
     "read_version",
     "served_model",

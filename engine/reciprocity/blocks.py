@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import InvalidInput, StoreUnavailable
 from engine.filters import Filter, MatchAny
-from engine.learned.served import decode, encode
+from engine.learned.served import decode, encode, read_blocks, write_blocks
 from engine.schema import KTH_K, KTH_SIM, KTH_TOP, META
 from engine.store.base import Point, Store
 
@@ -236,14 +236,7 @@ def _write_version(store: Store, v: Version) -> None:
 
 
 def _upsert_blocks(store: Store, set_id: str, blocks: list[tuple[str, dict[str, Any]]]) -> None:
-    for s in range(0, len(blocks), 4):  # a few per request: bounded request size on a server
-        store.upsert(
-            META,
-            [
-                Point(id=pid, vector=_META_VECTOR, payload={BLOCK_KEY: b, SET_KEY: set_id, KIND_KEY: KIND})
-                for pid, b in blocks[s : s + 4]
-            ],
-        )
+    write_blocks(store, blocks, key=BLOCK_KEY, extra={SET_KEY: set_id, KIND_KEY: KIND})
 
 
 def write_set(store: Store, stats: Stats) -> Version:
@@ -287,16 +280,8 @@ def write_rows(store: Store, base: Stats, rows: Stats, *, erased: Sequence[str] 
 
 def _blocks(store: Store, ids: list[str]) -> list[Stats] | None:
     """The blocks with these point ids, in that order; None if one is missing (a write replaced the set)."""
-    out: list[Stats] = []
-    for s in range(0, len(ids), 4):
-        part = ids[s : s + 4]
-        got = {p.id: (p.payload or {}).get(BLOCK_KEY) for p in store.retrieve(META, part)}
-        for pid in part:
-            b = got.get(pid)
-            if not isinstance(b, dict):
-                return None
-            out.append(_unblock(b))
-    return out
+    got = read_blocks(store, ids, key=BLOCK_KEY)
+    return None if got is None else [_unblock(b) for b in got]
 
 
 def _load(store: Store, v: Version) -> Stats | None:
