@@ -156,11 +156,19 @@ def test_recommend_ranks_the_same_with_and_without_the_copies(
     with_copies = {u: recommend(u, 8, store=store, settings=settings) for u in ids}
     assert served_model(store) is not None
     assert sum(m.best_photo_id is not None for ms in with_copies.values() for m in ms) > 100
-    monkeypatch.setattr(store, "write_count", lambda collection: None)  # every read from the store
+    assert_same_without_copies(monkeypatch, store, settings, with_copies)
+
+
+def assert_same_without_copies(
+    monkeypatch: pytest.MonkeyPatch, store: Store, settings: Settings, expected: dict[str, list]
+) -> None:
+    """Each user's ``recommend(u, 8)`` equals ``expected[u]`` with every read from the store: no write count,
+    so no per-process copy is kept or used."""
+    monkeypatch.setattr(store, "write_count", lambda collection: None)
     feedback_cache.forget(store)
     user_copies.forget(store)
-    for u in ids:
-        assert recommend(u, 8, store=store, settings=settings) == with_copies[u], u
+    for u, matches in expected.items():
+        assert recommend(u, 8, store=store, settings=settings) == matches, u
 
 
 def test_vectors_without_payloads(db: tuple[Store, Settings]) -> None:

@@ -20,6 +20,7 @@ from engine.store import Store
 from engine.store.base import Point
 from tests.engine.test_recommend import db  # noqa: F401 - db is a fixture
 from tests.engine.test_recommend_learned import _world
+from tests.engine.test_serving_caches import assert_same_without_copies
 
 __all__ = ["db"]
 
@@ -64,12 +65,7 @@ def test_warm_copies_rank_as_the_store_and_spare_the_first_calls_reads(
     monkeypatch.undo()
     assert ids[1] not in {m.user_id for m in warmed[ids[0]]} and ids[0] not in {m.user_id for m in warmed[ids[1]]}
     assert sum(len(ms) for ms in warmed.values()) > 2 * len(ids)  # not vacuous
-    # The same lists with every read from the store (no copy at all).
-    monkeypatch.setattr(store, "write_count", lambda collection: None)
-    feedback_cache.forget(store)
-    user_copies.forget(store)
-    for u in ids:
-        assert recommend(u, 8, store=store, settings=settings) == warmed[u], u
+    assert_same_without_copies(monkeypatch, store, settings, warmed)  # every read from the store
 
 
 def test_the_complete_feedback_copy_follows_every_write(db: tuple[Store, Settings]) -> None:
