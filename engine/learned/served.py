@@ -19,7 +19,7 @@ previous model's points; an incremental update writes one patch and bumps ``gen`
 ~1.4 ms on Edge, 140 s at 100,000 users).
 
 ``served_model(store)`` (``engine.store.meta_blocks.VersionedCopies``, the per-process copy the reciprocity
-statistics use too) reads the small version point on every call (one ``retrieve``; none
+statistics and the log's columns use too) reads the small version point on every call (one ``retrieve``; none
 on an embedded store whose META was not written since) and returns the
 in-process copy when it names the same model and generation, applies the missing patches when only the
 generation moved, and reloads everything when the model id changed: a copy older than what the store holds
