@@ -246,6 +246,7 @@ def bench_columns(args: argparse.Namespace) -> dict[str, float | str]:
     import tempfile
 
     from engine import feedback_blocks as fb
+    from engine.schema import META
 
     n, m = args.store_users, args.columns_events
     rng = np.random.default_rng(args.seed)
@@ -268,7 +269,8 @@ def bench_columns(args: argparse.Namespace) -> dict[str, float | str]:
         finally:
             store.close()  # type: ignore[attr-defined]
         del rows
-        out["meta_mb_on_disk"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+        meta = store._path(META)  # type: ignore[attr-defined]
+        out["meta_mb_on_disk"] = sum(f.stat().st_blocks * 512 for f in meta.rglob("*") if f.is_file()) / 2**20
         out["peak_rss_write_mb"] = _rss_mb("VmHWM")
         _reset_peak()
         store, _ = _open(path, False)
