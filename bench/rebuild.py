@@ -287,6 +287,56 @@ def bench_columns(args: argparse.Namespace) -> dict[str, float | str]:
     return out
 
 
+def bench_record(args: argparse.Namespace) -> dict[str, float | str]:
+    """What keeping the log's columns adds to a feedback write: ``record_feedback`` (no model update) of
+    ``--record-batches`` batches of ``--record-size`` fresh events, with the columns stored and current, then as
+    many with none stored, alternating in rounds, on an Edge store of ``--store-users`` users whose log holds
+    ``--store-events`` decisions (recorded first). Milliseconds per call, each the median of its rounds."""
+    import statistics
+    import tempfile
+
+    from engine import feedback_blocks as fb
+    from engine.feedback import Event, record_feedback
+
+    n = args.store_users
+    rng = np.random.default_rng(args.seed)
+    ids = [f"u{i}" for i in range(n)]
+
+    def events(k: int, t: float) -> list[Event]:
+        a = rng.integers(0, n, k)
+        b = (a + rng.integers(1, n, k)) % n
+        return [
+            Event(ids[x], ids[y], "like" if x % 3 else "pass", t) for x, y in zip(a.tolist(), b.tolist(), strict=True)
+        ]
+
+    per: dict[str, list[float]] = {"with": [], "without": []}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        store, _ = _open(Path(tmp) / "q", False)
+        try:
+            store.setup("bench", args.dim)  # type: ignore[attr-defined]
+            for _ in range(0, args.store_events, 20_000):
+                record_feedback(store, events(20_000, 0.0), require_known=False, update_model=False)  # type: ignore[arg-type]
+            for r in range(3):
+                for mode in ("with", "without"):
+                    if mode == "with":
+                        fb.write_set(store, fb.scan_log(store) or fb.rows_of([], [], [], [], []))  # type: ignore[arg-type]
+                    else:
+                        fb.drop(store)  # type: ignore[arg-type]
+                    batches = [events(args.record_size, 1.0 + r) for _ in range(args.record_batches)]
+                    t = time.perf_counter()
+                    for b in batches:
+                        record_feedback(store, b, require_known=False, update_model=False)  # type: ignore[arg-type]
+                    per[mode].append((time.perf_counter() - t) / len(batches) * 1e3)
+                    assert (fb.stored_rows(store) is not None) == (mode == "with")  # type: ignore[arg-type]
+        finally:
+            store.close()  # type: ignore[attr-defined]
+    return {"record_log_events": args.store_events, "record_batch": args.record_size,
+            "record_ms_with_columns": statistics.median(per["with"]),
+            "record_ms_without_columns": statistics.median(per["without"]),
+            "rounds_with": str([round(x, 2) for x in per["with"]]),
+            "rounds_without": str([round(x, 2) for x in per["without"]])}  # fmt: skip
+
+
 def _reset_peak() -> None:
     """Reset this process's VmHWM (Linux: write 5 to /proc/self/clear_refs), so the rebuild's peak is its own."""
     try:
@@ -319,6 +369,8 @@ def main() -> None:
     ap.add_argument("--progress", action="store_true", help="show the rebuild's progress bars")
     ap.add_argument("--rebuilds", type=int, default=2, help="rebuilds of the laid store, each freshly opened")
     ap.add_argument("--columns-events", type=int, default=0, help="also time the log's columns alone at this size")
+    ap.add_argument("--record-batches", type=int, default=0, help="also time record_feedback with/without columns")
+    ap.add_argument("--record-size", type=int, default=20, help="events per record_feedback batch (--record-batches)")
     args = ap.parse_args()
     rows: list[dict[str, float | str]] = []
     if not args.skip_fit:
@@ -327,6 +379,8 @@ def main() -> None:
         rows.extend(bench_store(args))
     if args.columns_events:
         rows.append(bench_columns(args))
+    if args.record_batches:
+        rows.append(bench_record(args))
     for r in rows:
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}))
 
