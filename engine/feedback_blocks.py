@@ -29,7 +29,7 @@ A new set is written when patches pile up too (``PATCH_GENS``, ``PATCHED_SHARE``
 
 Why the whole log rather than per-user sums: the fit needs the pairs (SVD factors of the interaction matrix,
 Rocchio tastes in a space chosen at fit time, a held-out fifth of the pairs), so no per-user statistic can stand
-in for it.
+in for it. (A little over 400 lines: the rows, their stored form and the write protocol are read together.)
 """
 
 from __future__ import annotations
@@ -339,31 +339,33 @@ _COPIES: VersionedCopies[Version, LogRows] = VersionedCopies(
 )
 
 
-def is_current(store: Store, v: Version | None) -> bool:
-    """Whether ``v`` describes the log as it is: no write under way or killed, one row per feedback point."""
+def is_current(store: Store, v: Version | None, count: int | None = None) -> bool:
+    """Whether ``v`` describes the log as it is: no write under way or killed, one row per feedback point
+    (``count``: the feedback collection's point count when the caller has it, else counted here)."""
     if v is None or v.pending:
         return False
     try:
-        return store.count(FEEDBACK) == v.rows
+        return (store.count(FEEDBACK) if count is None else count) == v.rows
     except InvalidInput:
         return False
 
 
-def stored_rows(store: Store) -> LogRows | None:
+def stored_rows(store: Store, count: int | None = None) -> LogRows | None:
     """The stored copy when it is current (module docstring), else None. Counts the feedback collection (Edge
     counts exactly by walking it: ~60 ms at 200,000 points), so it is for a rebuild or an erasure, not for every
     feedback write. Raises ``StoreUnavailable``."""
     v = read_version(store)
-    if not is_current(store, v):
+    if not is_current(store, v, count):
         return None
     got = _COPIES.get(store)
     return got if got is not None and got.version == v else None  # else a writer moved it meanwhile
 
 
-def log_rows(store: Store, *, progress: Any = None) -> LogRows | None:
+def log_rows(store: Store, *, progress: Any = None, count: int | None = None) -> LogRows | None:
     """The whole log as columns: the stored copy when current, else read from the payloads (``scan_log``) and
-    stored as a new set. None without a feedback collection. ``progress`` is advanced per row either way."""
-    got = stored_rows(store)
+    stored as a new set. None without a feedback collection. ``progress`` is advanced per row either way;
+    ``count``: the feedback collection's point count if the caller just took it (saves walking it again)."""
+    got = stored_rows(store, count)
     if got is not None:
         if progress is not None:
             progress.update(len(got))

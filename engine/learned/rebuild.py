@@ -139,7 +139,7 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = C
     bar = tqdm(total=total, desc="model rebuild: reading the log", unit="event", disable=not settings.progress)
     # The log's columns (engine.feedback_blocks): a few blocks, or every payload once when they are missing
     # or stale (then stored again). The same arrays, in the same order, as engine.feedback.decision_arrays.
-    rows = log_rows(store, progress=bar)
+    rows = log_rows(store, progress=bar, count=total if total else None)  # one count (Edge walks the log)
     bar.close()
     if rows is None:  # a store set up before the feedback collection existed
         viewer, cand, ts = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)

@@ -110,12 +110,18 @@ def test_rebuild_from_columns_is_the_rebuild_from_the_log_bit_for_bit(
     assert _model(store) == from_columns
 
 
-def test_erasure_leaves_no_trace_in_the_columns(db: tuple[Store, Settings]) -> None:
-    store, settings = db
-    people = random_population(20, seed=7)
+def _logged(store: Store, seed: int) -> list[str]:
+    """20 users and the first batch of ``_batches`` recorded (no model); their ids."""
+    people = random_population(20, seed=seed)
     put_users(store, people)
     ids = [p["user_id"] for p in people]
-    record_feedback(store, _batches(ids, seed=8)[0], update_model=False)
+    record_feedback(store, _batches(ids, seed=seed + 1)[0], update_model=False)
+    return ids
+
+
+def test_erasure_leaves_no_trace_in_the_columns(db: tuple[Store, Settings]) -> None:
+    store, settings = db
+    ids = _logged(store, seed=7)
     fb.write_set(store, fb.scan_log(store) or pytest.fail("no log"))
     record_feedback(store, [Event(ids[0], ids[1], "like", 1e6), Event(ids[2], ids[0], "pass", 1e6)])  # a patch
     delete_feedback_of(store, ids[0])
@@ -135,10 +141,7 @@ def _point(viewer: str, cand: str, decision: str) -> Point:
 
 def test_a_killed_write_or_one_around_record_feedback_is_repaired_by_the_rebuild(db: tuple[Store, Settings]) -> None:
     store, settings = db
-    people = random_population(20, seed=9)
-    put_users(store, people)
-    ids = [p["user_id"] for p in people]
-    record_feedback(store, _batches(ids, seed=10)[0], update_model=False)
+    ids = _logged(store, seed=9)
     rebuild_preferences(store, settings)
     assert fb.stored_rows(store) is not None
     # A write killed after it announced itself: the log may hold points the columns do not.
@@ -157,10 +160,7 @@ def test_a_killed_write_or_one_around_record_feedback_is_repaired_by_the_rebuild
 
 def test_patches_pile_up_into_a_new_set(db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     store, _ = db
-    people = random_population(20, seed=11)
-    put_users(store, people)
-    ids = [p["user_id"] for p in people]
-    record_feedback(store, _batches(ids, seed=12)[0], update_model=False)
+    ids = _logged(store, seed=11)
     first = fb.write_set(store, fb.scan_log(store) or pytest.fail("no log"))
     monkeypatch.setattr(fb, "PATCH_GENS", 2)
     for i in range(3):
