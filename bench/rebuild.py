@@ -9,13 +9,19 @@ Two parts, in one run:
 ``store`` the end-to-end rebuild (``rebuild_preferences``, what ``matcher rebuild-model`` runs) against an
           embedded Edge store of ``--store-users`` users holding ``--store-events`` decisions in its
           ``feedback`` collection, laid down by bulk upserts of the points ``record_feedback`` would write
-          (``lay_feedback``): read (users with vectors, the feedback payloads into arrays), fit, write (the
-          model's blocks). ``rebuild_total_s`` is the whole command's time. ``--store DIR`` keeps the laid
-          store (a folder laid before is re-used: only the rebuild runs); ``--lay-only`` stops after laying,
+          (``lay_feedback``): read (users with vectors, the log), fit, write (the model's blocks), ``--rebuilds``
+          times, each in the store opened again. The first rebuild of a freshly laid store reads the feedback
+          payloads (the laying went around ``record_feedback``, so the log's columns are missing) and stores
+          the columns (``engine.feedback_blocks``); the next ones read the columns (``path`` in each row).
+          ``rebuild_total_s`` is the whole command's time. ``--store DIR`` keeps the laid
+          store (a folder laid before is re-used: only the rebuilds run); ``--lay-only`` stops after laying,
           ``--rebuild-only`` rebuilds a folder as it is (e.g. one whose laying was stopped).
+``columns`` (``--columns-events N``) the log's columns alone: written for N random decisions, then read back
+          in the store opened again as a rebuild reads them (a log size too large to lay as feedback points).
 
-    OMP_NUM_THREADS=2 python bench/rebuild.py --skip-fit --store-users 100000 --store-events 10000000 \
-        --optimize-every 500000 --store /tmp/rebuild10m --progress
+    OMP_NUM_THREADS=1 python bench/rebuild.py --skip-fit --store-users 100000 --store-events 1000000 \
+        --store /tmp/rebuild1m --progress
+    OMP_NUM_THREADS=1 python bench/rebuild.py --skip-store --store-users 100000 --columns-events 10000000
 """
 
 from __future__ import annotations
@@ -41,16 +47,18 @@ def synthetic_log(users: int, events: int, dim: int, seed: int) -> tuple[np.ndar
     return v, a, b, like
 
 
-def bench_fit(args: argparse.Namespace) -> dict[str, float]:
+def bench_fit(args: argparse.Namespace) -> dict[str, float | str]:
     from engine.learned.fit import fit_preference
 
     t = time.perf_counter()
     v, a, b, like = synthetic_log(args.users, args.events, args.dim, args.seed)
     gen = time.perf_counter() - t
-    t = time.perf_counter()
+    _reset_peak()
+    t, cpu = time.perf_counter(), time.process_time()
     fit_preference([f"u{i}" for i in range(args.users)], v, a, b, like)
     return {"users": args.users, "events": args.events, "dim": args.dim, "generate_s": gen,
-            "fit_s": time.perf_counter() - t}  # fmt: skip
+            "fit_s": time.perf_counter() - t, "fit_cpu_s": time.process_time() - cpu,
+            "peak_rss_fit_mb": _rss_mb("VmHWM")}  # fmt: skip
 
 
 def feedback_point_ids(ids: list[str], a: np.ndarray, b: np.ndarray) -> list[str]:
@@ -175,37 +183,158 @@ def build_store(args: argparse.Namespace, path: Path) -> dict[str, float]:
             "peak_rss_lay_mb": _rss_mb("VmHWM")}  # fmt: skip
 
 
-def bench_store(args: argparse.Namespace) -> dict[str, float]:
-    """Lay the store (unless ``--store`` names one already laid), then time ``rebuild_preferences`` on it."""
+def _rebuild_once(path: Path, progress: bool) -> dict[str, float | str]:
+    """One ``rebuild_preferences`` in a freshly opened store (as ``matcher rebuild-model`` runs: no copy of the
+    log's columns in memory yet). ``path`` says what it read: ``columns`` when they were stored and current,
+    else ``payloads`` (it then stores them)."""
+    from engine import feedback_blocks
+    from engine.learned.rebuild import rebuild_preferences
+
+    _reset_peak()
+    store, settings = _open(path, progress)
+    try:
+        columns = feedback_blocks.is_current(store, feedback_blocks.read_version(store))  # type: ignore[arg-type]
+        rss_open = _rss_mb()
+        t, cpu = time.perf_counter(), time.process_time()
+        rep = rebuild_preferences(store, settings)  # type: ignore[arg-type]
+        total, cpu = time.perf_counter() - t, time.process_time() - cpu
+    finally:
+        store.close()  # type: ignore[attr-defined]
+    out: dict[str, float | str] = {
+        "path": "columns" if columns else "payloads", "rss_opened_mb": rss_open, "rebuild_total_s": total,
+        "rebuild_cpu_s": cpu, "peak_rss_rebuild_mb": _rss_mb("VmHWM"), "rebuild_users": rep.users,
+        "rebuild_events": rep.events,
+    }  # fmt: skip
+    out.update({f"rebuild_{k}": v for k, v in rep.seconds.items()})
+    out["read_events_per_s"] = rep.events / max(rep.seconds["read_s"], 1e-9)
+    return out
+
+
+def bench_store(args: argparse.Namespace) -> list[dict[str, float | str]]:
+    """Lay the store (unless ``--store`` names one already laid), then time ``--rebuilds`` rebuilds on it, each in
+    a freshly opened store: on a freshly laid store the first reads the payloads (and stores the log's columns,
+    ``engine.feedback_blocks``), the next ones read the columns."""
     import tempfile
 
-    from engine.learned.rebuild import rebuild_preferences
     from engine.schema import FEEDBACK
 
-    out: dict[str, float] = {}
+    out: dict[str, float | str] = {}
+    rows: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = args.store or Path(tmp) / "q"
         if not (path / ".laid").is_file() and not args.rebuild_only:
             out.update(build_store(args, path))
             (path / ".laid").write_text(json.dumps(out))
             if args.lay_only:
-                return out
-        _reset_peak()
-        store, settings = _open(path, args.progress)
+                return [out]
+        store, _ = _open(path, False)
         try:
             out["store_events"] = store.count(FEEDBACK)  # type: ignore[attr-defined]
-            rss_open = _rss_mb()
-            t = time.perf_counter()
-            rep = rebuild_preferences(store, settings)  # type: ignore[arg-type]
-            total = time.perf_counter() - t
         finally:
             store.close()  # type: ignore[attr-defined]
-    out.update({"rss_opened_mb": rss_open, "rebuild_total_s": total, "rss_after_rebuild_mb": _rss_mb(),
-                "peak_rss_rebuild_mb": _rss_mb("VmHWM"), "rebuild_users": rep.users,
-                "rebuild_events": rep.events})  # fmt: skip
-    out.update({f"rebuild_{k}": v for k, v in rep.seconds.items()})
-    out["read_events_per_s"] = rep.events / max(rep.seconds["read_s"], 1e-9)
+        rows.append(out)
+        for _ in range(args.rebuilds):
+            rows.append(_rebuild_once(path, args.progress))
+    return rows
+
+
+def bench_columns(args: argparse.Namespace) -> dict[str, float | str]:
+    """The log's columns alone at ``--columns-events`` rows among ``--store-users`` users (random point ids and
+    decisions; no feedback collection laid): ``write_set`` into a fresh Edge store, then, in the store opened
+    again, the read ``rebuild_preferences`` does when they are current (load every block, then the arrays the
+    fit gets). What a rebuild's read costs at a log size the bench cannot lay as feedback points."""
+    import tempfile
+
+    from engine import feedback_blocks as fb
+    from engine.schema import META
+
+    n, m = args.store_users, args.columns_events
+    rng = np.random.default_rng(args.seed)
+    hi, lo = np.sort(rng.integers(0, 2**63, m, dtype=np.uint64)), rng.integers(0, 2**63, m, dtype=np.uint64)
+    a = rng.integers(0, n, m).astype(np.int32)
+    b = ((a + rng.integers(1, n, m)) % n).astype(np.int32)
+    dec = np.where(rng.random(m) < 0.03, 2, rng.random(m) < 0.4).astype(np.int8)  # 3 % blocks
+    rows = fb.LogRows([f"u{i}" for i in range(n)], hi, lo, a, b, dec, (a % 97).astype(np.float64))
+    index = {f"u{i}": i for i in range(n)}
+    out: dict[str, float | str] = {"columns_users": n, "columns_events": m}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        path = Path(tmp) / "q"
+        store, _ = _open(path, False)
+        try:
+            store.setup("bench", args.dim)  # type: ignore[attr-defined]
+            _reset_peak()
+            t, cpu = time.perf_counter(), time.process_time()
+            v = fb.write_set(store, rows)  # type: ignore[arg-type]
+            out.update(write_s=time.perf_counter() - t, write_cpu_s=time.process_time() - cpu)
+        finally:
+            store.close()  # type: ignore[attr-defined]
+        del rows
+        meta = store._path(META)  # type: ignore[attr-defined]
+        out["meta_mb_on_disk"] = sum(f.stat().st_blocks * 512 for f in meta.rglob("*") if f.is_file()) / 2**20
+        out["peak_rss_write_mb"] = _rss_mb("VmHWM")
+        _reset_peak()
+        store, _ = _open(path, False)
+        try:
+            t, cpu = time.perf_counter(), time.process_time()
+            got = fb.load(store, v)  # type: ignore[arg-type]
+            load = time.perf_counter() - t
+            assert got is not None and len(got) == m
+            viewer, cand, like, ts = got.arrays(index)
+            out.update(load_s=load, read_s=time.perf_counter() - t, read_cpu_s=time.process_time() - cpu,
+                       arrays_events=int(viewer.size), peak_rss_read_mb=_rss_mb("VmHWM"))  # fmt: skip
+        finally:
+            store.close()  # type: ignore[attr-defined]
     return out
+
+
+def bench_record(args: argparse.Namespace) -> dict[str, float | str]:
+    """What keeping the log's columns adds to a feedback write: ``record_feedback`` (no model update) of
+    ``--record-batches`` batches of ``--record-size`` fresh events, with the columns stored and current, then as
+    many with none stored, alternating in rounds, on an Edge store of ``--store-users`` users whose log holds
+    ``--store-events`` decisions (recorded first). Milliseconds per call, each the median of its rounds."""
+    import statistics
+    import tempfile
+
+    from engine import feedback_blocks as fb
+    from engine.feedback import Event, record_feedback
+
+    n = args.store_users
+    rng = np.random.default_rng(args.seed)
+    ids = [f"u{i}" for i in range(n)]
+
+    def events(k: int, t: float) -> list[Event]:
+        a = rng.integers(0, n, k)
+        b = (a + rng.integers(1, n, k)) % n
+        return [
+            Event(ids[x], ids[y], "like" if x % 3 else "pass", t) for x, y in zip(a.tolist(), b.tolist(), strict=True)
+        ]
+
+    per: dict[str, list[float]] = {"with": [], "without": []}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        store, _ = _open(Path(tmp) / "q", False)
+        try:
+            store.setup("bench", args.dim)  # type: ignore[attr-defined]
+            for _ in range(0, args.store_events, 20_000):
+                record_feedback(store, events(20_000, 0.0), require_known=False, update_model=False)  # type: ignore[arg-type]
+            for r in range(3):
+                for mode in ("with", "without"):
+                    if mode == "with":
+                        fb.write_set(store, fb.scan_log(store) or fb.rows_of([], [], [], [], []))  # type: ignore[arg-type]
+                    else:
+                        fb.drop(store)  # type: ignore[arg-type]
+                    batches = [events(args.record_size, 1.0 + r) for _ in range(args.record_batches)]
+                    t = time.perf_counter()
+                    for b in batches:
+                        record_feedback(store, b, require_known=False, update_model=False)  # type: ignore[arg-type]
+                    per[mode].append((time.perf_counter() - t) / len(batches) * 1e3)
+                    assert (fb.stored_rows(store) is not None) == (mode == "with")  # type: ignore[arg-type]
+        finally:
+            store.close()  # type: ignore[attr-defined]
+    return {"record_log_events": args.store_events, "record_batch": args.record_size,
+            "record_ms_with_columns": statistics.median(per["with"]),
+            "record_ms_without_columns": statistics.median(per["without"]),
+            "rounds_with": str([round(x, 2) for x in per["with"]]),
+            "rounds_without": str([round(x, 2) for x in per["without"]])}  # fmt: skip
 
 
 def _reset_peak() -> None:
@@ -238,12 +367,20 @@ def main() -> None:
     ap.add_argument("--lay-only", action="store_true", help="lay the store (with --store) and stop")
     ap.add_argument("--rebuild-only", action="store_true", help="rebuild on the --store folder as it is (no laying)")
     ap.add_argument("--progress", action="store_true", help="show the rebuild's progress bars")
+    ap.add_argument("--rebuilds", type=int, default=2, help="rebuilds of the laid store, each freshly opened")
+    ap.add_argument("--columns-events", type=int, default=0, help="also time the log's columns alone at this size")
+    ap.add_argument("--record-batches", type=int, default=0, help="also time record_feedback with/without columns")
+    ap.add_argument("--record-size", type=int, default=20, help="events per record_feedback batch (--record-batches)")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict[str, float | str]] = []
     if not args.skip_fit:
         rows.append(bench_fit(args))
     if not args.skip_store:
-        rows.append(bench_store(args))
+        rows.extend(bench_store(args))
+    if args.columns_events:
+        rows.append(bench_columns(args))
+    if args.record_batches:
+        rows.append(bench_record(args))
     for r in rows:
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}))
 

@@ -11,6 +11,8 @@ is only ever filtered, never searched) and the payload::
 * **Blocks and reports are for good.** Once stored, no later like or pass replaces them, and they exclude the
   pair *both ways* from ``recommend()`` (:func:`blocked_with`).
 * **Erasure.** :func:`delete_feedback_of` removes every event a user gave or received; ``delete_user`` calls it.
+* **Columns.** Every write keeps a compact copy of the log in ``matcher_meta`` up to date
+  (``engine.feedback_blocks``), which the full model rebuild reads instead of every point's payload.
 
 Bad input (an unknown decision, an empty or self-referencing pair, a non-finite time) raises ``InvalidInput``
 naming the row, before anything is written: a batch is validated whole, so nothing stored is lost.
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import feedback_blocks
 from engine.errors import InvalidInput, UserNotFound
 from engine.filters import Filter, MatchAny
 from engine.schema import FEEDBACK, USER_ID, USERS, user_point_id
@@ -184,6 +187,8 @@ def record_feedback(
     touched: set[str] = set()
     pids = list(pending)
     writes_before, own_writes = store.write_count(FEEDBACK), 0
+    columns: feedback_blocks.Version | None = None  # the log's columns in META, kept up with every write
+    written: tuple[list[str], list[dict[str, Any]]] = ([], [])
     for start in range(0, len(pids), batch_size):
         chunk = pids[start : start + batch_size]
         stored = {p.id: p.payload for p in store.retrieve(FEEDBACK, chunk)}
@@ -199,8 +204,14 @@ def record_feedback(
             write.append(Point(id=pid, vector=_PLACEHOLDER, payload=_payload(e)))
             touched.update((e.viewer_id, e.candidate_id))
         if write:
+            if not own_writes:
+                columns = feedback_blocks.begin_write(store)
             store.upsert(FEEDBACK, write)
             own_writes += 1
+            written[0].extend(p.id for p in write)
+            written[1].extend(p.payload for p in write)
+    if columns is not None:
+        feedback_blocks.end_write(store, columns, written[0], written[1], added)
     unchanged = len(batch) - added - updated
     if touched:  # engine.ranking.feedback_cache reads this module: imported late
         from engine.ranking.feedback_cache import forget_users
@@ -329,7 +340,15 @@ def delete_feedback_of(store: Store, user_id: str) -> int:
     removed = 0
     others: set[str] = set()
     if has_feedback_collection(store):
+        # The log's columns: dropped before the events go (a kill below leaves no block holding the user),
+        # then written again without them; a copy that does not name the user stays as it is.
+        rows = feedback_blocks.stored_rows(store)
+        names = rows is None or user_id in rows.users
+        if names and feedback_blocks.read_version(store) is not None:
+            feedback_blocks.drop(store)
         removed = _delete_events_of(store, user_id, others)
+        if rows is not None and names:
+            feedback_blocks.write_set(store, rows.without(user_id))
     # The learned model: their row goes (it holds their own vector's coordinates even without any decision),
     # and the users they decided with are recomputed without them.
     from engine.learned.rebuild import update_preferences  # engine.learned.rebuild reads feedback: imported late

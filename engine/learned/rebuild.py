@@ -7,7 +7,8 @@ plus the 64-d taste coordinates). ``recommend()`` serves it through ``served_mod
 checked against the stored version on every call. A store without a model serves the photo-only engine.
 
 ``rebuild_preferences`` is the batch job (``matcher rebuild-model``, progress bar over the log it reads): one
-scroll of ``users`` with vectors, one bulk read of the ``feedback`` payloads into arrays, the fit in numpy,
+scroll of ``users`` with vectors, the log's columns (``engine.feedback_blocks``: a few large blocks; every
+``feedback`` payload only when they are missing or stale), the fit in numpy,
 then the blocks (a few large writes, not one partial payload update per user). Blocks and reports are not
 preferences and stay out of the fit (they exclude for good in ``recommend()``); likes and passes of users
 deleted since are dropped.
@@ -33,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.errors import InvalidInput
-from engine.feedback import decision_arrays
+from engine.feedback_blocks import log_rows
 from engine.filters import Filter, MatchAny
 from engine.learned.fit import fit_preference, like_logit, shrunk_taste
 from engine.learned.model import FEATURES, PreferenceConfig, PreferenceModel
@@ -136,8 +137,15 @@ def rebuild_preferences(store: Store, settings: Settings, *, batch_size: int = C
     except InvalidInput:
         total = 0
     bar = tqdm(total=total, desc="model rebuild: reading the log", unit="event", disable=not settings.progress)
-    viewer, cand, like, ts = decision_arrays(store, index, progress=bar)
+    # The log's columns (engine.feedback_blocks): a few blocks, or every payload once when they are missing
+    # or stale (then stored again). The same arrays, in the same order, as engine.feedback.decision_arrays.
+    rows = log_rows(store, progress=bar, count=total if total else None)  # one count (Edge walks the log)
     bar.close()
+    if rows is None:  # a store set up before the feedback collection existed
+        viewer, cand, ts = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        like = np.zeros(0, bool)
+    else:
+        viewer, cand, like, ts = rows.arrays(index)
     seconds["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

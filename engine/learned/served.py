@@ -18,7 +18,9 @@ previous model's points; an incremental update writes one patch and bumps ``gen`
 ~100x faster than one payload per user, and so is writing them (one partial payload update per user cost
 ~1.4 ms on Edge, 140 s at 100,000 users).
 
-``served_model(store)`` reads the small version point on every call (one ``retrieve``) and returns the
+``served_model(store)`` (``engine.store.meta_blocks.VersionedCopies``, the per-process copy the reciprocity
+statistics and the log's columns use too) reads the small version point on every call (one ``retrieve``; none
+on an embedded store whose META was not written since) and returns the
 in-process copy when it names the same model and generation, applies the missing patches when only the
 generation moved, and reloads everything when the model id changed: a copy older than what the store holds
 is never served, whichever process wrote it.
@@ -26,11 +28,9 @@ is never served, whichever process wrote it.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import uuid
-import weakref
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -39,8 +39,10 @@ import numpy as np
 
 from engine.errors import InvalidInput
 from engine.filters import HasId
-from engine.schema import META
-from engine.store.base import Point, Store
+from engine.store.base import Store
+from engine.store.meta_blocks import VersionedCopies, decode, encode, read_point, write_point
+from engine.store.meta_blocks import read_blocks as _read_blocks
+from engine.store.meta_blocks import write_blocks as _write_blocks
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +53,6 @@ VERSION_KEY = "preference_model_version"
 BLOCK_KEY = "preference_model_rows"
 CHUNK_ROWS = 2048  # users per stored block (~1.6 MB of base64 per block at rank 16, factors 16, 64-d tastes)
 _NS = uuid.UUID("6a1d2f4e-8b3c-4c55-9e0a-2b7f1c3d4e5f")
-_META_VECTOR = np.ones(1, dtype=np.float32)
-
-
-def encode(a: np.ndarray) -> dict[str, Any]:
-    """A numpy array as JSON: ``{"dtype", "shape", "b64"}`` (little-endian bytes)."""
-    a = np.ascontiguousarray(a)
-    return {"dtype": a.dtype.str, "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
-
-
-def decode(d: dict[str, Any]) -> np.ndarray:
-    """``encode``'s inverse; raises ``InvalidInput`` on a malformed block."""
-    try:
-        raw = base64.b64decode(d["b64"])
-        return np.frombuffer(raw, dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"stored preference model: malformed array block ({exc})") from None
 
 
 def chunk_point_id(model_id: str, i: int) -> str:
@@ -135,7 +121,6 @@ class ServedModel:
     cold: np.ndarray  # (width,) float64
     index: dict[str, int] = field(default_factory=dict)
     popular: HasId = field(default_factory=lambda: HasId(frozenset()))
-    meta_writes: int | None = None  # the store's write count on META when this copy was last found current
     _fresh: tuple[tuple[int, int, int], HasId] | None = None  # (explore_min, gen, rows) -> fresh_ids' answer
 
     def __post_init__(self) -> None:
@@ -225,19 +210,14 @@ def read_version(store: Store) -> tuple[str, int, int] | None:
     """``(model id, generation, erasures)`` of the stored model, or None (no model, or a store without META).
     ``erasures`` counts the times rows were removed from stored blocks (a deleted user): a copy made before
     must be reloaded whole."""
-    try:
-        pts = store.retrieve(META, [MODEL_VERSION_POINT_ID])
-    except InvalidInput:
-        return None
-    v = (pts[0].payload or {}).get(VERSION_KEY) if pts else None
-    if not isinstance(v, dict) or "model" not in v:
+    v = read_point(store, MODEL_VERSION_POINT_ID, VERSION_KEY)
+    if v is None or "model" not in v:
         return None
     return str(v["model"]), int(v.get("gen", 0)), int(v.get("erasures", 0))
 
 
 def write_version(store: Store, model_id: str, gen: int, erasures: int = 0) -> None:
-    payload = {VERSION_KEY: {"model": model_id, "gen": gen, "erasures": erasures}}
-    store.upsert(META, [Point(id=MODEL_VERSION_POINT_ID, vector=_META_VECTOR, payload=payload)])
+    write_point(store, MODEL_VERSION_POINT_ID, VERSION_KEY, {"model": model_id, "gen": gen, "erasures": erasures})
 
 
 def write_blocks(
@@ -247,37 +227,19 @@ def write_blocks(
     key: str = BLOCK_KEY,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Upsert block points ``(point id, block)`` into META, a few at a time (bounded request size on a server):
-    each point's payload is ``{key: block}`` plus ``extra``. Also ``engine.reciprocity.blocks``'s writer."""
-    more = extra or {}
-    for s in range(0, len(points), 4):
-        store.upsert(
-            META, [Point(id=pid, vector=_META_VECTOR, payload={key: b, **more}) for pid, b in points[s : s + 4]]
-        )
+    """Upsert block points ``(point id, block)`` into META (``engine.store.meta_blocks.write_blocks``, the
+    model's payload key by default)."""
+    _write_blocks(store, points, key=key, extra=extra)
 
 
 def read_shared(store: Store) -> dict[str, Any] | None:
-    try:
-        pts = store.retrieve(META, [MODEL_POINT_ID])
-    except InvalidInput:
-        return None
-    g = (pts[0].payload or {}).get(MODEL_KEY) if pts else None
-    return g if isinstance(g, dict) and "weights" in g else None
+    g = read_point(store, MODEL_POINT_ID, MODEL_KEY)
+    return g if g is not None and "weights" in g else None
 
 
 def read_blocks(store: Store, ids: list[str], *, key: str = BLOCK_KEY) -> list[dict[str, Any]] | None:
-    """The blocks (payload ``key``) of these META point ids, in that order; None if one is missing (a rebuild
-    replaced them). Also ``engine.reciprocity.blocks``'s reader."""
-    out: list[dict[str, Any]] = []
-    for s in range(0, len(ids), 4):
-        part = ids[s : s + 4]
-        got = {p.id: (p.payload or {}).get(key) for p in store.retrieve(META, part)}
-        for pid in part:
-            b = got.get(pid)
-            if not isinstance(b, dict):
-                return None
-            out.append(b)
-    return out
+    """The blocks of these META point ids, in that order; None if one is missing (a rebuild replaced them)."""
+    return _read_blocks(store, ids, key=key)
 
 
 def _cold(c: dict[str, Any]) -> dict[str, Any]:
@@ -305,56 +267,45 @@ def _load(store: Store, model_id: str, gen: int, erasures: int) -> ServedModel |
     return sm
 
 
-_CACHE: weakref.WeakKeyDictionary[Store, ServedModel] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
+def _load_version(store: Store, version: tuple[str, int, int]) -> ServedModel | None:
+    return _load(store, *version)
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+def _advance(
+    store: Store, have: ServedModel, was: tuple[str, int, int], version: tuple[str, int, int]
+) -> ServedModel | None:
+    """``have`` with the patches of the generations since ``was`` applied in place; None when the model id or
+    the erasures moved (reload whole) or a patch is missing."""
+    model_id, gen, erasures = version
+    if was[0] != model_id or was[2] != erasures or was[1] >= gen:
+        return None
+    patches = read_blocks(store, [patch_point_id(model_id, g) for g in range(was[1] + 1, gen + 1)])
+    if patches is None:
+        return None
+    with _PATCH_LOCK:
+        for b in patches:
+            have.apply(b)
+        have.gen = gen
+    return have
+
+
+_COPIES: VersionedCopies[tuple[str, int, int], ServedModel] = VersionedCopies(
+    "preference model", read_version, _load_version, _advance, strict=False
+)
 
 
 def served_model(store: Store) -> ServedModel | None:
     """The stored model, from this process's copy when it is current (see the module docstring); None when
     no model is stored. Raises ``StoreUnavailable``."""
-    writes = store.write_count(META)
-    with _LOCK:
-        have = _CACHE.get(store)
-    # An embedded store is written only through this object: no META write since the last check, no new version.
-    if have is not None and writes is not None and have.meta_writes == writes:
-        return have
-    for _ in range(3):  # a rebuild replacing the model while we read it: read the new version again
-        version = read_version(store)
-        if version is None:
-            with _LOCK:
-                _CACHE.pop(store, None)
-            return None
-        model_id, gen, erasures = version
-        with _LOCK:
-            have = _CACHE.get(store)
-        same = have is not None and have.model_id == model_id and have.erasures == erasures
-        if have is not None and same and have.gen == gen:
-            have.meta_writes = writes
-            return have
-        if have is not None and same and have.gen < gen:
-            patches = read_blocks(store, [patch_point_id(model_id, g) for g in range(have.gen + 1, gen + 1)])
-            if patches is not None:
-                with _LOCK:
-                    for b in patches:
-                        have.apply(b)
-                    have.gen = gen
-                    have.meta_writes = writes
-                return have
-            continue
-        sm = _load(store, model_id, gen, erasures)
-        if sm is not None:
-            sm.meta_writes = writes
-            with _LOCK:
-                _CACHE[store] = sm
-            return sm
-    log.warning("the stored preference model changed three times while it was read; serving photos this time")
-    return None
+    return _COPIES.get(store)
 
 
 def forget(store: Store) -> None:
     """Drop this process's copy for ``store`` (tests; the version check makes it unnecessary otherwise)."""
-    with _LOCK:
-        _CACHE.pop(store, None)
+    _COPIES.forget(store)
 
 
 __all__ = [
@@ -365,6 +316,8 @@ __all__ = [
     "ServedModel",
     "block_payload",
     "chunk_point_id",
+    "decode",
+    "encode",
     "patch_point_id",
     "read_blocks",
     "read_shared",

@@ -1,11 +1,11 @@
 """Where the reciprocity statistics live: columnar blocks in ``matcher_meta``, and a per-process copy of
-them that is never stale (the layout of ``engine.learned.served``'s model blocks).
+them that is never stale (``engine.store.meta_blocks``, as the preference model's blocks).
 
 Stored (all in the ``META`` collection, 1-d placeholder vectors)::
 
     block points       rows of ``CHUNK_ROWS`` users each, sorted by point id: the point ids (ASCII bytes),
                        ``kth_sim`` (float64), ``kth_k`` (int64), the window ``kth_top`` (float64, as one
-                       flat array and each row's length), base64 (``engine.learned.served.encode``); each
+                       flat array and each row's length), base64 (``engine.store.meta_blocks.encode``); each
                        block's payload names its set (``SET_KEY``) and ``KIND``
     patch points       rows a small pass rewrote (``refresh_user`` after a like), one point per generation
     STATS_VERSION_POINT_ID   ``{"set", "gen", "chunks", "rows", "patched"}``: written last, so a reader that
@@ -36,20 +36,18 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import uuid
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from engine.errors import InvalidInput, StoreUnavailable
+from engine.errors import InvalidInput
 from engine.filters import Filter, MatchAny
-from engine.learned.served import decode, encode, read_blocks, write_blocks
 from engine.schema import KTH_K, KTH_SIM, KTH_TOP, META
-from engine.store.base import Point, Store
+from engine.store.base import Store
+from engine.store.meta_blocks import VersionedCopies, decode, encode, read_blocks, read_point, write_blocks, write_point
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,6 @@ CHUNK_ROWS = 2048  # users per block (~190 KB of base64 with 8-entry windows)
 PATCH_GENS = 64  # patches read on a cold load at most: the next small write then rewrites the set
 PATCHED_SHARE = 0.25  # ... or once patches hold this share of the set's rows
 _NS = uuid.UUID("1f3c0a52-7d4e-4b8f-a6c1-3e9d2b7f5a40")
-_META_VECTOR = np.ones(1, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,6 @@ class Stats:
     top: np.ndarray
     top_len: np.ndarray
     version: Version | None = None
-    meta_writes: int | None = None  # the store's write count on META when this copy was last found current
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -140,7 +136,7 @@ class Stats:
     def updated(self, other: Stats) -> Stats:
         """These rows with ``other``'s rows written over them (and its new ids added)."""
         if len(other) == 0:
-            return replace(self, version=None, meta_writes=None)
+            return replace(self, version=None)
         keep = self.rows(other.ids) < 0  # other's ids not here yet
         r = self.rows(other.ids)
         width = max(self.top.shape[1], other.top.shape[1])
@@ -197,8 +193,9 @@ def _block(s: Stats, lo: int, hi: int) -> dict[str, Any]:
 
 def _unblock(b: dict[str, Any]) -> Stats:
     try:
-        ids, kth, kk = decode(b["ids"]), decode(b["kth"]), decode(b["kth_k"])
-        lens, flat = decode(b["top_len"]), decode(b["top"])
+        what = "stored reciprocity statistics"
+        ids, kth, kk = decode(b["ids"], what), decode(b["kth"], what), decode(b["kth_k"], what)
+        lens, flat = decode(b["top_len"], what), decode(b["top"], what)
     except (KeyError, TypeError) as exc:
         raise InvalidInput(f"stored reciprocity statistics: malformed block ({exc})") from None
     n = len(ids)
@@ -220,19 +217,15 @@ def _patch_id(set_id: str, gen: int) -> str:
 
 def read_version(store: Store) -> Version | None:
     """The stored version, or None: no blocks (statistics in the payloads, or none yet), or no META."""
-    try:
-        pts = store.retrieve(META, [STATS_VERSION_POINT_ID])
-    except InvalidInput:
-        return None
-    v = (pts[0].payload or {}).get(VERSION_KEY) if pts else None
-    if not isinstance(v, dict) or "set" not in v:
+    v = read_point(store, STATS_VERSION_POINT_ID, VERSION_KEY)
+    if v is None or "set" not in v:
         return None
     return Version(str(v["set"]), int(v["gen"]), int(v["chunks"]), int(v["rows"]), int(v.get("patched", 0)))
 
 
 def _write_version(store: Store, v: Version) -> None:
-    payload = {VERSION_KEY: {"set": v.set_id, "gen": v.gen, "chunks": v.chunks, "rows": v.rows, "patched": v.patched}}
-    store.upsert(META, [Point(id=STATS_VERSION_POINT_ID, vector=_META_VECTOR, payload=payload)])
+    value = {"set": v.set_id, "gen": v.gen, "chunks": v.chunks, "rows": v.rows, "patched": v.patched}
+    write_point(store, STATS_VERSION_POINT_ID, VERSION_KEY, value)
 
 
 def _upsert_blocks(store: Store, set_id: str, blocks: list[tuple[str, dict[str, Any]]]) -> None:
@@ -308,47 +301,28 @@ def _patched(store: Store, base: Stats, v: Version, since: int) -> Stats | None:
     return replace(base, version=v)
 
 
-_CACHE: weakref.WeakKeyDictionary[Store, Stats] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
+def _advance(store: Store, have: Stats, was: Version, v: Version) -> Stats | None:
+    """``have`` (at ``was``) with the patches written since; None when the set changed (load it whole)."""
+    if was.set_id != v.set_id or was.gen >= v.gen:
+        return None
+    return _patched(store, have, v, was.gen)
+
+
+_COPIES: VersionedCopies[Version, Stats] = VersionedCopies(
+    "reciprocity statistics", read_version, _load, _advance, strict=True
+)
 
 
 def _install(store: Store, stats: Stats) -> None:
-    stats.meta_writes = store.write_count(META)
-    with _LOCK:
-        _CACHE[store] = stats
+    if stats.version is not None:
+        _COPIES.install(store, stats, stats.version)
 
 
 def stored(store: Store) -> Stats | None:
     """The stored statistics, from this process's copy when it is current (module docstring); None when no
     blocks are stored (a store whose statistics are in the payloads, or none yet). Raises
     ``StoreUnavailable`` from the store."""
-    writes = store.write_count(META)
-    with _LOCK:
-        have = _CACHE.get(store)
-    if have is not None and writes is not None and have.meta_writes == writes:
-        return have
-    for _ in range(3):  # a write replacing the set while we read it: read the new version again
-        v = read_version(store)
-        if v is None:
-            with _LOCK:
-                _CACHE.pop(store, None)
-            return None
-        if have is not None and have.version == v:
-            have.meta_writes = writes
-            return have
-        got: Stats | None = None
-        hv = have.version if have is not None else None
-        if have is not None and hv is not None and hv.set_id == v.set_id and hv.gen < v.gen:
-            got = _patched(store, have, v, hv.gen)
-        if got is None:
-            got = _load(store, v)
-        if got is not None:
-            got.meta_writes = writes
-            with _LOCK:
-                _CACHE[store] = got
-            return got
-        have = None
-    raise StoreUnavailable("the stored reciprocity statistics changed three times while they were read")
+    return _COPIES.get(store)
 
 
 def kth_of_points(store: Store, point_ids: Sequence[str], payloads: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -367,8 +341,7 @@ def kth_of_points(store: Store, point_ids: Sequence[str], payloads: Sequence[dic
 
 def forget(store: Store) -> None:
     """Drop this process's copy for ``store`` (tests; the version check makes it unnecessary otherwise)."""
-    with _LOCK:
-        _CACHE.pop(store, None)
+    _COPIES.forget(store)
 
 
 __all__ = [
