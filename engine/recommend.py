@@ -33,6 +33,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import UserNotFound
 from engine.filters import Filter, HasId
@@ -43,7 +45,7 @@ from engine.ranking.rerank import (
     l2_normalize,
 )
 from engine.ranking.served_ids import point_ids
-from engine.ranking.user_copies import popular_leg
+from engine.ranking.user_copies import popular_hits, popular_leg
 from engine.schema import (
     KTH_SIM,
     PHOTO_IDS,
@@ -55,7 +57,7 @@ from engine.schema import (
     user_point_id,
 )
 from engine.settings import Settings, load_settings
-from engine.store.base import Query, ScoredPoint, Store
+from engine.store.base import Hits, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +112,28 @@ def _restricted(q: Query, only: HasId, limit: int) -> Query:
     return replace(q, filter=Filter(must=(*flt.must, only), must_not=flt.must_not), limit=limit)
 
 
-def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) -> list[ScoredPoint]:
+def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) -> list[ScoredPoint] | Hits:
     """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
     log found most appealing (``popular_ids``, half the pool): answered in numpy from this process's copy of
     those users (``engine.ranking.user_copies``) where the store allows one, else in one batch with the first. Appeal is
     learned from received likes, not from the photos, so a taste query alone could miss the people everyone
-    likes. ``fresh`` (``_fresh_query``): the cold-start leg, in the same batch as the first query."""
+    likes. ``fresh`` (``_fresh_query``): the cold-start leg, in the same batch as the first query.
+
+    Where ``q`` asks for neither payloads nor vectors (the learned path on an embedded store) the answer is
+    ``Hits`` (``Store.query_hits``: ids and scores, no ``ScoredPoint`` per candidate), else ``ScoredPoint``s;
+    the same candidates in the same order either way."""
     sm = asker.served
     batch = [q] if fresh is None else [q, fresh]
-    local: list[ScoredPoint] | None = None
-    if sm is not None and sm.popular.ids:
-        second = _restricted(q, sm.popular, max(1, q.limit // 2))
-        local = popular_leg(store, sm, second)
-        if local is None:  # no per-process copy: the store answers it in the same batch
-            batch.append(second)
+    popular = _restricted(q, sm.popular, max(1, q.limit // 2)) if sm is not None and sm.popular.ids else None
+    if asker.model is not None and not q.with_payload and not q.with_vectors:
+        kept = popular_hits(store, sm, popular) if sm is not None and popular is not None else None
+        if popular is not None and kept is None:  # no per-process copy: the store answers it in the same batch
+            batch.append(popular)
+        hits = store.query_hits(USERS, batch)
+        return _merged_hits(hits if kept is None else [*hits, kept])
+    local = popular_leg(store, sm, popular) if sm is not None and popular is not None else None
+    if popular is not None and local is None:
+        batch.append(popular)
     legs = store.query_batch(USERS, batch) if len(batch) > 1 else [store.query(USERS, q)]
     if local is not None:
         legs = [*legs, local]
@@ -136,6 +146,23 @@ def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) ->
                 seen.add(c.id)
                 out.append(c)
     return out
+
+
+def _merged_hits(legs: list[Hits]) -> Hits:
+    """The first leg, then each later leg's ids not seen before (in order), as ``_stage1`` merges points."""
+    if len(legs) == 1:
+        return legs[0]
+    ids, seen = list(legs[0].ids), set(legs[0].ids)
+    scores = [legs[0].scores]
+    for leg in legs[1:]:
+        keep = []
+        for i, p in enumerate(leg.ids):
+            if p not in seen:
+                seen.add(p)
+                keep.append(i)
+        ids.extend(leg.ids[i] for i in keep)
+        scores.append(leg.scores[keep])
+    return Hits(ids, np.concatenate(scores))
 
 
 def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, Settings, bool]:
@@ -202,10 +229,11 @@ def recommend_many(
             askers = load_askers(st, chunk, settings)
             queries = [_stage1_query(a, k, (), settings) for a in askers]  # blocks: from each asker
             fresh = [_fresh_query(a, q, settings, exposure) for a, q in zip(askers, queries, strict=True)]
+            results: list[list[ScoredPoint] | Hits]
             if any(a.model is not None and a.model.get("popular_ids") for a in askers) or any(fresh):
                 results = [_stage1(st, a, q, f) for a, q, f in zip(askers, queries, fresh, strict=True)]
             else:
-                results = st.query_batch(USERS, queries)
+                results = [*st.query_batch(USERS, queries)]
             for u, a, q, cands in zip(chunk, askers, queries, results, strict=True):
                 out[u] = rerank_candidates(st, a, cands, k, q.limit, settings, exposure)
         return out

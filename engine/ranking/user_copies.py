@@ -52,7 +52,7 @@ from engine.filters import Condition, Filter, HasId, MatchAny, Range
 from engine.learned.served import ServedModel
 from engine.ranking.rerank import l2_normalize
 from engine.schema import PHOTO_IDS, PHOTOS, USERS
-from engine.store.base import Point, Query, ScoredPoint, Store
+from engine.store.base import Hits, Point, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,9 @@ def _mask(copy: _Copy, flt: Filter | None) -> np.ndarray:
     return ok
 
 
-def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint] | None:
-    """``store.query(USERS, query)`` for a ``query`` whose filter restricts it to ``sm.popular`` (ids, scores
-    and vectors; no payload), answered from this process's copy; None where no copy may be kept (see the
-    module docstring) or the query asks for payloads. Raises ``StoreUnavailable`` (loading the copy)."""
+def _popular_answer(store: Store, sm: ServedModel, query: Query) -> tuple[_Copy, np.ndarray, np.ndarray] | None:
+    """The popular leg's copy, the rows of it that answer ``query`` best first and their float32 scores;
+    None where no copy may be kept or the query asks for payloads (``popular_leg``)."""
     writes = store.write_count(USERS)
     if writes is None or query.with_payload or not sm.popular.ids:
         return None
@@ -181,14 +180,35 @@ def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint
                 _CACHE[store] = copy
     idx = np.flatnonzero(_mask(copy, query.filter))
     if len(idx) == 0:
-        return []
+        return copy, idx, np.zeros(0, np.float32)
     scores = copy.vectors[idx] @ _unit(query.vector)
     order = np.argsort(-scores, kind="stable")[: query.limit]
+    return copy, idx[order], scores[order]
+
+
+def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint] | None:
+    """``store.query(USERS, query)`` for a ``query`` whose filter restricts it to ``sm.popular`` (ids, scores
+    and vectors; no payload), answered from this process's copy; None where no copy may be kept (see the
+    module docstring) or the query asks for payloads. Raises ``StoreUnavailable`` (loading the copy)."""
+    got = _popular_answer(store, sm, query)
+    if got is None:
+        return None
+    copy, rows, scores = got
     vec = query.with_vectors
     return [
-        ScoredPoint(copy.ids[idx[j]], float(scores[j]), None, copy.vectors[idx[j]].copy() if vec else None)
-        for j in order
+        ScoredPoint(copy.ids[r], float(s), None, copy.vectors[r].copy() if vec else None)
+        for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
     ]
+
+
+def popular_hits(store: Store, sm: ServedModel, query: Query) -> Hits | None:
+    """``popular_leg`` as ``Store.query_hits`` answers (ids and float64 scores; no ``ScoredPoint`` per user)."""
+    got = _popular_answer(store, sm, query)
+    if got is None:
+        return None
+    copy, rows, scores = got
+    ids = copy.ids
+    return Hits([ids[r] for r in rows.tolist()], scores.astype(np.float64))
 
 
 @dataclass
@@ -449,6 +469,7 @@ __all__ = [
     "forget",
     "kept_vectors",
     "listed_photos",
+    "popular_hits",
     "popular_leg",
     "unit_rows",
 ]

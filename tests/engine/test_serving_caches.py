@@ -15,6 +15,7 @@ from engine.learned.rebuild import rebuild_preferences
 from engine.learned.served import served_model
 from engine.ranking import feedback_cache, served_ids, user_copies
 from engine.ranking.askers import load_askers
+from engine.ranking.exposure import ExposureLedger
 from engine.ranking.rerank import l2_normalize
 from engine.recommend import _stage1_query, recommend
 from engine.schema import FEEDBACK, PHOTOS, USERS, user_point_id
@@ -48,6 +49,9 @@ def _same_as_store(store: Store, settings: Settings, user_id: str, exclude: tupl
     np.testing.assert_allclose([p.score for p in got], [p.score for p in want], atol=1e-5)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.vector, b.vector)
+    hits = user_copies.popular_hits(store, sm, q)  # type: ignore[arg-type]
+    assert hits is not None and hits.ids == [p.id for p in got]
+    assert hits.scores.tolist() == [p.score for p in got]
     return len(want)
 
 
@@ -157,6 +161,42 @@ def test_recommend_ranks_the_same_with_and_without_the_copies(
     assert served_model(store) is not None
     assert sum(m.best_photo_id is not None for ms in with_copies.values() for m in ms) > 100
     assert_same_without_copies(monkeypatch, store, settings, with_copies)
+
+
+def test_learned_stage1_asks_the_store_for_hits_only(
+    db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the copies, the learned stage 1 reads its candidates as ``Store.query_hits`` (ids and scores, one
+    call with the fresh leg batched in) and never as ``ScoredPoint``s; without them, as before."""
+    store, settings = db
+    people, events = _world(store)
+    record_feedback(store, events)
+    rebuild_preferences(store, settings)
+    ids = [p["user_id"] for p in people]
+    calls: list[str] = []
+    inside: list[str] = []  # the call being counted (query_hits by default runs query_batch: not counted)
+    for name in ("query", "query_batch", "query_hits"):
+        real = getattr(store, name)
+
+        def counted(collection: str, q: object, _name: str = name, _real: object = real) -> object:
+            if collection == USERS and not inside:
+                calls.append(_name)
+            inside.append(_name)
+            try:
+                return _real(collection, q)  # type: ignore[operator]
+            finally:
+                inside.pop()
+
+        monkeypatch.setattr(store, name, counted)
+    ledger = ExposureLedger()
+    for u in ids[:5]:
+        assert recommend(u, 8, store=store, settings=settings, exposure=ledger)
+    assert calls == ["query_hits"] * 5
+    calls.clear()
+    monkeypatch.setattr(store, "write_count", lambda collection: None)
+    user_copies.forget(store)
+    assert recommend(ids[0], 8, store=store, settings=settings)
+    assert "query_hits" not in calls and calls
 
 
 def assert_same_without_copies(
