@@ -149,18 +149,21 @@ def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) ->
 
 
 def _merged_hits(legs: list[Hits]) -> Hits:
-    """The first leg, then each later leg's ids not seen before (in order), as ``_stage1`` merges points."""
+    """The first leg, then each later leg's ids not seen before (in order), as ``_stage1`` merges points (a
+    leg holds no id twice: each is one store answer or the popular copy's)."""
     if len(legs) == 1:
         return legs[0]
     ids, seen = list(legs[0].ids), set(legs[0].ids)
     scores = [legs[0].scores]
     for leg in legs[1:]:
-        keep = []
-        for i, p in enumerate(leg.ids):
-            if p not in seen:
-                seen.add(p)
-                keep.append(i)
-        ids.extend(leg.ids[i] for i in keep)
+        new = np.fromiter(map(seen.__contains__, leg.ids), bool, len(leg.ids))
+        np.logical_not(new, out=new)
+        keep = np.flatnonzero(new)
+        if len(keep) == len(leg.ids):
+            ids.extend(leg.ids)
+        else:
+            ids.extend([leg.ids[i] for i in keep.tolist()])
+        seen.update(leg.ids)
         scores.append(leg.scores[keep])
     return Hits(ids, np.concatenate(scores))
 

@@ -15,6 +15,7 @@ On both, a candidate's logged decision about the asker replaces s(B→A), and th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     rerank,
 )
-from engine.ranking.served_ids import LIKED, PASSED, bare, decided, point_ids, user_ids_of_rows
+from engine.ranking.served_ids import LIKED, PASSED, RowUserIds, bare, decided, point_ids
 from engine.ranking.user_copies import kept_vectors, listed_photos, unit_rows
 from engine.reciprocity.blocks import kth_of_points
 from engine.reciprocity.topk import NO_KTH
@@ -222,28 +223,33 @@ class _Pool:
         )
 
 
-def _candidate_user_ids(store: Store, sm: ServedModel, pool: _Pool, rows: np.ndarray) -> list[str]:
+def _candidate_user_ids(store: Store, sm: ServedModel, pool: _Pool, rows: np.ndarray) -> Sequence[str]:
     """Each candidate's user id: from its payload when it came with one, else from the served model (the
-    point id is a hash of the user id, so that mapping never goes stale), else one ``retrieve`` for users the
-    model does not know yet."""
+    point id is a hash of the user id, so that mapping never goes stale; ``RowUserIds``, read when asked),
+    else one ``retrieve`` for users the model does not know yet."""
     if pool.payloads is None:  # stage 1 on the learned path: ids from the model's rows
-        out = user_ids_of_rows(sm, rows)
         missing = [int(i) for i in np.flatnonzero(rows < 0)]
-    else:
-        out = [str((pl or {}).get(USER_ID) or "") for pl in pool.payloads]
-        missing = []
-        for i in range(len(out)):
-            if not out[i]:
-                if rows[i] >= 0:
-                    out[i] = sm.user_ids[rows[i]]
-                else:
-                    missing.append(i)
-    if missing:
-        ids = pool.ids
-        got = {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, [ids[i] for i in missing])}
-        for i in missing:
-            out[i] = got.get(ids[i], "")
+        got = _retrieved_user_ids(store, [pool.ids[i] for i in missing])
+        return RowUserIds(sm, rows, {i: got.get(pool.ids[i], "") for i in missing})
+    out = [str((pl or {}).get(USER_ID) or "") for pl in pool.payloads]
+    missing = []
+    for i in range(len(out)):
+        if not out[i]:
+            if rows[i] >= 0:
+                out[i] = sm.user_ids[rows[i]]
+            else:
+                missing.append(i)
+    got = _retrieved_user_ids(store, [pool.ids[i] for i in missing])
+    for i in missing:
+        out[i] = got.get(pool.ids[i], "")
     return out
+
+
+def _retrieved_user_ids(store: Store, pids: list[str]) -> dict[str, str]:
+    """``point id -> user id`` of the users points ``pids`` (those stored), in one ``retrieve``."""
+    if not pids:
+        return {}
+    return {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, pids)}
 
 
 def _photo_similarity(store: Store, asker: Asker, pool: _Pool, rows: np.ndarray | None = None) -> np.ndarray:
@@ -414,7 +420,7 @@ def _with_logged_replies_rows(
     sm: ServedModel,
     no_payload: bool,
     rows: np.ndarray,
-    user_ids: list[str],
+    user_ids: Sequence[str],
     about: dict[str, str],
     aggregation: str,
     reverse_exponent: float = 1.0,

@@ -66,6 +66,7 @@ class _Copy:
     payloads: list[dict[str, Any]]
     columns: dict[tuple[str, str], Any]  # per (kind, key): a float column (ranges), or value -> row mask
     source: frozenset[str] = frozenset()  # the popular ids the copy was made of (``ServedModel.popular.ids``)
+    id_array: np.ndarray | None = None  # ``ids`` as an object array (``popular_hits`` gathers from it)
 
 
 _CACHE: weakref.WeakKeyDictionary[Store, _Copy] = weakref.WeakKeyDictionary()
@@ -207,8 +208,9 @@ def popular_hits(store: Store, sm: ServedModel, query: Query) -> Hits | None:
     if got is None:
         return None
     copy, rows, scores = got
-    ids = copy.ids
-    return Hits([ids[r] for r in rows.tolist()], scores.astype(np.float64))
+    if copy.id_array is None:
+        copy.id_array = np.array(copy.ids + [""], dtype=object)[:-1]  # the "" keeps it 1-d whatever the ids
+    return Hits(copy.id_array[rows].tolist(), scores.astype(np.float64))
 
 
 @dataclass

@@ -277,6 +277,12 @@ def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> N
     assert sm is not None and newcomer.id not in sm.index
     rows = np.array([sm.index.get(user_point_id(u), -1) for u in ids[:30]] + [-1], np.int64)
     assert served_ids.user_ids_of_rows(sm, rows) == [sm.user_ids[r] for r in rows[:-1]] + [""]
+    lazy = served_ids.RowUserIds(sm, rows, {len(rows) - 1: "outside"})  # read one by one, or all at once
+    want_ids = [sm.user_ids[r] for r in rows[:-1]] + ["outside"]
+    assert len(lazy) == len(rows) and [lazy[i] for i in range(len(rows))] == want_ids
+    assert lazy[np.int64(2)] == want_ids[2] and lazy[-1] == "outside" and lazy[1:3] == want_ids[1:3]
+    assert list(lazy) == lazy.tolist() == want_ids
+    assert served_ids.RowUserIds(sm, rows)[-1] == ""
     about = {ids[1]: "like", ids[2]: "pass", ids[3]: "block", "stranger": "like"}
     code = served_ids.decided(sm, rows, about)
     want = [
