@@ -95,22 +95,22 @@ def candidate_vectors(cands: list[ScoredPoint], dim: int) -> np.ndarray:
 def rerank_candidates(
     store: Store,
     asker: Asker,
-    cands: list[ScoredPoint] | Hits,
+    cands: list[ScoredPoint] | Hits | Pool,
     k: int,
     limit: int,
     settings: Settings,
     exposure: ExposureLedger | None = None,
 ) -> list[Match]:
     """Stage 2 for one asker: one lookup of the candidates' photos, the numpy rerank, the top ``k``
-    (``engine.ranking.exposure`` with a ledger). ``cands``: stage 1's ``ScoredPoint``s, or its ``Hits`` on the
-    learned path (ids only). Raises ``InvalidInput`` for ``Hits`` without a learned model (the photo-only
-    rerank reads the candidates' payloads and vectors)."""
+    (``engine.ranking.exposure`` with a ledger). ``cands``: stage 1's ``ScoredPoint``s, or on the learned path
+    its ids only (``Hits``, or a ``Pool`` with their model rows: ``engine.recommend._stage1``). Raises
+    ``InvalidInput`` for ids only without a learned model (the photo-only rerank reads payloads and vectors)."""
     n = len(cands)
     if n == 0:
         return []
     if asker.model is not None:
-        return _learned_matches(store, asker, _Pool.of(cands), k, settings, exposure)
-    if isinstance(cands, Hits):
+        return _learned_matches(store, asker, Pool.of(cands), k, settings, exposure)
+    if isinstance(cands, Hits | Pool):
         raise InvalidInput("the photo-only rerank needs stage 1's payloads and vectors, not bare hits")
     rs = settings.recommend
     payloads = [c.payload or {} for c in cands]
@@ -203,27 +203,35 @@ def rerank_candidates(
 
 
 @dataclass(frozen=True)
-class _Pool:
-    """Stage 1's candidates as the learned stage 2 reads them: point ids in stage-1 order, and the payloads and
-    vectors they came with (None where none came: ``Hits``, or ``ScoredPoint``s all without one)."""
+class Pool:
+    """Stage 1's candidates as the learned stage 2 reads them: point ids in stage-1 order, their rows in the
+    served model when stage 1 found them ((n,) int64, -1: not in it; None: stage 2 looks them up), and the
+    payloads and vectors they came with (None where none came: ids only, or ``ScoredPoint``s all without
+    one)."""
 
     ids: list[str]
+    rows: np.ndarray | None = None
     payloads: list[dict[str, Any] | None] | None = None
     vectors: list[np.ndarray | None] | None = None
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
     @classmethod
-    def of(cls, cands: list[ScoredPoint] | Hits) -> _Pool:
+    def of(cls, cands: list[ScoredPoint] | Hits | Pool) -> Pool:
+        if isinstance(cands, Pool):
+            return cands
         if isinstance(cands, Hits):
             return cls(cands.ids)
         vectors = [c.vector for c in cands]  # arrays: compared by identity only
         return cls(
             point_ids(cands),
-            None if bare(cands, "payload") else [c.payload for c in cands],
-            None if all(v is None for v in vectors) else vectors,
+            payloads=None if bare(cands, "payload") else [c.payload for c in cands],
+            vectors=None if all(v is None for v in vectors) else vectors,
         )
 
 
-def _candidate_user_ids(store: Store, sm: ServedModel, pool: _Pool, rows: np.ndarray) -> Sequence[str]:
+def _candidate_user_ids(store: Store, sm: ServedModel, pool: Pool, rows: np.ndarray) -> Sequence[str]:
     """Each candidate's user id: from its payload when it came with one, else from the served model (the
     point id is a hash of the user id, so that mapping never goes stale; ``RowUserIds``, read when asked),
     else one ``retrieve`` for users the model does not know yet."""
@@ -252,7 +260,7 @@ def _retrieved_user_ids(store: Store, pids: list[str]) -> dict[str, str]:
     return {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, pids)}
 
 
-def _photo_similarity(store: Store, asker: Asker, pool: _Pool, rows: np.ndarray | None = None) -> np.ndarray:
+def _photo_similarity(store: Store, asker: Asker, pool: Pool, rows: np.ndarray | None = None) -> np.ndarray:
     """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else from
     this process's unit rows (``user_copies.unit_rows``, with the candidates' model ``rows``) or kept vectors,
     else one exact query restricted to the candidates (0 for one no longer stored)."""
@@ -306,7 +314,7 @@ def _policy(settings: Settings) -> ExposurePolicy:
 def _learned_matches(
     store: Store,
     asker: Asker,
-    pool: _Pool,
+    pool: Pool,
     k: int,
     settings: Settings,
     exposure: ExposureLedger | None = None,
@@ -320,7 +328,7 @@ def _learned_matches(
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in load_askers
     rs = settings.recommend
     pids = pool.ids
-    rows = sm.rows(pids)
+    rows = pool.rows if pool.rows is not None else sm.rows(pids)
     no_payload = pool.payloads is None
     user_ids = _candidate_user_ids(store, sm, pool, rows)
     sides = sm.side(rows)

@@ -52,7 +52,7 @@ from engine.filters import Condition, Filter, HasId, MatchAny, Range
 from engine.learned.served import ServedModel
 from engine.ranking.rerank import l2_normalize
 from engine.schema import PHOTO_IDS, PHOTOS, USERS
-from engine.store.base import Hits, Point, Query, ScoredPoint, Store
+from engine.store.base import Point, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class _Copy:
     payloads: list[dict[str, Any]]
     columns: dict[tuple[str, str], Any]  # per (kind, key): a float column (ranges), or value -> row mask
     source: frozenset[str] = frozenset()  # the popular ids the copy was made of (``ServedModel.popular.ids``)
-    id_array: np.ndarray | None = None  # ``ids`` as an object array (``popular_hits`` gathers from it)
+    id_array: np.ndarray | None = None  # ``ids`` as an object array (``popular_rows`` gathers from it)
+    # ``popular_rows``: the served model (weak) and its row of each of ``ids``, made on first use.
+    model_rows: tuple[weakref.ref[ServedModel], int, np.ndarray] | None = None
 
 
 _CACHE: weakref.WeakKeyDictionary[Store, _Copy] = weakref.WeakKeyDictionary()
@@ -202,15 +204,20 @@ def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint
     ]
 
 
-def popular_hits(store: Store, sm: ServedModel, query: Query) -> Hits | None:
-    """``popular_leg`` as ``Store.query_hits`` answers (ids and float64 scores; no ``ScoredPoint`` per user)."""
+def popular_rows(store: Store, sm: ServedModel, query: Query) -> tuple[list[str], np.ndarray] | None:
+    """``popular_leg``'s answer as the learned stage 1 merges it: the point ids best first and their rows in
+    ``sm`` ((n,) int64, -1: not in it), no ``ScoredPoint`` per user; None as ``popular_leg``."""
     got = _popular_answer(store, sm, query)
     if got is None:
         return None
-    copy, rows, scores = got
+    copy, rows, _ = got
     if copy.id_array is None:
         copy.id_array = np.array(copy.ids + [""], dtype=object)[:-1]  # the "" keeps it 1-d whatever the ids
-    return Hits(copy.id_array[rows].tolist(), scores.astype(np.float64))
+    have = copy.model_rows
+    if have is None or have[0]() is not sm or have[1] != len(sm.point_ids):
+        have = (weakref.ref(sm), len(sm.point_ids), sm.rows(copy.ids))
+        copy.model_rows = have  # one assignment: a reader sees the old triple or the new
+    return copy.id_array[rows].tolist(), have[2][rows]
 
 
 @dataclass
@@ -471,7 +478,7 @@ __all__ = [
     "forget",
     "kept_vectors",
     "listed_photos",
-    "popular_hits",
+    "popular_rows",
     "popular_leg",
     "unit_rows",
 ]

@@ -49,9 +49,9 @@ def _same_as_store(store: Store, settings: Settings, user_id: str, exclude: tupl
     np.testing.assert_allclose([p.score for p in got], [p.score for p in want], atol=1e-5)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.vector, b.vector)
-    hits = user_copies.popular_hits(store, sm, q)  # type: ignore[arg-type]
-    assert hits is not None and hits.ids == [p.id for p in got]
-    assert hits.scores.tolist() == [p.score for p in got]
+    lean = user_copies.popular_rows(store, sm, q)  # type: ignore[arg-type]
+    assert lean is not None and lean[0] == [p.id for p in got]
+    assert lean[1].tolist() == sm.rows(lean[0]).tolist()  # type: ignore[attr-defined]
     return len(want)
 
 
@@ -305,3 +305,22 @@ def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> N
     last = np.array([sm.index[user_point_id(ids[-1])]], np.int64)
     assert served_ids.user_ids_of_rows(sm, last) == [ids[-1]]
     assert served_ids.decided(sm, last, {ids[-1]: "pass"}).tolist() == [served_ids.PASSED]
+
+
+def test_stage1_legs_merge_by_row_as_by_id() -> None:
+    """``_merged_pool`` keeps the first leg, then each later leg's candidates not seen before, in order, as
+    the merge by point id did: in-model candidates seen by row, the others (-1) by id."""
+    from engine.recommend import _merged_pool
+
+    legs = [
+        (["a", "b", "x"], np.array([0, 1, -1])),
+        (["b", "c", "x", "y"], np.array([1, 2, -1, -1])),
+        (["c", "d", "y", "a", "e"], np.array([2, 3, -1, 0, 4])),
+    ]
+    want: list[str] = []
+    for ids, _ in legs:
+        want.extend(i for i in ids if i not in want)
+    pool = _merged_pool(5, legs)
+    assert pool.ids == want == ["a", "b", "x", "c", "y", "d", "e"]
+    assert pool.rows is not None and pool.rows.tolist() == [0, 1, -1, 2, -1, 3, 4]
+    assert _merged_pool(5, legs[:1]).ids == ["a", "b", "x"]
