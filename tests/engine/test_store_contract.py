@@ -549,14 +549,15 @@ class _Scored:
 def test_edge_hit_ids_come_from_the_repr_and_fall_back_to_the_id(tmp_path: Path) -> None:
     """``query_hits`` on Edge reads ids from the bindings' repr (no ``uuid.UUID`` per point): the pinned
     bindings must format it as expected (else it silently takes the slow path), and anything of another
-    shape is read through ``.id``, for every point of the answer."""
+    shape (checked on the first and last point: this store writes UUID ids only) is read through ``.id``, for
+    every point of the answer."""
     from engine.store.edge import _REPR_HEAD, EdgeStore, _hit_ids
 
     shown, other = uuid.uuid4(), uuid.uuid4()
     lean = _Scored(other, f'ScoredPoint(id="{shown}", version=3, score=0.5, vector=None)')
     assert _hit_ids([lean]) == [str(shown)]  # the repr's id, not ``.id``
     odd = _Scored(7, "ScoredPoint(id=7, version=3, score=0.5)")
-    assert _hit_ids([lean, odd]) == [str(other), "7"]
+    assert _hit_ids([lean, odd]) == [str(other), "7"] and _hit_ids([odd, lean]) == ["7", str(other)]
     assert _hit_ids([_Scored("x", 'ScoredPoint(id="x")')]) == ["x"]  # too short for a UUID
     assert _hit_ids([]) == []
 
