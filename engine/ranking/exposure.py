@@ -185,7 +185,9 @@ def select(
     by_pri = cand[np.lexsort((cand, -s[cand], -urg, got[cand]))]  # fewest received, most urgent, best score
     explore = [int(i) for i in by_pri[: min(policy.explore_slots, k)]]
     chosen = set(explore)
-    picks = explore + [int(i) for i in order if int(i) not in chosen][: k - len(explore)]
+    # The first k + len(explore) of the order hold the k - len(explore) best not chosen (no step per candidate).
+    head = order[: k + len(explore)].tolist()
+    picks = explore + [i for i in head if i not in chosen][: k - len(explore)]
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     return np.array(sorted(picks, key=lambda i: rank[i]), dtype=np.int64)
