@@ -10,6 +10,10 @@ Learned path (``engine.learned.model``): P(A likes B) and P(B likes A) from the 
 
 On both, a candidate's logged decision about the asker replaces s(B→A), and the ``k`` shown are chosen by
 ``engine.ranking.exposure`` (impression budget and cold-start slots, with the serving process's ledger).
+
+The learned path reads stage 1's candidates as a ``Pool`` (ids and served-model rows, no ``ScoredPoint`` per
+candidate on an embedded store). The module runs past 400 lines because both paths share ``Match``, the logged
+replies and the best-photo lookup, which read best beside the two callers.
 """
 
 from __future__ import annotations

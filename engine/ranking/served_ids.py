@@ -147,9 +147,4 @@ def decided(sm: ServedModel, rows: np.ndarray, about: dict[str, str]) -> np.ndar
     return out
 
 
-__all__ = [
-    "LIKED",
-    "NONE",
-    "PASSED",
-    "RowUserIds",
-    "bare", "decided", "model_rows", "point_ids", "user_ids_of_rows"]
+__all__ = ["LIKED", "NONE", "PASSED", "RowUserIds", "bare", "decided", "model_rows", "point_ids", "user_ids_of_rows"]
