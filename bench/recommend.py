@@ -13,6 +13,9 @@ would after opening the store (``warm_s``; ``--no-warm`` skips it, and the copie
 five warm-up calls (``first_call_in_process_ms``: the first of them). The repeat pass times Qdrant's exact query
 again beside each call (``repeat_qdrant_exact_p50_ms``), and ``repeat_p50_over_qdrant_exact`` is over that
 (before 2026-12-07 evening it was over the first pass's, as ``repeat_p50_over_first_qdrant_exact`` still is).
+``qdrant_exact_hits_p50_ms``: the same exact query through ``Store.query_hits`` (ids and scores only, what the
+learned stage 1 reads since 2026-12-07 late night), timed right after the first exact query, and
+``p50_over_qdrant_exact_hits`` recommend()'s p50 over it (None for an engine without ``query_hits``).
 
 Data: vectors generated directly (no encoder), dim 512: users drawn around 64 cluster centres (so there
 are dense regions and hubs), 3 photos per user around the user, the user vector the normalised mean of
@@ -345,6 +348,7 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
                 row["first_call_in_process_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         lat, cand_lat, exact_lat, rec20, rec20_cand = [], [], [], [], []
         qexact_lat: list[float] = []
+        qexact_hits_lat: list[float] = []
         rec20_qexact: list[float] = []
         depth: list[int] = []
         repeat_queries: list[Query] = []
@@ -367,6 +371,10 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
             t0 = time.perf_counter()
             qex = store.query(USERS, replace(q, exact=True))
             qexact_lat.append((time.perf_counter() - t0) * 1000)
+            if hasattr(store, "query_hits"):  # the same exact query answering ids and scores only
+                t0 = time.perf_counter()
+                store.query_hits(USERS, [replace(q, exact=True)])
+                qexact_hits_lat.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
             ex = exact.top(int(i), limit, qvec)
             exact_lat.append((time.perf_counter() - t0) * 1000)
@@ -404,6 +412,10 @@ def run_backend(backend: str, pop: Population, exact: Exact, args: argparse.Name
             qdrant_exact_recall_at_20=round(float(np.mean(rec20_qexact)), 4) if rec20_qexact else None,
             p50_over_exact=round(p50 / ex50, 2),
             p50_over_qdrant_exact=round(p50 / qex50, 2),
+            # The baseline through Store.query_hits (ids and scores, no ScoredPoint per point; engines since
+            # 2026-12-07 late night), as the learned stage 1 reads its candidates; None where the engine has none.
+            qdrant_exact_hits_p50_ms=round(_pct(qexact_hits_lat, 50), 2) if qexact_hits_lat else None,
+            p50_over_qdrant_exact_hits=round(p50 / _pct(qexact_hits_lat, 50), 2) if qexact_hits_lat else None,
             repeat_p50_ms=round(_pct(again, 50), 2),
             repeat_p50_over_exact=round(_pct(again, 50) / ex50, 2),
             repeat_qdrant_exact_p50_ms=round(_pct(qexact_again, 50), 2),

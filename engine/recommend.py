@@ -33,17 +33,19 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from engine.compatibility import age_conditions, compatible_filter, gender_conditions
 from engine.errors import UserNotFound
 from engine.filters import Filter, HasId
 from engine.ranking.askers import Asker, check_k, load_askers
 from engine.ranking.exposure import ExposureLedger
-from engine.ranking.matches import Match, rerank_candidates
+from engine.ranking.matches import Match, Pool, rerank_candidates
 from engine.ranking.rerank import (
     l2_normalize,
 )
 from engine.ranking.served_ids import point_ids
-from engine.ranking.user_copies import popular_leg
+from engine.ranking.user_copies import popular_leg, popular_rows
 from engine.schema import (
     KTH_SIM,
     PHOTO_IDS,
@@ -110,20 +112,28 @@ def _restricted(q: Query, only: HasId, limit: int) -> Query:
     return replace(q, filter=Filter(must=(*flt.must, only), must_not=flt.must_not), limit=limit)
 
 
-def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) -> list[ScoredPoint]:
+def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) -> list[ScoredPoint] | Pool:
     """Stage 1: the filtered query; with a learned model, also the same query restricted to the users the
     log found most appealing (``popular_ids``, half the pool): answered in numpy from this process's copy of
     those users (``engine.ranking.user_copies``) where the store allows one, else in one batch with the first. Appeal is
     learned from received likes, not from the photos, so a taste query alone could miss the people everyone
-    likes. ``fresh`` (``_fresh_query``): the cold-start leg, in the same batch as the first query."""
+    likes. ``fresh`` (``_fresh_query``): the cold-start leg, in the same batch as the first query.
+
+    Where ``q`` asks for neither payloads nor vectors (the learned path on an embedded store) the answer is a
+    ``Pool``: the ids (``Store.query_hits``: no ``ScoredPoint`` per candidate) with their served-model rows,
+    else ``ScoredPoint``s; the same candidates in the same order either way."""
     sm = asker.served
     batch = [q] if fresh is None else [q, fresh]
-    local: list[ScoredPoint] | None = None
-    if sm is not None and sm.popular.ids:
-        second = _restricted(q, sm.popular, max(1, q.limit // 2))
-        local = popular_leg(store, sm, second)
-        if local is None:  # no per-process copy: the store answers it in the same batch
-            batch.append(second)
+    popular = _restricted(q, sm.popular, max(1, q.limit // 2)) if sm is not None and sm.popular.ids else None
+    if sm is not None and asker.model is not None and not q.with_payload and not q.with_vectors:
+        kept = popular_rows(store, sm, popular) if popular is not None else None
+        if popular is not None and kept is None:  # no per-process copy: the store answers it in the same batch
+            batch.append(popular)
+        found = [(h.ids, sm.rows(h.ids)) for h in store.query_hits(USERS, batch)]
+        return _merged_pool(len(sm.point_ids), found if kept is None else [*found, kept])
+    local = popular_leg(store, sm, popular) if sm is not None and popular is not None else None
+    if popular is not None and local is None:
+        batch.append(popular)
     legs = store.query_batch(USERS, batch) if len(batch) > 1 else [store.query(USERS, q)]
     if local is not None:
         legs = [*legs, local]
@@ -136,6 +146,34 @@ def _stage1(store: Store, asker: Asker, q: Query, fresh: Query | None = None) ->
                 seen.add(c.id)
                 out.append(c)
     return out
+
+
+def _merged_pool(n_rows: int, legs: list[tuple[list[str], np.ndarray]]) -> Pool:
+    """The legs' (point ids, model rows) merged as ``_stage1`` merges points: the first leg, then each later
+    leg's candidates not seen before, in order. Seen by model row (one boolean mask over the model's
+    ``n_rows``; a row is one point id) and by id for the few not in the model (-1), so the ids are not hashed
+    again. A leg holds no id twice (each is one store answer or the popular copy's)."""
+    ids, rows = legs[0]
+    if len(legs) == 1:
+        return Pool(ids, rows)
+    out_ids, out_rows = list(ids), [rows]
+    seen = np.zeros(n_rows, bool)
+    seen[rows[rows >= 0]] = True
+    outside = {ids[i] for i in np.flatnonzero(rows < 0).tolist()}
+    for leg_ids, leg_rows in legs[1:]:
+        inside = leg_rows >= 0
+        new = np.ones(len(leg_ids), bool)
+        new[inside] = ~seen[leg_rows[inside]]
+        for i in np.flatnonzero(~inside).tolist():
+            new[i] = leg_ids[i] not in outside
+        keep = np.flatnonzero(new)
+        kept_ids = leg_ids if len(keep) == len(leg_ids) else [leg_ids[i] for i in keep.tolist()]
+        kept_rows = leg_rows[keep]
+        seen[kept_rows[kept_rows >= 0]] = True
+        outside.update(kept_ids[i] for i in np.flatnonzero(kept_rows < 0).tolist())
+        out_ids.extend(kept_ids)
+        out_rows.append(kept_rows)
+    return Pool(out_ids, np.concatenate(out_rows))
 
 
 def _with_store(store: Store | None, settings: Settings | None) -> tuple[Store, Settings, bool]:
@@ -202,10 +240,11 @@ def recommend_many(
             askers = load_askers(st, chunk, settings)
             queries = [_stage1_query(a, k, (), settings) for a in askers]  # blocks: from each asker
             fresh = [_fresh_query(a, q, settings, exposure) for a, q in zip(askers, queries, strict=True)]
+            results: list[list[ScoredPoint] | Pool]
             if any(a.model is not None and a.model.get("popular_ids") for a in askers) or any(fresh):
                 results = [_stage1(st, a, q, f) for a, q, f in zip(askers, queries, fresh, strict=True)]
             else:
-                results = st.query_batch(USERS, queries)
+                results = [*st.query_batch(USERS, queries)]
             for u, a, q, cands in zip(chunk, askers, queries, results, strict=True):
                 out[u] = rerank_candidates(st, a, cands, k, q.limit, settings, exposure)
         return out

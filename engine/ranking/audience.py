@@ -59,7 +59,7 @@ def audience_sizes(
 
 
 def audience_of(
-    store: Store, point_ids: list[str], user_ids: list[str], ledger: ExposureLedger | None
+    store: Store, point_ids: list[str], user_ids: Sequence[str], ledger: ExposureLedger | None
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """What ``engine.ranking.exposure.choose`` takes: given indices into the candidates (stage 1's, aligned
     ids), their ``audience_sizes``; None without a ledger (no cold-start slots then)."""

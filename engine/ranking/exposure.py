@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -72,8 +73,8 @@ class ExposureLedger:
 
     def period_counts(self, user_ids: Sequence[str]) -> np.ndarray:
         """(n,) int64 impressions of each id in the current period."""
-        with self._lock:
-            return np.array([self._period.get(u, 0) for u in user_ids], dtype=np.int64)
+        with self._lock:  # ``map`` over the dict's C ``get``: no Python step per id (600 per learned call)
+            return np.fromiter(map(self._period.get, user_ids, repeat(0)), np.int64, len(user_ids))
 
     def audience(self, user_ids: Sequence[str]) -> np.ndarray:
         """(n,) float64 audience size of each id counted this period (``remember_audience``), NaN if not."""
@@ -184,7 +185,9 @@ def select(
     by_pri = cand[np.lexsort((cand, -s[cand], -urg, got[cand]))]  # fewest received, most urgent, best score
     explore = [int(i) for i in by_pri[: min(policy.explore_slots, k)]]
     chosen = set(explore)
-    picks = explore + [int(i) for i in order if int(i) not in chosen][: k - len(explore)]
+    # The first k + len(explore) of the order hold the k - len(explore) best not chosen (no step per candidate).
+    head = order[: k + len(explore)].tolist()
+    picks = explore + [i for i in head if i not in chosen][: k - len(explore)]
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     return np.array(sorted(picks, key=lambda i: rank[i]), dtype=np.int64)

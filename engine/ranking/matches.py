@@ -10,16 +10,22 @@ Learned path (``engine.learned.model``): P(A likes B) and P(B likes A) from the 
 
 On both, a candidate's logged decision about the asker replaces s(B→A), and the ``k`` shown are chosen by
 ``engine.ranking.exposure`` (impression budget and cold-start slots, with the serving process's ledger).
+
+The learned path reads stage 1's candidates as a ``Pool`` (ids and served-model rows, no ``ScoredPoint`` per
+candidate on an embedded store). The module runs past 400 lines because both paths share ``Match``, the logged
+replies and the best-photo lookup, which read best beside the two callers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from engine.errors import InvalidInput
 from engine.feedback import LIKE, PASS
 from engine.filters import Filter, HasId, MatchAny
 from engine.learned.model import congestion_factor, served_probabilities_arrays
@@ -36,7 +42,7 @@ from engine.ranking.rerank import (
     l2_normalize,
     rerank,
 )
-from engine.ranking.served_ids import LIKED, PASSED, bare, decided, point_ids, user_ids_of_rows
+from engine.ranking.served_ids import LIKED, PASSED, RowUserIds, bare, decided, point_ids
 from engine.ranking.user_copies import kept_vectors, listed_photos, unit_rows
 from engine.reciprocity.blocks import kth_of_points
 from engine.reciprocity.topk import NO_KTH
@@ -49,7 +55,7 @@ from engine.schema import (
     photo_ids_of,
 )
 from engine.settings import Settings
-from engine.store.base import Query, ScoredPoint, Store
+from engine.store.base import Hits, Query, ScoredPoint, Store
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +93,29 @@ def asker_kth(asker: Asker, stage1: np.ndarray, limit: int, reciprocity_k: int) 
 
 def candidate_vectors(cands: list[ScoredPoint], dim: int) -> np.ndarray:
     """Stage-1 candidates' mean vectors, (n, dim) float32 unit rows (zero rows where a backend sent none)."""
-    out = np.zeros((len(cands), dim), dtype=np.float32)
-    for i, c in enumerate(cands):
-        if c.vector is not None and c.vector.shape == (dim,):
-            out[i] = c.vector
-    return l2_normalize(out)
+    return _stacked_units([c.vector for c in cands], dim)
 
 
 def rerank_candidates(
     store: Store,
     asker: Asker,
-    cands: list[ScoredPoint],
+    cands: list[ScoredPoint] | Hits | Pool,
     k: int,
     limit: int,
     settings: Settings,
     exposure: ExposureLedger | None = None,
 ) -> list[Match]:
     """Stage 2 for one asker: one lookup of the candidates' photos, the numpy rerank, the top ``k``
-    (``engine.ranking.exposure`` with a ledger)."""
+    (``engine.ranking.exposure`` with a ledger). ``cands``: stage 1's ``ScoredPoint``s, or on the learned path
+    its ids only (``Hits``, or a ``Pool`` with their model rows: ``engine.recommend._stage1``). Raises
+    ``InvalidInput`` for ids only without a learned model (the photo-only rerank reads payloads and vectors)."""
     n = len(cands)
     if n == 0:
         return []
     if asker.model is not None:
-        return _learned_matches(store, asker, cands, k, settings, exposure)
+        return _learned_matches(store, asker, Pool.of(cands), k, settings, exposure)
+    if isinstance(cands, Hits | Pool):
+        raise InvalidInput("the photo-only rerank needs stage 1's payloads and vectors, not bare hits")
     rs = settings.recommend
     payloads = [c.payload or {} for c in cands]
     fwd_mean = np.array([c.score for c in cands], dtype=np.float64)
@@ -200,63 +206,90 @@ def rerank_candidates(
     return matches
 
 
-def _candidate_user_ids(
-    store: Store, sm: ServedModel, cands: list[ScoredPoint], rows: np.ndarray, no_payload: bool
-) -> list[str]:
+@dataclass(frozen=True)
+class Pool:
+    """Stage 1's candidates as the learned stage 2 reads them: point ids in stage-1 order, their rows in the
+    served model when stage 1 found them ((n,) int64, -1: not in it; None: stage 2 looks them up), and the
+    payloads and vectors they came with (None where none came: ids only, or ``ScoredPoint``s all without
+    one)."""
+
+    ids: list[str]
+    rows: np.ndarray | None = None
+    payloads: list[dict[str, Any] | None] | None = None
+    vectors: list[np.ndarray | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, cands: list[ScoredPoint] | Hits | Pool) -> Pool:
+        if isinstance(cands, Pool):
+            return cands
+        if isinstance(cands, Hits):
+            return cls(cands.ids)
+        vectors = [c.vector for c in cands]  # arrays: compared by identity only
+        return cls(
+            point_ids(cands),
+            payloads=None if bare(cands, "payload") else [c.payload for c in cands],
+            vectors=None if all(v is None for v in vectors) else vectors,
+        )
+
+
+def _candidate_user_ids(store: Store, sm: ServedModel, pool: Pool, rows: np.ndarray) -> Sequence[str]:
     """Each candidate's user id: from its payload when it came with one, else from the served model (the
-    point id is a hash of the user id, so that mapping never goes stale), else one ``retrieve`` for users the
-    model does not know yet. ``no_payload``: ``bare(cands, "payload")``, as the caller found it."""
-    if no_payload:  # stage 1 on the learned path: ids from the model's rows
-        out = user_ids_of_rows(sm, rows)
+    point id is a hash of the user id, so that mapping never goes stale; ``RowUserIds``, read when asked),
+    else one ``retrieve`` for users the model does not know yet."""
+    if pool.payloads is None:  # stage 1 on the learned path: ids from the model's rows
         missing = [int(i) for i in np.flatnonzero(rows < 0)]
-    else:
-        out = [str((c.payload or {}).get(USER_ID) or "") for c in cands]
-        missing = []
-        for i in range(len(cands)):
-            if not out[i]:
-                if rows[i] >= 0:
-                    out[i] = sm.user_ids[rows[i]]
-                else:
-                    missing.append(i)
-    if missing:
-        got = {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, [cands[i].id for i in missing])}
-        for i in missing:
-            out[i] = got.get(cands[i].id, "")
+        got = _retrieved_user_ids(store, [pool.ids[i] for i in missing])
+        return RowUserIds(sm, rows, {i: got.get(pool.ids[i], "") for i in missing})
+    out = [str((pl or {}).get(USER_ID) or "") for pl in pool.payloads]
+    missing = []
+    for i in range(len(out)):
+        if not out[i]:
+            if rows[i] >= 0:
+                out[i] = sm.user_ids[rows[i]]
+            else:
+                missing.append(i)
+    got = _retrieved_user_ids(store, [pool.ids[i] for i in missing])
+    for i in missing:
+        out[i] = got.get(pool.ids[i], "")
     return out
 
 
-def _photo_similarity(
-    store: Store,
-    asker: Asker,
-    cands: list[ScoredPoint],
-    rows: np.ndarray | None = None,
-    pids: list[str] | None = None,
-) -> np.ndarray:
+def _retrieved_user_ids(store: Store, pids: list[str]) -> dict[str, str]:
+    """``point id -> user id`` of the users points ``pids`` (those stored), in one ``retrieve``."""
+    if not pids:
+        return {}
+    return {p.id: str((p.payload or {}).get(USER_ID)) for p in store.retrieve(USERS, pids)}
+
+
+def _photo_similarity(store: Store, asker: Asker, pool: Pool, rows: np.ndarray | None = None) -> np.ndarray:
     """cos(v_asker, v_B) per candidate, (n,) float64: from the vectors stage 1 brought when it did, else from
     this process's unit rows (``user_copies.unit_rows``, with the candidates' model ``rows``) or kept vectors,
-    else one exact query restricted to the candidates (0 for one no longer stored). ``pids``: the candidates'
-    point ids, when the caller has them."""
-    if cands and all(c.vector is not None for c in cands):  # stops at the first bare one (the learned path)
-        cand_vecs = candidate_vectors(cands, asker.vector.shape[0])
+    else one exact query restricted to the candidates (0 for one no longer stored)."""
+    dim = asker.vector.shape[0]
+    vs: list[np.ndarray | None] = pool.vectors if pool.vectors is not None else [None] * len(pool.ids)
+    if pool.ids and pool.vectors is not None and all(v is not None for v in vs):
+        cand_vecs = _stacked_units(vs, dim)  # candidate_vectors of the points
         return np.asarray(cand_vecs @ l2_normalize(asker.vector), dtype=np.float64)
     sm = asker.served
-    if rows is not None and sm is not None and bare(cands, "vector"):
-        units = unit_rows(store, sm, pids if pids is not None else point_ids(cands), rows, asker.vector.shape[0])
+    if rows is not None and sm is not None and pool.vectors is None:
+        units = unit_rows(store, sm, pool.ids, rows, dim)
         if units is not None:  # one gather and one product: the same float32 arithmetic as below
             return np.asarray(units @ l2_normalize(asker.vector), dtype=np.float64)
-    kept = kept_vectors(store, USERS, [c.id for c in cands])  # this process's copy of the users' vectors
+    kept = kept_vectors(store, USERS, pool.ids)  # this process's copy of the users' vectors
     if kept is not None:
-        dim = asker.vector.shape[0]
-        vs = [c.vector if c.vector is not None else kept.get(c.id) for c in cands]
+        vs = [v if v is not None else kept.get(p) for p, v in zip(pool.ids, vs, strict=True)]
         if all(v is not None and v.shape == (dim,) for v in vs):
-            rows = np.stack(vs).astype(np.float32, copy=False)  # type: ignore[arg-type]
+            block = np.stack(vs).astype(np.float32, copy=False)  # type: ignore[arg-type]
         else:  # zero rows where a vector is missing, as candidate_vectors builds them
-            rows = np.zeros((len(cands), dim), dtype=np.float32)
+            block = np.zeros((len(vs), dim), dtype=np.float32)
             for i, v in enumerate(vs):
                 if v is not None and v.shape == (dim,):
-                    rows[i] = v
-        return np.asarray(l2_normalize(rows) @ l2_normalize(asker.vector), dtype=np.float64)
-    ids = [c.id for c in cands]
+                    block[i] = v
+        return np.asarray(l2_normalize(block) @ l2_normalize(asker.vector), dtype=np.float64)
+    ids = pool.ids
     q = Query(
         vector=l2_normalize(asker.vector),
         limit=len(ids),
@@ -268,6 +301,15 @@ def _photo_similarity(
     return np.array([sim.get(i, 0.0) for i in ids], dtype=np.float64)
 
 
+def _stacked_units(vectors: list[np.ndarray | None], dim: int) -> np.ndarray:
+    """(n, dim) float32 unit rows of ``vectors`` (a zero row where one is missing or not of ``dim``)."""
+    out = np.zeros((len(vectors), dim), dtype=np.float32)
+    for i, v in enumerate(vectors):
+        if v is not None and v.shape == (dim,):
+            out[i] = v
+    return l2_normalize(out)
+
+
 def _policy(settings: Settings) -> ExposurePolicy:
     rs = settings.recommend
     return ExposurePolicy(rs.exposure_budget, rs.explore_slots, rs.explore_min)
@@ -276,7 +318,7 @@ def _policy(settings: Settings) -> ExposurePolicy:
 def _learned_matches(
     store: Store,
     asker: Asker,
-    cands: list[ScoredPoint],
+    pool: Pool,
     k: int,
     settings: Settings,
     exposure: ExposureLedger | None = None,
@@ -289,12 +331,12 @@ def _learned_matches(
     sm = asker.served
     assert asker.model is not None and sm is not None  # noqa: S101 - set together in load_askers
     rs = settings.recommend
-    pids = point_ids(cands)
-    rows = sm.rows(pids)
-    no_payload = bare(cands, "payload")
-    user_ids = _candidate_user_ids(store, sm, cands, rows, no_payload)
+    pids = pool.ids
+    rows = pool.rows if pool.rows is not None else sm.rows(pids)
+    no_payload = pool.payloads is None
+    user_ids = _candidate_user_ids(store, sm, pool, rows)
     sides = sm.side(rows)
-    photo = _photo_similarity(store, asker, cands, rows, pids)
+    photo = _photo_similarity(store, asker, pool, rows)
     a_to_b, b_to_a = served_probabilities_arrays(asker.model, sm.side(np.array([asker.row])), sides, photo)
     fusion, gamma = rs.learned_aggregation, rs.reverse_exponent
     out = RerankResult(score=aggregate(a_to_b, b_to_a, fusion, gamma), a_to_b=a_to_b, b_to_a=b_to_a)
@@ -315,13 +357,17 @@ def _learned_matches(
         exposure,
         audience_of(store, pids, user_ids, exposure),
     )
-    top = [cands[i] for i in order]
     # The photo ids of the returned candidates only (stage 1 brought no payload).
-    have = {c.id: c.payload for c in top if c.payload and PHOTO_IDS in c.payload}
-    need = [c.id for c in top if c.id not in have]
+    have: dict[str, dict[str, Any]] = {}
+    if pool.payloads is not None:
+        for i in order:
+            pl = pool.payloads[i]
+            if pl and PHOTO_IDS in pl:
+                have[pids[i]] = pl
+    need = [pids[i] for i in order if pids[i] not in have]
     if need:  # this process's copy, else a retrieve by id (a scroll restricted by HasId cost 5x more)
         have.update(listed_photos(store, need))
-    best = _best_photos(store, asker, [{USER_ID: user_ids[i], **(have.get(cands[i].id) or {})} for i in order])
+    best = _best_photos(store, asker, [{USER_ID: user_ids[i], **(have.get(pids[i]) or {})} for i in order])
     return [
         Match(
             user_id=user_ids[i],
@@ -386,7 +432,7 @@ def _with_logged_replies_rows(
     sm: ServedModel,
     no_payload: bool,
     rows: np.ndarray,
-    user_ids: list[str],
+    user_ids: Sequence[str],
     about: dict[str, str],
     aggregation: str,
     reverse_exponent: float = 1.0,

@@ -66,6 +66,9 @@ class _Copy:
     payloads: list[dict[str, Any]]
     columns: dict[tuple[str, str], Any]  # per (kind, key): a float column (ranges), or value -> row mask
     source: frozenset[str] = frozenset()  # the popular ids the copy was made of (``ServedModel.popular.ids``)
+    id_array: np.ndarray | None = None  # ``ids`` as an object array (``popular_rows`` gathers from it)
+    # ``popular_rows``: the served model (weak) and its row of each of ``ids``, made on first use.
+    model_rows: tuple[weakref.ref[ServedModel], int, np.ndarray] | None = None
 
 
 _CACHE: weakref.WeakKeyDictionary[Store, _Copy] = weakref.WeakKeyDictionary()
@@ -164,10 +167,9 @@ def _mask(copy: _Copy, flt: Filter | None) -> np.ndarray:
     return ok
 
 
-def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint] | None:
-    """``store.query(USERS, query)`` for a ``query`` whose filter restricts it to ``sm.popular`` (ids, scores
-    and vectors; no payload), answered from this process's copy; None where no copy may be kept (see the
-    module docstring) or the query asks for payloads. Raises ``StoreUnavailable`` (loading the copy)."""
+def _popular_answer(store: Store, sm: ServedModel, query: Query) -> tuple[_Copy, np.ndarray, np.ndarray] | None:
+    """The popular leg's copy, the rows of it that answer ``query`` best first and their float32 scores;
+    None where no copy may be kept or the query asks for payloads (``popular_leg``)."""
     writes = store.write_count(USERS)
     if writes is None or query.with_payload or not sm.popular.ids:
         return None
@@ -181,14 +183,41 @@ def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint
                 _CACHE[store] = copy
     idx = np.flatnonzero(_mask(copy, query.filter))
     if len(idx) == 0:
-        return []
+        return copy, idx, np.zeros(0, np.float32)
     scores = copy.vectors[idx] @ _unit(query.vector)
     order = np.argsort(-scores, kind="stable")[: query.limit]
+    return copy, idx[order], scores[order]
+
+
+def popular_leg(store: Store, sm: ServedModel, query: Query) -> list[ScoredPoint] | None:
+    """``store.query(USERS, query)`` for a ``query`` whose filter restricts it to ``sm.popular`` (ids, scores
+    and vectors; no payload), answered from this process's copy; None where no copy may be kept (see the
+    module docstring) or the query asks for payloads. Raises ``StoreUnavailable`` (loading the copy)."""
+    got = _popular_answer(store, sm, query)
+    if got is None:
+        return None
+    copy, rows, scores = got
     vec = query.with_vectors
     return [
-        ScoredPoint(copy.ids[idx[j]], float(scores[j]), None, copy.vectors[idx[j]].copy() if vec else None)
-        for j in order
+        ScoredPoint(copy.ids[r], float(s), None, copy.vectors[r].copy() if vec else None)
+        for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
     ]
+
+
+def popular_rows(store: Store, sm: ServedModel, query: Query) -> tuple[list[str], np.ndarray] | None:
+    """``popular_leg``'s answer as the learned stage 1 merges it: the point ids best first and their rows in
+    ``sm`` ((n,) int64, -1: not in it), no ``ScoredPoint`` per user; None as ``popular_leg``."""
+    got = _popular_answer(store, sm, query)
+    if got is None:
+        return None
+    copy, rows, _ = got
+    if copy.id_array is None:
+        copy.id_array = np.array(copy.ids + [""], dtype=object)[:-1]  # the "" keeps it 1-d whatever the ids
+    have = copy.model_rows
+    if have is None or have[0]() is not sm or have[1] != len(sm.point_ids):
+        have = (weakref.ref(sm), len(sm.point_ids), sm.rows(copy.ids))
+        copy.model_rows = have  # one assignment: a reader sees the old triple or the new
+    return copy.id_array[rows].tolist(), have[2][rows]
 
 
 @dataclass
@@ -449,6 +478,7 @@ __all__ = [
     "forget",
     "kept_vectors",
     "listed_photos",
+    "popular_rows",
     "popular_leg",
     "unit_rows",
 ]

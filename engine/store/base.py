@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +33,18 @@ class ScoredPoint:
     score: float  # cosine similarity
     payload: dict[str, Any] | None = None
     vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Hits:
+    """A query's answer without payloads or vectors (``Store.query_hits``): ``ids`` the point ids best first,
+    ``scores`` (n,) float64 their cosine similarities, as ``float(ScoredPoint.score)`` would give them."""
+
+    ids: list[str]
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,16 @@ class Store(ABC):
     def query_batch(self, collection: str, queries: Sequence[Query]) -> list[list[ScoredPoint]]:
         """Several queries in one round trip (backends override this with a real batch call)."""
         return [self.query(collection, q) for q in queries]
+
+    def query_hits(self, collection: str, queries: Sequence[Query]) -> list[Hits]:
+        """``query_batch`` answering ids and scores only (payload and vector requests are ignored): the same
+        points in the same order, with no ``ScoredPoint`` built per point where the backend can avoid it (the
+        Edge store overrides this; stage 1 of the learned ``recommend()`` asks for 600 per call)."""
+        bare = [replace(q, with_payload=False, with_vectors=False) for q in queries]
+        return [
+            Hits([p.id for p in res], np.array([p.score for p in res], dtype=np.float64).reshape(len(res)))
+            for res in self.query_batch(collection, bare)
+        ]
 
     def recommend(self, collection: str, query: RecommendQuery) -> list[ScoredPoint]:
         """Qdrant's Recommendation API (see ``RecommendQuery``), best first, never returning an example.

@@ -15,6 +15,7 @@ from engine.learned.rebuild import rebuild_preferences
 from engine.learned.served import served_model
 from engine.ranking import feedback_cache, served_ids, user_copies
 from engine.ranking.askers import load_askers
+from engine.ranking.exposure import ExposureLedger
 from engine.ranking.rerank import l2_normalize
 from engine.recommend import _stage1_query, recommend
 from engine.schema import FEEDBACK, PHOTOS, USERS, user_point_id
@@ -48,6 +49,9 @@ def _same_as_store(store: Store, settings: Settings, user_id: str, exclude: tupl
     np.testing.assert_allclose([p.score for p in got], [p.score for p in want], atol=1e-5)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.vector, b.vector)
+    lean = user_copies.popular_rows(store, sm, q)  # type: ignore[arg-type]
+    assert lean is not None and lean[0] == [p.id for p in got]
+    assert lean[1].tolist() == sm.rows(lean[0]).tolist()  # type: ignore[attr-defined]
     return len(want)
 
 
@@ -159,6 +163,42 @@ def test_recommend_ranks_the_same_with_and_without_the_copies(
     assert_same_without_copies(monkeypatch, store, settings, with_copies)
 
 
+def test_learned_stage1_asks_the_store_for_hits_only(
+    db: tuple[Store, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the copies, the learned stage 1 reads its candidates as ``Store.query_hits`` (ids and scores, one
+    call with the fresh leg batched in) and never as ``ScoredPoint``s; without them, as before."""
+    store, settings = db
+    people, events = _world(store)
+    record_feedback(store, events)
+    rebuild_preferences(store, settings)
+    ids = [p["user_id"] for p in people]
+    calls: list[str] = []
+    inside: list[str] = []  # the call being counted (query_hits by default runs query_batch: not counted)
+    for name in ("query", "query_batch", "query_hits"):
+        real = getattr(store, name)
+
+        def counted(collection: str, q: object, _name: str = name, _real: object = real) -> object:
+            if collection == USERS and not inside:
+                calls.append(_name)
+            inside.append(_name)
+            try:
+                return _real(collection, q)  # type: ignore[operator]
+            finally:
+                inside.pop()
+
+        monkeypatch.setattr(store, name, counted)
+    ledger = ExposureLedger()
+    for u in ids[:5]:
+        assert recommend(u, 8, store=store, settings=settings, exposure=ledger)
+    assert calls == ["query_hits"] * 5
+    calls.clear()
+    monkeypatch.setattr(store, "write_count", lambda collection: None)
+    user_copies.forget(store)
+    assert recommend(ids[0], 8, store=store, settings=settings)
+    assert "query_hits" not in calls and calls
+
+
 def assert_same_without_copies(
     monkeypatch: pytest.MonkeyPatch, store: Store, settings: Settings, expected: dict[str, list]
 ) -> None:
@@ -237,6 +277,12 @@ def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> N
     assert sm is not None and newcomer.id not in sm.index
     rows = np.array([sm.index.get(user_point_id(u), -1) for u in ids[:30]] + [-1], np.int64)
     assert served_ids.user_ids_of_rows(sm, rows) == [sm.user_ids[r] for r in rows[:-1]] + [""]
+    lazy = served_ids.RowUserIds(sm, rows, {len(rows) - 1: "outside"})  # read one by one, or all at once
+    want_ids = [sm.user_ids[r] for r in rows[:-1]] + ["outside"]
+    assert len(lazy) == len(rows) and [lazy[i] for i in range(len(rows))] == want_ids
+    assert lazy[np.int64(2)] == want_ids[2] and lazy[-1] == "outside" and lazy[1:3] == want_ids[1:3]
+    assert list(lazy) == lazy.tolist() == want_ids
+    assert served_ids.RowUserIds(sm, rows)[-1] == ""
     about = {ids[1]: "like", ids[2]: "pass", ids[3]: "block", "stranger": "like"}
     code = served_ids.decided(sm, rows, about)
     want = [
@@ -259,3 +305,22 @@ def test_served_ids_answer_what_the_model_lists(db: tuple[Store, Settings]) -> N
     last = np.array([sm.index[user_point_id(ids[-1])]], np.int64)
     assert served_ids.user_ids_of_rows(sm, last) == [ids[-1]]
     assert served_ids.decided(sm, last, {ids[-1]: "pass"}).tolist() == [served_ids.PASSED]
+
+
+def test_stage1_legs_merge_by_row_as_by_id() -> None:
+    """``_merged_pool`` keeps the first leg, then each later leg's candidates not seen before, in order, as
+    the merge by point id did: in-model candidates seen by row, the others (-1) by id."""
+    from engine.recommend import _merged_pool
+
+    legs = [
+        (["a", "b", "x"], np.array([0, 1, -1])),
+        (["b", "c", "x", "y"], np.array([1, 2, -1, -1])),
+        (["c", "d", "y", "a", "e"], np.array([2, 3, -1, 0, 4])),
+    ]
+    want: list[str] = []
+    for ids, _ in legs:
+        want.extend(i for i in ids if i not in want)
+    pool = _merged_pool(5, legs)
+    assert pool.ids == want == ["a", "b", "x", "c", "y", "d", "e"]
+    assert pool.rows is not None and pool.rows.tolist() == [0, 1, -1, 2, -1, 3, 4]
+    assert _merged_pool(5, legs[:1]).ids == ["a", "b", "x"]

@@ -348,6 +348,29 @@ def test_query_batch_equals_single_queries_in_one_call(store: Store) -> None:
     assert store.query_batch(USERS, []) == []
 
 
+def test_query_hits_are_the_query_batch_ids_and_scores(store: Store) -> None:
+    points, vectors = make_users(80, seed=9)
+    store.upsert(USERS, points)
+    qs = [
+        Query(vectors[0], 30, filter=FILTERS["combined"], with_payload=False),
+        Query(vectors[1], 12, filter=FILTERS["keyword"], with_payload=("gender",), with_vectors=True),
+        Query(vectors[2], 50, exact=True),
+    ]
+    want = [store.query(USERS, q) for q in qs]
+    for one, w in zip(qs, want, strict=True):  # one query, then all in one backend call
+        (got,) = store.query_hits(USERS, [one])
+        assert got.ids == [p.id for p in w] and got.scores.tolist() == [float(p.score) for p in w]
+    calls: list[str] = []
+    _count_backend_calls(store, calls)
+    hits = store.query_hits(USERS, qs)
+    assert len(calls) == 1, f"query_hits made {len(calls)} backend calls: {calls}"
+    for h, w in zip(hits, want, strict=True):
+        assert len(h) == len(w) > 0
+        assert h.ids == [p.id for p in w]
+        assert h.scores.dtype == np.float64 and h.scores.tolist() == [float(p.score) for p in w]
+    assert store.query_hits(USERS, []) == []
+
+
 class _CallCounter:
     """Wraps a backend object and records every method called on it (to check round trips)."""
 
@@ -510,6 +533,45 @@ def test_edge_hnsw_after_optimize_agrees_with_exact_search(tmp_path: Path) -> No
                 assert p.score == pytest.approx(float(all_scores[j, index[p.id]]), abs=1e-4)
             overlaps.append(len({p.id for p in approx} & {p.id for p in exact}) / 10)
         assert np.mean(overlaps) >= 0.9, overlaps
+
+
+class _Scored:
+    """Stands in for the Edge bindings' scored point: an ``id`` and a repr."""
+
+    def __init__(self, point_id: Any, text: str) -> None:
+        self.id = point_id
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def test_edge_hit_ids_come_from_the_repr_and_fall_back_to_the_id(tmp_path: Path) -> None:
+    """``query_hits`` on Edge reads ids from the bindings' repr (no ``uuid.UUID`` per point): the pinned
+    bindings must format it as expected (else it silently takes the slow path), and anything of another
+    shape (checked on the first and last point: this store writes UUID ids only) is read through ``.id``, for
+    every point of the answer."""
+    from engine.store.edge import _REPR_HEAD, EdgeStore, _hit_ids
+
+    shown, other = uuid.uuid4(), uuid.uuid4()
+    lean = _Scored(other, f'ScoredPoint(id="{shown}", version=3, score=0.5, vector=None)')
+    assert _hit_ids([lean]) == [str(shown)]  # the repr's id, not ``.id``
+    odd = _Scored(7, "ScoredPoint(id=7, version=3, score=0.5)")
+    assert _hit_ids([lean, odd]) == [str(other), "7"] and _hit_ids([odd, lean]) == ["7", str(other)]
+    assert _hit_ids([_Scored("x", 'ScoredPoint(id="x")')]) == ["x"]  # too short for a UUID
+    assert _hit_ids([]) == []
+
+    settings = Settings(store_path=tmp_path / "edge", store_backend="edge")
+    points, vectors = make_users(50, seed=23)
+    edge = EdgeStore.open(settings)
+    try:
+        edge.setup("enc-hits", DIM)
+        edge.upsert(USERS, points)
+        raw = edge._shards[USERS].query(edge._request(Query(vectors[0], 40, with_payload=False)))
+        assert len(raw) == 40 and all(repr(p).startswith(_REPR_HEAD) for p in raw)
+        assert _hit_ids(raw) == [str(p.id) for p in raw]
+    finally:
+        edge.close()
 
 
 # -- the refresh cache's bookkeeping (engine/store/cache.py) ---------------------------------------------
