@@ -203,6 +203,7 @@ def run_demo(
     # The untrained baseline sees photos as the trained encoder will (face crop, colour standardisation), so
     # the report's untrained -> trained difference is the training's alone.
     untrained.face_crop, untrained.standardise = train_settings.face_crop, train_settings.standardise
+    untrained.vignette = train_settings.vignette
     trained = _step(
         "3. metric-learning training of the tiny tower + head (identities split train/validation)",
         sec,
