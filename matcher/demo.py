@@ -83,7 +83,7 @@ def demo_train_settings(demo: DemoSettings) -> TrainSettings:
         pixel_budget=demo.pixel_budget,
         face_crop=0.8,
         standardise=True,
-        vignette=0.42,
+        vignette=0.35,
         augment_backend="tensor",
         augment=AugmentSettings(
             scale_jitter=0.15,
