@@ -362,9 +362,7 @@ def main() -> int:
         head.eval()
         pool.eval()  # noqa: E702
         with torch.no_grad():  # test-time flip: the mean of a photo's and its mirror's embeddings
-            ef = torch.cat(
-                [embed(xh[i : i + 64].flip(-1), len(xh[i : i + 64])) for i in range(0, len(xh), 64)]
-            ).numpy()
+            ef = torch.cat([embed(xh[i : i + 64].flip(-1), len(xh[i : i + 64])) for i in range(0, len(xh), 64)]).numpy()
         tower.train()
         head.train()
         pool.train()  # noqa: E702
@@ -397,9 +395,7 @@ def main() -> int:
             cl_syn = n_real + rng.choice(n_cls - n_real, size=args.p, replace=False)
             classes = np.where(real, cl_real, cl_syn)
             top = np.where(classes < n_real, classes, (classes - n_real) // args.compose)
-            bottom = np.where(
-                classes < n_real, classes, partner[top, np.maximum(classes - n_real, 0) % args.compose]
-            )
+            bottom = np.where(classes < n_real, classes, partner[top, np.maximum(classes - n_real, 0) % args.compose])
             it = np.concatenate([rng.choice(by_label[j], size=args.k, replace=len(by_label[j]) < args.k) for j in top])
             ib = np.concatenate(
                 [rng.choice(by_label[j], size=args.k, replace=len(by_label[j]) < args.k) for j in bottom]

@@ -306,8 +306,14 @@ def test_vignette_greys_the_corners_changes_the_id_and_survives_export(tiny_chec
     image = Image.new("RGB", (128, 128), (250, 20, 20))  # red everywhere: the corners turn grey, the centre stays
     with pytest.raises(InvalidInput, match="vignette"):
         Encoder(
-            encoder.tower, encoder.head, encoder.processor, source="x", base_model="x", pixel_budget=64 * 64,
-            min_pixels=16, vignette=1.5,
+            encoder.tower,
+            encoder.head,
+            encoder.processor,
+            source="x",
+            base_model="x",
+            pixel_budget=64 * 64,
+            min_pixels=16,
+            vignette=1.5,
         )
     encoder.vignette = 0.42
     encoder.encoder_id = encoder.compute_id()
