@@ -54,7 +54,9 @@ def load_crops(paths: list[Path], crop: float, ctx: float, res: int) -> torch.Te
     return torch.stack(out)
 
 
-def augment(x: torch.Tensor, g: torch.Generator, size: int, ctx: float, a: dict[str, float]) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, g: torch.Generator, size: int, ctx: float, a: dict[str, float], xs: torch.Tensor | None = None
+) -> torch.Tensor:
     """x (n, 3, R, R) 0..1 -> (n, 3, size, size): random scale/shift/rotation/flip, gain, contrast, ramp."""
     n = x.shape[0]
 
@@ -67,6 +69,9 @@ def augment(x: torch.Tensor, g: torch.Generator, size: int, ctx: float, a: dict[
     tx, ty = u(-a["shift"], a["shift"]), u(-a["shift"], a["shift"])
     cos, sin = torch.cos(th) * s, torch.sin(th) * s
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], -1), torch.stack([sin * flip, cos, ty], -1)], 1)
+    if xs is not None:  # widen (xs > 1) or narrow the face along the view's x axis
+        theta = theta.clone()
+        theta[:, :, 0] = theta[:, :, 0] / xs.view(n, 1)
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
     y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if a["color"] > 0:
@@ -90,7 +95,67 @@ def center(x: torch.Tensor, size: int, ctx: float) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def normalise(y: torch.Tensor, std: bool) -> torch.Tensor:
+def colour_transforms(kind: str) -> list[torch.Tensor]:
+    """Fixed 3x3 colour matrices, each making new identities of the training people: "perm" (the 6 channel
+    permutations), "hueN" (N rotations about the grey axis), "none" (the identity only)."""
+    eye = torch.eye(3)
+    if kind in ("none", "stretch"):
+        return [eye]
+    if kind == "perm":
+        import itertools
+
+        return [eye[list(q)] for q in itertools.permutations(range(3))]
+    if kind.startswith("hue"):
+        n = int(kind[3:])
+        out = []
+        k = torch.ones(3) / math.sqrt(3.0)
+        kx = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+        for i in range(n):
+            a = 2 * math.pi * i / n
+            out.append(eye + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx)
+        return out
+    if kind in ("mild", "mildstretch", "sat", "hue30"):
+        k = torch.ones(3) / math.sqrt(3.0)
+        kx = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+        luma = torch.tensor([0.299, 0.587, 0.114])
+        hues = [0.0] if kind == "sat" else [0.0, 30.0, -30.0]
+        sats = [1.0] if kind == "hue30" else [1.0, 0.6, 1.5]
+        out = []
+        for hdeg in hues:
+            a = math.radians(hdeg)
+            rot = eye + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx
+            for sv in sats:
+                sat = sv * eye + (1 - sv) * torch.ones(3, 1) * luma.view(1, 3)
+                out.append(sat @ rot)
+        return out
+    raise ValueError(kind)
+
+
+STRETCHES = {"mildstretch": [1.0, 0.85, 1.18], "stretch": [1.0, 0.85, 1.18]}
+
+
+def apply_colour(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x (n, 3, H, W) in 0..1, m (n, 3, 3) -> m @ pixel, clipped to 0..1."""
+    return torch.einsum("nij,njhw->nihw", m, x).clamp(0, 1)
+
+
+def normalise(y: torch.Tensor, std: int) -> torch.Tensor:
+    """std 0: Qwen's; 1: per image and channel; 2: per channel, statistics of the centre half; 3: per image
+    over all channels (keeps colour ratios); 4: divide each channel by its centre-half mean (grey world)."""
+    if std == 2:
+        n, _, hh, ww = y.shape
+        c = y[:, :, hh // 4 : hh - hh // 4, ww // 4 : ww - ww // 4]
+        m = c.mean((2, 3), keepdim=True)
+        sd = c.std((2, 3), keepdim=True).clamp_min(0.02)
+        return (y - m) / (2 * sd)
+    if std == 3:
+        m = y.mean((1, 2, 3), keepdim=True)
+        sd = y.std((1, 2, 3), keepdim=True).clamp_min(0.02)
+        return (y - m) / (2 * sd)
+    if std == 4:
+        n, _, hh, ww = y.shape
+        c = y[:, :, hh // 4 : hh - hh // 4, ww // 4 : ww - ww // 4]
+        return (y / c.mean((2, 3), keepdim=True).clamp_min(0.02) - 1.0) * 1.5
     if std:
         m = y.mean((2, 3), keepdim=True)
         sd = y.std((2, 3), keepdim=True).clamp_min(0.02)
@@ -172,6 +237,16 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--cache", default="/tmp/train-recipe")
     ap.add_argument("--label", default="")
+    ap.add_argument("--synth", default="none", help="colour transforms making new identities: none, perm, hueN")
+    ap.add_argument("--compose", type=int, default=0, help="composite people per person")
+    ap.add_argument("--vignette", type=float, default=0.0, help="ellipse half-width (share of the view); 0 = off")
+    ap.add_argument("--synth-p0", type=float, default=0.0, help="share of batch people shown untransformed")
+    ap.add_argument("--synth-same", type=int, default=0, help="people per batch drawn as a transform pair")
+    ap.add_argument("--label-smooth", type=float, default=0.0)
+    ap.add_argument("--drop", type=float, default=0.0, help="dropout before the head")
+    ap.add_argument("--mixup", type=float, default=0.0, help="Beta(a, a) mixup of views across people; 0 = off")
+    ap.add_argument("--mixup-frac", type=float, default=0.5, help="share of the batch that is mixed")
+    ap.add_argument("--bgswap", type=float, default=0.0, help="share of views with another person's surround")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -221,8 +296,21 @@ def main() -> int:
 
     pool = Pool(args.pool, args.out_hidden)
     in_dim = args.out_hidden * (2 if args.pool == "meanmax" else 1)
-    head = nn.Sequential(nn.BatchNorm1d(in_dim), nn.Linear(in_dim, args.dim))
-    proxies = nn.Parameter(torch.randn(len(keep), args.dim) * 0.1)
+    head = nn.Sequential(nn.BatchNorm1d(in_dim), nn.Dropout(args.drop), nn.Linear(in_dim, args.dim))
+    mats = colour_transforms(args.synth)
+    stretches = STRETCHES.get(args.synth, [1.0])
+    mats = [m for m in mats for _ in stretches]
+    xs_of = torch.tensor([st for _ in range(len(mats) // len(stretches)) for st in stretches])
+    n_cls = len(keep) * len(mats)
+    n_real = n_cls
+    if args.compose:  # new people: the top (hair, hat, brows) of person j over the bottom of person partner
+        prng = np.random.default_rng([args.seed, 77])
+        partner = np.stack([prng.permutation(len(keep)) for _ in range(args.compose)], 1)  # (people, N)
+        for m in range(args.compose):
+            clash = partner[:, m] == np.arange(len(keep))
+            partner[clash, m] = (partner[clash, m] + 1) % len(keep)
+        n_cls = n_real + len(keep) * args.compose
+    proxies = nn.Parameter(torch.randn(n_cls, args.dim) * 0.1)
     params = [
         {"params": list(tower.parameters()) + list(pool.parameters()) + list(head.parameters()), "lr": args.lr},
         {"params": [proxies], "lr": args.proxy_lr, "weight_decay": 0.0},
@@ -237,10 +325,24 @@ def main() -> int:
     by_label = [np.flatnonzero(labels == j) for j in range(len(keep))]
     aug = {"scale": args.scale, "shift": args.shift, "rot": args.rot, "color": args.color}
 
+    vig = None
+    if args.vignette > 0:  # outside an ellipse around the face square's centre: mid-grey (train and eval)
+        lin = torch.linspace(-0.5, 0.5, args.size)
+        d = torch.sqrt((lin.view(1, -1) / args.vignette) ** 2 + (lin.view(-1, 1) / (1.2 * args.vignette)) ** 2)
+        vig = torch.clamp((1.1 - d) / 0.2, 0, 1).view(1, 1, args.size, args.size)
+
     def embed(x: torch.Tensor, n: int) -> torch.Tensor:
-        pv, grid = patchify(normalise(x, bool(args.std)), args.patch, args.merge, args.temporal)
+        if vig is not None:
+            x = vig * x + (1 - vig) * 0.5
+        pv, grid = patchify(normalise(x, args.std), args.patch, args.merge, args.temporal)
         tokens = tower(pv, grid_thw=grid).pooler_output
         return F.normalize(head(pool(tokens, n)), dim=-1)
+
+    def features(x: torch.Tensor, n: int) -> torch.Tensor:
+        if vig is not None:
+            x = vig * x + (1 - vig) * 0.5
+        pv, grid = patchify(normalise(x, args.std), args.patch, args.merge, args.temporal)
+        return head[0](pool(tower(pv, grid_thw=grid).pooler_output, n))
 
     def evaluate() -> dict[str, float]:
         tower.eval()
@@ -248,11 +350,26 @@ def main() -> int:
         pool.eval()  # noqa: E702
         with torch.no_grad():
             e = torch.cat([embed(xh[i : i + 64], len(xh[i : i + 64])) for i in range(0, len(xh), 64)]).numpy()
+            f = torch.cat([features(xh[i : i + 64], len(xh[i : i + 64])) for i in range(0, len(xh), 64)])
         tower.train()
         head.train()
         pool.train()  # noqa: E702
         m = retrieval_metrics(e, [p.identity for p in held])
-        return {k: round(float(m[k]), 4) for k in ("recall@1", "map@r", "mean_same_dist", "mean_diff_dist")}
+        mf = retrieval_metrics(F.normalize(f, dim=-1).numpy(), [p.identity for p in held])
+        out = {k: round(float(m[k]), 4) for k in ("recall@1", "map@r", "mean_same_dist", "mean_diff_dist")}
+        out["bn_feat_r1"], out["bn_feat_map"] = round(float(mf["recall@1"]), 4), round(float(mf["map@r"]), 4)
+        tower.eval()
+        head.eval()
+        pool.eval()  # noqa: E702
+        with torch.no_grad():  # test-time flip: the mean of a photo's and its mirror's embeddings
+            ef = torch.cat([embed(xh[i : i + 64].flip(-1), len(xh[i : i + 64])) for i in range(0, len(xh), 64)]).numpy()
+        tower.train()
+        head.train()
+        pool.train()  # noqa: E702
+        tta = e + ef
+        mt = retrieval_metrics(tta / np.linalg.norm(tta, axis=1, keepdims=True), [p.identity for p in held])
+        out["tta_r1"], out["tta_map"] = round(float(mt["recall@1"]), 4), round(float(mt["map@r"]), 4)
+        return out
 
     before = evaluate()
     c_train0 = cpu_s()
@@ -260,10 +377,74 @@ def main() -> int:
     for _ in range(args.steps):
         if args.cpu_budget and cpu_s() - c_train0 > args.cpu_budget:
             break
-        people = rng.choice(len(keep), size=min(args.p, len(keep)), replace=False)
+        classes = rng.choice(n_cls, size=min(args.p, n_cls), replace=False)
+        if args.synth_p0 > 0 and len(mats) > 1:  # the real people (transform 0) this often, the rest spread
+            pers = rng.choice(len(keep), size=min(args.p, len(keep)), replace=False)
+            tf0 = np.where(rng.random(len(pers)) < args.synth_p0, 0, rng.integers(1, len(mats), len(pers)))
+            classes = pers * len(mats) + tf0
+        if args.synth_same:  # some people twice, under two transforms: same shapes, other colours
+            h = args.synth_same
+            pers = rng.choice(len(keep), size=h, replace=False)
+            tt = np.stack([rng.choice(len(mats), size=2, replace=False) for _ in pers])
+            pairs = np.stack([pers * len(mats) + tt[:, 0], pers * len(mats) + tt[:, 1]], 1).ravel()
+            rest = np.setdiff1d(classes, pairs)[: args.p - len(pairs)]
+            classes = np.concatenate([pairs, rest])
+        if args.compose:
+            real = rng.random(args.p) < args.synth_p0
+            cl_real = rng.choice(n_real, size=args.p, replace=False)
+            cl_syn = n_real + rng.choice(n_cls - n_real, size=args.p, replace=False)
+            classes = np.where(real, cl_real, cl_syn)
+            top = np.where(classes < n_real, classes, (classes - n_real) // args.compose)
+            bottom = np.where(classes < n_real, classes, partner[top, np.maximum(classes - n_real, 0) % args.compose])
+            it = np.concatenate([rng.choice(by_label[j], size=args.k, replace=len(by_label[j]) < args.k) for j in top])
+            ib = np.concatenate(
+                [rng.choice(by_label[j], size=args.k, replace=len(by_label[j]) < args.k) for j in bottom]
+            )
+            y = torch.as_tensor(np.repeat(classes, args.k))
+            xt = augment(xtr[torch.as_tensor(it)], g, args.size, args.ctx, aug)
+            xbm = augment(xtr[torch.as_tensor(ib)], g, args.size, args.ctx, aug)
+            n_b = len(it)
+            cut = torch.from_numpy(rng.uniform(0.36, 0.5, n_b).astype(np.float32)).view(n_b, 1, 1, 1) * args.size
+            rowpos = torch.arange(args.size, dtype=torch.float32).view(1, 1, -1, 1)
+            w = torch.clamp((rowpos - cut) / 3.0 + 0.5, 0, 1)  # 0 above the seam, 1 below
+            syn = torch.from_numpy(np.repeat(classes >= n_real, args.k)).view(n_b, 1, 1, 1)
+            x = torch.where(syn, (1 - w) * xt + w * xbm, xt)
+            e = embed(x, n_b)
+            logits = e @ F.normalize(proxies, dim=-1).T / args.temp
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_([q for grp in params for q in grp["params"]], 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            continue
+        people, tf = classes // len(mats), classes % len(mats)
         idx = np.concatenate([rng.choice(by_label[j], size=args.k, replace=len(by_label[j]) < args.k) for j in people])
-        y = torch.as_tensor(labels[idx])
-        x = augment(xtr[torch.as_tensor(idx)], g, args.size, args.ctx, aug)
+        y = torch.as_tensor(np.repeat(classes, args.k))
+        xb = xtr[torch.as_tensor(idx)]
+        if len(mats) > 1 and args.synth != "stretch":
+            xb = apply_colour(xb, torch.stack(mats)[torch.as_tensor(np.repeat(tf, args.k))])
+        xs = xs_of[torch.as_tensor(np.repeat(tf, args.k))] if len(mats) > 1 else None
+        x = augment(xb, g, args.size, args.ctx, aug, xs)
+        n_b = len(idx)
+        if args.bgswap > 0:  # a soft ellipse around the face keeps this view; outside it, another person's view
+            other = torch.as_tensor((np.arange(n_b) + args.k * int(rng.integers(1, len(classes)))) % n_b)
+            rx = torch.from_numpy(rng.uniform(0.28, 0.42, n_b).astype(np.float32)).view(n_b, 1, 1)
+            lin = torch.linspace(-0.5, 0.5, args.size)
+            d = torch.sqrt((lin.view(1, 1, -1) / rx) ** 2 + (lin.view(1, -1, 1) / (1.2 * rx)) ** 2)
+            mask = torch.clamp((1.15 - d) / 0.3, 0, 1).unsqueeze(1)
+            use = torch.from_numpy(rng.random(n_b) < args.bgswap).view(n_b, 1, 1, 1)
+            x = torch.where(use, mask * x + (1 - mask) * x[other], x)
+        mix = None
+        if args.mixup > 0:
+            m_n = int(round(args.mixup_frac * n_b))
+            rows = torch.from_numpy(rng.choice(n_b, size=m_n, replace=False))
+            partner = torch.from_numpy(rng.choice(n_b, size=m_n))
+            lam = torch.from_numpy(rng.beta(args.mixup, args.mixup, m_n).astype(np.float32))
+            x = x.clone()
+            x[rows] = lam.view(-1, 1, 1, 1) * x[rows] + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
+            mix = (rows, partner, lam)
         e = embed(x, len(idx))
         if args.loss == "supcon":
             sim = e @ e.T / args.temp
@@ -274,7 +455,13 @@ def main() -> int:
             loss = -(logp * pos).sum(1).div(pos.sum(1).clamp_min(1)).mean()
         elif args.loss == "proxy":
             logits = e @ F.normalize(proxies, dim=-1).T / args.temp
-            loss = F.cross_entropy(logits, y)
+            if mix is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=args.label_smooth)
+            else:
+                rows, partner, lam = mix
+                target = F.one_hot(y, n_cls).float()
+                target[rows] = lam.view(-1, 1) * target[rows] + (1 - lam.view(-1, 1)) * target[partner]
+                loss = -(target * F.log_softmax(logits, -1)).sum(1).mean()
         else:  # both
             logits = e @ F.normalize(proxies, dim=-1).T / args.temp
             sim = (e @ e.T / args.temp).masked_fill(torch.eye(len(idx), dtype=torch.bool), -1e9)

@@ -76,6 +76,7 @@ def run_seed(seed: int, args: argparse.Namespace, overrides: dict[str, Any], tin
     untrained = load_encoder(ckpt, pixel_budget=settings.pixel_budget, dim=settings.dim)
     # The untrained encoder scored with the recipe's preprocessing, so before/after differ only by training.
     untrained.face_crop, untrained.standardise = settings.face_crop, settings.standardise
+    untrained.vignette = settings.vignette
     t0, c0 = time.perf_counter(), time.process_time()
     result = train([train_dir], out, base=str(ckpt), settings=settings, progress=False, resume=False)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0

@@ -241,6 +241,7 @@ def _load_export(
         dtype=dtype,
         face_crop=float(pre.get("face_crop", 0.0)),
         standardise=bool(pre.get("standardise", False)),
+        vignette=float(pre.get("vignette", 0.0)),
     )
     saved_id = card.get("encoder_id")
     same_setup = budget == card.get("pixel_budget") and _dtype_name(dtype) == card.get("saved_dtype")
@@ -283,6 +284,7 @@ def _assemble(
     dtype: torch.dtype,
     face_crop: float = 0.0,
     standardise: bool = False,
+    vignette: float = 0.0,
 ) -> Encoder:
     movable: Any = tower
     if getattr(tower, "hf_quantizer", None) is None:
@@ -300,6 +302,7 @@ def _assemble(
         min_pixels=min_pixels,
         face_crop=face_crop,
         standardise=standardise,
+        vignette=vignette,
     )
     encoder.eval()
     return encoder
@@ -363,6 +366,7 @@ def save_encoder(encoder: Encoder, out_dir: str | Path, card: dict[str, Any] | N
             min_pixels=encoder.min_pixels,
             face_crop=encoder.face_crop,
             standardise=encoder.standardise,
+            vignette=encoder.vignette,
         )
         encoder.encoder_id = probe.encoder_id
     else:

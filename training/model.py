@@ -82,7 +82,10 @@ class Encoder(nn.Module):
       profile photos (and the demo's) put the face, is all the tower sees (:func:`face_crop_box`);
     - ``standardise``: each image's pixels are standardised per colour channel (zero mean, unit spread,
       after Qwen's own normalisation), which removes a photo's colour cast, brightness and contrast: an
-      affine change per channel (docs/training.md).
+      affine change per channel (docs/training.md);
+    - ``vignette`` (0 = off): after the crop, everything outside a centred ellipse of half-width
+      ``vignette`` x the image's width fades to mid-grey (:func:`vignette_weights`), so background and
+      clothes in the corners cannot become a person's signature (docs/training.md, round 5).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Encoder(nn.Module):
         min_pixels: int,
         face_crop: float = 0.0,
         standardise: bool = False,
+        vignette: float = 0.0,
     ) -> None:
         super().__init__()
         # Any: a Qwen3VLVisionModel, or a peft model wrapping it while LoRA adapters are trained.
@@ -111,6 +115,9 @@ class Encoder(nn.Module):
             raise InvalidInput(f"face_crop must be in [0, 1] (0 = off), got {face_crop}")
         self.face_crop = float(face_crop)
         self.standardise = bool(standardise)
+        if not 0.0 <= vignette <= 1.0:
+            raise InvalidInput(f"vignette must be in [0, 1] (0 = off), got {vignette}")
+        self.vignette = float(vignette)
         self.dim = head.dim
         self.merge_size = int(tower.config.spatial_merge_size)
         self.encoder_id = self.compute_id()
@@ -145,6 +152,8 @@ class Encoder(nn.Module):
             out["face_crop"] = self.face_crop
         if self.standardise:
             out["standardise"] = True
+        if self.vignette > 0:
+            out["vignette"] = self.vignette
         return out
 
     def compute_id(self) -> str:
@@ -176,6 +185,8 @@ class Encoder(nn.Module):
         rgb = [to_rgb(im, where=f"image {i}") for i, im in enumerate(images)]
         if self.face_crop > 0:
             rgb = [im.crop(face_crop_box(im.size, self.face_crop)) for im in rgb]
+        if self.vignette > 0:
+            rgb = [apply_vignette(im, self.vignette) for im in rgb]
         try:
             batch = self.processor(images=rgb, return_tensors="pt")
         except (ValueError, OSError) as exc:  # extreme aspect ratio (smart_resize), truncated file data
@@ -245,6 +256,36 @@ def face_crop_box(size: tuple[int, int], frac: float) -> tuple[int, int, int, in
     top = int(round(0.45 * h - side / 2))
     left, top = min(max(0, left), w - side), min(max(0, top), h - side)
     return (left, top, left + side, top + side)
+
+
+# The face vignette's ellipse: as tall as ``VIGNETTE_ASPECT`` x its half-width, a soft edge from
+# ``VIGNETTE_INNER`` to ``VIGNETTE_OUTER`` of its radius (docs/training.md, round 5).
+VIGNETTE_ASPECT, VIGNETTE_INNER, VIGNETTE_OUTER = 1.2, 0.9, 1.1
+VIGNETTE_GREY = 0.5
+
+
+def vignette_weights(height: int, width: int, radius: float) -> torch.Tensor:
+    """Weights ``(height, width)`` float32 in 0..1 of the face vignette: 1 inside an ellipse centred on the
+    image, of half-width ``radius`` x the width and half-height ``VIGNETTE_ASPECT`` x ``radius`` x the height,
+    falling to 0 across a soft edge; a pixel becomes ``w * pixel + (1 - w) * mid-grey``.
+
+    Raises:
+        InvalidInput: ``radius`` not in (0, 1] or an empty size.
+    """
+    if not 0.0 < radius <= 1.0 or height < 1 or width < 1:
+        raise InvalidInput(f"vignette radius must be in (0, 1] and the size positive, got {radius}, {height}x{width}")
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height - 0.5
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width - 0.5
+    d = torch.sqrt((xs.view(1, -1) / radius) ** 2 + (ys.view(-1, 1) / (VIGNETTE_ASPECT * radius)) ** 2)
+    return ((VIGNETTE_OUTER - d) / (VIGNETTE_OUTER - VIGNETTE_INNER)).clamp(0.0, 1.0)
+
+
+def apply_vignette(img: Image.Image, radius: float) -> Image.Image:
+    """``img`` (RGB) with everything outside the face vignette (:func:`vignette_weights`) faded to mid-grey."""
+    arr = np.asarray(img, dtype=np.float32)
+    w = vignette_weights(arr.shape[0], arr.shape[1], radius).numpy()[..., None]
+    out = arr * w + (255.0 * VIGNETTE_GREY) * (1.0 - w)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
 def standardise_channels(pixel_values: torch.Tensor, grid: torch.Tensor, channels: int = 3) -> torch.Tensor:

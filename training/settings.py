@@ -45,6 +45,13 @@ class TrainSettings(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="Preprocessing: centre face square x short side; 0 = off."
     )
     standardise: bool = Field(default=False, description="Preprocessing: per-image colour standardisation.")
+    vignette: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Preprocessing: outside a centred ellipse of this half-width (share of the width) fade to "
+        "grey; 0 = off.",
+    )
     epochs: int = Field(default=10, ge=1)
     p: int = Field(default=16, ge=2, description="Identities per batch.")
     k: int = Field(default=4, ge=2, description="Photos per identity in a batch.")

@@ -38,7 +38,7 @@ from PIL import Image
 from engine.errors import InvalidInput
 from training.augment import AugmentSettings
 from training.data import PhotoDataset, load_image
-from training.model import face_crop_box
+from training.model import VIGNETTE_GREY, face_crop_box, vignette_weights
 from training.samplers import PKBatchSampler
 from training.settings import TrainSettings
 
@@ -149,7 +149,11 @@ def patchify(y: torch.Tensor, patch: int, merge: int, temporal: int) -> tuple[to
 
 def to_tower_inputs(y: torch.Tensor, encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
     """Views ``y`` (n, 3, S, S) in 0..1 -> ``(pixel_values, image_grid_thw)`` as ``Encoder.preprocess`` gives
-    for images of those pixels: the processor's normalisation and layout, then the encoder's standardisation."""
+    for images of those pixels: the encoder's vignette, the processor's normalisation and layout, then the
+    encoder's standardisation."""
+    if encoder.vignette > 0:  # as Encoder.preprocess does to the face square, before Qwen's normalisation
+        w = vignette_weights(y.shape[-2], y.shape[-1], encoder.vignette)
+        y = y * w + VIGNETTE_GREY * (1.0 - w)
     proc = encoder.processor
     mean = torch.tensor([float(v) for v in proc.image_mean]).view(1, 3, 1, 1)
     std = torch.tensor([float(v) for v in proc.image_std]).view(1, 3, 1, 1)

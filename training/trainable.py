@@ -58,6 +58,7 @@ def build_model(base: str | Encoder, settings: TrainSettings) -> tuple[Encoder, 
         encoder, device = base, base.device
     # Preprocessing is part of the encoder (and its export), so serving sees photos exactly as training did.
     encoder.face_crop, encoder.standardise = settings.face_crop, settings.standardise
+    encoder.vignette = settings.vignette
     in_dim = int(encoder.tower.config.out_hidden_size)
     # Same seed as load_encoder's head, so epoch 0 of a linear head scores exactly the untrained encoder.
     encoder.head = ProjectionHead.seeded(in_dim, settings.dim, hidden_dim=settings.head_hidden).to(device)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 
 from engine.errors import InvalidInput
 from engine.settings import Settings
-from matcher.demo import DemoSettings, run_demo
+from matcher.demo import DemoSettings, demo_train_settings, run_demo
 
 TINY = DemoSettings(users=30, epochs=1, sim_users=30, sim_rounds=1, sim_k=3, show_users=2, show_k=3)
 
@@ -37,6 +38,9 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
         assert uid not in {m.user_id for m in matches}
         assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
     assert {"recall@1", "map@r"} <= set(result.before) and {"recall@1", "map@r"} <= set(result.after)
+    # The export keeps the recipe's preprocessing, so ingestion and serving see photos as training did.
+    card = json.loads((out / "encoder" / "encoder_card.json").read_text())
+    assert card["preprocessing"]["vignette"] == demo_train_settings(TINY).vignette > 0
     for report in ("embedding-report/report.md", "simulation/report.md"):
         assert (out / report).stat().st_size > 500
     text = "\n".join(lines)

@@ -298,3 +298,35 @@ def test_cli_builds_and_embeds(tmp_path: Path, capsys: pytest.CaptureFixture[str
                  "--device", "cpu", "--pixel-budget", "4096"])
     assert code == 2
     assert "bad.jpg" in capsys.readouterr().err
+
+
+def test_vignette_greys_the_corners_changes_the_id_and_survives_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    encoder = _fresh(tiny_checkpoint)
+    plain_id = encoder.encoder_id
+    image = Image.new("RGB", (128, 128), (250, 20, 20))  # red everywhere: the corners turn grey, the centre stays
+    with pytest.raises(InvalidInput, match="vignette"):
+        Encoder(
+            encoder.tower,
+            encoder.head,
+            encoder.processor,
+            source="x",
+            base_model="x",
+            pixel_budget=64 * 64,
+            min_pixels=16,
+            vignette=1.5,
+        )
+    encoder.vignette = 0.42
+    encoder.encoder_id = encoder.compute_id()
+    assert encoder.encoder_id != plain_id
+    assert encoder.preprocessing_settings()["vignette"] == 0.42
+    pv, grid = encoder.preprocess([image])
+    # Qwen's normalisation maps 0..255 to -1..1: red 250 -> 0.96, mid-grey -> ~0. The first patch row is the
+    # top-left patch, (C, T, P, P): its first pixel is the image's corner, outside the ellipse.
+    assert int(grid.prod()) == pv.shape[0]
+    p = int(encoder.processor.patch_size)
+    assert float(pv[0].reshape(3, -1, p, p)[:, :, 0, 0].abs().max()) < 0.05
+    assert float(pv.reshape(pv.shape[0], 3, -1)[:, 0].max()) > 0.9  # the centre keeps the red
+    out = save_encoder(encoder, tmp_path / "export", {})
+    loaded = load_encoder(out, device="cpu", dtype="float32")
+    assert loaded.vignette == 0.42 and loaded.encoder_id == encoder.encoder_id
+    np.testing.assert_array_equal(loaded.embed([image]), encoder.embed([image]))

@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from engine.errors import InvalidInput
 from training.augment import AugmentSettings
 from training.data import PhotoDataset, load_image, read_dataset
 from training.encoder import Encoder, load_encoder
 from training.evaluator import PhotoEvaluator, retrieval_scores
-from training.model import standardise_channels
+from training.model import standardise_channels, vignette_weights
 from training.samplers import PKBatchSampler
 from training.settings import TrainSettings
 from training.tensor_augment import (
@@ -172,3 +173,30 @@ def test_cached_validation_scores_equal_embed_and_follow_preprocessing(
     small(enc)
     small(enc)
     assert len(decoded) == 4 * len(ds)
+
+
+def test_vignette_weights_keep_the_face_ellipse_and_grey_the_corners() -> None:
+    w = vignette_weights(64, 64, 0.42)
+    assert w.shape == (64, 64)
+    assert float(w[32, 32]) == 1.0 and float(w[0, 0]) == 0.0 and float(w[63, 63]) == 0.0
+    assert float(w[32, 0]) == 0.0  # left edge: 0.49 of the width out, beyond 1.1 x 0.42
+    assert float(w[2, 32]) > 0.0 and float(w[0, 32]) < float(w[32, 32])  # taller than wide: top edge partly kept
+    torch.testing.assert_close(w, w.flip(0).flip(1))
+    with pytest.raises(InvalidInput, match="radius"):
+        vignette_weights(64, 64, 0.0)
+
+
+def test_a_vignetted_view_is_what_serving_sees_up_to_resampling(demo_dir: Path, tiny_checkpoint: Path) -> None:
+    settings = _settings(vignette=0.42)
+    enc = _encoder(tiny_checkpoint, settings)
+    enc.vignette = settings.vignette
+    images = [load_image(p.path) for p in read_dataset(demo_dir)[:8]]
+    crops = torch.stack([context_crop(im, settings.face_crop, 120) for im in images])
+    views = augment_views(crops, np.random.default_rng(0), 64, None)
+    pv, grid = to_tower_inputs(views, enc)
+    want_pv, want_grid = enc.preprocess(images)
+    assert torch.equal(grid, want_grid)
+    assert float((pv - want_pv).abs().mean()) < 0.06
+    enc.vignette = 0.0
+    plain_pv, _ = to_tower_inputs(views, enc)
+    assert float((plain_pv - want_pv).abs().mean()) > 0.1  # the vignette is not a no-op
