@@ -320,6 +320,17 @@ def main() -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
     )
+    losses: list[float] = []
+
+    def step(loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (clipped at norm 1), its value kept in ``losses``."""
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_([q for grp in params for q in grp["params"]], 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+
     g = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     by_label = [np.flatnonzero(labels == j) for j in range(len(keep))]
@@ -328,8 +339,8 @@ def main() -> int:
     vig = None
     if args.vignette > 0:  # outside an ellipse around the face square's centre: mid-grey (train and eval)
         lin = torch.linspace(-0.5, 0.5, args.size)
-        d = torch.sqrt((lin.view(1, -1) / args.vignette) ** 2 + (lin.view(-1, 1) / (1.2 * args.vignette)) ** 2)
-        vig = torch.clamp((1.1 - d) / 0.2, 0, 1).view(1, 1, args.size, args.size)
+        dist = torch.sqrt((lin.view(1, -1) / args.vignette) ** 2 + (lin.view(-1, 1) / (1.2 * args.vignette)) ** 2)
+        vig = torch.clamp((1.1 - dist) / 0.2, 0, 1).view(1, 1, args.size, args.size)
 
     def embed(x: torch.Tensor, n: int) -> torch.Tensor:
         if vig is not None:
@@ -373,7 +384,6 @@ def main() -> int:
 
     before = evaluate()
     c_train0 = cpu_s()
-    losses: list[float] = []
     for _ in range(args.steps):
         if args.cpu_budget and cpu_s() - c_train0 > args.cpu_budget:
             break
@@ -412,12 +422,7 @@ def main() -> int:
             e = embed(x, n_b)
             logits = e @ F.normalize(proxies, dim=-1).T / args.temp
             loss = F.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_([q for grp in params for q in grp["params"]], 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+            step(loss)
             continue
         people, tf = classes // len(mats), classes % len(mats)
         idx = np.concatenate([rng.choice(by_label[j], size=args.k, replace=len(by_label[j]) < args.k) for j in people])
@@ -432,19 +437,19 @@ def main() -> int:
             other = torch.as_tensor((np.arange(n_b) + args.k * int(rng.integers(1, len(classes)))) % n_b)
             rx = torch.from_numpy(rng.uniform(0.28, 0.42, n_b).astype(np.float32)).view(n_b, 1, 1)
             lin = torch.linspace(-0.5, 0.5, args.size)
-            d = torch.sqrt((lin.view(1, 1, -1) / rx) ** 2 + (lin.view(1, -1, 1) / (1.2 * rx)) ** 2)
-            mask = torch.clamp((1.15 - d) / 0.3, 0, 1).unsqueeze(1)
+            dist = torch.sqrt((lin.view(1, 1, -1) / rx) ** 2 + (lin.view(1, -1, 1) / (1.2 * rx)) ** 2)
+            mask = torch.clamp((1.15 - dist) / 0.3, 0, 1).unsqueeze(1)
             use = torch.from_numpy(rng.random(n_b) < args.bgswap).view(n_b, 1, 1, 1)
             x = torch.where(use, mask * x + (1 - mask) * x[other], x)
         mix = None
         if args.mixup > 0:
             m_n = int(round(args.mixup_frac * n_b))
             rows = torch.from_numpy(rng.choice(n_b, size=m_n, replace=False))
-            partner = torch.from_numpy(rng.choice(n_b, size=m_n))
+            mate = torch.from_numpy(rng.choice(n_b, size=m_n))
             lam = torch.from_numpy(rng.beta(args.mixup, args.mixup, m_n).astype(np.float32))
             x = x.clone()
-            x[rows] = lam.view(-1, 1, 1, 1) * x[rows] + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
-            mix = (rows, partner, lam)
+            x[rows] = lam.view(-1, 1, 1, 1) * x[rows] + (1 - lam.view(-1, 1, 1, 1)) * x[mate]
+            mix = (rows, mate, lam)
         e = embed(x, len(idx))
         if args.loss == "supcon":
             sim = e @ e.T / args.temp
@@ -458,9 +463,9 @@ def main() -> int:
             if mix is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=args.label_smooth)
             else:
-                rows, partner, lam = mix
+                rows, mate, lam = mix
                 target = F.one_hot(y, n_cls).float()
-                target[rows] = lam.view(-1, 1) * target[rows] + (1 - lam.view(-1, 1)) * target[partner]
+                target[rows] = lam.view(-1, 1) * target[rows] + (1 - lam.view(-1, 1)) * target[mate]
                 loss = -(target * F.log_softmax(logits, -1)).sum(1).mean()
         else:  # both
             logits = e @ F.normalize(proxies, dim=-1).T / args.temp
@@ -469,12 +474,7 @@ def main() -> int:
             pos = (y[:, None] == y[None, :]) & ~eye
             logp = sim - torch.logsumexp(sim, 1, keepdim=True)
             loss = F.cross_entropy(logits, y) - (logp * pos).sum(1).div(pos.sum(1).clamp_min(1)).mean()
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_([q for grp in params for q in grp["params"]], 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        step(loss)
     c_train = cpu_s() - c_train0
     after = evaluate()
     row: dict[str, Any] = {

@@ -120,11 +120,12 @@ def test_a_batch_embeds_as_its_images_one_by_one(demo_dir: Path, tiny_checkpoint
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
 
 
-def test_an_unaugmented_view_is_what_serving_sees_up_to_resampling(demo_dir: Path, tiny_checkpoint: Path) -> None:
-    settings = _settings()
-    enc = _encoder(tiny_checkpoint, settings)
-    photos = read_dataset(demo_dir)[:8]
-    images = [load_image(p.path) for p in photos]
+def _views_and_serving(
+    demo_dir: Path, enc: Encoder, settings: TrainSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unaugmented training views of 8 demo photos and serving's input for the same photos, checked equal up to
+    resampling: ``(views, tower pixels, grid, serving's pixels)``."""
+    images = [load_image(p.path) for p in read_dataset(demo_dir)[:8]]
     crops = torch.stack([context_crop(im, settings.face_crop, 120) for im in images])
     views = augment_views(crops, np.random.default_rng(0), 64, None)
     pv, grid = to_tower_inputs(views, enc)
@@ -132,8 +133,15 @@ def test_an_unaugmented_view_is_what_serving_sees_up_to_resampling(demo_dir: Pat
     assert torch.equal(grid, want_grid)
     # Standardised values: mean |value| ~0.4; measured mean |difference| 0.014 on 64 demo photos (resampling).
     assert float((pv - want_pv).abs().mean()) < 0.06
+    return views, pv, grid, want_pv
+
+
+def test_an_unaugmented_view_is_what_serving_sees_up_to_resampling(demo_dir: Path, tiny_checkpoint: Path) -> None:
+    settings = _settings()
+    enc = _encoder(tiny_checkpoint, settings)
+    _, pv, grid, want_pv = _views_and_serving(demo_dir, enc, settings)
     with torch.inference_mode():
-        cos = (enc.eval()(pv, grid) * enc(want_pv, want_grid)).sum(-1)
+        cos = (enc.eval()(pv, grid) * enc(want_pv, grid)).sum(-1)
     assert float(cos.min()) > 0.98
 
 
@@ -190,13 +198,7 @@ def test_a_vignetted_view_is_what_serving_sees_up_to_resampling(demo_dir: Path, 
     settings = _settings(vignette=0.42)
     enc = _encoder(tiny_checkpoint, settings)
     enc.vignette = settings.vignette
-    images = [load_image(p.path) for p in read_dataset(demo_dir)[:8]]
-    crops = torch.stack([context_crop(im, settings.face_crop, 120) for im in images])
-    views = augment_views(crops, np.random.default_rng(0), 64, None)
-    pv, grid = to_tower_inputs(views, enc)
-    want_pv, want_grid = enc.preprocess(images)
-    assert torch.equal(grid, want_grid)
-    assert float((pv - want_pv).abs().mean()) < 0.06
+    views, _, _, want_pv = _views_and_serving(demo_dir, enc, settings)
     enc.vignette = 0.0
     plain_pv, _ = to_tower_inputs(views, enc)
     assert float((plain_pv - want_pv).abs().mean()) > 0.1  # the vignette is not a no-op
