@@ -282,13 +282,10 @@ def _photo_similarity(store: Store, asker: Asker, pool: Pool, rows: np.ndarray |
     if kept is not None:
         vs = [v if v is not None else kept.get(p) for p, v in zip(pool.ids, vs, strict=True)]
         if all(v is not None and v.shape == (dim,) for v in vs):
-            block = np.stack(vs).astype(np.float32, copy=False)  # type: ignore[arg-type]
+            units = l2_normalize(np.stack(vs).astype(np.float32, copy=False))  # type: ignore[arg-type]
         else:  # zero rows where a vector is missing, as candidate_vectors builds them
-            block = np.zeros((len(vs), dim), dtype=np.float32)
-            for i, v in enumerate(vs):
-                if v is not None and v.shape == (dim,):
-                    block[i] = v
-        return np.asarray(l2_normalize(block) @ l2_normalize(asker.vector), dtype=np.float64)
+            units = _stacked_units(vs, dim)
+        return np.asarray(units @ l2_normalize(asker.vector), dtype=np.float64)
     ids = pool.ids
     q = Query(
         vector=l2_normalize(asker.vector),
