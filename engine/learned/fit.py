@@ -195,6 +195,8 @@ def _side(
     taste_r, prior = _tastes(reduced, viewer, cand, like, cfg.taste_shrink)
     basis = _basis(taste_r, cfg.rank)
     pf, qf = _factors(viewer, cand, like, n, cfg)
+    # Twin taste: Rocchio over the viewer factors (the tastes) of the people decided on, shrunk the same way.
+    twin, _ = _tastes(pf, viewer, cand, like, cfg.taste_shrink)
     return UserSide(
         pickiness=rates["pickiness"],
         appeal=rates["appeal"],
@@ -202,6 +204,7 @@ def _side(
         vproj=reduced.astype(np.float64) @ basis,
         viewer_f=pf,
         item_f=qf,
+        twin_f=twin,
         n_given=rates["given"].astype(np.int64),
         n_received=rates["recv"].astype(np.int64),
         likes_received=rates["recv_like"].astype(np.int64),

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import InvalidInput
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,14 @@ FEATURES: tuple[str, ...] = (
     "photo",
     "own_appeal",
     "appeal_x_own",
+    "twin_taste",
+    "twin_taste_back",
+    "collab_back",
 )
+
+# The features of models stored before the twin and mirrored features existed: such a model is served as it was
+# fitted (the missing features get weight 0, i.e. sit at their population value) until the next full rebuild.
+FEATURES_V1: tuple[str, ...] = FEATURES[:7]
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class UserSide:
     vproj: np.ndarray  # (n, rank) the user's own vector on the basis
     viewer_f: np.ndarray  # (n, factors)
     item_f: np.ndarray  # (n, factors)
+    twin_f: np.ndarray  # (n, factors) twin taste: Rocchio of the viewer factors of the people decided on
     n_given: np.ndarray  # (n,) int decisions given
     n_received: np.ndarray  # (n,) int decisions received
     likes_received: np.ndarray  # (n,) int likes received
@@ -131,7 +141,7 @@ class PreferenceModel:
         u = self.users
         return SideStats(
             float(u.pickiness[i]), float(u.appeal[i]), u.taste[i], u.vproj[i], u.viewer_f[i], u.item_f[i],
-            int(u.n_given[i]), int(u.n_received[i]), int(u.likes_received[i]),
+            int(u.n_given[i]), int(u.n_received[i]), int(u.likes_received[i]), u.twin_f[i],
         ).as_payload()  # fmt: skip
 
 
@@ -148,6 +158,7 @@ class SideStats:
     n_given: int = 0
     n_received: int = 0
     likes_received: int = 0
+    twin_f: np.ndarray | None = None  # None: a payload written before twin tastes (served as zeros)
 
     def as_payload(self) -> dict[str, Any]:
         return {
@@ -158,6 +169,7 @@ class SideStats:
             "p": np.round(self.viewer_f, 5).tolist(),
             "q": np.round(self.item_f, 5).tolist(),
             "n": [int(self.n_given), int(self.n_received), int(self.likes_received)],
+            "tp": np.round(self.twin_f if self.twin_f is not None else np.zeros(len(self.viewer_f)), 5).tolist(),
         }
 
     @classmethod
@@ -167,7 +179,7 @@ class SideStats:
             float(pl["b"]), float(pl["a"]),
             np.asarray(pl["t"], np.float64), np.asarray(pl["vp"], np.float64),
             np.asarray(pl["p"], np.float64), np.asarray(pl["q"], np.float64),
-            int(n[0]), int(n[1]), int(n[2]),
+            int(n[0]), int(n[1]), int(n[2]), np.asarray(pl["tp"], np.float64) if "tp" in pl else None,
         )  # fmt: skip
 
 
@@ -176,8 +188,10 @@ def cold_side(model: PreferenceModel) -> SideStats:
     u = model.users
     r, f = u.taste.shape[1], u.viewer_f.shape[1]
     logit0 = float(logit(np.array([model.like_rate]))[0])
-    cold_taste = u.taste[u.n_given == 0][0] if np.any(u.n_given == 0) else u.taste.mean(axis=0)
-    return SideStats(logit0, logit0, cold_taste, np.zeros(r), np.zeros(f), np.zeros(f))
+    cold = u.n_given == 0
+    cold_taste = u.taste[cold][0] if np.any(cold) else u.taste.mean(axis=0)
+    cold_twin = u.twin_f[cold][0] if np.any(cold) else u.twin_f.mean(axis=0)
+    return SideStats(logit0, logit0, cold_taste, np.zeros(r), np.zeros(f), np.zeros(f), twin_f=cold_twin)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -208,8 +222,18 @@ def pair_features(
             np.asarray(photo, np.float64),
             app_a,
             app_a * app_b,
+            _dot(g(a, "twin_f"), ia, g(b, "viewer_f"), ib),
+            _dot(g(b, "twin_f"), ib, g(a, "viewer_f"), ia),
+            np.einsum("ij,ij->i", g(b, "viewer_f")[ib], g(a, "item_f")[ia]),
         ]
     )
+
+
+def _dot(x: np.ndarray, ix: np.ndarray, y: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """``x[ix] · y[iy]`` per pair (m,); zeros when ``x`` has no columns (a model stored without twin tastes)."""
+    if x.shape[1] == 0:
+        return np.zeros(len(ix))
+    return np.einsum("ij,ij->i", x[ix], y[iy])
 
 
 EVENT_CHUNK = 1 << 16  # events per block in the segment sums (bounds memory at 10 M events and 512-d vectors)
@@ -223,6 +247,29 @@ def pair_cos(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             "ij,ij->i", vectors[a[s : s + EVENT_CHUNK]], vectors[b[s : s + EVENT_CHUNK]]
         )
     return out
+
+
+def aligned(shared: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, scale, weights)`` of a stored model's shared part laid out over this code's ``FEATURES``:
+    (F,), (F,), (F + 1,). A feature the stored model lacks (one fitted before it existed, ``FEATURES_V1`` when
+    ``features`` is absent) gets mean 0, scale 1 and weight 0, so the model scores exactly as it was fitted.
+
+    Raises ``InvalidInput`` when the stored model names a feature this code does not compute, or when its
+    arrays do not match its feature list."""
+    names = [str(x) for x in shared.get("features") or FEATURES_V1]
+    mean, scale = np.asarray(shared["mean"], np.float64), np.asarray(shared["scale"], np.float64)
+    w = np.asarray(shared["weights"], np.float64)
+    if names == list(FEATURES) and mean.shape == scale.shape == (len(FEATURES),) and w.shape == (len(FEATURES) + 1,):
+        return mean, scale, w
+    unknown = [x for x in names if x not in FEATURES]
+    if unknown:
+        raise InvalidInput(f"stored preference model: features {unknown} are unknown to this version; rebuild it")
+    if not (mean.shape == scale.shape == (len(names),) and w.shape == (len(names) + 1,)):
+        raise InvalidInput("stored preference model: weights and standardisation do not match its features")
+    at = np.array([FEATURES.index(x) for x in names], np.int64)
+    m, sc, wt = np.zeros(len(FEATURES)), np.ones(len(FEATURES)), np.zeros(len(FEATURES) + 1)
+    m[at], sc[at], wt[0], wt[1 + at] = mean, scale, w[0], w[1:]
+    return m, sc, wt
 
 
 def probability(features: np.ndarray, mean: np.ndarray, scale: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -247,6 +294,7 @@ def _stack(sides: Sequence[SideStats]) -> dict[str, np.ndarray]:
         "vproj": np.stack([s.vproj for s in sides]),
         "viewer_f": np.stack([s.viewer_f for s in sides]),
         "item_f": np.stack([s.item_f for s in sides]),
+        "twin_f": np.stack([s.twin_f if s.twin_f is not None else np.zeros(len(s.viewer_f)) for s in sides]),
     }
 
 
@@ -258,8 +306,7 @@ def served_probabilities(
     n = len(candidates)
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    mean, scale = np.asarray(shared["mean"], np.float64), np.asarray(shared["scale"], np.float64)
-    w = np.asarray(shared["weights"], np.float64)
+    mean, scale, w = aligned(shared)
     a = _stack([asker])
     b = _stack(list(candidates))
     zero, idx = np.zeros(n, np.int64), np.arange(n)
@@ -276,8 +323,7 @@ def served_probabilities_arrays(
     n = len(photo)
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    mean, scale = np.asarray(shared["mean"], np.float64), np.asarray(shared["scale"], np.float64)
-    w = np.asarray(shared["weights"], np.float64)
+    mean, scale, w = aligned(shared)
     zero, idx = np.zeros(n, np.int64), np.arange(n)
     fwd = probability(pair_features(asker, zero, candidates, idx, photo), mean, scale, w)
     rev = probability(pair_features(candidates, idx, asker, zero, photo), mean, scale, w)
@@ -314,10 +360,12 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 __all__ = [
     "EVENT_CHUNK",
     "FEATURES",
+    "FEATURES_V1",
     "PreferenceConfig",
     "PreferenceModel",
     "SideStats",
     "UserSide",
+    "aligned",
     "auc",
     "cold_side",
     "congestion_factor",

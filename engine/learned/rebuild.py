@@ -173,7 +173,7 @@ def model_features() -> tuple[str, ...]:
 def _stats(model: PreferenceModel, layout: Layout) -> np.ndarray:
     u = model.users
     n = np.column_stack([u.n_given, u.n_received, u.likes_received]).astype(np.float64)
-    out = np.column_stack([u.pickiness, u.appeal, u.taste, u.vproj, u.viewer_f, u.item_f, n])
+    out = np.column_stack([u.pickiness, u.appeal, u.taste, u.vproj, u.viewer_f, u.item_f, n, u.twin_f])
     if out.shape[1] != layout.width:
         raise InvalidInput(f"preference model: {out.shape[1]} statistics per user, layout expects {layout.width}")
     return out
@@ -188,7 +188,7 @@ def write_model(
     old_version, old_shared = read_version(store), read_shared(store)
     model_id = str(uuid.uuid4())
     u = model.users
-    layout = Layout(u.taste.shape[1], u.viewer_f.shape[1])
+    layout = Layout(u.taste.shape[1], u.viewer_f.shape[1], u.twin_f.shape[1])
     stats = _stats(model, layout)
     taste = u.taste_reduced.astype(np.float32)
     starts = list(range(0, len(point_ids), batch_size))
@@ -204,6 +204,7 @@ def write_model(
         model_id=model_id,
         rank=layout.rank,
         factors=layout.factors,
+        twin=layout.twin,
         chunks=len(starts),
         space=encode(u.space.astype(np.float64)),
         basis=encode(u.basis.astype(np.float64)),
@@ -313,6 +314,7 @@ def update_preferences(store: Store, user_ids: Iterable[str]) -> UpdateReport | 
             "viewer_f": old["viewer_f"][0] if row >= 0 else np.zeros(sm.layout.factors),
             "item_f": old["item_f"][0] if row >= 0 else np.zeros(sm.layout.factors),
             "n": [g.shape[0], r.shape[0], int(r[:, 2].sum())],
+            "twin_f": old["twin_f"][0] if row >= 0 else sm.cold[sm.layout.slices()["twin_f"]],
         }
         pids.append(user_point_id(x))
         uids.append(x)

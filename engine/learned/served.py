@@ -71,14 +71,16 @@ FRESH_IDS_MAX = 5000
 @dataclass(frozen=True)
 class Layout:
     """Column layout of a statistics row: pickiness, appeal, taste (rank), vproj (rank), viewer factors,
-    item factors, n_given, n_received, likes_received."""
+    item factors, n_given, n_received, likes_received, twin taste (``twin`` columns: ``factors``, or 0 in a
+    model stored before twin tastes, whose rows end at likes_received)."""
 
     rank: int
     factors: int
+    twin: int = 0
 
     @property
     def width(self) -> int:
-        return 2 + 2 * self.rank + 2 * self.factors + 3
+        return 2 + 2 * self.rank + 2 * self.factors + 3 + self.twin
 
     def slices(self) -> dict[str, slice]:
         r, f = self.rank, self.factors
@@ -90,6 +92,7 @@ class Layout:
             "viewer_f": slice(2 + 2 * r, 2 + 2 * r + f),
             "item_f": slice(2 + 2 * r + f, 2 + 2 * r + 2 * f),
             "n": slice(2 + 2 * r + 2 * f, 2 + 2 * r + 2 * f + 3),
+            "twin_f": slice(2 + 2 * r + 2 * f + 3, 2 + 2 * r + 2 * f + 3 + self.twin),
         }
 
 
@@ -245,14 +248,14 @@ def read_blocks(store: Store, ids: list[str], *, key: str = BLOCK_KEY) -> list[d
 def _cold(c: dict[str, Any]) -> dict[str, Any]:
     """The shared part's ``cold`` statistics (``SideStats.as_payload`` keys) under ``Layout`` names."""
     return {"pickiness": c["b"], "appeal": c["a"], "taste": c["t"], "vproj": c["vp"], "viewer_f": c["p"],
-            "item_f": c["q"], "n": c.get("n") or [0, 0, 0]}  # fmt: skip
+            "item_f": c["q"], "n": c.get("n") or [0, 0, 0], "twin_f": c.get("tp") or []}  # fmt: skip
 
 
 def _load(store: Store, model_id: str, gen: int, erasures: int) -> ServedModel | None:
     shared = read_shared(store)
     if shared is None or shared.get("model_id") != model_id:
         return None
-    layout = Layout(int(shared["rank"]), int(shared["factors"]))
+    layout = Layout(int(shared["rank"]), int(shared["factors"]), int(shared.get("twin", 0)))
     space, basis = decode(shared["space"]), decode(shared["basis"])
     chunks = read_blocks(store, [chunk_point_id(model_id, i) for i in range(int(shared["chunks"]))])
     patches = read_blocks(store, [patch_point_id(model_id, g) for g in range(1, gen + 1)])
