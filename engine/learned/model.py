@@ -3,7 +3,8 @@
 Each direction is a logistic model over a few signals, every one of them learned from the log::
 
     logit P(A likes B) = w · z(f(A, B)),   f = [pickiness_A, appeal_B, content(A, B), collab(A, B),
-                                                photo(A, B), appeal_A, appeal_A · appeal_B]
+                                                photo(A, B), appeal_A, appeal_A · appeal_B,
+                                                twin_taste(A, B), twin_taste(B, A), collab(B, A)]
 
 * **pickiness** ``logit`` of A's like rate given, smoothed towards the population rate (``prior_weight``
   pseudo-decisions): how easily A says yes.
@@ -22,6 +23,16 @@ Each direction is a logistic model over a few signals, every one of them learned
   (LFRR: a model for each direction of the market; with the viewer/candidate split one factorisation holds
   both): ``p_A · q_B``, high when the people who decided like A liked B. Users with few decisions get small
   factors, so the weight of this signal grows with history.
+* **twin taste** "who likes the same people": ``t_A · p_B``, where ``t_A`` is A's Rocchio taste (likes minus
+  passes, shrunk the same way) over the *viewer* factors ``p`` of the people A decided on: high when A liked
+  people whose taste is like B's. In a two-sided market the people who like the same profiles are of the
+  same side, so ``p_A · p_B`` between the two sides is ~0 by construction (the interaction matrix is
+  block-off-diagonal); the twin taste goes through A's decisions instead. Where people like those near
+  themselves (the similarity world) B's taste locates B, so this needs only that B *made* decisions (every
+  user makes ~60 over six rounds), where ``collab`` needs B to have *received* many.
+* **mirrored** ``twin_taste(B, A)`` and ``collab(B, A) = p_B · q_A``: the reverse direction's signals, which
+  predict A's like too where liking is mutual by nature (similarity), and which the fitted weights leave
+  near 0 where it is not (aspiration: the appealing aim up, so B liking A says little about A liking B).
 * **photo** ``cos(v_A, v_B)``: the product's similarity hypothesis, and what a cold-start pair falls back to
   (every other signal of a user without history sits at its population value).
 
@@ -29,7 +40,9 @@ The weights ``w`` (and the standardisation ``z``) are fitted on a held-out fifth
 out), with the signals computed from the other four fifths, so the model learns how much each signal
 predicts a decision it has not seen; then every statistic is recomputed on the whole log for serving
 (``engine.learned.fit``). This module holds the model's types and how a pair is scored. Pure numpy:
-importable without torch. See ``engine.ranking.matches`` for how it is served (the two directions fused by
+importable without torch. A model stored before the last three features existed (``FEATURES_V1``) is served
+as it was fitted, the missing features at weight 0 (``aligned``), until the next full rebuild. See
+``engine.ranking.matches`` for how it is served (the two directions fused by
 ``recommend.learned_aggregation``, the expected mutual match by default).
 """
 

@@ -17,8 +17,10 @@ deleted since are dropped.
 ``delete_feedback_of``): the users a batch touched get their pickiness, appeal, taste and decision counts
 recomputed from all their decisions, exactly as the full fit computes them, against the last rebuild's like
 rate, population taste, reduced space and taste basis; one patch block holds only their rows (untouched users
-are not rewritten). The weights, the standardisation and the latent factors stay as the last full rebuild
-left them until the next one (new users get zero factors, as a cold user has).
+are not rewritten). The weights, the standardisation, the latent factors and the twin tastes (which are sums of the
+factors) stay as the last full rebuild left them until the next one (new users get zero factors and the cold
+row's twin taste, as a cold user has). A model stored by the version before the twin features (rows without
+their columns) is updated in its own layout and served as it was fitted.
 """
 
 from __future__ import annotations
