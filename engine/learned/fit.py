@@ -130,14 +130,19 @@ def shrunk_taste(own: np.ndarray, eff: np.ndarray, prior: np.ndarray, shrink: fl
 
 
 def _factors(
-    viewer: np.ndarray, cand: np.ndarray, like: np.ndarray, n: int, cfg: PreferenceConfig
+    viewer: np.ndarray,
+    cand: np.ndarray,
+    like: np.ndarray,
+    n: int,
+    cfg: PreferenceConfig,
+    residual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latent factors of the interaction matrix M (like = +1, pass = -1, unobserved 0): a truncated SVD
     by randomised power iteration (PureSVD), ``p = U √S``, ``q = V √S`` so ``p_A · q_B`` approximates
     M[A, B]; (n, f) twice. Each product with M is a chunked segment sum over the log, so the cost is
     (events × f) per product; users with few decisions get small factors."""
     f = cfg.factors
-    y = np.where(like, 1.0, -1.0)
+    y = np.where(like, 1.0, -1.0) if residual is None else residual
     if viewer.size == 0:
         return np.zeros((n, f)), np.zeros((n, f))
     by_viewer, by_cand = _Sorted(viewer, n), _Sorted(cand, n)
@@ -194,7 +199,10 @@ def _side(
     space, reduced = reduced_space if reduced_space is not None else _reduced(vectors, cfg)
     taste_r, prior = _tastes(reduced, viewer, cand, like, cfg.taste_shrink)
     basis = _basis(taste_r, cfg.rank)
-    pf, qf = _factors(viewer, cand, like, n, cfg)
+    # The SVD factors what pickiness and appeal do not explain: like minus the like rate they predict.
+    p0 = float(rates["p0"])
+    base = sigmoid(rates["pickiness"][viewer] + rates["appeal"][cand] - logit(np.array([p0]))[0])
+    pf, qf = _factors(viewer, cand, like, n, cfg, like.astype(np.float64) - base)
     # Twin taste: Rocchio over the viewer factors (the tastes) of the people decided on, shrunk the same way.
     twin, _ = _tastes(pf, viewer, cand, like, cfg.taste_shrink)
     return UserSide(
@@ -234,7 +242,10 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iters: int = 25) -> n
 
 
 def _holdout_mask(viewer: np.ndarray, cand: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """A pair's hash puts it in the held-out set (fixed per pair and seed, not per call)."""
+    """A pair's hash puts it in the held-out set (fixed per pair and seed, not per call). The pair is unordered:
+    A's decision on B and B's on A are held out together, so the mirrored features (``collab_back``,
+    ``twin_taste_back``), which read B's side, never see the reverse decision of a pair they are fitted on."""
+    viewer, cand = np.minimum(viewer, cand), np.maximum(viewer, cand)
     h = (viewer.astype(np.uint64) * np.uint64(0x9E3779B1) + cand.astype(np.uint64) * np.uint64(0x85EBCA77)) ^ (
         np.uint64(seed) * np.uint64(0xC2B2AE3D)
     )
