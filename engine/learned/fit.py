@@ -1,9 +1,10 @@
 """Fitting the learned two-sided preference (``engine.learned.model``) on a log of likes and passes.
 
 ``fit_preference`` computes every per-user statistic (smoothed like rates, Rocchio tastes in the users' main
-directions, SVD factors of the interaction matrix) with chunked segment sums over the log, so memory stays
-bounded at 10 M events; the weights are fitted by Newton's method on a held-out fifth of the pairs, with the
-statistics of the other four fifths, then everything is recomputed on the whole log for serving.
+directions, SVD factors of the interaction matrix's residuals, twin tastes over those factors) with chunked
+segment sums over the log, so memory stays bounded at 10 M events; the weights are fitted by Newton's method
+on a held-out fifth of the pairs, with the statistics of the other four fifths, then everything is recomputed
+on the whole log for serving.
 ``like_logit`` and ``shrunk_taste`` are the two formulas the incremental update (``engine.learned.rebuild``) reuses.
 """
 
@@ -137,10 +138,11 @@ def _factors(
     cfg: PreferenceConfig,
     residual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Latent factors of the interaction matrix M (like = +1, pass = -1, unobserved 0): a truncated SVD
-    by randomised power iteration (PureSVD), ``p = U √S``, ``q = V √S`` so ``p_A · q_B`` approximates
-    M[A, B]; (n, f) twice. Each product with M is a chunked segment sum over the log, so the cost is
-    (events × f) per product; users with few decisions get small factors."""
+    """Latent factors of the interaction matrix M (an observed entry is ``residual`` of the event, (m,),
+    by default like = +1, pass = -1; unobserved 0): a truncated SVD by randomised power iteration
+    (PureSVD), ``p = U √S``, ``q = V √S`` so ``p_A · q_B`` approximates M[A, B]; (n, f) twice. Each product
+    with M is a chunked segment sum over the log, so the cost is (events × f) per product; users with few
+    decisions get small factors."""
     f = cfg.factors
     y = np.where(like, 1.0, -1.0) if residual is None else residual
     if viewer.size == 0:

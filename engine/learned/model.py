@@ -18,8 +18,11 @@ Each direction is a logistic model over a few signals, every one of them learned
   directions of the users' vectors, which bounds the rebuild's cost at 512-d). Tastes are kept as coordinates on a
   ``rank``-dimensional basis of the tastes (the scores are dot products in that span), so a candidate's
   taste costs ``rank`` floats in its payload, not a full vector.
-* **collab** latent factors of the interaction matrix (like = +1, pass = -1, unobserved 0) by a truncated
-  SVD (randomised power iteration, PureSVD), one factor per user *as a viewer* and one *as a candidate*
+* **collab** latent factors of the interaction matrix by a truncated SVD (randomised power iteration,
+  PureSVD); an observed entry is the decision's residual, ``like - sigmoid(pickiness_A + appeal_B - logit
+  p0)`` (unobserved 0), so the factors hold who likes whom beyond what the first two signals already say
+  (with like = +1, pass = -1 the leading factors repeated the like rates and who was shown to whom).
+  One factor per user *as a viewer* and one *as a candidate*
   (LFRR: a model for each direction of the market; with the viewer/candidate split one factorisation holds
   both): ``p_A · q_B``, high when the people who decided like A liked B. Users with few decisions get small
   factors, so the weight of this signal grows with history.

@@ -9,8 +9,17 @@ import pytest
 from engine.compatibility import Profile
 from engine.errors import InvalidInput
 from engine.feedback import Event, record_feedback
-from engine.learned.fit import fit_preference
-from engine.learned.model import FEATURES, FEATURES_V1, aligned, auc, pair_features, predict, probability
+from engine.learned.fit import _factors, fit_preference
+from engine.learned.model import (
+    FEATURES,
+    FEATURES_V1,
+    PreferenceConfig,
+    aligned,
+    auc,
+    pair_features,
+    predict,
+    probability,
+)
 from engine.learned.rebuild import _users, rebuild_preferences
 from engine.learned.served import (
     BLOCK_KEY,
@@ -183,3 +192,24 @@ def test_a_model_stored_before_the_twin_features_serves_as_it_was_fitted(db: tup
     # The check above is not trivially true: the same model scored with its new features ranks differently.
     assert len(got) == len(new) >= 5
     assert not np.allclose([new[m.user_id] for m in got], [m.score for m in got], rtol=1e-3)
+
+
+def test_the_svd_factors_the_residuals_of_pickiness_and_appeal() -> None:
+    """In a log where likes follow only appeal and pickiness, the ±1 matrix's factors repeat appeal (what the
+    appeal feature already holds); the residuals' factors do not."""
+    rng = np.random.default_rng(5)
+    n, per = 400, 40
+    appeal, pick = rng.normal(size=n), rng.normal(size=n)
+    a = np.repeat(np.arange(n), per)
+    b = (a + rng.integers(1, n, a.size)) % n
+    like = rng.random(a.size) < 1 / (1 + np.exp(-(pick[a] + 1.5 * appeal[b])))
+    v = rng.normal(size=(n, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    users = fit_preference([f"u{i}" for i in range(n)], v, a, b, like).users
+    p_pm, q_pm = _factors(a, b, like, n, PreferenceConfig())  # like = +1, pass = -1
+    ia, ib = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
+    pm = np.einsum("ij,ij->i", p_pm[ia], q_pm[ib])
+    res = np.einsum("ij,ij->i", users.viewer_f[ia], users.item_f[ib])
+    corr_pm = abs(np.corrcoef(pm, appeal[ib])[0, 1])
+    corr_res = abs(np.corrcoef(res, appeal[ib])[0, 1])
+    assert corr_pm > 0.3 and corr_res < 0.5 * corr_pm, (corr_pm, corr_res)
