@@ -233,22 +233,28 @@ def pair_features(
         [
             g(a, "pickiness")[ia],
             app_b,
-            np.einsum("ij,ij->i", g(a, "taste")[ia], g(b, "vproj")[ib]),
-            np.einsum("ij,ij->i", g(a, "viewer_f")[ia], g(b, "item_f")[ib]),
+            _dot(g(a, "taste"), ia, g(b, "vproj"), ib),
+            _dot(g(a, "viewer_f"), ia, g(b, "item_f"), ib),
             np.asarray(photo, np.float64),
             app_a,
             app_a * app_b,
             _dot(g(a, "twin_f"), ia, g(b, "viewer_f"), ib),
             _dot(g(b, "twin_f"), ib, g(a, "viewer_f"), ia),
-            np.einsum("ij,ij->i", g(b, "viewer_f")[ib], g(a, "item_f")[ia]),
+            _dot(g(b, "viewer_f"), ib, g(a, "item_f"), ia),
         ]
     )
 
 
 def _dot(x: np.ndarray, ix: np.ndarray, y: np.ndarray, iy: np.ndarray) -> np.ndarray:
-    """``x[ix] · y[iy]`` per pair (m,); zeros when ``x`` has no columns (a model stored without twin tastes)."""
+    """``x[ix] · y[iy]`` per pair (m,); zeros when ``x`` has no columns (a model stored without twin tastes).
+    When one side is a single row (stage 2: the asker against its candidates) a matrix-vector product, without
+    gathering that row m times."""
     if x.shape[1] == 0:
         return np.zeros(len(ix))
+    if x.shape[0] == 1:
+        return y[iy] @ x[0]
+    if y.shape[0] == 1:
+        return x[ix] @ y[0]
     return np.einsum("ij,ij->i", x[ix], y[iy])
 
 

@@ -72,6 +72,14 @@ def test_twin_and_mirrored_features_are_the_defined_dot_products() -> None:
     back = pair_features(s, ib, s, ia, np.zeros(4))
     np.testing.assert_allclose(x[:, FEATURES.index("collab_back")], back[:, FEATURES.index("collab")])
     np.testing.assert_allclose(x[:, FEATURES.index("twin_taste_back")], back[:, FEATURES.index("twin_taste")])
+    # Stage 2's shape (one asker row against many candidates) takes the matrix-vector path: the same values.
+    one = {k: v[2:3] for k, v in s.items()}
+    np.testing.assert_allclose(
+        pair_features(one, np.zeros(7, np.int64), s, np.arange(7), np.zeros(7)),
+        pair_features(s, np.full(7, 2), s, np.arange(7), np.zeros(7)),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     # A side without twin columns (a model stored before them) scores them 0.
     old = {k: v for k, v in s.items() if k != "twin_f"} | {"twin_f": np.zeros((7, 0))}
     y = pair_features(old, ia, old, ib, np.zeros(4))
@@ -97,7 +105,6 @@ def _two_sided_similarity_log(n: int, per: int, seed: int) -> tuple[np.ndarray, 
     return v, a, b, like
 
 
-@pytest.mark.slow
 def test_in_a_two_sided_similarity_log_the_twin_features_carry_weight_and_lift_auc() -> None:
     n = 1200
     v, a, b, like = _two_sided_similarity_log(n, 50, seed=1)
