@@ -160,6 +160,23 @@ def _hit_ids(points: Sequence[Any]) -> list[str]:
     return [str(p.id) for p in points]
 
 
+# Segment size of the auxiliary collections (the feedback log), in Edge's unit: KB of vectors. Their points carry a
+# 1-d float32 placeholder (4 bytes), so 4,000 KB is ~1 M points. A segment is sealed (made an immutable,
+# memory-mapped one) once its vectors pass the indexing threshold, and the merge optimizer joins only segments
+# that together stay under max_segment_size, so sealed segments never merge again: each optimize() copies at
+# most the ~1 M points written since the last seal. With Edge's defaults (indexing threshold ~10 MB: 2.5 M
+# points; segments merged up to hundreds of MB of vectors, i.e. never capped at 1-d) laying 10 M decisions spent
+# 795 s in the optimize that first sealed 3 M points and over 12 min, RSS 7.7 GB, merging two 3 M segments
+# (docs/benchmarks.md, "Laying 10 M").
+AUX_SEGMENT_KB = 4_000
+
+
+def _aux_optimizers() -> qe.EdgeOptimizersConfig:
+    """The auxiliary collections' optimizer settings (``AUX_SEGMENT_KB``); an HNSW graph is never built there
+    (m=0, ``EdgeStore._config``), so the indexing threshold only decides when a segment is sealed."""
+    return qe.EdgeOptimizersConfig(indexing_threshold=AUX_SEGMENT_KB, max_segment_size=AUX_SEGMENT_KB)
+
+
 class EdgeStore(QdrantStore):
     """``Store`` on Qdrant Edge shards in one folder. Build it with ``EdgeStore.open(settings)``."""
 
@@ -251,8 +268,10 @@ class EdgeStore(QdrantStore):
         return not any(path.glob("edge_config*")) and not has_segments
 
     def _load(self, collection: str) -> qe.EdgeShard:
+        # A store made before AUX_SEGMENT_KB gets its segment sizes on load (the other settings are kept as stored).
+        config = self._config(collection, META_DIM) if collection in AUX_INDEXES else None
         with self._calling("load", collection):
-            shard = qe.EdgeShard.load(str(self._path(collection)))
+            shard = qe.EdgeShard.load(str(self._path(collection)), config)
         self._shards[collection] = shard
         return shard
 
@@ -273,7 +292,7 @@ class EdgeStore(QdrantStore):
 
     def _config(self, collection: str, dim: int) -> qe.EdgeConfig:
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        optimizers = None
+        optimizers = _aux_optimizers() if collection in AUX_INDEXES else None
         if self.indexing_threshold_kb is not None and collection != META and collection not in AUX_INDEXES:
             optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
         hnsw = None
