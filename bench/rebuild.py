@@ -396,8 +396,11 @@ def main() -> None:
         help="keep the laid store in this folder; a folder laid before is reused (no laying)",
     )
     ap.add_argument("--lay-only", action="store_true", help="lay the store (with --store) and stop")
-    ap.add_argument("--lay-columns", action="store_true",
-                    help="also store the log's columns as record_feedback leaves them (the rebuild reads those)")
+    ap.add_argument(
+        "--lay-columns",
+        action="store_true",
+        help="also store the log's columns as record_feedback leaves them (the rebuild reads those)",
+    )
     ap.add_argument("--rebuild-only", action="store_true", help="rebuild on the --store folder as it is (no laying)")
     ap.add_argument("--progress", action="store_true", help="show the rebuild's progress bars")
     ap.add_argument("--rebuilds", type=int, default=2, help="rebuilds of the laid store, each freshly opened")

@@ -39,7 +39,7 @@ from engine.schema import META, PHOTOS
 from engine.settings import Settings
 from engine.store.base import Hits, Point, Query, RecommendQuery, ScoredPoint
 from engine.store.lock import FolderLock
-from engine.store.meta import AUX_INDEXES, COLLECTION_INDEXES, META_DIM, META_POINT_ID, META_VECTOR
+from engine.store.meta import AUX_INDEXES, AUX_SEGMENT_KB, COLLECTION_INDEXES, META_DIM, META_POINT_ID, META_VECTOR
 from engine.store.qdrant_base import (
     QdrantStore,
     default_vector,
@@ -160,20 +160,10 @@ def _hit_ids(points: Sequence[Any]) -> list[str]:
     return [str(p.id) for p in points]
 
 
-# Segment size of the auxiliary collections (the feedback log), in Edge's unit: KB of vectors. Their points carry a
-# 1-d float32 placeholder (4 bytes), so 4,000 KB is ~1 M points. A segment is sealed (made an immutable,
-# memory-mapped one) once its vectors pass the indexing threshold, and the merge optimizer joins only segments
-# that together stay under max_segment_size, so sealed segments never merge again: each optimize() copies at
-# most the ~1 M points written since the last seal. With Edge's defaults (indexing threshold ~10 MB: 2.5 M
-# points; segments merged up to hundreds of MB of vectors, i.e. never capped at 1-d) laying 10 M decisions spent
-# 795 s in the optimize that first sealed 3 M points and over 12 min, RSS 7.7 GB, merging two 3 M segments
-# (docs/benchmarks.md, "Laying 10 M").
-AUX_SEGMENT_KB = 4_000
-
-
 def _aux_optimizers() -> qe.EdgeOptimizersConfig:
-    """The auxiliary collections' optimizer settings (``AUX_SEGMENT_KB``); an HNSW graph is never built there
-    (m=0, ``EdgeStore._config``), so the indexing threshold only decides when a segment is sealed."""
+    """The auxiliary collections' optimizer settings (``AUX_SEGMENT_KB``, engine/store/meta.py: segments sealed
+    at ~1 M points never merge again); an HNSW graph is never built there (m=0, ``EdgeStore._config``), so the
+    indexing threshold only decides when a segment is sealed."""
     return qe.EdgeOptimizersConfig(indexing_threshold=AUX_SEGMENT_KB, max_segment_size=AUX_SEGMENT_KB)
 
 
