@@ -89,6 +89,7 @@ def lay_feedback(
     optimize_every: int = 0,
     *,
     progress: bool = False,
+    keys: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> float:
     """Write the decisions straight into the ``feedback`` collection as ``record_feedback`` stores them (same
     point ids, placeholder vector and payloads; ``ts`` = viewer index mod 97), in bulk upserts of ``chunk``
@@ -96,8 +97,10 @@ def lay_feedback(
     pairs does not need. ``optimize_every`` > 0 calls ``store.optimize()`` after each that many points, as a
     live store gets between batches (without it Edge keeps the whole log in its appendable segment: ~1.3 KB
     resident per decision here, with the three keyword indexes). Prints a JSON line per optimize (or per
-    ``chunk`` with ``progress``). Returns seconds."""
+    ``chunk`` with ``progress``). ``keys``: gets each chunk's point ids as (hi, lo) uint64 halves
+    (``engine.feedback_blocks.point_keys``), for ``lay_columns``. Returns seconds."""
     from engine.feedback import _PLACEHOLDER, LIKE, PASS
+    from engine.feedback_blocks import point_keys
     from engine.schema import FEEDBACK
     from engine.store import Point
 
@@ -106,6 +109,8 @@ def lay_feedback(
     for s in range(0, a.size, chunk):
         e = min(a.size, s + chunk)
         pids = feedback_point_ids(ids, a[s:e], b[s:e])
+        if keys is not None:
+            keys.append(point_keys(pids))
         pts = [
             Point(pid, _PLACEHOLDER,
                   {"viewer_id": ids[x], "candidate_id": ids[y], "decision": LIKE if lk else PASS, "ts": float(x % 97)})
@@ -122,6 +127,29 @@ def lay_feedback(
                    "cpu_s": round(time.process_time() - cpu, 1), "rss_mb": round(_rss_mb()),
                    "rss_anon_mb": round(_rss_mb("RssAnon"))}  # fmt: skip
             print(json.dumps(row), flush=True)
+    return time.perf_counter() - t
+
+
+def lay_columns(
+    store: object, ids: list[str], a: np.ndarray, b: np.ndarray, like: np.ndarray,
+    keys: list[tuple[np.ndarray, np.ndarray]],
+) -> float:  # fmt: skip
+    """Store the log's columns (``engine.feedback_blocks``) of the decisions ``lay_feedback`` laid (``keys``: its
+    point-id halves), as ``record_feedback`` leaves them: the same rows (sorted by point id, ``ts`` = viewer index
+    mod 97) in one set, so the next rebuild reads the columns, not the payloads. ``a``/``b`` index ``ids`` and hold
+    one decision per pair. Returns seconds."""
+    from engine.feedback import LIKE, PASS
+    from engine.feedback_blocks import DECISION_CODES, LogRows, write_set
+
+    t = time.perf_counter()
+    hi = np.concatenate([k[0] for k in keys])
+    lo = np.concatenate([k[1] for k in keys])
+    codes = {d: i for i, d in enumerate(DECISION_CODES)}
+    dec = np.where(like, codes[LIKE], codes[PASS]).astype(np.int8)
+    order = np.lexsort((lo, hi))
+    rows = LogRows(list(ids), hi[order], lo[order], a[order].astype(np.int32), b[order].astype(np.int32),
+                   dec[order], (a[order] % 97).astype(np.float64))  # fmt: skip
+    write_set(store, rows)  # type: ignore[arg-type]
     return time.perf_counter() - t
 
 
@@ -171,16 +199,19 @@ def build_store(args: argparse.Namespace, path: Path) -> dict[str, float]:
             ])  # fmt: skip
         users_s = time.perf_counter() - t
         del v
-        lay_s = lay_feedback(store, ids, a, b, like, args.chunk, args.optimize_every, progress=args.progress)
+        keys: list[tuple[np.ndarray, np.ndarray]] | None = [] if args.lay_columns else None
+        lay_s = lay_feedback(store, ids, a, b, like, args.chunk, args.optimize_every, progress=args.progress,
+                             keys=keys)  # fmt: skip
         rss_laid = _rss_mb()
         t = time.perf_counter()
         store.optimize()  # type: ignore[attr-defined]
         optimize_s = time.perf_counter() - t
+        columns_s = lay_columns(store, ids, a, b, like, keys) if keys is not None else 0.0
     finally:
         store.close()  # type: ignore[attr-defined]
     return {"store_users": n, "store_events": int(a.size), "write_users_s": users_s, "lay_feedback_s": lay_s,
             "lay_events_per_s": a.size / lay_s, "final_optimize_s": optimize_s, "rss_after_lay_mb": rss_laid,
-            "peak_rss_lay_mb": _rss_mb("VmHWM")}  # fmt: skip
+            "lay_columns_s": columns_s, "peak_rss_lay_mb": _rss_mb("VmHWM")}  # fmt: skip
 
 
 def _rebuild_once(path: Path, progress: bool) -> dict[str, float | str]:
@@ -365,6 +396,11 @@ def main() -> None:
         help="keep the laid store in this folder; a folder laid before is reused (no laying)",
     )
     ap.add_argument("--lay-only", action="store_true", help="lay the store (with --store) and stop")
+    ap.add_argument(
+        "--lay-columns",
+        action="store_true",
+        help="also store the log's columns as record_feedback leaves them (the rebuild reads those)",
+    )
     ap.add_argument("--rebuild-only", action="store_true", help="rebuild on the --store folder as it is (no laying)")
     ap.add_argument("--progress", action="store_true", help="show the rebuild's progress bars")
     ap.add_argument("--rebuilds", type=int, default=2, help="rebuilds of the laid store, each freshly opened")

@@ -25,7 +25,7 @@ from engine.schema import META
 from engine.settings import Settings
 from engine.store.base import RECOMMEND_STRATEGIES, Point, Query, RecommendQuery, ScoredPoint
 from engine.store.lock import FolderLock
-from engine.store.meta import META_POINT_ID, META_VECTOR
+from engine.store.meta import AUX_INDEXES, AUX_SEGMENT_KB, META_POINT_ID, META_VECTOR
 from engine.store.qdrant_base import QdrantStore, empty_filter_error, payload_changes, upsert_vectors, with_payload
 
 log = logging.getLogger(__name__)
@@ -214,9 +214,18 @@ class QdrantClientStore(QdrantStore):
                 self._client.delete_collection(self.name(collection))
 
     def _create(self, collection: str, dim: int, indexes: dict[str, str]) -> None:
+        # The feedback log's segments as on Edge (AUX_SEGMENT_KB): sealed at ~1 M points, never merged again. A
+        # server applies it in its background optimizers; local mode ignores optimizer settings.
+        optimizers = (
+            models.OptimizersConfigDiff(indexing_threshold=AUX_SEGMENT_KB, max_segment_size=AUX_SEGMENT_KB)
+            if collection in AUX_INDEXES
+            else None
+        )
         with self._calling("create_collection", collection):
             self._client.create_collection(
-                self.name(collection), vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                self.name(collection),
+                vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                optimizers_config=optimizers,
             )
         for field, kind in indexes.items():
             self._add_index(collection, field, kind)

@@ -39,7 +39,7 @@ from engine.schema import META, PHOTOS
 from engine.settings import Settings
 from engine.store.base import Hits, Point, Query, RecommendQuery, ScoredPoint
 from engine.store.lock import FolderLock
-from engine.store.meta import AUX_INDEXES, COLLECTION_INDEXES, META_DIM, META_POINT_ID, META_VECTOR
+from engine.store.meta import AUX_INDEXES, AUX_SEGMENT_KB, COLLECTION_INDEXES, META_DIM, META_POINT_ID, META_VECTOR
 from engine.store.qdrant_base import (
     QdrantStore,
     default_vector,
@@ -160,6 +160,13 @@ def _hit_ids(points: Sequence[Any]) -> list[str]:
     return [str(p.id) for p in points]
 
 
+def _aux_optimizers() -> qe.EdgeOptimizersConfig:
+    """The auxiliary collections' optimizer settings (``AUX_SEGMENT_KB``, engine/store/meta.py: segments sealed
+    at ~1 M points never merge again); an HNSW graph is never built there (m=0, ``EdgeStore._config``), so the
+    indexing threshold only decides when a segment is sealed."""
+    return qe.EdgeOptimizersConfig(indexing_threshold=AUX_SEGMENT_KB, max_segment_size=AUX_SEGMENT_KB)
+
+
 class EdgeStore(QdrantStore):
     """``Store`` on Qdrant Edge shards in one folder. Build it with ``EdgeStore.open(settings)``."""
 
@@ -251,8 +258,10 @@ class EdgeStore(QdrantStore):
         return not any(path.glob("edge_config*")) and not has_segments
 
     def _load(self, collection: str) -> qe.EdgeShard:
+        # A store made before AUX_SEGMENT_KB gets its segment sizes on load (the other settings are kept as stored).
+        config = self._config(collection, META_DIM) if collection in AUX_INDEXES else None
         with self._calling("load", collection):
-            shard = qe.EdgeShard.load(str(self._path(collection)))
+            shard = qe.EdgeShard.load(str(self._path(collection)), config)
         self._shards[collection] = shard
         return shard
 
@@ -273,7 +282,7 @@ class EdgeStore(QdrantStore):
 
     def _config(self, collection: str, dim: int) -> qe.EdgeConfig:
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        optimizers = None
+        optimizers = _aux_optimizers() if collection in AUX_INDEXES else None
         if self.indexing_threshold_kb is not None and collection != META and collection not in AUX_INDEXES:
             optimizers = qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
         hnsw = None

@@ -26,6 +26,14 @@ COLLECTION_INDEXES: dict[str, dict[str, str]] = {PHOTOS: PHOTO_INDEXES, USERS: U
 # Collections of 1-d placeholder vectors (only filtered, never searched) that ``setup`` creates too. They hold
 # no encoder's vectors, so a rebuild (another encoder) keeps them: logged decisions outlive an encoder.
 AUX_INDEXES: dict[str, dict[str, str]] = {FEEDBACK: FEEDBACK_INDEXES}
+# Their segment size, in Qdrant's unit (KB of vectors): with 1-d float32 vectors (4 bytes) 4,000 KB is ~1 M
+# points. Both the indexing threshold (a segment past it is sealed: made immutable, memory-mapped) and the
+# max segment size (segments merge only while their sum stays under it), so a sealed segment never merges
+# again and an optimize copies at most the points written since the last seal. With the defaults (indexing
+# threshold ~10 MB: 2.5 M points; merges capped at hundreds of MB of vectors, never reached at 1-d) laying
+# 10 M decisions on Edge spent 795 s in the optimize that first sealed 3 M points, then over 12 min and
+# 7.7 GB RSS merging two 3 M segments (docs/benchmarks.md, "Laying 10 M").
+AUX_SEGMENT_KB = 4_000
 
 
 def meta_payload(encoder_id: str, dim: int) -> dict[str, Any]:

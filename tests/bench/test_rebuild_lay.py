@@ -1,5 +1,6 @@
 """bench/rebuild.py lays down the feedback store ``record_feedback`` would make: same point ids, placeholder
-vectors, payloads and payload indexes, and a rebuild on either store fits the same model."""
+vectors, payloads and payload indexes, and a rebuild on either store fits the same model; with ``lay_columns``
+it also holds the log's columns a rebuild would store (``engine.feedback_blocks``), read by the next rebuild."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine import feedback_blocks
 from engine.feedback import Event, feedback_point_id, record_feedback
 from engine.learned.rebuild import rebuild_preferences
 from engine.schema import FEEDBACK
@@ -17,7 +19,7 @@ from engine.store import Store, open_store
 from tests.engine.test_store_users import DIM, fill
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from rebuild import feedback_point_ids, lay_feedback  # noqa: E402
+from rebuild import feedback_point_ids, lay_columns, lay_feedback  # noqa: E402
 
 
 def _log(n: int, m: int, seed: int = 3) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -68,3 +70,40 @@ def test_laid_store_equals_the_recorded_one(tmp_path: Path, optimize_every: int)
     assert r1.weights == r2.weights
     for s, _ in stores:
         s.close()
+
+
+def _columns(rows: feedback_blocks.LogRows) -> list[np.ndarray]:
+    """The rows with user ids instead of dictionary codes (two stores may number their users differently)."""
+    users = np.array(rows.users)
+    return [rows.hi, rows.lo, users[rows.viewer], users[rows.cand], rows.decision, rows.ts]
+
+
+def test_laid_columns_equal_the_ones_a_rebuild_stores(tmp_path: Path) -> None:
+    ids, a, b, like = _log(30, 500, seed=5)
+    stores = []
+    for name in ("laid", "recorded"):
+        settings = Settings(store_path=tmp_path / name, progress=False)
+        store = open_store(settings)
+        store.setup("enc", DIM)
+        fill(store, dict.fromkeys(ids, 1))
+        stores.append(store)
+    laid, recorded = stores
+    keys: list[tuple[np.ndarray, np.ndarray]] = []
+    lay_feedback(laid, ids, a, b, like, chunk=64, keys=keys)
+    lay_columns(laid, ids, a, b, like, keys)
+    record_feedback(recorded, [Event(ids[x], ids[y], "like" if lk else "pass", float(x % 97))
+                               for x, y, lk in zip(a, b, like, strict=True)])  # fmt: skip
+    want = feedback_blocks.log_rows(recorded)  # read from the payloads and stored, as a first rebuild does
+    for s in stores:
+        s.close()
+    laid = open_store(Settings(store_path=tmp_path / "laid", progress=False))
+    try:
+        feedback_blocks.forget(laid)
+        v = feedback_blocks.read_version(laid)
+        assert feedback_blocks.is_current(laid, v)
+        got = feedback_blocks.stored_rows(laid)
+        assert got is not None and want is not None and len(got) == len(want) == a.size
+        for g, w in zip(_columns(got), _columns(want), strict=True):
+            assert np.array_equal(g, w)
+    finally:
+        laid.close()
