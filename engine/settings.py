@@ -71,8 +71,10 @@ class RecommendSettings(BaseModel):
     # 3: at 2,000 users (truth vectors, docs/results.md) success x1.32 / x1.34 / x1.37 of one-sided ANN
     # (similarity / aspiration / mixed) against x1.31 / x1.30 / x1.35 at 2, shares 0.98 / 0.81 / 0.96 against
     # 1.00 / 0.80 / 0.97; at 600 users 2 had beaten 1 (x1.30 against x1.24 in the aspiration world). The learned
-    # P(B->A) is too flat (miscalibrated), so the reply is weighted up. Cost: the tiny encoder's similarity world
-    # 0.25 against 0.26 (1: 0.28), where the model knows less about either side.
+    # P(B->A) is too flat (miscalibrated), so the reply is weighted up. Cost: the tiny encoder's similarity world,
+    # where the model knows less about either side: 0.30 of the oracle's lift against 0.31 at 2 and 0.32 at 1
+    # (with the twin features, docs/results.md). Choosing it on the log's held-out mutual pairs picks 1 in
+    # every world, including those where 3 wins in simulation (the logged pairs are the engine's own picks).
     reverse_exponent: float = Field(
         3.0, ge=0.0, le=4.0, description="Weight (exponent) of P(B->A) in the 'product' fusion; > 1 favours success."
     )
