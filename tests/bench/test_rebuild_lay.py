@@ -45,16 +45,22 @@ def test_fast_point_ids_equal_feedback_point_id() -> None:
     assert feedback_point_ids(ids, a, b) == [feedback_point_id(ids[x], ids[y]) for x, y in zip(a, b, strict=True)]
 
 
-@pytest.mark.parametrize("optimize_every", [0, 97])
-def test_laid_store_equals_the_recorded_one(tmp_path: Path, optimize_every: int) -> None:
-    ids, a, b, like = _log(30, 500)
-    stores = []
+def _store_pair(tmp_path: Path, ids: list[str]) -> list[tuple[Store, Settings]]:
+    """Two stores set up alike with the same users: one to lay the log into, one to record it through the API."""
+    out = []
     for name in ("laid", "recorded"):
         settings = Settings(store_path=tmp_path / name, progress=False)
         store = open_store(settings)
         store.setup("enc", DIM)
         fill(store, dict.fromkeys(ids, 1))
-        stores.append((store, settings))
+        out.append((store, settings))
+    return out
+
+
+@pytest.mark.parametrize("optimize_every", [0, 97])
+def test_laid_store_equals_the_recorded_one(tmp_path: Path, optimize_every: int) -> None:
+    ids, a, b, like = _log(30, 500)
+    stores = _store_pair(tmp_path, ids)
     (laid, laid_settings), (recorded, recorded_settings) = stores
     lay_feedback(laid, ids, a, b, like, chunk=64, optimize_every=optimize_every)
     events = [
@@ -80,13 +86,7 @@ def _columns(rows: feedback_blocks.LogRows) -> list[np.ndarray]:
 
 def test_laid_columns_equal_the_ones_a_rebuild_stores(tmp_path: Path) -> None:
     ids, a, b, like = _log(30, 500, seed=5)
-    stores = []
-    for name in ("laid", "recorded"):
-        settings = Settings(store_path=tmp_path / name, progress=False)
-        store = open_store(settings)
-        store.setup("enc", DIM)
-        fill(store, dict.fromkeys(ids, 1))
-        stores.append(store)
+    stores = [store for store, _ in _store_pair(tmp_path, ids)]
     laid, recorded = stores
     keys: list[tuple[np.ndarray, np.ndarray]] = []
     lay_feedback(laid, ids, a, b, like, chunk=64, keys=keys)
