@@ -123,3 +123,21 @@ def test_qdrant_client_asks_for_the_segment_size_for_feedback_only(tmp_path: Pat
     feedback = made.pop(store.name(FEEDBACK))
     assert (feedback.indexing_threshold, feedback.max_segment_size) == (AUX_SEGMENT_KB, AUX_SEGMENT_KB)
     assert made and all(v is None for v in made.values())  # users, photos, META: the server's defaults
+
+
+def test_an_erasure_rewrite_seals_the_log_as_it_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finish_erasure`` copies every collection into a fresh shard; the feedback log is sealed along the way
+    (one segment per ``AUX_SEGMENT_KB``), not held whole in one appendable segment and sealed once at the end."""
+    monkeypatch.setattr(edge_mod, "AUX_SEGMENT_KB", 4)  # ~1,000 1-d points a segment
+    store = _open(tmp_path)
+    try:
+        store.setup("enc", DIM)
+        store.upsert(FEEDBACK, _feedback_points(0, 6_000))
+        store.delete(FEEDBACK, [str(uuid.UUID(int=1))])
+        store.begin_erasure()
+        assert store.finish_erasure()
+        assert store.count(FEEDBACK) == 5_999
+        segments = store._shards[FEEDBACK].info().segments_count
+    finally:
+        store.close()
+    assert segments >= 4, segments
