@@ -144,8 +144,7 @@ def lay_columns(
     t = time.perf_counter()
     hi = np.concatenate([k[0] for k in keys])
     lo = np.concatenate([k[1] for k in keys])
-    codes = {d: i for i, d in enumerate(DECISION_CODES)}
-    dec = np.where(like, codes[LIKE], codes[PASS]).astype(np.int8)
+    dec = np.where(like, DECISION_CODES.index(LIKE), DECISION_CODES.index(PASS)).astype(np.int8)
     order = np.lexsort((lo, hi))
     rows = LogRows(list(ids), hi[order], lo[order], a[order].astype(np.int32), b[order].astype(np.int32),
                    dec[order], (a[order] % 97).astype(np.float64))  # fmt: skip

@@ -131,20 +131,13 @@ def shrunk_taste(own: np.ndarray, eff: np.ndarray, prior: np.ndarray, shrink: fl
 
 
 def _factors(
-    viewer: np.ndarray,
-    cand: np.ndarray,
-    like: np.ndarray,
-    n: int,
-    cfg: PreferenceConfig,
-    residual: np.ndarray | None = None,
+    viewer: np.ndarray, cand: np.ndarray, y: np.ndarray, n: int, cfg: PreferenceConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Latent factors of the interaction matrix M (an observed entry is ``residual`` of the event, (m,),
-    by default like = +1, pass = -1; unobserved 0): a truncated SVD by randomised power iteration
-    (PureSVD), ``p = U √S``, ``q = V √S`` so ``p_A · q_B`` approximates M[A, B]; (n, f) twice. Each product
-    with M is a chunked segment sum over the log, so the cost is (events × f) per product; users with few
-    decisions get small factors."""
+    """Latent factors of the interaction matrix M (an observed entry is ``y`` of the event, (m,); unobserved
+    0): a truncated SVD by randomised power iteration (PureSVD), ``p = U √S``, ``q = V √S`` so ``p_A · q_B``
+    approximates M[A, B]; (n, f) twice. Each product with M is a chunked segment sum over the log, so the cost
+    is (events × f) per product; users with few decisions get small factors."""
     f = cfg.factors
-    y = np.where(like, 1.0, -1.0) if residual is None else residual
     if viewer.size == 0:
         return np.zeros((n, f)), np.zeros((n, f))
     by_viewer, by_cand = _Sorted(viewer, n), _Sorted(cand, n)
@@ -204,7 +197,7 @@ def _side(
     # The SVD factors what pickiness and appeal do not explain: like minus the like rate they predict.
     p0 = float(rates["p0"])
     base = sigmoid(rates["pickiness"][viewer] + rates["appeal"][cand] - logit(np.array([p0]))[0])
-    pf, qf = _factors(viewer, cand, like, n, cfg, like.astype(np.float64) - base)
+    pf, qf = _factors(viewer, cand, like.astype(np.float64) - base, n, cfg)
     # Twin taste: Rocchio over the viewer factors (the tastes) of the people decided on, shrunk the same way.
     twin, _ = _tastes(pf, viewer, cand, like, cfg.taste_shrink)
     return UserSide(

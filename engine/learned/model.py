@@ -176,6 +176,11 @@ class SideStats:
     likes_received: int = 0
     twin_f: np.ndarray | None = None  # None: a payload written before twin tastes (served as zeros)
 
+    @property
+    def twin(self) -> np.ndarray:
+        """The twin taste, zeros for a payload written before twin tastes."""
+        return self.twin_f if self.twin_f is not None else np.zeros(len(self.viewer_f))
+
     def as_payload(self) -> dict[str, Any]:
         return {
             "b": round(self.pickiness, 5),
@@ -185,7 +190,7 @@ class SideStats:
             "p": np.round(self.viewer_f, 5).tolist(),
             "q": np.round(self.item_f, 5).tolist(),
             "n": [int(self.n_given), int(self.n_received), int(self.likes_received)],
-            "tp": np.round(self.twin_f if self.twin_f is not None else np.zeros(len(self.viewer_f)), 5).tolist(),
+            "tp": np.round(self.twin, 5).tolist(),
         }
 
     @classmethod
@@ -316,7 +321,7 @@ def _stack(sides: Sequence[SideStats]) -> dict[str, np.ndarray]:
         "vproj": np.stack([s.vproj for s in sides]),
         "viewer_f": np.stack([s.viewer_f for s in sides]),
         "item_f": np.stack([s.item_f for s in sides]),
-        "twin_f": np.stack([s.twin_f if s.twin_f is not None else np.zeros(len(s.viewer_f)) for s in sides]),
+        "twin_f": np.stack([s.twin for s in sides]),
     }
 
 

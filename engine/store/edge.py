@@ -374,16 +374,17 @@ class EdgeStore(QdrantStore):
                 # record_feedback's optimizes leave it: one optimize at the end would hold the whole copy in an
                 # appendable segment (~1.2 KB per decision in memory, ~12 GB at 10 M) and then seal it as one.
                 seal_every = AUX_SEGMENT_KB * 1024 // (4 * dim) if collection in AUX_INDEXES else 0
-                copied = 0
+                unsealed = 0
                 for p in self.scroll(collection, with_vectors=True):
                     if p.vector is None:
                         continue
                     batch.append(qe.Point(_uuid(p.id), np.asarray(p.vector, dtype=np.float32).tolist(), p.payload))
                     if len(batch) >= 1000:
                         copy.update(qe.UpdateOperation.upsert_points(batch))
-                        copied, batch = copied + len(batch), []
-                        if seal_every and copied % seal_every < 1000:
+                        unsealed, batch = unsealed + len(batch), []
+                        if seal_every and unsealed >= seal_every:
                             copy.optimize()
+                            unsealed = 0
                 if batch:
                     copy.update(qe.UpdateOperation.upsert_points(batch))
                 copy.optimize()

@@ -214,7 +214,7 @@ def test_the_svd_factors_the_residuals_of_pickiness_and_appeal() -> None:
     v = rng.normal(size=(n, 8)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     users = fit_preference([f"u{i}" for i in range(n)], v, a, b, like).users
-    p_pm, q_pm = _factors(a, b, like, n, PreferenceConfig())  # like = +1, pass = -1
+    p_pm, q_pm = _factors(a, b, np.where(like, 1.0, -1.0), n, PreferenceConfig())  # like = +1, pass = -1
     ia, ib = rng.integers(0, n, 5000), rng.integers(0, n, 5000)
     pm = np.einsum("ij,ij->i", p_pm[ia], q_pm[ib])
     res = np.einsum("ij,ij->i", users.viewer_f[ia], users.item_f[ib])
